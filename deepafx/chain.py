@@ -1,0 +1,218 @@
+"""Chains: ordered processors with one flat normalized parameter vector.
+
+A :class:`ChainSpec` is declarative and picklable (a list of
+:class:`~deepafx.hosts.base.ProcessorSpec` plus a sample rate); it can be written
+in Python or loaded from a YAML/JSON file under ``plugins/``. It knows the flat
+*learned* parameter table without loading any plugin only when the tables are
+given; otherwise :meth:`ChainSpec.param_table` builds the chain once to read them.
+
+A :class:`Chain` is the live, stateful instance built from a spec inside one
+process (a render worker). ``Chain.process(audio, x)`` takes the flat normalized
+learned vector ``x`` ``(num_params,)`` on [0, 1], maps each processor's slice to
+plugin units, fills fixed and default values, and renders the processors in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from deepafx.hosts.base import Processor, ProcessorSpec, build_processor, check_audio
+from deepafx.params import Param, ParamTable, ParameterError
+
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """Declarative description of a processing chain.
+
+    Args:
+        processors: Processor specs in processing order; names must be unique.
+        sample_rate: Rate in Hz every processor runs at.
+        name: Label used in logs and listings.
+    """
+
+    processors: tuple[ProcessorSpec, ...]
+    sample_rate: float = 44100.0
+    name: str = "chain"
+    _tables: tuple[ParamTable, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "processors", tuple(self.processors))
+        names = [p.name for p in self.processors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"processor names in a chain must be unique, got {names}")
+        if not self.processors:
+            raise ValueError("a chain needs at least one processor")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ChainSpec":
+        """From ``{"sample_rate": Hz, "name": str, "processors": [ {backend, name, ...}, ... ]}``."""
+        if "processors" not in d:
+            raise ValueError("chain config needs a 'processors' list")
+        return cls(
+            processors=tuple(ProcessorSpec.from_dict(p) for p in d["processors"]),
+            sample_rate=float(d.get("sample_rate", 44100.0)),
+            name=str(d.get("name", "chain")),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ChainSpec":
+        """Load a YAML or JSON chain file. Relative names are looked up in ``plugins/``.
+
+        Raises:
+            FileNotFoundError: the file does not exist (both places tried are listed).
+            ValueError: malformed content.
+        """
+        p = Path(path)
+        if not p.exists() and (PLUGINS_DIR / p).exists():
+            p = PLUGINS_DIR / p
+        if not p.exists():
+            raise FileNotFoundError(f"chain file not found: tried {Path(path).resolve()} and {PLUGINS_DIR / path}")
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if isinstance(data, Mapping) and "chain" in data:
+            data = data["chain"]
+        return cls.from_dict(data)
+
+    def with_sample_rate(self, sample_rate: float) -> "ChainSpec":
+        return ChainSpec(self.processors, float(sample_rate), self.name)
+
+    def build(self) -> "Chain":
+        """Instantiate every processor in this process."""
+        return Chain(self)
+
+    @cached_property
+    def param_table(self) -> ParamTable:
+        """Flat table of the *learned* parameters, names ``"proc.param"`` (builds the chain once)."""
+        chain = self.build()
+        try:
+            return chain.param_table
+        finally:
+            chain.close()
+
+    @property
+    def num_params(self) -> int:
+        return len(self.param_table)
+
+
+class Chain:
+    """Live chain of processors built from a :class:`ChainSpec` (one process only).
+
+    State: each processor keeps its state across :meth:`process` calls until
+    :meth:`reset`. Latency: :attr:`latency_samples` is the sum of the processors'
+    reported latencies; output length always equals input length.
+    """
+
+    def __init__(self, spec: ChainSpec):
+        self.spec = spec
+        self.processors: list[Processor] = []
+        try:
+            for ps in spec.processors:
+                self.processors.append(build_processor(ps, spec.sample_rate))
+        except BaseException:
+            self.close()
+            raise
+        self._full_values: list[np.ndarray] = []
+        self._learn_idx: list[np.ndarray] = []
+        tables = []
+        for ps, proc in zip(spec.processors, self.processors):
+            table = proc.param_table
+            learn = list(ps.learn) if ps.learn is not None else [p.name for p in table if p.name not in ps.fixed]
+            for n in learn:
+                table.index(n)  # raises with known names
+                if n in ps.fixed:
+                    raise ParameterError(f"{ps.name}.{n} is both learned and fixed")
+            values = table.values_from_mapping(ps.fixed)
+            learned = table.subset(learn).narrowed(ps.ranges) if ps.ranges else table.subset(learn)
+            for n in ps.ranges:
+                if n not in learn:
+                    raise ParameterError(f"{ps.name}.{n}: a range is given but the parameter is not learned")
+            self._full_values.append(values)
+            self._learn_idx.append(np.array([table.index(n) for n in learn], dtype=np.int64))
+            tables.append(learned.prefixed(ps.name))
+        self.tables = tables
+        self.param_table = ParamTable(tuple(p for t in tables for p in t))
+        self._splits = np.cumsum([len(t) for t in tables])[:-1]
+
+    @property
+    def latency_samples(self) -> int:
+        return int(sum(p.latency_samples for p in self.processors))
+
+    @property
+    def is_instrument(self) -> bool:
+        return bool(self.processors) and self.processors[0].is_instrument
+
+    def plugin_values(self, x: np.ndarray) -> list[np.ndarray]:
+        """Normalized learned vector ``(num_params,)`` → per-processor plugin values."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (len(self.param_table),):
+            raise ParameterError(f"chain {self.spec.name!r} expects {len(self.param_table)} parameters, got shape {x.shape}")
+        out = []
+        for table, part, full, idx in zip(self.tables, np.split(x, self._splits), self._full_values, self._learn_idx):
+            v = full.copy()
+            if len(idx):
+                v[idx] = table.denormalize(part)
+            out.append(v)
+        return out
+
+    def process(self, audio: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        """Render one block through every processor, continuing their state.
+
+        Args:
+            audio: ``(channels, samples)`` float32 at ``spec.sample_rate`` Hz.
+            x: Normalized learned parameters ``(num_params,)`` on [0, 1]; ``None``
+                keeps the values set last (defaults/fixed at start).
+
+        Returns:
+            ``(channels_out, samples)`` float32, same number of samples.
+
+        Raises:
+            AudioError, ParameterError, PluginError: see :meth:`Processor.process`.
+        """
+        audio = check_audio(audio)
+        values = self.plugin_values(x) if x is not None else [None] * len(self.processors)
+        if x is None and not getattr(self, "_initialised", False):
+            values = self._full_values
+        self._initialised = True
+        for proc, v in zip(self.processors, values):
+            audio = proc.process(audio, v)
+        return audio
+
+    def reset(self) -> None:
+        """Reset every processor's state."""
+        for p in self.processors:
+            p.reset()
+            p.clear_pending()
+
+    def close(self) -> None:
+        for p in self.processors:
+            close = getattr(p, "close", None)
+            if close is not None:
+                close()
+
+    def describe(self) -> str:
+        lines = [f"chain {self.spec.name!r} @ {self.spec.sample_rate:g} Hz, latency {self.latency_samples} samples"]
+        for ps, t in zip(self.spec.processors, self.tables):
+            lines.append(f"  [{ps.name}] {ps.backend}: {len(t)} learned parameter(s)")
+            lines += ["    " + p.describe() for p in t]
+        return "\n".join(lines)
+
+
+def chain(*processors: ProcessorSpec | Mapping[str, Any], sample_rate: float = 44100.0, name: str = "chain") -> ChainSpec:
+    """Convenience constructor: ``chain(spec_or_dict, ...)`` → :class:`ChainSpec`."""
+    specs = [p if isinstance(p, ProcessorSpec) else ProcessorSpec.from_dict(p) for p in processors]
+    return ChainSpec(tuple(specs), float(sample_rate), name)
