@@ -15,7 +15,7 @@ plugin units, fills fixed and default values, and renders the processors in orde
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,7 +41,6 @@ class ChainSpec:
     processors: tuple[ProcessorSpec, ...]
     sample_rate: float = 44100.0
     name: str = "chain"
-    _tables: tuple[ParamTable, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "processors", tuple(self.processors))

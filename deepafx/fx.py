@@ -1,0 +1,323 @@
+"""The Fx layer: black-box plugin chains inside a torch graph.
+
+:class:`FxLayer` renders a :class:`~deepafx.chain.ChainSpec` in render worker
+processes (:class:`~deepafx.workers.RenderPool`) and estimates the
+vector–Jacobian product with the upstream gradient for the normalized
+parameters by
+
+* **SPSA** (Spall, 1992; DeepAFx, Ramírez et al., ICASSP 2021): draw Rademacher
+  ``Δ ∈ {−1, +1}^P``, render ``θ⁺ = clip(θ + εΔ)`` and ``θ⁻ = clip(θ − εΔ)``
+  and use ``g_i = Σ_t dy_t (y⁺_t − y⁻_t) / (θ⁺_i − θ⁻_i)``, averaged over K
+  draws. Two renders per draw whatever P is. Because perturbed values are
+  clipped to [0, 1], the denominator is the *actual* step ``θ⁺_i − θ⁻_i``
+  (``2εΔ_i`` away from the edges), which keeps the estimate unbiased at the
+  boundaries to first order.
+* **Finite differences** (two-sided, one parameter at a time): ``2P`` renders.
+
+All renders an item needs (main + perturbed) are requested in *one* message per
+worker during the forward pass, so the backward pass only does arithmetic.
+
+Gradient with respect to the input audio (``input_grad``):
+
+* ``"none"`` (default): no gradient flows to the audio (``None``), as in
+  DeepAFx where the Fx input is the dataset audio.
+* ``"straight_through"``: ``dL/dx = dL/dy`` (identity Jacobian assumed; needs
+  as many output as input channels). Biased, but lets a differentiable module
+  *before* the plugins receive a useful signal.
+
+Differentiable torch modules before/after the layer get exact autograd gradients;
+only the black box is estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepafx.chain import ChainSpec
+from deepafx.hosts.base import AudioError
+from deepafx.params import ParameterError
+from deepafx.workers import RenderPool, RenderRequest
+
+INPUT_GRADS = ("none", "straight_through")
+
+
+@dataclass(frozen=True)
+class ExponentialEpsilon:
+    """ε schedule decaying geometrically from ``start`` to ``end`` over ``steps`` steps, then constant.
+
+    DeepAFx-ST (Steinmetz et al., 2022) used ε = 5e-4 with a scheduler; DeepAFx used a fixed 0.01.
+    """
+
+    start: float = 0.01
+    end: float = 5e-4
+    steps: int = 10000
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step, 0) / max(self.steps, 1), 1.0)
+        return float(self.start * (self.end / self.start) ** frac)
+
+
+class GradientEstimator(Protocol):
+    """Chooses perturbed parameter sets and the weights that turn output differences into gradients."""
+
+    needs_num_params: bool
+
+    def num_renders(self, num_params: int) -> int:
+        """Number of ``(+, −)`` render pairs per item."""
+
+    def perturb(self, theta: torch.Tensor, epsilon: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``theta (B, P)`` → ``(plus (B, R, P), minus (B, R, P), weights (B, R, P))``.
+
+        The gradient is ``g = Σ_r s_r · weights_r`` with ``s_r = Σ_t dy_t (y⁺_r − y⁻_r)_t``.
+        """
+
+
+class SPSA:
+    """Simultaneous perturbation (Spall, 1992) with K Rademacher draws averaged."""
+
+    needs_num_params = False
+
+    def __init__(self, num_perturbations: int = 1):
+        if num_perturbations < 1:
+            raise ValueError("num_perturbations must be ≥ 1")
+        self.k = int(num_perturbations)
+
+    def num_renders(self, num_params: int) -> int:
+        return self.k
+
+    def perturb(self, theta, epsilon, generator):
+        b, p = theta.shape
+        delta = torch.randint(0, 2, (b, self.k, p), generator=generator, dtype=torch.int64).to(theta.dtype) * 2 - 1
+        plus = (theta[:, None] + epsilon * delta).clamp(0, 1)
+        minus = (theta[:, None] - epsilon * delta).clamp(0, 1)
+        weights = 1.0 / (self.k * (plus - minus))
+        return plus, minus, weights
+
+
+class FiniteDifferences:
+    """Two-sided finite differences, one parameter at a time (2P renders per item)."""
+
+    needs_num_params = True
+
+    def num_renders(self, num_params: int) -> int:
+        return num_params
+
+    def perturb(self, theta, epsilon, generator):
+        b, p = theta.shape
+        eye = torch.eye(p, dtype=theta.dtype)
+        plus = (theta[:, None] + epsilon * eye).clamp(0, 1)
+        minus = (theta[:, None] - epsilon * eye).clamp(0, 1)
+        step = (plus - minus).diagonal(dim1=1, dim2=2)  # (B, P)
+        weights = eye[None] / step[:, :, None]
+        return plus, minus, weights
+
+
+ESTIMATORS: dict[str, Callable[..., GradientEstimator]] = {
+    "spsa": lambda num_perturbations=1: SPSA(num_perturbations),
+    "fd": lambda num_perturbations=1: FiniteDifferences(),
+}
+
+
+class _FxFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, audio: torch.Tensor, params: torch.Tensor, layer: "FxLayer") -> torch.Tensor:
+        need_param_grad = ctx.needs_input_grad[1]
+        y, diffs, weights = layer._render(audio, params, need_param_grad)
+        ctx.save_for_backward(diffs if diffs is not None else torch.empty(0), weights if weights is not None else torch.empty(0))
+        ctx.input_grad = layer.input_grad
+        ctx.audio_meta = (audio.device, audio.dtype, audio.shape)
+        ctx.params_meta = (params.device, params.dtype)
+        return y.to(device=audio.device, dtype=audio.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        diffs, weights = ctx.saved_tensors
+        grad_audio = grad_params = None
+        if ctx.needs_input_grad[1]:
+            dy = grad_out.detach().to("cpu", torch.float32)
+            s = torch.einsum("bcn,brcn->br", dy, diffs)  # (B, R)
+            g = torch.einsum("br,brp->bp", s.double(), weights)
+            grad_params = g.to(device=ctx.params_meta[0], dtype=ctx.params_meta[1])
+        if ctx.needs_input_grad[0] and ctx.input_grad == "straight_through":
+            grad_audio = grad_out
+        return grad_audio, grad_params, None
+
+
+class FxLayer(nn.Module):
+    """A chain of black-box plugins as a differentiable torch layer.
+
+    Args:
+        chain: A :class:`ChainSpec`, or a chain config path (YAML/JSON; relative
+            names are looked up in ``plugins/``).
+        batch_size: Number of batch slots ``M``. Slot ``i`` keeps its own chain
+            instances, so feed it consecutive frames of one stream.
+        num_workers: Render worker processes (default: usable CPU cores).
+        estimator: ``"spsa"`` (default) or ``"fd"`` (finite differences).
+        epsilon: Perturbation ε on normalized parameters (default 0.01, DeepAFx),
+            or a callable ``step → ε`` such as :class:`ExponentialEpsilon`.
+        num_perturbations: SPSA draws K averaged per step (``2K`` renders per item).
+        input_grad: ``"none"`` or ``"straight_through"`` (see module docstring).
+        seed: Seed of the perturbation generator (saved in ``state_dict``).
+        timeout_s: Longest one render request may take before the worker is
+            considered hung, killed and restarted.
+        max_retries: Retries after a worker crash/hang before raising.
+
+    Shapes:
+        ``forward(audio (batch, channels, samples), params (batch, num_params))``
+        → ``(batch, channels_out, samples)`` on ``audio``'s device and dtype.
+        ``batch ≤ batch_size``; item ``i`` uses slot ``i``.
+
+    State: in training mode every forward advances *all* instances of each used
+    slot (main and perturbed renders see the same input block, so the
+    perturbation instances follow the main instance's history). In eval mode
+    only the main instances render; call :meth:`reset` before resuming training
+    on a new stream. Latency: :attr:`latency_samples` is the chain's reported
+    latency; output length always equals input length.
+
+    Raises:
+        AudioError: wrong rank, more items than slots, NaN/Inf audio.
+        ParameterError: wrong parameter count, NaN, or values outside [0, 1]
+            (names the parameter).
+        WorkerError: a plugin crashed or hung beyond ``max_retries``.
+    """
+
+    def __init__(
+        self,
+        chain: ChainSpec | str | Path,
+        batch_size: int,
+        *,
+        num_workers: int | None = None,
+        estimator: str = "spsa",
+        epsilon: float | Callable[[int], float] = 0.01,
+        num_perturbations: int = 1,
+        input_grad: str = "none",
+        seed: int = 0,
+        timeout_s: float = 120.0,
+        max_retries: int = 1,
+    ):
+        super().__init__()
+        spec = chain if isinstance(chain, ChainSpec) else ChainSpec.from_file(chain)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
+        if input_grad not in INPUT_GRADS:
+            raise ValueError(f"input_grad must be one of {INPUT_GRADS}, got {input_grad!r}")
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.estimator_name = estimator
+        self.estimator = ESTIMATORS[estimator](num_perturbations=num_perturbations)
+        self.epsilon = epsilon
+        self.input_grad = input_grad
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        # Only estimators whose render count depends on P pay for building the chain once first.
+        probe = _num_params(spec) if self.estimator.needs_num_params else 0
+        self.num_renders = self.estimator.num_renders(probe)
+        self.pool = RenderPool(
+            spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
+            timeout_s=timeout_s, max_retries=max_retries,
+        )
+        self.num_params = self.pool.num_params
+        self.param_names = self.pool.param_names
+        self.latency_samples = self.pool.latency_samples
+        #: Normalized parameters of the last training render, ``(B, 1 + 2R, P)``
+        #: (main, plus…, minus…): lets tests replay instance histories.
+        self.last_render_params: np.ndarray | None = None
+
+    @property
+    def sample_rate(self) -> float:
+        return self.spec.sample_rate
+
+    def current_epsilon(self) -> float:
+        eps = self.epsilon(self.step) if callable(self.epsilon) else float(self.epsilon)
+        if not (0 < eps < 0.5):
+            raise ValueError(f"epsilon must be in (0, 0.5), got {eps}")
+        return eps
+
+    def forward(self, audio: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return _FxFunction.apply(audio, params, self)
+
+    def _check(self, audio: torch.Tensor, params: torch.Tensor) -> None:
+        if audio.dim() != 3:
+            raise AudioError(f"audio must be (batch, channels, samples), got shape {tuple(audio.shape)}")
+        if params.dim() != 2 or params.shape[0] != audio.shape[0]:
+            raise ParameterError(f"params must be (batch, num_params) with batch {audio.shape[0]}, got {tuple(params.shape)}")
+        if audio.shape[0] > self.batch_size:
+            raise AudioError(f"batch of {audio.shape[0]} items but the layer has {self.batch_size} slots")
+        if params.shape[1] != self.num_params:
+            raise ParameterError(f"chain {self.spec.name!r} has {self.num_params} learned parameters, got {params.shape[1]}")
+        if not torch.isfinite(audio).all():
+            raise AudioError("audio contains NaN or Inf")
+        bad = ~torch.isfinite(params) | (params < -1e-5) | (params > 1 + 1e-5)
+        if bad.any():
+            b, j = (int(v) for v in bad.nonzero()[0])
+            raise ParameterError(
+                f"parameter {self.param_names[j]!r} (item {b}) has normalized value {float(params[b, j])}; "
+                "expected a finite number in [0, 1] (use a sigmoid output)"
+            )
+
+    def _render(self, audio: torch.Tensor, params: torch.Tensor, need_grad: bool):
+        self._check(audio, params)
+        x = audio.detach().to("cpu", torch.float32).numpy()
+        theta = params.detach().to("cpu", torch.float64).clamp(0, 1)
+        diffs = weights = None
+        if need_grad or self.training:
+            if need_grad:
+                plus, minus, weights = self.estimator.perturb(theta, self.current_epsilon(), self.generator)
+            else:  # keep perturbation instances on the main instance's history
+                plus = minus = theta[:, None].expand(-1, self.num_renders, -1)
+            rows = torch.cat([theta[:, None], plus, minus], dim=1).numpy()  # (B, 1 + 2R, P)
+        else:
+            rows = theta[:, None].numpy()
+        outs = self.pool.render([RenderRequest(i, x[i], rows[i]) for i in range(x.shape[0])])
+        y = torch.from_numpy(np.stack([o[0] for o in outs]))
+        if need_grad:
+            r = self.num_renders
+            diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))  # (B, R, C, N)
+            self.step += 1
+        if need_grad or self.training:
+            self.last_render_params = rows
+        if self.input_grad == "straight_through" and y.shape != audio.shape:
+            raise AudioError(f"input_grad='straight_through' needs output shape {tuple(audio.shape)}, got {tuple(y.shape)}")
+        return y, diffs, weights
+
+    @torch.no_grad()
+    def render(self, audio: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Render main instances only (no perturbations), whatever the training mode."""
+        was = self.training
+        self.train(False)
+        try:
+            return self.forward(audio, params)
+        finally:
+            self.train(was)
+
+    def reset(self, slots: Sequence[int] | None = None) -> None:
+        """Reset all instances of ``slots`` (default every slot)."""
+        self.pool.reset(slots)
+
+    def close(self) -> None:
+        """Shut the render workers down (also done at interpreter exit)."""
+        self.pool.close()
+
+    def get_extra_state(self):
+        return {"step": self.step, "generator": self.generator.get_state()}
+
+    def set_extra_state(self, state) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+    def extra_repr(self) -> str:
+        return (f"chain={self.spec.name!r}, params={self.num_params}, slots={self.batch_size}, "
+                f"workers={self.pool.num_workers}, estimator={self.estimator_name}, renders/item={1 + 2 * self.num_renders}")
+
+
+def _num_params(spec: ChainSpec) -> int:
+    """Learned-parameter count of a chain, building it once in a throwaway worker (plugins load there)."""
+    with RenderPool(spec, num_slots=1, instances_per_slot=1, num_workers=1) as pool:
+        return pool.num_params

@@ -1,0 +1,200 @@
+"""pedalboard built-in effects: the embedded default backend (no system packages).
+
+Backends registered here:
+
+* ``pedalboard.<Effect>`` for single built-ins: ``Compressor``, ``Limiter``,
+  ``Gain``, ``PeakFilter``, ``LowShelfFilter``, ``HighShelfFilter``,
+  ``HighpassFilter``, ``LowpassFilter``, ``Distortion``, ``NoiseGate``,
+  ``Clipping``, ``Reverb``.
+* ``builtin.multiband_compressor`` — three-band compressor assembled from
+  pedalboard built-ins (cascaded first-order crossovers, one
+  ``Compressor`` + makeup ``Gain`` per band, bands summed with ``Mix``).
+  Learnable crossovers; the crossover filters add frequency-dependent group
+  delay (which the delay-invariant loss tolerates).
+* ``builtin.graphic_eq`` — ``PeakFilter`` bands at fixed centre frequencies
+  (octave bands by default), one ``gain_db`` per band.
+
+State: every effect keeps its state across :meth:`Processor.process` calls
+(pedalboard ``reset=False``; chunked processing is bit-identical to one call);
+:meth:`reset` clears it. Latency: 0 samples. pedalboard objects do not pickle,
+so instances are always built inside the process that renders them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pedalboard
+
+from deepafx.hosts.base import Processor, ProcessorSpec, register_backend
+from deepafx.params import Param, ParamTable
+
+Setter = Callable[[float], None]
+
+# Declared tables for single built-ins: (attribute, Param). The attribute is the
+# pedalboard property; the Param name carries the unit.
+_FREQ = dict(min=20.0, max=20000.0, unit="Hz", scale="log")
+BUILTIN_TABLES: dict[str, list[Param]] = {
+    "Compressor": [
+        Param("threshold_db", -60.0, 0.0, -12.0, "dB"),
+        Param("ratio", 1.0, 20.0, 2.0, "", "log"),
+        Param("attack_ms", 0.1, 100.0, 5.0, "ms", "log"),
+        Param("release_ms", 10.0, 1000.0, 100.0, "ms", "log"),
+    ],
+    "Limiter": [
+        Param("threshold_db", -24.0, 0.0, -6.0, "dB"),
+        Param("release_ms", 10.0, 1000.0, 100.0, "ms", "log"),
+    ],
+    "Gain": [Param("gain_db", -24.0, 24.0, 0.0, "dB")],
+    "PeakFilter": [
+        Param("cutoff_frequency_hz", default=1000.0, **_FREQ),
+        Param("gain_db", -12.0, 12.0, 0.0, "dB"),
+        Param("q", 0.1, 10.0, 0.707, "", "log"),
+    ],
+    "LowShelfFilter": [
+        Param("cutoff_frequency_hz", default=120.0, **_FREQ),
+        Param("gain_db", -12.0, 12.0, 0.0, "dB"),
+        Param("q", 0.1, 10.0, 0.707, "", "log"),
+    ],
+    "HighShelfFilter": [
+        Param("cutoff_frequency_hz", default=8000.0, **_FREQ),
+        Param("gain_db", -12.0, 12.0, 0.0, "dB"),
+        Param("q", 0.1, 10.0, 0.707, "", "log"),
+    ],
+    "HighpassFilter": [Param("cutoff_frequency_hz", default=30.0, **_FREQ)],
+    "LowpassFilter": [Param("cutoff_frequency_hz", default=18000.0, **_FREQ)],
+    "Distortion": [Param("drive_db", 0.0, 40.0, 10.0, "dB")],
+    "NoiseGate": [
+        Param("threshold_db", -80.0, 0.0, -60.0, "dB"),
+        Param("ratio", 1.0, 20.0, 10.0, "", "log"),
+        Param("attack_ms", 0.1, 100.0, 1.0, "ms", "log"),
+        Param("release_ms", 10.0, 1000.0, 100.0, "ms", "log"),
+    ],
+    "Clipping": [Param("threshold_db", -40.0, 0.0, -6.0, "dB")],
+    "Reverb": [
+        Param("room_size", 0.0, 1.0, 0.5),
+        Param("damping", 0.0, 1.0, 0.5),
+        Param("wet_level", 0.0, 1.0, 0.33),
+        Param("dry_level", 0.0, 1.0, 0.4),
+        Param("width", 0.0, 1.0, 1.0),
+    ],
+}
+# Param name → pedalboard attribute where they differ.
+_ATTR = {"cutoff_frequency_hz": "cutoff_frequency_hz"}
+
+
+class PedalboardProcessor(Processor):
+    """A pedalboard built-in board with a declared table and one setter list per parameter.
+
+    Args:
+        board: The pedalboard object (``Pedalboard``, ``Mix`` or a single plugin).
+        table: Declared parameters (plugin units).
+        setters: For each parameter, callables taking the plugin value.
+        sample_rate: Hz.
+    """
+
+    def __init__(self, board: Any, table: ParamTable, setters: Sequence[Sequence[Setter]], sample_rate: float):
+        super().__init__()
+        if len(setters) != len(table):
+            raise ValueError("one setter list per parameter is required")
+        self.board = board
+        self.param_table = table
+        self.sample_rate = float(sample_rate)
+        self._setters = [list(s) for s in setters]
+        self.set_values(table.defaults())
+
+    def set_values(self, values: np.ndarray) -> None:
+        for fns, v in zip(self._setters, values):
+            for fn in fns:
+                fn(float(v))
+
+    def _render(self, audio: np.ndarray) -> np.ndarray:
+        return self.board.process(audio, self.sample_rate, reset=False)
+
+    def reset(self) -> None:
+        self.board.reset()
+
+
+def _attr_setter(obj: Any, attr: str) -> Setter:
+    def set_(v: float) -> None:
+        setattr(obj, attr, v)
+
+    return set_
+
+
+def _single_factory(effect: str) -> Callable[[ProcessorSpec, float], Processor]:
+    def factory(spec: ProcessorSpec, sample_rate: float) -> Processor:
+        plugin = getattr(pedalboard, effect)()
+        table = ParamTable(tuple(BUILTIN_TABLES[effect]))
+        setters = [[_attr_setter(plugin, _ATTR.get(p.name, p.name))] for p in table]
+        return PedalboardProcessor(pedalboard.Pedalboard([plugin]), table, setters, sample_rate)
+
+    factory.__name__ = f"build_{effect}"
+    return factory
+
+
+for _effect in BUILTIN_TABLES:
+    register_backend(f"pedalboard.{_effect}")(_single_factory(_effect))
+
+
+@register_backend("builtin.multiband_compressor")
+def build_multiband_compressor(spec: ProcessorSpec, sample_rate: float) -> Processor:
+    """Three-band compressor from pedalboard built-ins.
+
+    Parameters: ``low_crossover_hz`` [40, 600] Hz, ``high_crossover_hz``
+    [1000, min(12000, 0.45·sr)] Hz, then per band ``{low,mid,high}_threshold_db``
+    [−60, 0] dB, ``_ratio`` [1, 20], ``_attack_ms`` [0.1, 100] ms,
+    ``_release_ms`` [10, 1000] ms, ``_makeup_db`` [−12, 12] dB (17 in all).
+    Each crossover is two cascaded first-order sections (12 dB/octave).
+    """
+    nyq_cap = min(12000.0, 0.45 * sample_rate)
+    table = [
+        Param("low_crossover_hz", 40.0, 600.0, 200.0, "Hz", "log"),
+        Param("high_crossover_hz", 1000.0, nyq_cap, min(3000.0, nyq_cap), "Hz", "log"),
+    ]
+    lows = [pedalboard.LowpassFilter(), pedalboard.LowpassFilter()]
+    mid_hp = [pedalboard.HighpassFilter(), pedalboard.HighpassFilter()]
+    mid_lp = [pedalboard.LowpassFilter(), pedalboard.LowpassFilter()]
+    highs = [pedalboard.HighpassFilter(), pedalboard.HighpassFilter()]
+    setters: list[list[Setter]] = [
+        [_attr_setter(f, "cutoff_frequency_hz") for f in lows + mid_hp],
+        [_attr_setter(f, "cutoff_frequency_hz") for f in mid_lp + highs],
+    ]
+    bands = []
+    for band, filters in (("low", lows), ("mid", mid_hp + mid_lp), ("high", highs)):
+        comp, gain = pedalboard.Compressor(), pedalboard.Gain()
+        bands.append(pedalboard.Pedalboard([*filters, comp, gain]))
+        for p in BUILTIN_TABLES["Compressor"]:
+            table.append(Param(f"{band}_{p.name}", p.min, p.max, p.default, p.unit, p.scale))
+            setters.append([_attr_setter(comp, p.name)])
+        table.append(Param(f"{band}_makeup_db", -12.0, 12.0, 0.0, "dB"))
+        setters.append([_attr_setter(gain, "gain_db")])
+    board = pedalboard.Pedalboard([pedalboard.Mix(bands)])
+    return PedalboardProcessor(board, ParamTable(tuple(table)), setters, sample_rate)
+
+
+OCTAVE_BANDS_HZ = (31.25, 62.5, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0)
+
+
+@register_backend("builtin.graphic_eq")
+def build_graphic_eq(spec: ProcessorSpec, sample_rate: float) -> Processor:
+    """Graphic EQ: one ``PeakFilter`` per band at fixed centre frequencies.
+
+    Options: ``bands_hz`` (default octave bands 31.25 Hz … 16 kHz; bands above
+    0.45·sample_rate are dropped), ``q`` (default 1.41, about one octave),
+    ``max_gain_db`` (default 12). Parameters ``band_<f>hz_gain_db`` on
+    [−max_gain_db, +max_gain_db] dB.
+    """
+    bands = [float(f) for f in spec.options.get("bands_hz", OCTAVE_BANDS_HZ) if float(f) < 0.45 * sample_rate]
+    if not bands:
+        raise ValueError(f"graphic_eq: no band below 0.45 × {sample_rate} Hz")
+    q = float(spec.options.get("q", 1.41))
+    g = float(spec.options.get("max_gain_db", 12.0))
+    filters, table, setters = [], [], []
+    for f in bands:
+        pf = pedalboard.PeakFilter(cutoff_frequency_hz=f, gain_db=0.0, q=q)
+        filters.append(pf)
+        table.append(Param(f"band_{f:g}hz_gain_db", -g, g, 0.0, "dB"))
+        setters.append([_attr_setter(pf, "gain_db")])
+    return PedalboardProcessor(pedalboard.Pedalboard(filters), ParamTable(tuple(table)), setters, sample_rate)
