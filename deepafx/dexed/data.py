@@ -1,0 +1,441 @@
+"""Dataset of the Dexed sound-matching recipe (``deepafx data --config recipes/dexed_matching/quick.yaml``).
+
+In-domain (made by Dexed): the real DX7 factory voices of Debian's ``hexter``
+package, split *by preset* into train/valid/test (a test voice never appears,
+even perturbed, in training), plus presets sampled around each *training*
+voice (:func:`~deepafx.dexed.presets.sample_around`: perturbed continuous
+values, neighbouring discrete values, other algorithms) for volume. Only the
+normalized preset vectors ``(145,)`` and the note pitch are stored; audio is
+rendered on demand (a 4 s note renders in about 1.5 ms).
+
+Out-of-domain (not made by Dexed): single sampled-instrument notes rendered
+from a General MIDI SoundFont (FluidR3_GM, Debian ``fluid-soundfont-gm``) with
+pyfluidsynth, reverb and chorus off — an NSynth-like set split *by instrument*
+(GM program). Each note is scaled to the median RMS level of the factory voices
+so both domains play at comparable levels.
+
+Protocol (DiffSynth, Masuda & Saito, ISMIR 2021; Le Vaillant et al., DAFx 2021):
+4 s at 16 kHz, note held 3 s. Single-note mode plays MIDI note 60 and moves the
+pitch with the preset's transpose (the pitch is a given condition, not an
+estimated parameter); multi-note mode plays the six (pitch, velocity) pairs of
+Le Vaillant et al. as channels with transpose 0.
+
+Layout of ``out_dir``::
+
+    manifest.json          settings, counts, level reference, split programs
+    in_domain.npz          x_{train,valid,test} (M, 145), pitch_{split} (M,),
+                           source_{split} (M,) factory index, factory_names
+    out_of_domain.npz      audio_{train,valid,test} (M, C, N) float32,
+                           program_{split}, pitch_{split}, velocity_{split}
+    factory/               the hexter banks used
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from deepafx.dexed.presets import HEXTER_BANKS, fetch_hexter_banks, load_factory_presets, sample_around, set_transpose
+from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
+
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+#: Version of the on-disk layout; bump when it changes.
+DATASET_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """Settings of the dataset (the ``data:`` section of a recipe config).
+
+    Args:
+        sample_rate: Audio rate in Hz (16,000 in DiffSynth).
+        duration_s: Rendered length per note, seconds (4.0).
+        note_duration_s: Note-on time before note-off, seconds (3.0).
+        multi_note: Use the six (pitch, velocity) pairs of Le Vaillant et al. as
+            channels (in-domain and out-of-domain) instead of one note.
+        velocity: Velocity of the single note (1–127).
+        pitches: MIDI pitches notes are drawn from (single-note mode; the
+            transpose is ``pitch - 60``, within ±24 semitones).
+        hexter_dir: Folder holding ``dx7_roms.dx7``/``tx7_roms.dx7``; ``None``
+            fetches them with ``apt-get download hexter`` into ``out_dir/factory``.
+        banks: Factory bank files to read.
+        max_factory_presets: Keep at most this many unique factory voices
+            (``None``: all, 186 after removing duplicates).
+        valid_fraction, test_fraction: Fractions of factory voices held out.
+        samples_per_preset: Presets sampled around each training voice.
+        sample_sigma: Std of the Gaussian noise on continuous values (normalized).
+        discrete_change_prob: Probability a discrete value moves one step.
+        algorithm_change_prob: Probability the algorithm is redrawn.
+        min_level_db: Voices quieter than this RMS level (dBFS) are dropped.
+        soundfont: Path of the General MIDI SoundFont.
+        ood_programs: GM programs (0–127) used out-of-domain.
+        ood_test_programs, ood_valid_programs: How many programs go to test/valid.
+        ood_pitches: MIDI pitches of the out-of-domain notes.
+        seed: Random seed of splits and sampling.
+    """
+
+    sample_rate: float = 16000.0
+    duration_s: float = 4.0
+    note_duration_s: float = 3.0
+    multi_note: bool = False
+    velocity: int = 100
+    pitches: Sequence[int] = (48, 55, 60, 67, 72)
+    hexter_dir: str | None = None
+    banks: Sequence[str] = HEXTER_BANKS
+    max_factory_presets: int | None = None
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.15
+    samples_per_preset: int = 4
+    sample_sigma: float = 0.05
+    discrete_change_prob: float = 0.05
+    algorithm_change_prob: float = 0.2
+    min_level_db: float = -40.0
+    soundfont: str = DEFAULT_SOUNDFONT
+    ood_programs: Sequence[int] = tuple(range(0, 96))
+    ood_test_programs: int = 16
+    ood_valid_programs: int = 8
+    ood_pitches: Sequence[int] = (48, 55, 60, 67, 72)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "DataConfig":
+        """Build from a mapping; unknown keys raise ``ValueError`` listing the known ones."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown data settings {sorted(unknown)}; known: {sorted(known)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the first bad setting."""
+        if self.sample_rate <= 0 or self.duration_s <= 0 or not (0 < self.note_duration_s <= self.duration_s):
+            raise ValueError(
+                f"need sample_rate > 0 Hz and 0 < note_duration_s <= duration_s, got {self.sample_rate}, "
+                f"{self.note_duration_s}, {self.duration_s}"
+            )
+        if not 1 <= self.velocity <= 127:
+            raise ValueError(f"velocity must be in 1..127, got {self.velocity}")
+        for name in ("pitches", "ood_pitches"):
+            for p in getattr(self, name):
+                if not 36 <= int(p) <= 84:
+                    raise ValueError(f"{name}: pitch {p} is outside 36..84 (note 60 ± 24 semitones of transpose)")
+        for name in ("valid_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
+        if self.samples_per_preset < 0:
+            raise ValueError(f"samples_per_preset must be >= 0, got {self.samples_per_preset}")
+        progs = list(self.ood_programs)
+        if any(not 0 <= int(p) <= 127 for p in progs):
+            raise ValueError("ood_programs must be GM programs in 0..127")
+        if self.ood_test_programs + self.ood_valid_programs >= len(set(progs)):
+            raise ValueError(
+                f"ood_test_programs + ood_valid_programs ({self.ood_test_programs} + {self.ood_valid_programs}) "
+                f"must leave training programs out of {len(set(progs))}"
+            )
+
+    @property
+    def notes(self) -> tuple[tuple[int, int], ...]:
+        """(pitch, velocity) pairs Dexed plays (transpose moves single notes)."""
+        return MULTI_NOTES if self.multi_note else ((60, int(self.velocity)),)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.duration_s * self.sample_rate))
+
+    def renderer(self) -> DexedRenderer:
+        """A :class:`DexedRenderer` with these notes, rate and durations."""
+        return DexedRenderer(self.sample_rate, self.notes, self.note_duration_s, self.duration_s)
+
+
+def rms_db(audio: np.ndarray) -> float:
+    """RMS level of ``audio`` (any shape) in dBFS (−240 for silence)."""
+    a = np.asarray(audio, dtype=np.float64)
+    return float(20.0 * np.log10(np.sqrt(np.mean(a * a)) + 1e-12))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence fluidsynth's C-level warnings (they go straight to fd 2)."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+def render_soundfont_notes(
+    soundfont: str | Path,
+    notes: Sequence[tuple[int, int, int]],
+    sample_rate: float = 16000.0,
+    duration_s: float = 4.0,
+    note_duration_s: float = 3.0,
+) -> np.ndarray:
+    """Render single notes ``(program, pitch, velocity)`` from a GM SoundFont, dry and mono.
+
+    Each note starts from silence on a fresh channel state (all sounds off and
+    one second of flush between notes); reverb and chorus are disabled when the
+    synth is built.
+
+    Args:
+        soundfont: Path of an ``.sf2`` file.
+        notes: ``(program 0–127, MIDI pitch, velocity 1–127)`` triples.
+        sample_rate: Output rate in Hz.
+        duration_s: Length of each note's audio, seconds.
+        note_duration_s: Note-on time, seconds.
+
+    Returns:
+        ``(num_notes, samples)`` float32 (stereo downmixed to mono, full scale 1.0).
+
+    Raises:
+        FileNotFoundError: the SoundFont is missing (says which Debian package has it).
+        RuntimeError: pyfluidsynth/libfluidsynth is not installed or the file fails to load.
+    """
+    sf = Path(soundfont)
+    if not sf.exists():
+        raise FileNotFoundError(
+            f"SoundFont {sf} not found; install it with `apt-get install fluid-soundfont-gm` "
+            "or set data.soundfont to another General MIDI .sf2"
+        )
+    try:
+        import fluidsynth
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"pyfluidsynth/libfluidsynth unavailable ({exc}); `apt-get install fluidsynth` and `pip install pyfluidsynth`") from exc
+    n = int(round(duration_s * sample_rate))
+    n_on = int(round(note_duration_s * sample_rate))
+    with _quiet_stderr():
+        synth = fluidsynth.Synth(gain=0.5, samplerate=float(sample_rate), **{"synth.reverb.active": 0, "synth.chorus.active": 0})
+        sfid = synth.sfload(str(sf))
+    if sfid < 0:
+        synth.delete()
+        raise RuntimeError(f"fluidsynth could not load {sf}")
+    out = np.zeros((len(notes), n), dtype=np.float32)
+    try:
+        for i, (program, pitch, velocity) in enumerate(notes):
+            synth.program_select(0, sfid, 0, int(program))
+            synth.noteon(0, int(pitch), int(velocity))
+            on = synth.get_samples(n_on)
+            synth.noteoff(0, int(pitch))
+            off = synth.get_samples(n - n_on)
+            st = np.concatenate([on, off]).reshape(-1, 2).astype(np.float32) / 32768.0
+            out[i] = st.mean(axis=1)[:n]
+            synth.all_sounds_off(0)
+            synth.get_samples(int(sample_rate))  # flush
+    finally:
+        synth.delete()
+    return out
+
+
+def _split_indices(n: int, valid_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    perm = rng.permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    n_valid = max(1, int(round(n * valid_fraction)))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "valid": np.sort(perm[n_test : n_test + n_valid]),
+        "train": np.sort(perm[n_test + n_valid :]),
+    }
+
+
+def _data_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    return config["data"] if "data" in config and isinstance(config["data"], Mapping) else config
+
+
+def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
+    """Build (or reuse) the recipe dataset in ``out_dir`` and return ``out_dir``.
+
+    Args:
+        config: The whole recipe config (its ``data`` section is used) or the
+            ``data`` section itself (see :class:`DataConfig`).
+        out_dir: Destination folder (created).
+        force: Rebuild even if a dataset with the same settings exists.
+        progress: Print one line per stage.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: bad settings; RuntimeError/FileNotFoundError: factory banks or
+        SoundFont unavailable (the message says how to get them).
+    """
+    cfg = DataConfig.from_dict(_data_section(config))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    settings = _jsonable({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+    if manifest_path.exists() and not force:
+        old = json.loads(manifest_path.read_text())
+        if old.get("settings") == settings and old.get("version") == DATASET_VERSION:
+            if progress:
+                print(f"dataset in {out} is up to date (use --force to rebuild)")
+            return out
+    say = print if progress else (lambda *a, **k: None)
+    rng = np.random.default_rng(cfg.seed)
+    bank_dir = Path(cfg.hexter_dir) if cfg.hexter_dir else fetch_hexter_banks(out / "factory")
+    voices = load_factory_presets(bank_dir, cfg.banks)
+    renderer = cfg.renderer()
+    levels = np.array([rms_db(renderer.render(set_transpose(v.x, 0))) for v in voices])
+    keep = [i for i, lv in enumerate(levels) if lv >= cfg.min_level_db]
+    if cfg.max_factory_presets is not None:
+        keep = sorted(rng.permutation(keep)[: int(cfg.max_factory_presets)].tolist())
+    voices = [voices[i] for i in keep]
+    levels = levels[keep]
+    reference_level_db = float(np.median(levels))
+    say(f"factory voices: {len(voices)} kept (median level {reference_level_db:.1f} dBFS) from {bank_dir}")
+
+    splits = _split_indices(len(voices), cfg.valid_fraction, cfg.test_fraction, rng)
+    pitches = np.asarray(cfg.pitches, dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {"factory_names": np.array([v.name.strip() for v in voices])}
+    arrays["factory_x"] = np.stack([v.x for v in voices])
+    for split, idx in splits.items():
+        xs, src = [], []
+        for i in idx:
+            xs.append(voices[i].x)
+            src.append(i)
+            if split == "train":
+                for _ in range(cfg.samples_per_preset):
+                    xs.append(sample_around(voices[i].x, rng, cfg.sample_sigma, cfg.discrete_change_prob, cfg.algorithm_change_prob))
+                    src.append(i)
+        xs = np.stack(xs)
+        pitch = np.full(len(xs), 60) if cfg.multi_note else rng.choice(pitches, size=len(xs))
+        xs = set_transpose(xs, pitch - 60 if not cfg.multi_note else 0)
+        # drop sampled presets that came out (nearly) silent
+        ok = np.array([rms_db(renderer.render(x)) >= cfg.min_level_db for x in xs])
+        arrays[f"x_{split}"] = xs[ok]
+        arrays[f"pitch_{split}"] = pitch[ok]
+        arrays[f"source_{split}"] = np.asarray(src)[ok]
+        say(f"in-domain {split}: {int(ok.sum())} presets from {len(idx)} factory voices")
+    np.savez(out / "in_domain.npz", **arrays)
+
+    # out-of-domain notes, split by instrument
+    programs = np.array(sorted(set(int(p) for p in cfg.ood_programs)))
+    perm = rng.permutation(programs)
+    prog_split = {
+        "test": np.sort(perm[: cfg.ood_test_programs]),
+        "valid": np.sort(perm[cfg.ood_test_programs : cfg.ood_test_programs + cfg.ood_valid_programs]),
+        "train": np.sort(perm[cfg.ood_test_programs + cfg.ood_valid_programs :]),
+    }
+    ood: dict[str, np.ndarray] = {}
+    for split, progs in prog_split.items():
+        if cfg.multi_note:
+            items = [(int(pg), p, v) for pg in progs for p, v in MULTI_NOTES]
+        else:
+            items = [(int(pg), int(p), int(cfg.velocity)) for pg in progs for p in cfg.ood_pitches]
+        audio = render_soundfont_notes(cfg.soundfont, items, cfg.sample_rate, cfg.duration_s, cfg.note_duration_s)
+        c = len(cfg.notes)
+        audio = audio.reshape(-1, c, audio.shape[-1])
+        meta = np.array(items).reshape(-1, c, 3)
+        lv = np.array([rms_db(a) for a in audio])
+        ok = lv >= -70.0
+        gain = 10.0 ** ((reference_level_db - lv[ok]) / 20.0)
+        ood[f"audio_{split}"] = (audio[ok] * gain[:, None, None]).astype(np.float32)
+        ood[f"program_{split}"] = meta[ok, 0, 0]
+        ood[f"pitch_{split}"] = meta[ok, 0, 1] if not cfg.multi_note else np.full(int(ok.sum()), 60)
+        ood[f"velocity_{split}"] = meta[ok, 0, 2]
+        say(f"out-of-domain {split}: {int(ok.sum())} notes from {len(progs)} GM programs")
+    np.savez(out / "out_of_domain.npz", **ood)
+    manifest = {
+        "version": DATASET_VERSION,
+        "settings": settings,
+        "notes": [list(n) for n in cfg.notes],
+        "reference_level_db": reference_level_db,
+        "bank_dir": str(bank_dir),
+        "counts": {
+            "in_domain": {s: int(len(arrays[f"x_{s}"])) for s in splits},
+            "out_of_domain": {s: int(len(ood[f"audio_{s}"])) for s in prog_split},
+        },
+        "ood_programs": {s: [int(p) for p in v] for s, v in prog_split.items()},
+        "factory_split": {s: [arrays["factory_names"][i] for i in v] for s, v in splits.items()},
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    say(f"dataset written to {out}")
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass
+class RecipeData:
+    """A built dataset loaded in memory.
+
+    Attributes:
+        config: The :class:`DataConfig` it was built with.
+        x: ``{split: (M, 145)}`` normalized in-domain presets (transpose set from the pitch).
+        pitch: ``{split: (M,)}`` MIDI pitch of each in-domain preset.
+        source: ``{split: (M,)}`` index of the factory voice each preset comes from.
+        ood_audio: ``{split: (M, C, N)}`` out-of-domain notes.
+        ood_pitch: ``{split: (M,)}``; ood_program: ``{split: (M,)}``.
+        reference_level_db: Median RMS level of the factory voices, dBFS.
+        factory_names: Names of the kept factory voices.
+    """
+
+    config: DataConfig
+    x: dict[str, np.ndarray]
+    pitch: dict[str, np.ndarray]
+    source: dict[str, np.ndarray]
+    ood_audio: dict[str, np.ndarray]
+    ood_pitch: dict[str, np.ndarray]
+    ood_program: dict[str, np.ndarray]
+    reference_level_db: float
+    factory_names: np.ndarray = field(default_factory=lambda: np.array([]))
+
+
+def load_dataset(data_dir: str | Path) -> RecipeData:
+    """Load a dataset written by :func:`build_dataset`.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` holds no dataset (says which command builds it).
+    """
+    d = Path(data_dir)
+    if not (d / "manifest.json").exists():
+        raise FileNotFoundError(f"no Dexed dataset in {d}; build it with `deepafx data --config CONFIG --out {d}`")
+    manifest = json.loads((d / "manifest.json").read_text())
+    cfg = DataConfig.from_dict(manifest["settings"])
+    ind = np.load(d / "in_domain.npz")
+    ood = np.load(d / "out_of_domain.npz")
+    splits = ("train", "valid", "test")
+    return RecipeData(
+        config=cfg,
+        x={s: ind[f"x_{s}"] for s in splits},
+        pitch={s: ind[f"pitch_{s}"] for s in splits},
+        source={s: ind[f"source_{s}"] for s in splits},
+        ood_audio={s: ood[f"audio_{s}"] for s in splits},
+        ood_pitch={s: ood[f"pitch_{s}"] for s in splits},
+        ood_program={s: ood[f"program_{s}"] for s in splits},
+        reference_level_db=float(manifest["reference_level_db"]),
+        factory_names=ind["factory_names"],
+    )
+
+
+__all__ = [
+    "DEFAULT_SOUNDFONT",
+    "DataConfig",
+    "RecipeData",
+    "build_dataset",
+    "load_dataset",
+    "render_soundfont_notes",
+    "rms_db",
+]
