@@ -229,6 +229,10 @@ class FxLayer(nn.Module):
         #: Normalized parameters of the last training render, ``(B, 1 + 2R, P)``
         #: (main, plus…, minus…): lets tests replay instance histories.
         self.last_render_params: np.ndarray | None = None
+        #: When True, the raw renders of the last call are kept in :attr:`last_renders`
+        #: ``(B, 1 + 2R, C_out, N)`` (main, plus…, minus…) for inspection and tests.
+        self.keep_last_renders = False
+        self.last_renders: np.ndarray | None = None
 
     @property
     def sample_rate(self) -> float:
@@ -277,6 +281,8 @@ class FxLayer(nn.Module):
             rows = theta[:, None].numpy()
         outs = self.pool.render([RenderRequest(i, x[i], rows[i]) for i in range(x.shape[0])])
         y = torch.from_numpy(np.stack([o[0] for o in outs]))
+        if self.keep_last_renders:
+            self.last_renders = np.stack(outs)
         if need_grad:
             r = self.num_renders
             diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))  # (B, R, C, N)
@@ -304,6 +310,12 @@ class FxLayer(nn.Module):
     def close(self) -> None:
         """Shut the render workers down (also done at interpreter exit)."""
         self.pool.close()
+
+    def __enter__(self) -> "FxLayer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def get_extra_state(self):
         return {"step": self.step, "generator": self.generator.get_state()}

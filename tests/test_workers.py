@@ -1,0 +1,118 @@
+"""Crash isolation: aborting and hanging plugins, and no orphan worker processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from deepafx.chain import chain
+from deepafx.fx import FxLayer
+from deepafx.workers import WorkerError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); check its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _fault(**options):
+    return chain({"backend": "testing.fault", "name": "f", "options": options}, sample_rate=44100)
+
+
+def test_abort_once_is_survived_and_retried(tmp_path):
+    spec = _fault(mode="abort", on_render=2, once_file=str(tmp_path / "crashed"))
+    x = torch.ones(2, 1, 256)
+    with FxLayer(spec, batch_size=2, num_workers=2, timeout_s=30) as layer:
+        layer.eval()
+        p = torch.full((2, 1), 0.5)
+        layer(x, p)
+        pids = layer.pool.pids
+        y = layer(x, p)  # the 2nd render of one instance aborts; its worker restarts and retries
+        assert (tmp_path / "crashed").exists()
+        assert layer.pool.restarts == 1
+        torch.testing.assert_close(y, x)  # gain_db = 0 at p = 0.5
+        assert sorted(layer.pool.pids) != sorted(pids)
+        assert sum(not _alive(p) for p in pids) == 1
+
+
+def test_always_crashing_plugin_raises_clear_error_and_training_survives():
+    spec = _fault(mode="abort", on_render=1)
+    with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=30, max_retries=1) as layer:
+        layer.eval()
+        with pytest.raises(WorkerError, match=r"died with signal SIGABRT.*gave up after 2 attempt"):
+            layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))
+        assert layer.pool.restarts == 2
+    assert os.getpid() > 0  # still here
+
+
+def test_hanging_plugin_times_out():
+    spec = _fault(mode="hang", on_render=1)
+    with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=2, max_retries=0) as layer:
+        layer.eval()
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match="timed out after 2 s"):
+            layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))
+        assert time.monotonic() - t0 < 15
+
+
+def test_python_error_in_plugin_is_reraised_not_retried():
+    spec = _fault(mode="raise", on_render=1)
+    with FxLayer(spec, batch_size=1, num_workers=1) as layer:
+        layer.eval()
+        with pytest.raises(Exception, match="raised on purpose"):
+            layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))
+        assert layer.pool.restarts == 0
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time, torch
+    from deepafx.chain import chain
+    from deepafx.fx import FxLayer
+    mode = sys.argv[1]
+    spec = chain({"backend": "testing.fault", "name": "f",
+                  "options": {"mode": "hang" if mode == "sigint" else "abort", "on_render": 99}})
+    if mode == "sigint":
+        spec = chain({"backend": "testing.fault", "name": "f", "options": {"mode": "hang", "on_render": 1}})
+    layer = FxLayer(spec, batch_size=2, num_workers=2)
+    print(" ".join(map(str, layer.pool.pids)), flush=True)
+    if mode == "exception":
+        raise RuntimeError("boom")
+    if mode in ("sigint", "sigkill"):
+        layer.eval()
+        layer(torch.ones(2, 1, 64), torch.full((2, 1), 0.5))  # hangs (sigint) or stays in a render loop
+        time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("mode", ["normal", "exception", "sigint", "sigkill"])
+def test_no_orphan_workers(tmp_path, mode):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    if mode == "sigint":
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+    elif mode == "sigkill":
+        time.sleep(0.5)
+        proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), f"orphan workers left after {mode}"
