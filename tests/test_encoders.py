@@ -326,3 +326,17 @@ def test_split_targets_roundtrip():
     assert est.num_numeric == 3 and est.discrete_counts == (32, 4)
     with pytest.raises(ValueError, match=r"\(batch, 5\)"):
         layout.split_targets(x[:, :3])
+
+
+@pytest.mark.parametrize("name", ["inception", "mobilenetv2"])
+def test_state_dict_roundtrip(name):
+    torch.manual_seed(0)
+    a = build_encoder(name, num_params=4, **SMALL[name]).eval()
+    torch.manual_seed(1)
+    b = build_encoder(name, num_params=4, **SMALL[name]).eval()
+    # Filterbank and window are rebuilt from the arguments, not stored.
+    assert not any(k.startswith("features.") for k in a.state_dict())
+    b.load_state_dict(a.state_dict())
+    x = _noise(2, 1, 8192)
+    with torch.no_grad():
+        np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), atol=1e-6)
