@@ -37,6 +37,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from typing import Sequence
 
@@ -97,6 +98,7 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
     except BaseException as exc:  # report load failures to the parent, then exit
         conn.send(("error", type(exc).__name__, f"{exc}", traceback.format_exc()))
         return
+    shm = _SharedBuffers()
     while True:
         try:
             msg = conn.recv()
@@ -105,10 +107,20 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
         op = msg[0]
         try:
             if op == "render":
+                in_buf, out_buf = shm.attach(msg[1]), shm.attach(msg[2])
                 out = []
-                for slot, audio, params in msg[1]:
+                for slot, in_off, shape, params, out_off in msg[3]:
+                    audio = np.ndarray(shape, np.float32, in_buf.buf, in_off)
                     insts = chains[slot]
-                    out.append(np.stack([insts[r].process(audio, params[r]) for r in range(len(params))]))
+                    ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
+                    dest = (len(ys), *ys[0].shape)
+                    if dest == (len(params), *shape):  # written in place; only a flag goes back
+                        target = np.ndarray(dest, np.float32, out_buf.buf, out_off)
+                        for r, y in enumerate(ys):
+                            target[r] = y
+                        out.append(None)
+                    else:  # channel count changed: send the arrays themselves
+                        out.append(np.stack(ys))
                 conn.send(("ok", out))
             elif op == "reset":
                 for slot in msg[1]:
@@ -116,6 +128,7 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
                         inst.reset()
                 conn.send(("ok", None))
             elif op == "close":
+                shm.close()
                 for insts in chains.values():
                     for inst in insts:
                         inst.close()
@@ -143,10 +156,54 @@ def _main_module_hidden():
             setattr(main, k, v)
 
 
+class _SharedBuffers:
+    """Worker side: attach to the parent's shared-memory blocks by name (cached)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, shared_memory.SharedMemory] = {}
+
+    def attach(self, name: str) -> shared_memory.SharedMemory:
+        if name not in self._open:
+            # Spawned workers share the parent's resource tracker, so attaching only
+            # re-registers the parent's block; the parent unlinks it.
+            self._open[name] = shared_memory.SharedMemory(name=name)
+            for old in [n for n in self._open if n != name and len(self._open) > 4]:
+                self._open.pop(old).close()
+        return self._open[name]
+
+    def close(self) -> None:
+        for blk in self._open.values():
+            blk.close()
+        self._open.clear()
+
+
+class _Block:
+    """Parent side: a growable shared-memory block."""
+
+    def __init__(self) -> None:
+        self.shm: shared_memory.SharedMemory | None = None
+
+    def ensure(self, nbytes: int) -> shared_memory.SharedMemory:
+        if self.shm is None or self.shm.size < nbytes:
+            self.release()
+            self.shm = shared_memory.SharedMemory(create=True, size=max(int(nbytes * 1.25), 4096))
+        return self.shm
+
+    def release(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+            self.shm = None
+
+
 class _Worker:
     def __init__(self, ctx, spec: ChainSpec, slots: list[int], instances_per_slot: int, index: int):
         self.spec, self.slots, self.ips, self.index = spec, slots, instances_per_slot, index
         self.ctx = ctx
+        self.in_block, self.out_block = _Block(), _Block()
         self.start()
 
     def start(self) -> None:
@@ -187,7 +244,9 @@ class RenderPool:
         instances_per_slot: Instances per slot: ``1 + 2K`` for SPSA with K
             perturbations, ``1 + 2P`` for finite differences.
         num_workers: Worker processes (default: usable CPU cores, at most ``num_slots``).
-        timeout_s: Longest a worker may take for one request or to start.
+        timeout_s: Longest a worker may take for one render/reset request.
+        start_timeout_s: Longest a worker may take to start and build its
+            instances (default ``max(timeout_s, 120)``).
         max_retries: Restarts + retries of a failed request before giving up.
         start_method: multiprocessing start method (``"spawn"`` default: plugins
             must be loaded on the main thread of a clean process).
@@ -206,6 +265,7 @@ class RenderPool:
         timeout_s: float = 120.0,
         max_retries: int = 1,
         start_method: str = "spawn",
+        start_timeout_s: float | None = None,
     ):
         if num_slots < 1 or instances_per_slot < 1:
             raise ValueError("num_slots and instances_per_slot must be ≥ 1")
@@ -215,6 +275,7 @@ class RenderPool:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.num_workers = max(1, min(num_workers or usable, num_slots))
         self.timeout_s = float(timeout_s)
+        self.start_timeout_s = float(start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0))
         self.max_retries = int(max_retries)
         self.restarts = 0
         self._lock = threading.Lock()
@@ -238,7 +299,10 @@ class RenderPool:
 
     # -- lifecycle ------------------------------------------------------------
     def _await_ready(self, w: _Worker) -> None:
-        reply = self._recv(w, self.timeout_s, what="start")
+        try:
+            reply = self._recv(w, self.start_timeout_s, what="start")
+        except _Failure as f:
+            raise WorkerError(f"{f}: could not build chain {self.spec.name!r}") from None
         if reply[0] == "error":
             self._raise_remote(reply, w)
         w.info = reply[1]
@@ -269,10 +333,7 @@ class RenderPool:
         w.kill()
         w.start()
         self.restarts += 1
-        reply = self._recv(w, self.timeout_s, what="restart")
-        if reply[0] == "error":
-            self._raise_remote(reply, w)
-        w.info = reply[1]
+        self._await_ready(w)
 
     def close(self) -> None:
         """Shut every worker down (idempotent). Workers that do not answer within 5 s are killed."""
@@ -289,6 +350,8 @@ class RenderPool:
         for w in self._workers:
             w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             w.kill()
+            w.in_block.release()
+            w.out_block.release()
         _LIVE_POOLS.discard(self)
 
     def __enter__(self) -> "RenderPool":
@@ -363,15 +426,31 @@ class RenderPool:
             if len(req.params) > self.instances_per_slot:
                 raise ValueError(f"{len(req.params)} renders requested for slot {req.slot}, but it owns {self.instances_per_slot} instances")
             by_worker.setdefault(req.slot % self.num_workers, []).append((k, req.slot))
-        payloads = {
-            i: ("render", [(slot, requests[k].audio, np.asarray(requests[k].params)) for k, slot in items])
-            for i, items in by_worker.items()
-        }
+        payloads, layouts = {}, {}
+        for i, items in by_worker.items():
+            w = self._workers[i]
+            audios = [np.ascontiguousarray(requests[k].audio, dtype=np.float32) for k, _ in items]
+            for a in audios:
+                if a.ndim != 2:
+                    raise AudioError(f"audio must be (channels, samples), got shape {a.shape}")
+            in_sizes = [a.nbytes for a in audios]
+            out_sizes = [a.nbytes * len(requests[k].params) for a, (k, _) in zip(audios, items)]
+            in_shm = w.in_block.ensure(sum(in_sizes))
+            out_shm = w.out_block.ensure(sum(out_sizes))
+            entries, in_off, out_off = [], 0, 0
+            for a, (k, slot), n_in, n_out in zip(audios, items, in_sizes, out_sizes):
+                np.ndarray(a.shape, np.float32, in_shm.buf, in_off)[...] = a
+                entries.append((slot, in_off, a.shape, np.asarray(requests[k].params, dtype=np.float64), out_off))
+                in_off += n_in
+                out_off += n_out
+            payloads[i] = ("render", in_shm.name, out_shm.name, entries)
+            layouts[i] = entries
         replies = self._call(payloads)
         out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
         for i, items in by_worker.items():
-            for (k, _), arr in zip(items, replies[i]):  # type: ignore[arg-type]
-                out[k] = arr
+            buf = self._workers[i].out_block.shm.buf  # type: ignore[union-attr]
+            for (k, _), (_, _, shape, params, off), arr in zip(items, layouts[i], replies[i]):  # type: ignore[arg-type]
+                out[k] = arr if arr is not None else np.ndarray((len(params), *shape), np.float32, buf, off).copy()
         return out
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
