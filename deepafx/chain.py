@@ -87,6 +87,20 @@ class ChainSpec:
             data = data["chain"]
         return cls.from_dict(data)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form that :meth:`from_dict` reads back (checkpoints, configs)."""
+        procs = []
+        for p in self.processors:
+            d: dict[str, Any] = {"backend": p.backend, "name": p.name, "options": dict(p.options)}
+            if p.learn is not None:
+                d["learn"] = list(p.learn)
+            if p.fixed:
+                d["fixed"] = dict(p.fixed)
+            if p.ranges:
+                d["ranges"] = {k: list(v) for k, v in p.ranges.items()}
+            procs.append(d)
+        return {"name": self.name, "sample_rate": self.sample_rate, "processors": procs}
+
     def with_sample_rate(self, sample_rate: float) -> "ChainSpec":
         return ChainSpec(self.processors, float(sample_rate), self.name)
 

@@ -1,0 +1,1 @@
+"""Automatic mastering recipe: an encoder drives a multiband compressor → graphic EQ → limiter chain (DeepAFx)."""
