@@ -30,7 +30,8 @@ of their state across renders; Faust needs no rebuild.
 **Parameters.** VST parameters are normalized 0..1 in dawdreamer; each table
 entry maps plugin values to normalized ones through a
 :class:`~deepafx.hosts.plugin_params.ValueMap` sampled at load from the plugin's
-display text (``get_parameter_text`` at 1001 normalized values, about 2 µs each),
+display text (``get_parameter_text`` at 1001 normalized values, about 2 µs each;
+33 values for parameters slow to set),
 so LSP's ``at`` (attack, shown as ``0.000`` … ``2000`` ms on a curved scale) is
 set in milliseconds. Faust parameters take real values; ranges, steps and
 defaults come from the DSP and ``[unit:…]``/``[scale:log]`` metadata from its
@@ -62,6 +63,7 @@ from __future__ import annotations
 import abc
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,16 @@ import numpy as np
 
 from deepafx.hosts.base import AudioError, PluginError, Processor, ProcessorSpec, register_backend
 from deepafx.hosts.fpenv import float_env_guard
+from deepafx.hosts.vst3 import check_not_refused
 from deepafx.hosts.plugin_params import (
-    HOST_PARAMETERS,
     MAX_DISCRETE_VALUES,
     SAMPLE_STEPS,
     DiscoveredParam,
     ParamMap,
     ValueMap,
     build_table,
-    is_meter_name,
+    excluded_by_rules,
+    parse_number,
     resolve_asset,
     sanitize_name,
     unique_names,
@@ -93,34 +96,55 @@ DEFAULT_CONTEXT_S = 1.0
 #: Engine block size in samples: parameters are applied at these block starts.
 DEFAULT_BLOCK_SIZE = 512
 
+#: Coarse sampling of a parameter's display text, and the per-point time above
+#: which sampling stops there (see :func:`_sample_texts`).
+COARSE_STEPS = 32
+SLOW_SET_S = 1e-3
+
 _CREATE_LOCK = threading.Lock()
 
 _COMMON_OPTIONS = frozenset({"param_map", "exclude", "channels", "context_s", "block_size"})
 
 
 def find_vst2(path: str | Path) -> Path:
-    """Resolve a VST2 ``.so`` / VST3 bundle path, or a bare name under :data:`VST2_DIRS`.
+    """Resolve a plugin path: as given, relative to :data:`VST2_DIRS`, or a bare name found in them.
+
+    A bare name (``compressor-stereo``, ``ZamTube-vst.so``) is matched with and
+    without ``.so`` / ``-vst.so`` in those folders and their sub-folders.
 
     Raises:
         PluginError: nothing found; lists the places tried and the Debian packages.
     """
-    p = Path(path).expanduser()
-    if p.exists():
-        return p
-    tried = [str(p)]
-    if not p.is_absolute() and len(p.parts) == 1:
-        names = {p.name, p.name + ".so", p.name + "-vst.so"}
-        for d in VST2_DIRS:
-            tried.append(f"{d}/**/{{{', '.join(sorted(names))}}}")
-            if d.is_dir():
-                for cand in sorted(d.rglob("*")):
-                    if cand.name in names:
-                        return cand
+    found = _search_vst2(Path(path).expanduser(), tried := [])
+    if found is not None:
+        check_not_refused(found)
+        return found
     raise PluginError(
         f"plugin {str(path)!r} not found; tried: {'; '.join(tried)}. Give an existing .so or .vst3 path, "
         "or install plugins (Debian: apt-get install -y --no-install-recommends lsp-plugins-vst "
         "dragonfly-reverb-vst dpf-plugins-vst zam-plugins)."
     )
+
+
+def _search_vst2(p: Path, tried: list[str]) -> Path | None:
+    if p.exists():
+        return p
+    tried.append(str(p))
+    if p.is_absolute():
+        return None
+    for d in VST2_DIRS:
+        tried.append(str(d / p))
+        if (d / p).exists():
+            return d / p
+    if len(p.parts) == 1:
+        names = {p.name, p.name + ".so", p.name + "-vst.so"}
+        for d in VST2_DIRS:
+            tried.append(f"{d}/**/{{{','.join(sorted(names))}}}")
+            if d.is_dir():
+                for cand in sorted(d.rglob("*")):
+                    if cand.name in names:
+                        return cand
+    return None
 
 
 @dataclass
@@ -150,6 +174,8 @@ class DawDreamerProcessor(Processor):
 
     #: True when every ``render()`` clears all state, so reset needs no rebuild.
     render_clears_state = False
+    #: True when :meth:`_discover` changes the node (then it is not used for audio).
+    discovery_mutates = True
     label = "plugin"
 
     def __init__(self, sample_rate: float, context_s: float | None, block_size: int, channels: int) -> None:
@@ -196,7 +222,13 @@ class DawDreamerProcessor(Processor):
         return _Voice(engine, node, playback)
 
     def _setup(self, param_map: str | Path | None, exclude: Any) -> None:
-        """Load the first engine, choose the channel layout, build the table and the other engines."""
+        """Load a probe engine, choose the channel layout, build the table, then the engines.
+
+        A VST probe is discarded: sampling every parameter's display text left
+        traces in an LSP compressor's state (its output then differed from a
+        fresh instance's by up to 6e-4), so processing starts on fresh engines.
+        Faust discovery only reads, so its probe (one compilation) is kept.
+        """
         first = self._new_voice()
         n_in = int(first.node.get_num_input_channels())
         if n_in == 0:
@@ -208,17 +240,21 @@ class DawDreamerProcessor(Processor):
         self.num_input_channels = None if self.mono_only else 2
         pm = ParamMap.load(param_map) if param_map else None
         exclude = tuple(exclude or ())
-        self.param_table, selected = build_table(self._discover(first.node, pm, exclude), pm, exclude,
-                                                 plugin_label=self.label)
-        self._maps = [s.value_map for s in selected]
-        self._handles = [s.source.handle for s in selected]
+        self.param_table, self.bindings = build_table(self._discover(first.node, pm, exclude), pm, exclude,
+                                                      plugin_label=self.label)
+        self._maps = [s.value_map for s in self.bindings]
+        self._handles = [s.source.handle for s in self.bindings]
         self._raw = [m.to_raw(v) for m, v in zip(self._maps, self.param_table.defaults())]
-        self._build_voices(first)
+        self.latency_samples = self._latency(first.node)
+        self._build_voices(None if self.discovery_mutates else first)
+
+    def _latency(self, node: Any) -> int:
+        """Latency in samples the node reports (0 when the host exposes none)."""
+        return 0
 
     def _build_voices(self, first: _Voice | None = None) -> None:
-        count = self.channels if self.mono_only else 1
         voices = [first] if first is not None else []
-        voices += [self._new_voice() for _ in range(count - len(voices))]
+        voices += [self._new_voice() for _ in range((self.channels if self.mono_only else 1) - len(voices))]
         for v in voices:
             for k, raw in enumerate(self._raw):
                 self._send(v.node, k, raw)
@@ -291,7 +327,9 @@ class VSTDawDreamerProcessor(DawDreamerProcessor):
         self.path = find_vst2(path)
         self.label = f"plugin {self.path.name}"
         self._setup(param_map, exclude)
-        self.latency_samples = int(self._voices[0].node.get_latency_samples())
+
+    def _latency(self, node: Any) -> int:
+        return int(node.get_latency_samples())
 
     def _make_node(self, engine: Any) -> Any:
         try:
@@ -310,29 +348,52 @@ class VSTDawDreamerProcessor(DawDreamerProcessor):
         listed = set(param_map.params) if param_map else set()
         dropped = set(exclude) | (set(param_map.exclude) if param_map else set())
         only_listed = bool(param_map and param_map.only_listed)
-        grid = np.linspace(0.0, 1.0, SAMPLE_STEPS + 1)
         out = []
         for i, (d, key, name, unit) in enumerate(zip(desc, keys, names, units)):
             named = {key, name}
-            if only_listed:
-                wanted = bool(named & listed)
-            else:  # skip sampling what build_table drops anyway
-                wanted = bool(named & listed) or not (
-                    named & dropped or key.lower() in HOST_PARAMETERS or name in HOST_PARAMETERS or is_meter_name(name)
-                )
+            automatable = bool(d.get("isAutomatable", True))
+            # sample only what build_table can keep: listed, or not dropped by a rule
+            wanted = bool(named & listed) or not (
+                only_listed or named & dropped or excluded_by_rules(key, name, automatable)
+            )
             vm, current = None, 0.0
-            if wanted:  # the display text over the normalized range, about 2 µs a step
+            if wanted:
                 original = float(node.get_parameter(i))
-                texts = []
-                for r in grid:
-                    node.set_parameter(i, float(r))
-                    texts.append(node.get_parameter_text(i))
+                raws, texts = _sample_texts(node, i)
                 node.set_parameter(i, original)
-                vm = ValueMap.from_samples(grid, texts)
-                current = vm.to_value(original) if vm is not None else 0.0
-            out.append(DiscoveredParam(key, name, unit, vm, current, handle=i,
-                                       automatable=bool(d.get("isAutomatable", True))))
+                vm = ValueMap.from_samples(raws, texts)
+                if vm is not None:  # the default as displayed ("20.0"), else interpolated
+                    shown = parse_number(node.get_parameter_text(i))
+                    ok = shown is not None and not vm.discrete and vm.min <= shown <= vm.max
+                    current = shown if ok else vm.to_value(original)
+            out.append(DiscoveredParam(key, name, unit, vm, current, handle=i, automatable=automatable))
         return out
+
+
+def _sample_texts(node: Any, index: int) -> tuple[np.ndarray, list[str]]:
+    """Display texts of parameter ``index`` over normalized values on [0, 1].
+
+    A coarse grid (:data:`COARSE_STEPS` + 1 points) is sampled first; when that
+    took under :data:`SLOW_SET_S` per point (about 2 µs is usual), the full grid
+    of :data:`~deepafx.hosts.plugin_params.SAMPLE_STEPS` + 1 points follows.
+    Parameters that are slow to set keep the coarse grid: ZamVerb's ``Room``
+    reloads an impulse response on every change (131 ms each), so 1001 samples
+    would take more than two minutes.
+    """
+    coarse = np.linspace(0.0, 1.0, COARSE_STEPS + 1)
+    start = time.perf_counter()
+    texts = []
+    for r in coarse:
+        node.set_parameter(index, float(r))
+        texts.append(node.get_parameter_text(index))
+    if time.perf_counter() - start > SLOW_SET_S * len(coarse):
+        return coarse, texts
+    grid = np.linspace(0.0, 1.0, SAMPLE_STEPS + 1)
+    texts = []
+    for r in grid:
+        node.set_parameter(index, float(r))
+        texts.append(node.get_parameter_text(index))
+    return grid, texts
 
 
 _WIDGET = re.compile(r'\b(hslider|vslider|nentry|checkbox|button)\s*\(\s*"([^"]*)"')
@@ -364,6 +425,7 @@ class FaustProcessor(DawDreamerProcessor):
     """
 
     render_clears_state = True
+    discovery_mutates = False
 
     def __init__(
         self,
@@ -417,6 +479,8 @@ class FaustProcessor(DawDreamerProcessor):
                 vm = ValueMap.identity(lo, hi) if hi > lo else None
             unit = m.get("unit", "")
             found.append((key, unit, vm, float(d["value"]), address, m.get("scale")))
+        order = list(meta)  # dawdreamer lists parameters alphabetically; use the source order
+        found.sort(key=lambda f: order.index(f[0]) if f[0] in order else len(order))
         names = unique_names(sanitize_name(key, unit) for key, unit, *_ in found)
         return [
             DiscoveredParam(key, name, unit, vm, value, handle=address, scale=scale)

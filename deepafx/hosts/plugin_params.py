@@ -306,6 +306,11 @@ def is_meter_name(name: str) -> bool:
     return bool(METER_NAME_PATTERN.search(name.lower()))
 
 
+def excluded_by_rules(key: str, name: str, automatable: bool = True) -> bool:
+    """True when rules 1–3 of the module docstring drop a parameter (host, not automatable, meter)."""
+    return not automatable or key.lower() in HOST_PARAMETERS or name in HOST_PARAMETERS or is_meter_name(name)
+
+
 @dataclass(frozen=True)
 class ParamMap:
     """Per-plugin parameter selection and overrides, loaded from YAML.
@@ -459,14 +464,7 @@ def build_table(
     dropped = {id(by_name[n]) for n in drop}
 
     def usable(dp: DiscoveredParam) -> bool:
-        return (
-            id(dp) not in dropped
-            and dp.value_map is not None
-            and dp.automatable
-            and dp.key.lower() not in HOST_PARAMETERS
-            and dp.name not in HOST_PARAMETERS
-            and not is_meter_name(dp.name)
-        )
+        return id(dp) not in dropped and dp.value_map is not None and not excluded_by_rules(dp.key, dp.name, dp.automatable)
 
     if pm.only_listed:
         chosen = [by_name[k] for k in pm.params]
@@ -508,6 +506,7 @@ __all__ = [
     "ValueMap",
     "build_table",
     "describe_labels",
+    "excluded_by_rules",
     "is_meter_name",
     "parse_number",
     "resolve_asset",

@@ -53,7 +53,8 @@ from deepafx.hosts.plugin_params import MAX_DISCRETE_VALUES, DiscoveredParam, Pa
 #: Folders searched for a bare plugin name.
 VST3_DIRS = (Path("/usr/lib/vst3"), Path("/usr/local/lib/vst3"), Path.home() / ".vst3")
 
-#: Plugins known to misbehave in pedalboard, with what to use instead (key: lower-case bundle stem).
+#: VST3 bundles known to hang while loading (pedalboard and dawdreamer alike), with
+#: what to use instead (key: lower-case bundle stem).
 REFUSED = {
     "zamverb": "ZamVerb.vst3 hangs while loading in pedalboard; use its VST2 build through the "
     "'dawdreamer' backend instead: {backend: dawdreamer, options: {path: /usr/lib/vst/ZamVerb-vst.so}}",
@@ -93,10 +94,15 @@ def find_vst3(path: str | Path) -> Path:
             "Give an existing .vst3 path, or install the plugins "
             "(Debian: apt-get install -y --no-install-recommends zam-plugins)."
         )
-    stem = found.name.split(".")[0].lower()
-    if stem in REFUSED:
-        raise PluginError(f"refusing to load {found}: {REFUSED[stem]}")
+    check_not_refused(found)
     return found
+
+
+def check_not_refused(path: Path) -> None:
+    """Raise :class:`PluginError` for a VST3 bundle in :data:`REFUSED` (hangs in any JUCE host here)."""
+    stem = path.name.split(".")[0].lower()
+    if path.suffix == ".vst3" and stem in REFUSED:
+        raise PluginError(f"refusing to load {path}: {REFUSED[stem]}")
 
 
 def _load(path: Path) -> Any:
@@ -188,10 +194,10 @@ class VST3Processor(Processor):
         self.num_input_channels = 2 if (stereo and not mono) else None
         self._instances = [first] + [_load(self.path) for _ in range(int(channels) - 1 if self.mono_only else 0)]
         pm = ParamMap.load(param_map) if param_map else None
-        self.param_table, self._selected = build_table(
+        self.param_table, self.bindings = build_table(
             _discover(first), pm, tuple(exclude), plugin_label=f"VST3 {self.path.name}"
         )
-        self._maps = [s.value_map for s in self._selected]
+        self._maps = [s.value_map for s in self.bindings]
         self._values = self.param_table.defaults()
         self._bind()
         self.reset()
@@ -208,9 +214,9 @@ class VST3Processor(Processor):
         """
         self._handles = [
             [inst._get_parameter(inst.parameters[s.source.key].name) for inst in self._instances]
-            for s in self._selected
+            for s in self.bindings
         ]
-        self._raw = [float("nan")] * len(self._selected)
+        self._raw = [float("nan")] * len(self.bindings)
         self.set_values(self._values)
 
     @property
@@ -283,4 +289,4 @@ def build_vst3(spec: ProcessorSpec, sample_rate: float) -> VST3Processor:
     return VST3Processor(sample_rate=sample_rate, **opts)
 
 
-__all__ = ["VST3Processor", "build_vst3", "find_vst3"]
+__all__ = ["VST3Processor", "build_vst3", "check_not_refused", "find_vst3"]

@@ -1,0 +1,245 @@
+"""``deepafx plugins``: list the plugins this machine can host, or one plugin's parameters.
+
+``deepafx plugins`` lists, without loading anything: VST3 bundles (``/usr/lib/vst3``,
+``/usr/local/lib/vst3``, ``~/.vst3``), VST2 ``.so`` files (``/usr/lib/vst``,
+``/usr/lib/lxvst``, ``/usr/local/lib/vst``, ``~/.vst``, recursively), Faust DSP
+files (``plugins/faust``), parameter maps (``plugins/param_maps``), chain configs
+(``plugins/chains``) and the registered backends.
+
+``deepafx plugins --details NAME_OR_PATH`` loads one plugin, Faust file, chain
+config or backend and prints its parameter table (plugin units). The load runs
+in a child process with a time limit (``--timeout``), so a plugin that hangs or
+crashes while loading (ZamVerb.vst3 hangs) is reported instead of stopping the
+command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from deepafx.chain import PLUGINS_DIR
+from deepafx.hosts.dawdreamer_host import VST2_DIRS
+from deepafx.hosts.vst3 import VST3_DIRS
+
+#: Shared libraries that sit among VST2 plugins but are not plugins (LSP's core library).
+NOT_PLUGINS = ("lsp-plugins-vst2-",)
+_MARKER = "DEEPAFX_DETAILS_JSON:"
+
+
+def find_plugins() -> dict[str, list[str]]:
+    """Everything hostable found on this machine, by kind, without loading any of it."""
+    from deepafx.hosts.base import available_backends
+
+    def files(dirs: tuple[Path, ...], pattern: str, recursive: bool) -> list[str]:
+        out: list[str] = []
+        for d in dirs:
+            if d.is_dir():
+                found = d.rglob(pattern) if recursive else d.glob(pattern)
+                out += [str(p) for p in sorted(found) if not p.name.startswith(NOT_PLUGINS)]
+        return out
+
+    return {
+        "vst3": files(VST3_DIRS, "*.vst3", False),
+        "vst2": files(VST2_DIRS, "*.so", True),
+        "faust": files((PLUGINS_DIR / "faust",), "*.dsp", False),
+        "param_maps": files((PLUGINS_DIR / "param_maps",), "*.yaml", False),
+        "chains": [p for ext in ("*.yaml", "*.yml", "*.json") for p in files((PLUGINS_DIR / "chains",), ext, False)],
+        "backends": available_backends(),
+    }
+
+
+def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
+    """Decide how to load ``target``: ``{"kind": "chain"|"processor", ...}``.
+
+    Raises:
+        SystemExit: nothing matches; the message lists what was tried.
+    """
+    from deepafx.hosts.base import PluginError, available_backends
+    from deepafx.hosts.dawdreamer_host import find_vst2
+    from deepafx.hosts.plugin_params import resolve_asset
+    from deepafx.hosts.vst3 import find_vst3
+
+    extra = {"param_map": param_map} if param_map else {}
+    p = Path(target)
+    tried = []
+    if p.suffix in (".yaml", ".yml", ".json") or (PLUGINS_DIR / "chains" / f"{target}.yaml").exists():
+        for cand in (p, PLUGINS_DIR / p, PLUGINS_DIR / "chains" / p, PLUGINS_DIR / "chains" / f"{target}.yaml"):
+            if cand.is_file():
+                return {"kind": "chain", "path": str(cand)}
+        tried.append(f"chain config: {target}")
+    if p.suffix == ".dsp" or (PLUGINS_DIR / "faust" / f"{target}.dsp").exists():
+        name = target if p.suffix == ".dsp" else f"{target}.dsp"
+        try:
+            return {"kind": "processor", "backend": "faust", "options": {"dsp": str(resolve_asset(name, ("faust",), "Faust DSP")), **extra}}
+        except PluginError as exc:
+            tried.append(str(exc))
+    if target in available_backends():
+        return {"kind": "processor", "backend": target, "options": extra}
+    if p.suffix != ".so":
+        try:
+            return {"kind": "processor", "backend": "vst3", "options": {"path": str(find_vst3(target)), **extra}}
+        except PluginError as exc:
+            tried.append(str(exc))
+            if p.suffix == ".vst3":  # a bundle pedalboard cannot load: dawdreamer (JUCE too) will not either
+                raise SystemExit(f"deepafx plugins: cannot load {target!r}: {exc}") from None
+    try:
+        return {"kind": "processor", "backend": "dawdreamer", "options": {"path": str(find_vst2(target)), **extra}}
+    except PluginError as exc:
+        tried.append(str(exc))
+    raise SystemExit(f"deepafx plugins: cannot resolve {target!r}:\n  " + "\n  ".join(tried))
+
+
+def _load_details(spec: dict[str, Any], sample_rate: float) -> dict[str, Any]:
+    """Load ``spec`` in this process and describe it (runs in the child process)."""
+    from deepafx.chain import ChainSpec
+    from deepafx.hosts.base import ProcessorSpec, build_processor
+    from deepafx.hosts.plugin_params import describe_labels
+
+    if spec["kind"] == "chain":
+        chain_spec = ChainSpec.from_file(spec["path"])
+        chain = chain_spec.build()
+        try:
+            return {
+                "kind": "chain",
+                "path": spec["path"],
+                "sample_rate": chain_spec.sample_rate,
+                "latency_samples": chain.latency_samples,
+                "num_params": len(chain.param_table),
+                "describe": chain.describe(),
+                "params": [_param_dict(p) for p in chain.param_table],
+            }
+        finally:
+            chain.close()
+    proc = build_processor(ProcessorSpec(backend=spec["backend"], name="plugin", options=spec["options"]), sample_rate)
+    bindings = getattr(proc, "bindings", None)  # third-party plugin backends: enum labels
+    labels = describe_labels(bindings) if bindings else ""
+    return {
+        "kind": "processor",
+        "backend": spec["backend"],
+        "options": spec["options"],
+        "sample_rate": sample_rate,
+        "latency_samples": int(proc.latency_samples),
+        "num_input_channels": proc.num_input_channels,
+        "is_instrument": bool(proc.is_instrument),
+        "num_params": len(proc.param_table),
+        "describe": proc.param_table.describe(),
+        "labels": labels,
+        "params": [_param_dict(p) for p in proc.param_table],
+    }
+
+
+def _param_dict(p: Any) -> dict[str, Any]:
+    return {"name": p.name, "min": p.min, "max": p.max, "default": p.default, "unit": p.unit, "scale": p.scale,
+            "values": list(p.values) if p.values is not None else None}
+
+
+def details(target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0, param_map: str | None = None) -> dict[str, Any]:
+    """Load ``target`` in a child process and return its description.
+
+    Args:
+        target: Plugin path or name, Faust file, chain config or backend name.
+        sample_rate: Rate in Hz to load at.
+        timeout_s: Seconds before the child is killed.
+        param_map: Optional parameter map for a single plugin.
+
+    Returns:
+        ``{"kind", "describe", "params", "latency_samples", …}``.
+
+    Raises:
+        RuntimeError: the child timed out, crashed or failed (with its error output).
+    """
+    spec = _spec_for(target, param_map)
+    cmd = [sys.executable, "-m", "deepafx.commands.plugins", "--_child", json.dumps(spec), str(sample_rate)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"loading {target!r} did not finish within {timeout_s:g} s (the plugin hangs while loading?); "
+            "raise --timeout if it is only slow"
+        ) from None
+    for line in res.stdout.splitlines()[::-1]:
+        if line.startswith(_MARKER):
+            out = json.loads(line[len(_MARKER):])
+            if "error" in out:
+                raise RuntimeError(f"loading {target!r} failed: {out['error']}")
+            return out
+    tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-8:])
+    raise RuntimeError(f"loading {target!r} crashed (exit status {res.returncode}):\n{tail}")
+
+
+def _child(spec_json: str, sample_rate: str) -> None:
+    spec = json.loads(spec_json)
+    try:
+        out = _load_details(spec, float(sample_rate))
+    except Exception as exc:  # reported to the parent, which raises with the message
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write("\n" + _MARKER + json.dumps(out) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip plugin destructors (some print warnings or hang at exit)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.details:
+        try:
+            info = details(args.details, args.sample_rate, args.timeout, args.param_map)
+        except RuntimeError as exc:
+            print(f"deepafx plugins: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        if info["kind"] == "chain":
+            print(info["describe"])
+            return 0
+        print(f"{args.details}: backend {info['backend']}, {info['num_params']} parameter(s), "
+              f"latency {info['latency_samples']} samples at {info['sample_rate']:g} Hz, "
+              f"input channels {info['num_input_channels'] or 'any'}")
+        print(info["describe"])
+        if info.get("labels"):
+            print("value labels:\n" + info["labels"])
+        return 0
+    found = find_plugins()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    titles = {
+        "vst3": "VST3 (backend vst3, or dawdreamer)",
+        "vst2": "VST2 (backend dawdreamer)",
+        "faust": "Faust DSP (backend faust)",
+        "param_maps": "parameter maps",
+        "chains": "chain configs",
+        "backends": "registered backends",
+    }
+    for key, title in titles.items():
+        print(f"{title}: {len(found[key])}")
+        for item in found[key]:
+            print(f"  {item}")
+    print("Show a table: deepafx plugins --details NAME_OR_PATH")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plugins",
+        help="list hostable plugins, or show one plugin's parameter table",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--details", metavar="NAME_OR_PATH",
+                   help="plugin path or name, .dsp file, chain config or backend name to load and describe")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--param-map", default=None, help="parameter map YAML for --details of a single plugin")
+    p.add_argument("--sample-rate", type=float, default=44100.0, help="rate in Hz for --details (default 44100)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for loading with --details (default 60)")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--_child":
+        _child(sys.argv[2], sys.argv[3])
+    sys.exit(2)
