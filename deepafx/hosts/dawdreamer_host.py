@@ -13,11 +13,18 @@ Dragonfly reverbs (partly cleared). Rendering 1 s in ten blocks differed from on
 render by 0.13–1.6 (peak) for compressors, limiters, tube and reverbs. So block-to-block
 state cannot come from the engine. Instead each processor keeps the last
 ``context_s`` seconds of its input and re-renders them before every block,
-returning only the new block: output block ``k`` equals the last samples of one
-render of ``[context, block k]``. With ``context_s: null`` the whole input since
-the last :meth:`~DawDreamerProcessor.reset` is replayed (exact for plugins that
-fully clear, cost growing with stream length); with a finite context the error
-is what the plugin remembers from longer ago (compressor release, reverb tail).
+returning only the new block: output block ``k`` is the end of one render of
+``[context, block k]``. A stream starts with ``context_s`` seconds of silence as
+its context, so every render has the same length and the plugin has settled on
+silence before the first sample (whatever the previous render left in it). With
+a finite context the error against one uninterrupted render is what the plugin
+remembers from longer ago (compressor release, reverb tail) plus what it keeps
+across renders, decayed over the context: an LSP compressor (200 ms release)
+streamed in blocks of 100 to 5000 samples was within 2e-3 of the one-shot output
+with a 1 s context and 0.04 off without context. With ``context_s: null`` the
+whole input since the last :meth:`~DawDreamerProcessor.reset` is replayed with no
+silence before it: bit-exact for plugins that clear on render (DPF, Faust), cost
+growing with stream length.
 The replayed context is rendered with the *current* parameter values
 (dawdreamer's per-sample automation costs about 1 ms per parameter per second
 of audio, more than the render itself), so after a parameter change the state
@@ -270,6 +277,18 @@ class DawDreamerProcessor(Processor):
                 for v in self._voices:
                     self._send(v.node, k, r)
 
+    def display_text(self, name: str) -> str:
+        """The host's display of table parameter ``name`` (first engine), e.g. ``"20.0"``.
+
+        Raises:
+            ParameterError: unknown name (lists the known ones).
+        """
+        k = self.param_table.index(name)
+        return self._text(self._voices[0].node, k)
+
+    def _text(self, node: Any, k: int) -> str:
+        return str(node.get_parameter_text(self._handles[k]))
+
     def _render(self, audio: np.ndarray) -> np.ndarray:
         c, n = audio.shape
         if self.mono_only and c > len(self._voices):
@@ -278,11 +297,13 @@ class DawDreamerProcessor(Processor):
                 f"channel; got {c} channels (raise option 'channels')"
             )
         hist = self._history
-        full = audio if hist is None or hist.shape[0] != c else np.concatenate([hist, audio], axis=1)
+        if hist is None or hist.shape[0] != c:  # start of a stream: a silent context
+            hist = np.zeros((c, self.context_samples or 0), np.float32)
+        full = np.concatenate([hist, audio], axis=1) if hist.shape[1] else audio
         if self.context_samples is None:
             self._history = full
         elif self.context_samples > 0:
-            self._history = full[:, max(0, full.shape[1] - self.context_samples) :]
+            self._history = full[:, full.shape[1] - self.context_samples :]
         duration = (full.shape[1] + 0.5) / self.sample_rate  # dawdreamer truncates duration * rate
         groups = [full[i : i + 1] for i in range(c)] if self.mono_only else [full]
         outs = []
@@ -461,6 +482,9 @@ class FaustProcessor(DawDreamerProcessor):
 
     def _send(self, node: Any, k: int, raw: float) -> None:
         node.set_parameter(self._handles[k], raw)
+
+    def _text(self, node: Any, k: int) -> str:
+        return f"{node.get_parameter(self._handles[k]):g}"
 
     def _discover(self, node: Any, param_map: ParamMap | None, exclude: tuple[str, ...]) -> list[DiscoveredParam]:
         meta = faust_widget_metadata(self.code)

@@ -111,10 +111,11 @@ class ValueMap:
         return self.values[-1]
 
     def to_raw(self, value: float) -> float:
-        """Raw value on [0, 1] that makes the plugin show ``value`` (plugin units).
+        """Host value that makes the plugin show ``value`` (plugin units).
 
-        Discrete parameters snap to the nearest valid value; continuous values
-        are clipped to ``[min, max]``.
+        The host value is the normalized raw value on [0, 1] for VST hosts and
+        the value itself for Faust (:meth:`identity`). Discrete parameters snap
+        to the nearest valid value; continuous values are clipped to ``[min, max]``.
         """
         v = float(value)
         if self.discrete:
@@ -124,7 +125,8 @@ class ValueMap:
             return self.raws[i]
         if self.linear is not None:
             offset, slope = self.linear
-            return min(1.0, max(0.0, (v - offset) / slope))
+            a, b = self.raws[0], self.raws[-1]
+            return min(max(a, b), max(min(a, b), (v - offset) / slope))
         vals = self.values
         if v <= vals[0]:
             return self.raws[0]
@@ -135,12 +137,12 @@ class ValueMap:
         return r0 + (r1 - r0) * (v - v0) / (v1 - v0)
 
     def to_value(self, raw: float) -> float:
-        """Plugin value shown for ``raw`` on [0, 1] (nearest sampled or interpolated).
+        """Plugin value shown for host value ``raw`` (nearest sampled or interpolated).
 
         A continuous value within 1e-7 of the range of a sampled display value is
         returned as that display value (``10.0``, not ``9.9999997``).
         """
-        r = min(1.0, max(0.0, float(raw)))
+        r = min(max(self.raws), max(min(self.raws), float(raw)))
         if self.linear is not None and not self.discrete:
             offset, slope = self.linear
             v = offset + slope * r

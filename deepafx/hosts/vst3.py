@@ -235,6 +235,14 @@ class VST3Processor(Processor):
                     h.raw_value = r
                 raw[k] = r
 
+    def display_text(self, name: str) -> str:
+        """The plugin's own display of table parameter ``name`` (first instance), e.g. ``"10.000000"``.
+
+        Raises:
+            ParameterError: unknown name (lists the known ones).
+        """
+        return str(self._handles[self.param_table.index(name)][0].string_value)
+
     def _render(self, audio: np.ndarray) -> np.ndarray:
         sr = self.sample_rate
         if not self.mono_only:
