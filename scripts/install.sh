@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything deepafx needs on a fresh Debian 12 machine (run as root or with sudo).
+#   scripts/install.sh          system packages + the package
+#   scripts/install.sh --test   the same plus test dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  zam-plugins            # Zam VST3/VST2 effects (ZaMultiCompX2, ZamGEQ31, ZaMaximX2 …)
+  lsp-plugins-vst        # LSP VST2 compressors, multiband compressors, EQs, limiters
+  dragonfly-reverb-vst   # Dragonfly VST2 reverbs
+  dpf-plugins-vst        # DPF VST2 effects
+  fluid-soundfont-gm     # FluidR3_GM SoundFont: real scores → audio
+  fluidsynth libfluidsynth3
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "[install] apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  echo "[install] apt-get not found: install ${APT_PACKAGES[*]} with your package manager" >&2
+fi
+
+# torch first and pinned: the CPU build 2.13.0 (a looser range pulls several GB of CUDA wheels).
+python -m pip install -q "torch==2.13.0"
+extra=""
+if [ "${1:-}" = "--test" ]; then extra="[test]"; fi
+python -m pip install -q -e ".${extra}"
+echo "[install] done"
