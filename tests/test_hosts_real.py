@@ -310,6 +310,18 @@ def test_faust_errors():
         proc.process(signal(1), values)
 
 
+def test_loading_dpf_plugins_leaves_the_float_environment_alone():
+    from deepafx.hosts.fpenv import denormals_flushed
+
+    assert not denormals_flushed()
+    build("vst3", path=str(require(ZAM_COMP)))  # DPF switches on flush-to-zero while loading
+    build("dawdreamer", path=str(require(ZAM_COMP_VST2)))
+    assert not denormals_flushed()
+    assert 1e-310 * 1.0 > 0.0
+    proc = build("faust", dsp=require(TONE_EQ).name)  # the Faust compiler aborted under flush-to-zero
+    assert len(proc.param_table) == 7
+
+
 # --------------------------------------------------------------------------- chains and CLI
 
 
