@@ -76,7 +76,8 @@ def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
     if p.suffix == ".dsp" or (PLUGINS_DIR / "faust" / f"{target}.dsp").exists():
         name = target if p.suffix == ".dsp" else f"{target}.dsp"
         try:
-            return {"kind": "processor", "backend": "faust", "options": {"dsp": str(resolve_asset(name, ("faust",), "Faust DSP")), **extra}}
+            dsp = str(resolve_asset(name, ("faust",), "Faust DSP"))
+            return {"kind": "processor", "backend": "faust", "options": {"dsp": dsp, **extra}}
         except PluginError as exc:
             tried.append(str(exc))
     if target in available_backends():
@@ -139,7 +140,9 @@ def _param_dict(p: Any) -> dict[str, Any]:
             "values": list(p.values) if p.values is not None else None}
 
 
-def details(target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0, param_map: str | None = None) -> dict[str, Any]:
+def details(
+    target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0, param_map: str | None = None
+) -> dict[str, Any]:
     """Load ``target`` in a child process and return its description.
 
     Args:
@@ -235,7 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--param-map", default=None, help="parameter map YAML for --details of a single plugin")
     p.add_argument("--sample-rate", type=float, default=44100.0, help="rate in Hz for --details (default 44100)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for loading with --details (default 60)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds allowed for loading with --details (default 60)")
     p.set_defaults(func=run)
 
 

@@ -355,13 +355,16 @@ class ParamMap:
             raise PluginError(f"parameter map {p}: expected a mapping at top level, got {type(data).__name__}")
         unknown = set(data) - {"plugin", "only_listed", "exclude", "params"}
         if unknown:
-            raise PluginError(f"parameter map {p}: unknown keys {sorted(unknown)}; allowed: plugin, only_listed, exclude, params")
+            raise PluginError(
+                f"parameter map {p}: unknown keys {sorted(unknown)}; allowed: plugin, only_listed, exclude, params"
+            )
         params = data.get("params") or {}
         for key, ov in params.items():
             ov = ov or {}
             if not isinstance(ov, Mapping) or set(ov) - cls.OVERRIDE_KEYS:
                 raise PluginError(
-                    f"parameter map {p}: entry {key!r} must be a mapping with keys among {sorted(cls.OVERRIDE_KEYS)}, got {ov!r}"
+                    f"parameter map {p}: entry {key!r} must be a mapping with keys among "
+                    f"{sorted(cls.OVERRIDE_KEYS)}, got {ov!r}"
                 )
         return cls(
             path=p,
@@ -410,7 +413,8 @@ def _param_from(dp: DiscoveredParam, ov: Mapping[str, Any], where: str) -> Param
     hi = float(ov.get("max", vm.max))
     if values is None and (lo < vm.min - 1e-9 * max(1.0, abs(vm.min)) or hi > vm.max + 1e-9 * max(1.0, abs(vm.max))):
         raise ParameterError(
-            f"{where}: parameter {dp.key!r}: range [{lo}, {hi}] must lie inside the plugin's [{vm.min}, {vm.max}] {dp.unit}"
+            f"{where}: parameter {dp.key!r}: range [{lo}, {hi}] must lie inside the plugin's "
+            f"[{vm.min}, {vm.max}] {dp.unit}"
         )
     if values is not None and ("min" in ov or "max" in ov):
         values = tuple(v for v in values if lo <= v <= hi)
@@ -466,7 +470,9 @@ def build_table(
     dropped = {id(by_name[n]) for n in drop}
 
     def usable(dp: DiscoveredParam) -> bool:
-        return id(dp) not in dropped and dp.value_map is not None and not excluded_by_rules(dp.key, dp.name, dp.automatable)
+        if id(dp) in dropped or dp.value_map is None:
+            return False
+        return not excluded_by_rules(dp.key, dp.name, dp.automatable)
 
     if pm.only_listed:
         chosen = [by_name[k] for k in pm.params]

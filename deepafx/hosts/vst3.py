@@ -16,16 +16,19 @@ Parameter table: derived from the plugin's own parameters (pedalboard's sampled
 pseudo-parameters, non-automatable outputs and meters (rules in
 :mod:`deepafx.hosts.plugin_params`), then the parameter map.
 
-Setting values: each table entry keeps its pedalboard parameter object and a
-:class:`~deepafx.hosts.plugin_params.ValueMap` built at load, so a set is one
-lookup plus one ``raw_value`` write (about 4 µs; ``setattr(plugin, name, v)``
-costs about 100 µs because it searches the parameter's ranges), and values that
-did not change since the last call are not written at all.
+Setting values: each table entry keeps the plugin's native parameter handle and
+a :class:`~deepafx.hosts.plugin_params.ValueMap` built at load, so a set is one
+lookup plus one ``raw_value`` write (about 0.4 µs; the same write through
+pedalboard's Python wrapper costs about 4.6 µs and ``setattr(plugin, name, v)``
+about 100 µs), and values that did not change since the last call are not
+written. Measured ``set_values`` with every value changed: 8 µs for ZamCompX2's
+9 parameters, 76 µs for ZamGEQ31's 30 parameters on two instances.
 
 State and latency: blocks are processed with ``reset=False``, so state carries
 from block to block (each instance is prepared once for the largest host block,
 :data:`BUFFER_SIZE`, because pedalboard re-prepares a plugin on a longer call and
-DPF plugins clear their state when re-prepared); :meth:`VST3Processor.reset` calls the plugin's ``reset()``.
+DPF plugins clear their state when re-prepared); :meth:`VST3Processor.reset`
+calls the plugin's ``reset()``.
 A plugin that reports latency (ZaMaximX2: 480 samples at 44.1 kHz) delays its
 output: output sample ``t`` reflects input sample ``t - latency_samples``
 (``latency_samples`` is set from pedalboard's ``reported_latency_samples``), and
@@ -163,6 +166,12 @@ class VST3Processor(Processor):
         exclude: Plugin parameter names to leave out.
         channels: Instances to hold for a mono-only plugin (one per channel).
 
+    Attributes:
+        path: The resolved bundle path.
+        bindings: One :class:`~deepafx.hosts.plugin_params.SelectedParam` per
+            table entry (the plugin parameter behind it and its value map).
+        mono_only: True when the plugin takes one channel (one instance per channel).
+
     Raises:
         PluginError: missing or refused plugin, load failure, instrument plugin.
         ParameterError: a parameter map or ``exclude`` entry that does not fit the plugin.
@@ -252,7 +261,10 @@ class VST3Processor(Processor):
                 f"{self.path.name} is mono-only and this processor holds {len(self._instances)} instance(s), "
                 f"one per channel; got {audio.shape[0]} channels (raise option 'channels')"
             )
-        outs = [inst.process(audio[c : c + 1], sr, buffer_size=BUFFER_SIZE, reset=False) for c, inst in enumerate(self._instances[: audio.shape[0]])]
+        outs = [
+            inst.process(audio[c : c + 1], sr, buffer_size=BUFFER_SIZE, reset=False)
+            for c, inst in enumerate(self._instances[: audio.shape[0]])
+        ]
         n = min(o.shape[-1] for o in outs)
         return np.concatenate([o[:, o.shape[-1] - n :] for o in outs], axis=0)
 
