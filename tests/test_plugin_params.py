@@ -82,7 +82,9 @@ def test_names_carry_units_and_stay_unique():
     assert unique_names(["crossover_freq_hz", "crossover_freq_hz", "x"]) == [
         "crossover_freq_hz", "crossover_freq_hz_2", "x"]
     assert is_meter_name("gain_reduction_1_db") and is_meter_name("output_level_db")
+    assert is_meter_name("meter_in_db") and is_meter_name("vu_meter")
     assert not is_meter_name("threshold_db") and not is_meter_name("output_gain_db")
+    assert not is_meter_name("diameter_m")
 
 
 def _discovered() -> list[DiscoveredParam]:

@@ -51,7 +51,7 @@ HOST_PARAMETERS = frozenset(
 )
 
 #: Names of output meters that some plugins expose as (automatable) parameters.
-METER_NAME_PATTERN = re.compile(r"gain_?reduction|meter|(^|_)(input|output)_level(_|$)")
+METER_NAME_PATTERN = re.compile(r"gain_?reduction|(^|_)meters?(_|$)|(^|_)(input|output)_level(_|$)")
 
 #: Numeric parameters showing at most this many distinct values over the raw range are discrete.
 MAX_DISCRETE_VALUES = 16

@@ -255,6 +255,8 @@ class VST3Processor(Processor):
     def _render(self, audio: np.ndarray) -> np.ndarray:
         sr = self.sample_rate
         if not self.mono_only:
+            if audio.shape[0] != self._primed_channels:  # pedalboard would re-prepare (and clear) mid-stream
+                self._prime(audio.shape[0])
             return self._instances[0].process(audio, sr, buffer_size=BUFFER_SIZE, reset=False)
         if audio.shape[0] > len(self._instances):
             raise AudioError(
@@ -279,7 +281,16 @@ class VST3Processor(Processor):
         silence: every later call returns as many samples as it was given, the
         first ``L`` of them silent.
         """
-        silence = np.zeros((1 if self.mono_only else 2, BUFFER_SIZE), np.float32)
+        self._prime(1 if self.mono_only else 2)
+        self.clear_pending()
+
+    def _prime(self, channels: int) -> None:
+        """Reset every instance and prepare it for ``channels`` channels and :data:`BUFFER_SIZE` blocks.
+
+        A plugin that accepts any channel count is re-primed (its state cleared)
+        when a block arrives with a different count, as pedalboard would clear it
+        anyway on the change.
+        """
         rebind = False
         with float_env_guard():  # pedalboard re-instantiates some plugins on reset
             for inst in self._instances:
@@ -287,9 +298,10 @@ class VST3Processor(Processor):
                 rebind |= "ClearsAudioOnReset" not in str(inst._reload_type)
         if rebind:  # the plugin was re-instantiated: native handles changed
             self._bind()
+        silence = np.zeros((channels, BUFFER_SIZE), np.float32)
         for inst in self._instances:
             inst.process(silence, self.sample_rate, buffer_size=BUFFER_SIZE, reset=False)
-        self.clear_pending()
+        self._primed_channels = channels
 
     def close(self) -> None:
         self._handles = []
