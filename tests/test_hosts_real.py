@@ -227,6 +227,19 @@ def test_dawdreamer_replay_is_exact_for_a_plugin_that_clears_on_render():
         np.testing.assert_array_equal(blocks(proc, x), one_shot)
 
 
+@pytest.mark.slow
+def test_dawdreamer_samples_slow_to_set_parameters_coarsely(tmp_path):
+    """ZamVerb's Room reloads an impulse response per change (about 0.13 s): 33 samples, not 1001."""
+    path = require(Path("/usr/lib/vst/ZamVerb-vst.so"))
+    param_map = tmp_path / "zamverb.yaml"
+    param_map.write_text("params:\n  Room: {name: room}\n")
+    proc = build("dawdreamer", path=str(path), param_map=str(param_map))
+    assert proc.param_table["room"].values == (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    for room in (2.0, 5.0):
+        proc.set_values(proc.param_table.values_from_mapping({"room": room}))
+        assert proc.display_text("room") == f"{room:g}"
+
+
 def test_dawdreamer_errors():
     with pytest.raises(PluginError, match="tried: .*lsp-plugins-vst"):
         build("dawdreamer", path="no-such-plugin.so")

@@ -409,20 +409,21 @@ def _sample_texts(node: Any, index: int) -> tuple[np.ndarray, list[str]]:
     reloads an impulse response on every change (131 ms each), so 1001 samples
     would take more than two minutes.
     """
+
+    def texts_at(grid: np.ndarray) -> list[str]:
+        out = []
+        for r in grid:
+            node.set_parameter(index, float(r))
+            out.append(node.get_parameter_text(index))
+        return out
+
     coarse = np.linspace(0.0, 1.0, COARSE_STEPS + 1)
     start = time.perf_counter()
-    texts = []
-    for r in coarse:
-        node.set_parameter(index, float(r))
-        texts.append(node.get_parameter_text(index))
+    texts = texts_at(coarse)
     if time.perf_counter() - start > SLOW_SET_S * len(coarse):
         return coarse, texts
     grid = np.linspace(0.0, 1.0, SAMPLE_STEPS + 1)
-    texts = []
-    for r in grid:
-        node.set_parameter(index, float(r))
-        texts.append(node.get_parameter_text(index))
-    return grid, texts
+    return grid, texts_at(grid)
 
 
 _WIDGET = re.compile(r'\b(hslider|vslider|nentry|checkbox|button)\s*\(\s*"([^"]*)"')
