@@ -373,3 +373,7 @@ def test_plugins_command_lists_without_loading_and_details_in_a_child():
         assert info["backend"] == "vst3" and info["num_params"] == 9
         assert {"name": "threshold_db", "min": -80.0, "max": 0.0} == {
             k: next(p for p in info["params"] if p["name"] == "threshold_db")[k] for k in ("name", "min", "max")}
+    if Path("/usr/lib/vst3/ZamVerb.vst3").exists():  # refused before any child is started
+        res = subprocess.run([sys.executable, "-m", "deepafx.cli", "plugins", "--details",
+                              "/usr/lib/vst3/ZamVerb.vst3"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1 and "hangs" in res.stderr and "ZamVerb-vst.so" in res.stderr

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from deepafx.chain import PLUGINS_DIR
-from deepafx.hosts.dawdreamer_host import VST2_DIRS
-from deepafx.hosts.vst3 import VST3_DIRS
+from deepafx.hosts.base import PluginError, available_backends
+from deepafx.hosts.dawdreamer_host import VST2_DIRS, find_vst2
+from deepafx.hosts.plugin_params import resolve_asset
+from deepafx.hosts.vst3 import VST3_DIRS, find_vst3
 
 #: Shared libraries that sit among VST2 plugins but are not plugins (LSP's core library).
 NOT_PLUGINS = ("lsp-plugins-vst2-",)
@@ -34,7 +36,6 @@ _MARKER = "DEEPAFX_DETAILS_JSON:"
 
 def find_plugins() -> dict[str, list[str]]:
     """Everything hostable found on this machine, by kind, without loading any of it."""
-    from deepafx.hosts.base import available_backends
 
     def files(dirs: tuple[Path, ...], pattern: str, recursive: bool) -> list[str]:
         out: list[str] = []
@@ -58,13 +59,9 @@ def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
     """Decide how to load ``target``: ``{"kind": "chain"|"processor", ...}``.
 
     Raises:
-        SystemExit: nothing matches; the message lists what was tried.
+        PluginError: nothing matches (the message lists what was tried), or a
+            refused VST3 bundle.
     """
-    from deepafx.hosts.base import PluginError, available_backends
-    from deepafx.hosts.dawdreamer_host import find_vst2
-    from deepafx.hosts.plugin_params import resolve_asset
-    from deepafx.hosts.vst3 import find_vst3
-
     extra = {"param_map": param_map} if param_map else {}
     p = Path(target)
     tried = []
@@ -88,12 +85,12 @@ def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
         except PluginError as exc:
             tried.append(str(exc))
             if p.suffix == ".vst3":  # a bundle pedalboard cannot load: dawdreamer (JUCE too) will not either
-                raise SystemExit(f"deepafx plugins: cannot load {target!r}: {exc}") from None
+                raise
     try:
         return {"kind": "processor", "backend": "dawdreamer", "options": {"path": str(find_vst2(target)), **extra}}
     except PluginError as exc:
         tried.append(str(exc))
-    raise SystemExit(f"deepafx plugins: cannot resolve {target!r}:\n  " + "\n  ".join(tried))
+    raise PluginError(f"cannot resolve {target!r}:\n  " + "\n  ".join(tried))
 
 
 def _load_details(spec: dict[str, Any], sample_rate: float) -> dict[str, Any]:
@@ -155,12 +152,13 @@ def details(
         ``{"kind", "describe", "params", "latency_samples", …}``.
 
     Raises:
+        PluginError: ``target`` matches no plugin, file or backend (lists what was tried).
         RuntimeError: the child timed out, crashed or failed (with its error output).
     """
     spec = _spec_for(target, param_map)
     cmd = [sys.executable, "-m", "deepafx.commands.plugins", "--_child", json.dumps(spec), str(sample_rate)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise RuntimeError(
             f"loading {target!r} did not finish within {timeout_s:g} s (the plugin hangs while loading?); "
@@ -191,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if args.details:
         try:
             info = details(args.details, args.sample_rate, args.timeout, args.param_map)
-        except RuntimeError as exc:
+        except (PluginError, RuntimeError) as exc:
             print(f"deepafx plugins: {exc}", file=sys.stderr)
             return 1
         if args.json:
