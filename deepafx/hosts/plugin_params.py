@@ -330,7 +330,8 @@ class ParamMap:
 
     Override keys: ``name``, ``min``, ``max``, ``default``, ``unit``, ``scale``
     (``linear``/``log``), ``values`` (allowed plugin values). ``min``/``max``
-    must lie inside the range the plugin reports.
+    must lie inside the range the plugin reports. A listed parameter is kept
+    even when an exclusion rule (host, not automatable, meter) would drop it.
 
     Raises:
         PluginError: on a missing file or malformed content (names the key).
