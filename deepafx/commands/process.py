@@ -1,0 +1,54 @@
+"""``deepafx process``: master an audio file with a trained mastering model.
+
+Predicts per-frame chain parameters, renders the chain, and writes the mastered
+audio, optionally the parameter automation (JSON or CSV, plugin units) and a
+PNG figure. Any sample rate (resampled with soxr to the model's and back) and
+mono or stereo input (mono is duplicated: the output is stereo). Existing
+outputs are never overwritten without ``--force``; a failed run writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from deepafx.hosts.base import PluginError
+    from deepafx.mastering.process import process_file
+
+    try:
+        result = process_file(
+            args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
+            block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, PluginError) as exc:
+        print(f"deepafx process: error: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "process", help="master an audio file with a trained mastering model",
+        description="Master IN with a trained mastering checkpoint and write OUT (same rate as IN, stereo). "
+                    "Optionally write the parameter automation (.json/.csv, plugin units) and a PNG figure.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint .pt or run folder (best.pt, else last.pt)")
+    p.add_argument("input", metavar="IN", help="input audio (any rate, mono or stereo, any length)")
+    p.add_argument("output", metavar="OUT", help="mastered audio; format from the extension (.wav, .flac, .aiff …)")
+    p.add_argument("--automation", metavar="FILE", default=None,
+                   help="write per-frame parameters to FILE (.json or .csv): time in s, values in plugin units")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="write a figure: input/output log spectrograms and the most varying parameter curves")
+    p.add_argument("--block-samples", type=int, default=1024,
+                   help="render block in samples at the model's rate; parameters are interpolated per block (default 1024)")
+    p.add_argument("--smoothing-frames", type=int, default=3,
+                   help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (worker restarts, notes)")
+    p.set_defaults(func=run)

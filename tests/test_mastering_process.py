@@ -1,0 +1,251 @@
+"""`deepafx process`: end to end on real rendered music through the real built-in mastering chain.
+
+The checkpoint is a tiny, untrained MasteringModel saved in the trainer's
+checkpoint format (the recipe config of recipes/mastering/quick.yaml with a
+tiny encoder); the audio is a real piece rendered by the music dataset builder
+(FluidSynth + FluidR3_GM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from deepafx.chain import ChainSpec
+from deepafx.cli import main
+from deepafx.config import load_config
+from deepafx.mastering.model import MasteringModel, ModelConfig, model_from_checkpoint, predict_automation
+from deepafx.mastering.process import Automation, conform_input, process_file
+from deepafx.trainer import atomic_save
+
+SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+TINY_MODEL = {
+    "encoder": "mobilenetv2",
+    "context_seconds": 1.0,
+    "frame_seconds": 0.25,
+    "n_mels": 32,
+    "encoder_kwargs": {"width_mult": 0.25, "stages": [[1, 8, 1, 2], [2, 16, 1, 2]], "last_channels": 32, "hidden": 16},
+}
+CLIP_SECONDS = 3.0
+
+
+def save_tiny_checkpoint(path: Path, recipe: str = "mastering") -> Path:
+    """A checkpoint in the trainer's format: the quick recipe config with a tiny encoder (untrained)."""
+    cfg = load_config("recipes/mastering/quick.yaml")
+    cfg.pop("_path")
+    cfg["model"] = dict(TINY_MODEL)
+    cfg["recipe"] = recipe
+    spec = ChainSpec.from_dict(cfg["chain"])
+    table = spec.param_table
+    torch.manual_seed(0)
+    model = MasteringModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
+    with torch.no_grad():  # spread the outputs a little so the automation moves
+        model.encoder.out.weight.mul_(1000.0)
+    atomic_save({"recipe": recipe, "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
+                 "param_names": table.names, "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """3 s of a real rendered piece (unmastered mix), stereo 44.1 kHz PCM_24."""
+    if not os.path.exists(SOUNDFONT):
+        pytest.skip(f"General MIDI SoundFont {SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
+    from deepafx.data.music import build_dataset
+
+    d = tmp_path_factory.mktemp("music")
+    build_dataset({"num_pieces": 3, "test_fraction": 0.3, "valid_fraction": 0.3, "max_piece_seconds": 5.0,
+                   "min_piece_seconds": 4.0}, d)
+    src = sorted((d / "test").glob("*_input.wav"))[0]
+    audio, sr = sf.read(str(src), dtype="float32", always_2d=True)
+    out = d / "clip.wav"
+    sf.write(str(out), audio[: int(CLIP_SECONDS * sr)], sr, subtype="PCM_24")
+    return out
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_process_end_to_end(checkpoint, clip, tmp_path, capsys):
+    out, auto, plot = tmp_path / "out.wav", tmp_path / "auto.json", tmp_path / "fig.png"
+    rc = main(["process", "--checkpoint", str(checkpoint.parent), str(clip), str(out),
+               "--automation", str(auto), "--plot", str(plot)])
+    assert rc == 0
+    assert "real time" in capsys.readouterr().out
+    src, dst = sf.info(str(clip)), sf.info(str(out))
+    assert (dst.samplerate, dst.channels, dst.frames, dst.subtype) == (44100, 2, src.frames, "PCM_24")
+    x = sf.read(str(clip), dtype="float32", always_2d=True)[0].T
+    y = sf.read(str(out), dtype="float32", always_2d=True)[0].T
+    assert np.all(np.isfinite(y))
+    assert np.max(np.abs(y - x)) > 1e-2  # the chain changed the audio
+
+    doc = json.loads(auto.read_text())
+    ckpt = torch.load(checkpoint, weights_only=False)
+    table = ChainSpec.from_dict(ckpt["chain"]).param_table
+    assert list(doc["parameters"]) == table.names and len(table) == 30
+    frames = int(np.ceil(src.frames / (0.25 * 44100)))
+    assert len(doc["time_s"]) == frames
+    assert doc["time_s"][0] == pytest.approx(0.125) and doc["time_s"][1] - doc["time_s"][0] == pytest.approx(0.25)
+    for p in table:
+        entry = doc["parameters"][p.name]
+        assert entry["unit"] == p.unit and (entry["min"], entry["max"]) == (p.min, p.max)
+        vals = np.array(entry["values"])
+        assert vals.shape == (frames,)
+        assert np.all(vals >= p.min - 1e-9) and np.all(vals <= p.max + 1e-9), p.name
+    assert doc["parameters"]["mbc.low_threshold_db"]["unit"] == "dB"
+    assert doc["parameters"]["mbc.low_crossover_hz"]["unit"] == "Hz"
+    # The file holds exactly the model's prediction, converted to plugin units.
+    model = model_from_checkpoint(ckpt)
+    _, params = predict_automation(model, x, smoothing_frames=3)
+    np.testing.assert_allclose(
+        np.stack([doc["parameters"][n]["values"] for n in table.names], 1), table.denormalize(params), rtol=1e-6, atol=1e-6
+    )
+    moving = np.ptp(params, axis=0).max()
+    assert moving > 1e-4  # the curves are not constant
+
+    w, h = png_size(plot)
+    assert (w, h) == (1200, 1080)
+    assert plot.stat().st_size > 20_000
+
+
+def test_csv_automation_has_units_in_header(checkpoint, clip, tmp_path):
+    out, auto = tmp_path / "out.flac", tmp_path / "auto.csv"
+    res = process_file(checkpoint, clip, out, automation_path=auto, smoothing_frames=1, block_samples=512)
+    rows = auto.read_text().strip().splitlines()
+    header = rows[0].split(",")
+    assert header[0] == "time_s"
+    assert "mbc.low_threshold_db [dB]" in header and "mbc.low_ratio" in header and "gain.gain_db [dB]" in header
+    assert len(header) == 31 and len(rows) == 1 + len(res.automation.times_s)
+    values = np.array([[float(v) for v in r.split(",")] for r in rows[1:]])
+    np.testing.assert_allclose(values[:, 1:], res.automation.values, rtol=1e-5)
+    info = sf.info(str(out))
+    assert (info.format, info.subtype, info.channels) == ("FLAC", "PCM_24", 2)
+    assert res.realtime_factor > 0
+
+
+def test_resamples_and_duplicates_mono(checkpoint, clip, tmp_path):
+    x, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+    mono48 = soxr.resample(x.mean(1), sr, 48000, quality="VHQ").astype(np.float32)
+    inp = tmp_path / "mono48.wav"
+    sf.write(str(inp), mono48, 48000, subtype="FLOAT")
+    res = process_file(checkpoint, inp, tmp_path / "out.wav")
+    info = sf.info(str(tmp_path / "out.wav"))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (48000, 2, len(mono48), "FLOAT")
+    assert res.input_channels == 1 and res.output_channels == 2
+    assert any("resampled 48000 Hz -> 44100 Hz" in n for n in res.notes)
+    assert any("mono input duplicated" in n for n in res.notes)
+    y = sf.read(str(tmp_path / "out.wav"), dtype="float32", always_2d=True)[0].T
+    np.testing.assert_allclose(y[0], y[1], atol=1e-6)  # identical channels in, identical out
+    # The 48 kHz path masters like the 44.1 kHz one: same loudness within 0.5 LU.
+    from deepafx.metrics import lufs
+
+    direct, notes = conform_input(x.mean(1)[None], sr, sr)
+    assert direct.shape == (2, len(x)) and notes == [notes[0]] and "mono" in notes[0]
+    inp44 = tmp_path / "mono44.wav"
+    sf.write(str(inp44), x.mean(1), sr, subtype="FLOAT")
+    process_file(checkpoint, inp44, tmp_path / "out44.wav")
+    y44 = sf.read(str(tmp_path / "out44.wav"), dtype="float32", always_2d=True)[0].T
+    assert abs(lufs(y, 48000) - lufs(y44, sr)) < 0.5
+
+
+def _write(path: Path, data: np.ndarray, sr: int = 44100, subtype: str = "FLOAT") -> Path:
+    sf.write(str(path), data, sr, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "silence", "zero_length", "missing", "not_audio", "six_channels"])
+def test_bad_input_fails_cleanly(checkpoint, tmp_path, capsys, case):
+    rng = np.random.default_rng(0)
+    noise = (0.1 * rng.standard_normal((22050, 2))).astype(np.float32)
+    inp = tmp_path / "in.wav"
+    expect = {
+        "nan": "NaN/Inf", "inf": "NaN/Inf", "silence": "silent", "zero_length": "no audio",
+        "missing": "not found", "not_audio": "cannot read", "six_channels": "6 channels",
+    }[case]
+    if case in ("nan", "inf"):
+        noise[1000, 1] = np.nan if case == "nan" else np.inf
+        _write(inp, noise)
+    elif case == "silence":
+        _write(inp, np.zeros((22050, 2), np.float32), subtype="PCM_16")
+    elif case == "zero_length":
+        _write(inp, np.zeros((0, 2), np.float32))
+    elif case == "not_audio":
+        inp.write_text("this is not a wav file\n")
+    elif case == "six_channels":
+        _write(inp, (0.1 * rng.standard_normal((22050, 6))).astype(np.float32))
+    out, auto = tmp_path / "out.wav", tmp_path / "auto.json"
+    rc = main(["process", "--checkpoint", str(checkpoint), str(inp), str(out), "--automation", str(auto)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert expect in err, err
+    assert not out.exists() and not auto.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_existing_output_is_not_overwritten_without_force(checkpoint, clip, tmp_path, capsys):
+    out, plot = tmp_path / "out.wav", tmp_path / "fig.png"
+    out.write_bytes(b"precious bytes")
+    rc = main(["process", "--checkpoint", str(checkpoint), str(clip), str(out), "--plot", str(plot)])
+    assert rc == 1
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious bytes"
+    assert not plot.exists()
+    rc = main(["process", "--checkpoint", str(checkpoint), str(clip), str(out), "--force"])
+    assert rc == 0
+    assert sf.info(str(out)).frames == sf.info(str(clip)).frames
+
+
+def test_checkpoint_of_another_recipe_is_refused(tmp_path, clip, capsys):
+    other = save_tiny_checkpoint(tmp_path / "other.pt", recipe="dexed_matching")
+    out = tmp_path / "out.wav"
+    rc = main(["process", "--checkpoint", str(other), str(clip), str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "recipe 'dexed_matching'" in err and not out.exists()
+    rc = main(["process", "--checkpoint", str(tmp_path / "nowhere"), str(clip), str(out)])
+    assert rc == 1 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_bad_output_names_fail_before_work(checkpoint, clip, tmp_path):
+    with pytest.raises(ValueError, match=r"\.json or \.csv"):
+        process_file(checkpoint, clip, tmp_path / "o.wav", automation_path=tmp_path / "a.txt")
+    with pytest.raises(ValueError, match=r"\.png"):
+        process_file(checkpoint, clip, tmp_path / "o.wav", plot_path=tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match="extension"):
+        process_file(checkpoint, clip, tmp_path / "o.xyz")
+    with pytest.raises(ValueError, match="block_samples"):
+        process_file(checkpoint, clip, tmp_path / "o.wav", block_samples=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_automation_units_and_most_varying():
+    spec = ChainSpec.from_dict(load_config("recipes/mastering/quick.yaml")["chain"])
+    table = spec.param_table
+    rng = np.random.default_rng(0)
+    norm = np.tile(table.defaults_normalized(), (5, 1))
+    norm[:, 3] = np.linspace(0, 1, 5)  # one parameter sweeps its whole range
+    norm[:, 7] += rng.uniform(-0.01, 0.01, 5)
+    auto = Automation(np.arange(5) * 0.5 + 0.25, np.clip(norm, 0, 1), table)
+    assert auto.most_varying(2) == [3, 7]
+    p = table[3]
+    assert auto.values[0, 3] == pytest.approx(p.min) and auto.values[-1, 3] == pytest.approx(p.max)
+    labels = auto.column_labels()
+    assert labels[0] == "mbc.low_crossover_hz [Hz]" and "mbc.low_ratio" in labels
+    with pytest.raises(ValueError, match="shape"):
+        Automation(np.arange(4), norm, table)
