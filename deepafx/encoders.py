@@ -26,13 +26,11 @@ builds one from a name and keyword arguments (e.g. from a recipe config).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepafx.features import LogMel
