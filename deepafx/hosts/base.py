@@ -37,7 +37,8 @@ class ProcessorSpec:
 
     Args:
         backend: Registered backend name, e.g. ``"pedalboard.Compressor"``,
-            ``"vst3"``, ``"dawdreamer.vst"``, ``"faust"``, ``"dexed"``.
+            ``"vst3"``, ``"dawdreamer"``, ``"faust"``, ``"dexed"``
+            (``deepafx plugins`` lists them).
         name: Unique name of this processor inside its chain (prefix of its
             parameter names, e.g. ``"comp"`` → ``"comp.threshold_db"``).
         options: Backend options (plugin path, Faust code, mono-only flag …).
@@ -91,10 +92,10 @@ class Processor(abc.ABC):
     Attributes:
         param_table: Ordered table of the processor's parameters (plugin units).
         sample_rate: Rate in Hz the processor runs at.
-        num_input_channels: Channels the plugin accepts (``None``: any).
-            Mono-only plugins declare 1; :meth:`process` then processes each
-            input channel through its own internal instance or downmixes
-            (backend-specific, documented there).
+        num_input_channels: Channels the processor accepts (``None``: any);
+            :meth:`process` rejects other counts. Backends hosting mono-only
+            plugins declare ``None`` and run one internal instance per channel
+            (documented in the backend).
         latency_samples: Reported latency in samples (0 if unknown). Output
             sample ``t`` reflects input sample ``t - latency_samples``.
         is_instrument: True for synthesizers (input audio only sets length).
