@@ -1,0 +1,342 @@
+"""Evaluation of the Dexed sound-matching recipe (``deepafx evaluate --config ... --checkpoint RUN``).
+
+Methods (rows), each on held-out in-domain factory presets and on
+out-of-domain sampled-instrument notes of held-out GM programs (columns):
+
+* ``retrieval`` — nearest training preset by log-mel distance, rendered as is;
+* ``ploss``, ``synth``, ``real`` — the estimator after each training stage
+  (DiffSynth's P-loss, Synth and Real models);
+* ``<method>+refine`` — each of those followed by test-time SPSA through Dexed
+  on the target's multi-scale spectral loss (``refine_renders`` renders, best
+  point kept);
+* ``cmaes`` — the gradient-free reference: per-target CMA-ES from the mean
+  training preset with the same render budget.
+
+Metrics: log-spectral distortion ``lsd`` (dB), multi-scale spectral loss
+``mss`` (:func:`deepafx.metrics.mrstft_distance`), ``mfcc_l1``; in-domain also
+``param_l1`` (mean absolute error of the numerical parameters, normalized,
+transpose excluded) and ``discrete_accuracy`` (fraction of the 54 categorical
+parameters exactly right); ``seconds_per_sound`` (wall time to produce the
+preset, one core for the searches). Writes ``results.json`` (form
+``{"models": {method: {"in_domain": {...}, "out_of_domain": {...}}}, ...}``),
+``results.md`` (a table like DiffSynth's) and ``details.json`` (per target).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from deepafx.dexed.data import RecipeData
+from deepafx.dexed.model import DexedEstimator, predict
+from deepafx.dexed.presets import set_transpose
+from deepafx.dexed.search import RetrievalIndex, cmaes_search, spsa_refine
+from deepafx.dexed.train import ensure_dataset, load_estimator
+from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table
+
+MODEL_STAGES = ("ploss", "synth", "real")
+DOMAINS = ("in_domain", "out_of_domain")
+
+
+@dataclass
+class EvalConfig:
+    """The ``evaluate:`` section.
+
+    Args:
+        num_in_domain: Held-out factory presets evaluated (``None``: all of the test split).
+        num_out_of_domain: Held-out sampled-instrument notes evaluated (``None``: all).
+        refine_renders: Render budget of test-time SPSA and of CMA-ES, per target.
+        refine_learning_rate: Adam step size of the refinement (normalized units).
+        refine_epsilon: SPSA perturbation of the refinement.
+        cmaes_sigma: Initial CMA-ES step size (normalized units).
+        workers: Processes running the per-target searches (one torch thread each).
+        seed: Seed of the target choice and the searches.
+    """
+
+    num_in_domain: int | None = 16
+    num_out_of_domain: int | None = 16
+    refine_renders: int = 1000
+    refine_learning_rate: float = 1e-3
+    refine_epsilon: float = 0.01
+    cmaes_sigma: float = 0.2
+    workers: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "EvalConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown evaluate settings {sorted(unknown)}; known: {sorted(known)}")
+        cfg = cls(**d)
+        if cfg.refine_renders < 0 or cfg.workers < 1:
+            raise ValueError("refine_renders must be >= 0 and workers >= 1")
+        return cfg
+
+
+def _pick(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(rng.choice(n_total, size=int(n), replace=False))
+
+
+# --------------------------------------------------------------------------- worker side
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(renderer_args: tuple) -> None:
+    torch.set_num_threads(1)
+    _WORKER["renderer"] = DexedRenderer(*renderer_args)
+
+
+def _run_search(job: tuple) -> tuple:
+    key, kind, target, x0, budget, lr, eps, sigma, seed = job
+    r = _WORKER["renderer"]
+    if kind == "refine":
+        res = spsa_refine(target, x0, r, budget, lr, eps, seed=seed)
+    else:
+        res = cmaes_search(target, x0, r, budget, sigma, seed=seed)
+    return key, res.x, res.seconds, res.renders
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def sound_metrics(est: np.ndarray, ref: np.ndarray, sample_rate: float) -> dict[str, float]:
+    """``lsd`` (dB), ``mss`` and ``mfcc_l1`` of ``est`` against ``ref`` (both ``(channels, samples)``)."""
+    from deepafx.metrics import lsd_db, mfcc_l1, mrstft_distance
+
+    return {
+        "lsd": lsd_db(est, ref),
+        "mss": mrstft_distance(est, ref),
+        "mfcc_l1": mfcc_l1(est, ref, sample_rate),
+    }
+
+
+def param_metrics(x_est: np.ndarray, x_true: np.ndarray, layout) -> dict[str, float]:
+    """``param_l1`` over numerical parameters (transpose excluded) and ``discrete_accuracy``."""
+    t = dexed_param_table().index("transpose_semitones")
+    num = [i for i in layout.numeric_indices if i != t]
+    l1 = float(np.mean(np.abs(x_est[num] - x_true[num])))
+    acc = [
+        round(float(x_est[i]) * (n - 1)) == round(float(x_true[i]) * (n - 1))
+        for i, n in zip(layout.discrete_indices, layout.discrete_counts)
+    ]
+    return {"param_l1": l1, "discrete_accuracy": float(np.mean(acc))}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _resolve_checkpoints(checkpoint_dir: Path) -> tuple[Path, Path]:
+    """(checkpoints folder, run folder) for a run folder or its ``checkpoints/``."""
+    d = Path(checkpoint_dir)
+    if (d / "checkpoints").is_dir():
+        return d / "checkpoints", d
+    return d, d.parent
+
+
+def evaluate_from_config(
+    config: Mapping[str, Any],
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> Path:
+    """Evaluate every method and write ``results.json``, ``results.md``, ``details.json``.
+
+    Args:
+        config: Recipe config (``data`` and ``evaluate`` sections are used).
+        checkpoint_dir: Training run folder (or its ``checkpoints/``) holding
+            ``ploss.pt``, ``synth.pt``, ``real.pt``; missing ones are skipped with a note.
+        out_dir: Where the results go (created).
+        progress: Print progress lines.
+
+    Returns:
+        Path of ``results.json``.
+
+    Raises:
+        FileNotFoundError: no checkpoint at all in ``checkpoint_dir``.
+    """
+    say = print if progress else (lambda *a, **k: None)
+    ecfg = EvalConfig.from_dict(config.get("evaluate"))
+    ckpt_dir, run_dir = _resolve_checkpoints(Path(checkpoint_dir))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (config.get("data") or {}).get("dir") and not (run_dir / "data" / "manifest.json").exists():
+        say(f"no dataset under {run_dir / 'data'}; building it")
+    data: RecipeData = ensure_dataset(config, run_dir, progress)
+    dcfg = data.config
+    renderer = dcfg.renderer()
+    rng = np.random.default_rng(ecfg.seed)
+
+    # targets
+    in_idx = _pick(len(data.x["test"]), ecfg.num_in_domain, rng)
+    ood_idx = _pick(len(data.ood_audio["test"]), ecfg.num_out_of_domain, rng)
+    targets: dict[str, dict[str, np.ndarray]] = {
+        "in_domain": {
+            "x": data.x["test"][in_idx],
+            "pitch": data.pitch["test"][in_idx],
+            "audio": renderer.render_batch(data.x["test"][in_idx]),
+        },
+        "out_of_domain": {
+            "pitch": data.ood_pitch["test"][ood_idx],
+            "audio": data.ood_audio["test"][ood_idx],
+            "program": data.ood_program["test"][ood_idx],
+        },
+    }
+    say(f"evaluating on {len(in_idx)} in-domain presets and {len(ood_idx)} out-of-domain notes")
+
+    # starting points
+    starts: dict[str, dict[str, np.ndarray]] = {}
+    seconds: dict[str, dict[str, np.ndarray]] = {}
+    index = RetrievalIndex(data.x["train"], renderer)
+    for dom in DOMAINS:
+        for p in np.unique(targets[dom]["pitch"]):
+            index.database(int(p))  # warm the per-pitch cache (one-off cost, not per sound)
+    starts["retrieval"], seconds["retrieval"] = {}, {}
+    for dom in DOMAINS:
+        xs, ts = [], []
+        for a, p in zip(targets[dom]["audio"], targets[dom]["pitch"]):
+            t0 = time.perf_counter()
+            xs.append(index.retrieve(a, int(p)))
+            ts.append(time.perf_counter() - t0)
+        starts["retrieval"][dom], seconds["retrieval"][dom] = np.stack(xs), np.array(ts)
+    layout = None
+    notes: list[str] = []
+    for stage in MODEL_STAGES:
+        path = ckpt_dir / f"{stage}.pt"
+        if not path.exists():
+            notes.append(f"{stage}: no checkpoint {path}, skipped")
+            continue
+        model, _ = load_estimator(path)
+        layout = model.layout
+        starts[stage], seconds[stage] = {}, {}
+        for dom in DOMAINS:
+            a, p = targets[dom]["audio"], targets[dom]["pitch"]
+            predict(model, a[:1], p[:1])  # warm-up
+            t0 = time.perf_counter()
+            xs = np.stack([predict(model, a[i : i + 1], p[i : i + 1])[0] for i in range(len(a))])
+            starts[stage][dom] = xs
+            seconds[stage][dom] = np.full(len(a), (time.perf_counter() - t0) / max(len(a), 1))
+    if layout is None and not any((ckpt_dir / f"{s}.pt").exists() for s in MODEL_STAGES):
+        raise FileNotFoundError(f"no checkpoint (ploss.pt, synth.pt, real.pt) in {ckpt_dir}; train first with `deepafx train`")
+    if layout is None:
+        layout = DexedEstimator(len(dcfg.notes), dcfg.sample_rate).layout
+
+    # per-target searches
+    mean_x = data.x["train"].mean(axis=0)
+    jobs = []
+    if ecfg.refine_renders > 0:
+        for method in list(starts):
+            for dom in DOMAINS:
+                for i, x0 in enumerate(starts[method][dom]):
+                    jobs.append(((f"{method}+refine", dom, i), "refine", targets[dom]["audio"][i], x0, ecfg.refine_renders,
+                                 ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
+        for dom in DOMAINS:
+            for i, p in enumerate(targets[dom]["pitch"]):
+                x0 = set_transpose(mean_x, int(p) - 60)
+                jobs.append((("cmaes", dom, i), "cmaes", targets[dom]["audio"][i], x0, ecfg.refine_renders,
+                             ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
+    if jobs:
+        say(f"running {len(jobs)} per-target searches ({ecfg.refine_renders} renders each) on {ecfg.workers} worker(s)")
+        t0 = time.perf_counter()
+        rargs = (dcfg.sample_rate, dcfg.notes, dcfg.note_duration_s, dcfg.duration_s)
+        results = []
+        if ecfg.workers > 1:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(ecfg.workers, initializer=_init_worker, initargs=(rargs,)) as pool:
+                for k, res in enumerate(pool.imap_unordered(_run_search, jobs)):
+                    results.append(res)
+                    if progress and (k + 1) % max(1, len(jobs) // 10) == 0:
+                        say(f"  {k + 1}/{len(jobs)} searches done ({time.perf_counter() - t0:.0f} s)")
+        else:
+            _init_worker(rargs)
+            results = [_run_search(j) for j in jobs]
+        for (method, dom, i), x, secs, _ in results:
+            starts.setdefault(method, {}).setdefault(dom, np.zeros((len(targets[dom]["audio"]), x.shape[0])))[i] = x
+            base = method.split("+")[0]
+            seconds.setdefault(method, {}).setdefault(dom, np.zeros(len(targets[dom]["audio"])))[i] = secs + (
+                seconds[base][dom][i] if base in seconds and method != "cmaes" else 0.0
+            )
+
+    # metrics
+    results_json: dict[str, Any] = {"models": {}}
+    details: dict[str, Any] = {}
+    for method, per_dom in starts.items():
+        results_json["models"][method] = {}
+        details[method] = {}
+        for dom, xs in per_dom.items():
+            rows = []
+            for i, x in enumerate(xs):
+                y = renderer.render(x)
+                m = sound_metrics(y, targets[dom]["audio"][i], dcfg.sample_rate)
+                if dom == "in_domain":
+                    m.update(param_metrics(x, targets[dom]["x"][i], layout))
+                m["seconds"] = float(seconds[method][dom][i])
+                rows.append(m)
+            agg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "seconds"}
+            agg["seconds_per_sound"] = float(np.mean([r["seconds"] for r in rows]))
+            agg["n"] = len(rows)
+            results_json["models"][method][dom] = agg
+            details[method][dom] = rows
+    results_json["settings"] = {
+        "refine_renders": ecfg.refine_renders,
+        "refine_learning_rate": ecfg.refine_learning_rate,
+        "cmaes_sigma": ecfg.cmaes_sigma,
+        "num_in_domain": int(len(in_idx)),
+        "num_out_of_domain": int(len(ood_idx)),
+        "sample_rate": dcfg.sample_rate,
+        "notes": [list(n) for n in dcfg.notes],
+        "checkpoints": str(ckpt_dir),
+        "notes_on_run": notes,
+    }
+    (out / "results.json").write_text(json.dumps(results_json, indent=2))
+    (out / "details.json").write_text(json.dumps(details, indent=2))
+    table = results_table(results_json)
+    (out / "results.md").write_text(table + "\n")
+    say(table)
+    return out / "results.json"
+
+
+def _order(methods: list[str]) -> list[str]:
+    base = ["retrieval", "ploss", "synth", "real"]
+    order = []
+    for b in base:
+        order += [m for m in (b, f"{b}+refine") if m in methods]
+    order += [m for m in methods if m not in order]
+    return order
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of ``results.json`` (rows methods; columns in-domain and out-of-domain metrics)."""
+    models = results["models"]
+    head = (
+        "| method | ID LSD (dB) ↓ | ID MSS ↓ | ID MFCC L1 ↓ | ID param L1 ↓ | ID discrete acc ↑ "
+        "| OOD LSD (dB) ↓ | OOD MSS ↓ | OOD MFCC L1 ↓ | s / sound |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for m in _order(list(models)):
+        i = models[m].get("in_domain", {})
+        o = models[m].get("out_of_domain", {})
+
+        def f(d, k, fmt="{:.2f}"):
+            return fmt.format(d[k]) if k in d else "–"
+
+        secs = np.mean([d["seconds_per_sound"] for d in (i, o) if d]) if (i or o) else float("nan")
+        lines.append(
+            f"| {m} | {f(i, 'lsd')} | {f(i, 'mss')} | {f(i, 'mfcc_l1')} | {f(i, 'param_l1', '{:.3f}')} | "
+            f"{f(i, 'discrete_accuracy', '{:.3f}')} | {f(o, 'lsd')} | {f(o, 'mss')} | {f(o, 'mfcc_l1')} | {secs:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "evaluate_from_config", "param_metrics", "results_table", "sound_metrics"]
