@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, metavar="CONFIG.yaml",
                    help="recipe YAML with a top-level 'recipe:' key and a 'data:' section "
-                        "(e.g. recipes/mastering/quick.yaml); data.preset: quick|full selects built-in sizes")
+                        "(e.g. recipes/mastering/quick.yaml); for mastering, data.preset: quick|full picks "
+                        "built-in sizes (about 4 or 36 minutes of training audio)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="dataset folder (default data/<recipe>/<config file name>, where `deepafx train` looks)")
     p.add_argument("--force", action="store_true",

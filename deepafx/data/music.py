@@ -105,7 +105,8 @@ class MusicDataConfig:
         num_pieces: Total number of pieces over all splits (alternative size).
         max_piece_seconds: Longest piece in seconds (longer scores are cut).
         min_piece_seconds: Shortest piece in seconds (short tunes are repeated
-            up to 4 times; still shorter pieces are skipped).
+            up to 4 times; still shorter pieces are skipped). Default
+            ``min(12, max_piece_seconds)``.
         seed: Seed of every random draw (piece order, splits, arrangements).
         valid_fraction: Fraction of all audio held out for validation, [0, 0.5).
         test_fraction: Fraction of all audio held out for testing, [0, 0.5).
@@ -124,7 +125,7 @@ class MusicDataConfig:
     train_minutes: float | None = 4.0
     num_pieces: int | None = None
     max_piece_seconds: float = 30.0
-    min_piece_seconds: float = 12.0
+    min_piece_seconds: float | None = None
     seed: int = 0
     valid_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -148,6 +149,8 @@ class MusicDataConfig:
     soundfont: str = DEFAULT_SOUNDFONT
 
     def __post_init__(self) -> None:
+        if self.min_piece_seconds is None:
+            object.__setattr__(self, "min_piece_seconds", min(12.0, float(self.max_piece_seconds)))
         if self.sample_rate < 8000:
             raise ValueError(f"sample_rate must be >= 8000 Hz, got {self.sample_rate}")
         if self.num_pieces is None and (self.train_minutes is None or self.train_minutes <= 0):
@@ -156,7 +159,8 @@ class MusicDataConfig:
             raise ValueError(f"num_pieces must be >= 1, got {self.num_pieces}")
         if not 1.0 <= self.min_piece_seconds <= self.max_piece_seconds:
             raise ValueError(
-                f"need 1 s <= min_piece_seconds ({self.min_piece_seconds}) <= max_piece_seconds ({self.max_piece_seconds})"
+                f"need 1 s <= min_piece_seconds ({self.min_piece_seconds}) "
+                f"<= max_piece_seconds ({self.max_piece_seconds})"
             )
         for name in ("valid_fraction", "test_fraction"):
             v = getattr(self, name)
@@ -164,7 +168,9 @@ class MusicDataConfig:
                 raise ValueError(f"{name} must be in [0, 0.5), got {v}")
         lo, hi = self.input_lufs_range
         if not lo <= hi <= -5.0:
-            raise ValueError(f"input_lufs_range must be (min, max) LUFS with min <= max <= -5, got {self.input_lufs_range}")
+            raise ValueError(
+                f"input_lufs_range must be (min, max) LUFS with min <= max <= -5, got {self.input_lufs_range}"
+            )
         if self.true_peak_dbtp > 0 or self.input_peak_dbfs > 0:
             raise ValueError("true_peak_dbtp and input_peak_dbfs must be <= 0 dB")
         unknown = [s for s in self.sources if s not in SOURCES]
@@ -208,9 +214,13 @@ class MusicDataConfig:
 
 
 #: Quick preset: ~4 minutes of training audio (renders in well under a minute).
-QUICK_PRESET: dict[str, Any] = {"train_minutes": 4.0, "max_piece_seconds": 30.0, "valid_fraction": 0.15, "test_fraction": 0.15}
+QUICK_PRESET: dict[str, Any] = {
+    "train_minutes": 4.0, "max_piece_seconds": 30.0, "valid_fraction": 0.15, "test_fraction": 0.15,
+}
 #: Full preset: >= 36 minutes of training audio in up-to-60-second pieces.
-FULL_PRESET: dict[str, Any] = {"train_minutes": 36.0, "max_piece_seconds": 60.0, "valid_fraction": 0.1, "test_fraction": 0.1}
+FULL_PRESET: dict[str, Any] = {
+    "train_minutes": 36.0, "max_piece_seconds": 60.0, "valid_fraction": 0.1, "test_fraction": 0.1,
+}
 PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK_PRESET, "full": FULL_PRESET}
 
 
@@ -518,7 +528,10 @@ FAMILY_ENSEMBLES: dict[str, dict[str, float]] = {
     "quartet": {"strings": 6, "woodwinds": 1, "saxophones": 1, "brass": 0.5, "piano": 1, "mixed": 1},
     "keyboard": {"piano": 4, "bright_piano": 1, "electric_piano": 1, "harpsichord": 1, "guitars": 0.5},
 }
-_FAMILY_TEMPO_BPM = {"chorale": (60, 100), "vocal": (100, 160), "quartet": (80, 140), "keyboard": (70, 120), "folk": (90, 140)}
+#: Quarter-note tempo range (BPM) per family when the score has no metronome mark.
+_FAMILY_TEMPO_BPM = {
+    "chorale": (60, 100), "vocal": (100, 160), "quartet": (80, 140), "keyboard": (70, 120), "folk": (90, 140),
+}
 _FOLK_MELODY = [40, 110, 73, 21, 22, 109, 74, 75, 105, 24, 71, 68, 46, 11, 0]  # fiddle, flute, accordion, bagpipe …
 _FOLK_DOUBLING = [25, 42, 70, 46, 32, 21, 0, 24]
 _DRUM_CHANNEL = 9
@@ -654,7 +667,9 @@ class _Event:
     velocity: int
 
 
-def _schedule(score: _ParsedScore, arr: Arrangement, config: MusicDataConfig, rng: np.random.Generator) -> tuple[list[_Event], int, bool]:
+def _schedule(
+    score: _ParsedScore, arr: Arrangement, config: MusicDataConfig, rng: np.random.Generator
+) -> tuple[list[_Event], int, bool]:
     """Turn notes into timed MIDI events; returns (events, total_samples, truncated)."""
     sr = config.sample_rate
     tail_seconds = 2.0
@@ -891,6 +906,9 @@ def _target_key(input_key: str, config: MusicDataConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
 
+_MANIFEST_PIECE_KEYS = ("piece_id", "split", "source", "corpus_path", "number", "seconds", "input_lufs", "truncated")
+
+
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     sf.write(str(tmp), np.ascontiguousarray(audio.T), sample_rate, subtype="PCM_24", format="WAV")
@@ -1105,7 +1123,7 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
             for s in SPLITS
         },
         "pieces": [
-            {k: m[k] for k in ("piece_id", "split", "source", "corpus_path", "number", "seconds", "input_lufs", "truncated")}
+            {k: m[k] for k in _MANIFEST_PIECE_KEYS}
             | {"ensemble": m["arrangement"]["ensemble"], "tempo_bpm": round(m["arrangement"]["tempo_bpm"], 2)}
             for m in pieces_meta
         ],
@@ -1126,7 +1144,9 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, path)
     logger.info(
-        "dataset %s: %s", out_dir, ", ".join(f"{s} {have_seconds[s] / 60:.2f} min ({have_count[s]} pieces)" for s in SPLITS)
+        "dataset %s: %s",
+        out_dir,
+        ", ".join(f"{s} {have_seconds[s] / 60:.2f} min ({have_count[s]} pieces)" for s in SPLITS),
     )
     return out_dir
 
@@ -1137,7 +1157,8 @@ def _manifest_up_to_date(out_dir: Path, cfg: MusicDataConfig) -> bool:
     if not manifest or manifest.get("settings") != json.loads(json.dumps(cfg.to_dict())):
         return False
     software = manifest.get("software", {})
-    if software.get("render_version") != RENDER_VERSION or software.get("engineer_version") != engineer.ENGINEER_VERSION:
+    versions = (software.get("render_version"), software.get("engineer_version"))
+    if versions != (RENDER_VERSION, engineer.ENGINEER_VERSION):
         return False
     for piece in manifest.get("pieces", []):
         for kind in ("input", "target"):
