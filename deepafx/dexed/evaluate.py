@@ -149,6 +149,8 @@ def evaluate_from_config(
     config: Mapping[str, Any],
     checkpoint_dir: str | Path,
     out_dir: str | Path,
+    split: str = "test",
+    data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Evaluate every method and write ``results.json``, ``results.md``, ``details.json``.
@@ -158,6 +160,10 @@ def evaluate_from_config(
         checkpoint_dir: Training run folder (or its ``checkpoints/``) holding
             ``ploss.pt``, ``synth.pt``, ``real.pt``; missing ones are skipped with a note.
         out_dir: Where the results go (created).
+        split: Held-out split evaluated, ``"test"`` (default) or ``"valid"``
+            (factory presets and GM programs never seen in training).
+        data_dir: Dataset folder (default as ``deepafx train``, see
+            :func:`deepafx.dexed.train.data_dir_for`).
         progress: Print progress lines.
 
     Returns:
@@ -167,30 +173,30 @@ def evaluate_from_config(
         FileNotFoundError: no checkpoint at all in ``checkpoint_dir``.
     """
     say = print if progress else (lambda *a, **k: None)
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid' for dexed_matching (training presets are not held out), got {split!r}")
     ecfg = EvalConfig.from_dict(config.get("evaluate"))
     ckpt_dir, run_dir = _resolve_checkpoints(Path(checkpoint_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not (config.get("data") or {}).get("dir") and not (run_dir / "data" / "manifest.json").exists():
-        say(f"no dataset under {run_dir / 'data'}; building it")
-    data: RecipeData = ensure_dataset(config, run_dir, progress)
+    data: RecipeData = ensure_dataset(config, run_dir, progress, data_dir)
     dcfg = data.config
     renderer = dcfg.renderer()
     rng = np.random.default_rng(ecfg.seed)
 
     # targets
-    in_idx = _pick(len(data.x["test"]), ecfg.num_in_domain, rng)
-    ood_idx = _pick(len(data.ood_audio["test"]), ecfg.num_out_of_domain, rng)
+    in_idx = _pick(len(data.x[split]), ecfg.num_in_domain, rng)
+    ood_idx = _pick(len(data.ood_audio[split]), ecfg.num_out_of_domain, rng)
     targets: dict[str, dict[str, np.ndarray]] = {
         "in_domain": {
-            "x": data.x["test"][in_idx],
-            "pitch": data.pitch["test"][in_idx],
-            "audio": renderer.render_batch(data.x["test"][in_idx]),
+            "x": data.x[split][in_idx],
+            "pitch": data.pitch[split][in_idx],
+            "audio": renderer.render_batch(data.x[split][in_idx]),
         },
         "out_of_domain": {
-            "pitch": data.ood_pitch["test"][ood_idx],
-            "audio": data.ood_audio["test"][ood_idx],
-            "program": data.ood_program["test"][ood_idx],
+            "pitch": data.ood_pitch[split][ood_idx],
+            "audio": data.ood_audio[split][ood_idx],
+            "program": data.ood_program[split][ood_idx],
         },
     }
     say(f"evaluating on {len(in_idx)} in-domain presets and {len(ood_idx)} out-of-domain notes")
@@ -297,6 +303,7 @@ def evaluate_from_config(
         "sample_rate": dcfg.sample_rate,
         "notes": [list(n) for n in dcfg.notes],
         "checkpoints": str(ckpt_dir),
+        "split": split,
         "notes_on_run": notes,
     }
     (out / "results.json").write_text(json.dumps(results_json, indent=2))

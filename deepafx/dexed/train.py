@@ -206,10 +206,18 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | Se
     return out
 
 
-def data_dir_for(config: Mapping[str, Any], run_dir: str | Path) -> Path:
-    """Dataset folder: ``data.dir`` of the config, else ``RUN_DIR/data``."""
+def data_dir_for(config: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    """Dataset folder: ``data_dir`` if given, else ``data.dir`` of the config, else
+    ``data/dexed_matching/<config file stem>`` (where ``deepafx data`` writes) when
+    the config came from a file, else ``RUN_DIR/data``."""
+    if data_dir is not None:
+        return Path(data_dir)
     d = (config.get("data") or {}).get("dir")
-    return Path(d) if d else Path(run_dir) / "data"
+    if d:
+        return Path(d)
+    if config.get("_path"):
+        return Path("data") / "dexed_matching" / Path(str(config["_path"])).stem
+    return Path(run_dir) / "data"
 
 
 def data_section(config: Mapping[str, Any]) -> dict:
@@ -217,9 +225,10 @@ def data_section(config: Mapping[str, Any]) -> dict:
     return {k: v for k, v in (config.get("data") or {}).items() if k != "dir"}
 
 
-def ensure_dataset(config: Mapping[str, Any], run_dir: str | Path, progress: bool = True) -> RecipeData:
-    """Build the dataset if needed and load it."""
-    d = data_dir_for(config, run_dir)
+def ensure_dataset(config: Mapping[str, Any], run_dir: str | Path, progress: bool = True,
+                   data_dir: str | Path | None = None) -> RecipeData:
+    """Build the dataset if needed (cached: reused while the data settings are unchanged) and load it."""
+    d = data_dir_for(config, run_dir, data_dir)
     build_dataset({"data": data_section(config)}, d, progress=progress)
     return load_dataset(d)
 
@@ -314,6 +323,7 @@ def train_from_config(
     resume: bool = False,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     progress: bool = True,
+    data_dir: str | Path | None = None,
 ) -> Path:
     """Train the estimator through all stages; returns the checkpoint folder.
 
@@ -324,6 +334,8 @@ def train_from_config(
         resume: Continue from ``checkpoints/last.pt`` when it exists.
         overrides: Dotted overrides (see :func:`apply_overrides`).
         progress: Show a tqdm bar (rank 0).
+        data_dir: Dataset folder (see :func:`data_dir_for` for the default); built
+            there first if missing or stale.
 
     Returns:
         ``out_dir/checkpoints``.
@@ -352,9 +364,9 @@ def train_from_config(
         import torch.distributed as dist
 
         if is_main:
-            ensure_dataset(config, out, progress)
+            ensure_dataset(config, out, progress, data_dir)
         dist.barrier()
-    data = ensure_dataset(config, out, progress and is_main)
+    data = ensure_dataset(config, out, progress and is_main, data_dir)
     dcfg = data.config
     renderer = dcfg.renderer()
     torch.manual_seed(cfg.seed + rank)
