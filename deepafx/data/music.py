@@ -37,8 +37,9 @@ kept); short ones (folk tunes) are repeated, as they are played, up to
 
 Splits are held out *by piece*: a piece's split is a pure function of the
 seed, its identifier and the split fractions, so it never changes with the
-dataset size (the quick dataset's test pieces are test pieces of the full
-one too). Pieces are drawn in a seeded order across sources until every
+dataset size: with the same seed and fractions (the presets share them), no
+piece of the quick dataset's valid or test split is in the full dataset's
+training split. Pieces are drawn in a seeded order across sources until every
 split holds its share of audio.
 
 Layout written by :func:`build_dataset`::
@@ -127,8 +128,8 @@ class MusicDataConfig:
     max_piece_seconds: float = 30.0
     min_piece_seconds: float | None = None
     seed: int = 0
-    valid_fraction: float = 0.15
-    test_fraction: float = 0.15
+    valid_fraction: float = 0.125
+    test_fraction: float = 0.125
     input_lufs_range: tuple[float, float] = (-30.0, -14.0)
     input_peak_dbfs: float = -1.0
     tilt_db: float = 6.0
@@ -215,11 +216,11 @@ class MusicDataConfig:
 
 #: Quick preset: ~4 minutes of training audio (renders in well under a minute).
 QUICK_PRESET: dict[str, Any] = {
-    "train_minutes": 4.0, "max_piece_seconds": 30.0, "valid_fraction": 0.15, "test_fraction": 0.15,
+    "train_minutes": 4.0, "max_piece_seconds": 30.0, "valid_fraction": 0.125, "test_fraction": 0.125,
 }
 #: Full preset: >= 36 minutes of training audio in up-to-60-second pieces.
 FULL_PRESET: dict[str, Any] = {
-    "train_minutes": 36.0, "max_piece_seconds": 60.0, "valid_fraction": 0.1, "test_fraction": 0.1,
+    "train_minutes": 36.0, "max_piece_seconds": 60.0, "valid_fraction": 0.125, "test_fraction": 0.125,
 }
 PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK_PRESET, "full": FULL_PRESET}
 
@@ -230,7 +231,7 @@ class _Source:
     prefixes: tuple[str, ...]  # corpus path prefixes ("bach/")
     family: str  # arrangement family
     weight: float  # share of the piece order
-    pattern: str = ""  # regex the corpus path must match (after the prefix)
+    pattern: str = ""  # regex the corpus path (relative to the corpus root) must match
 
 
 #: Corpus sources: path prefixes in music21's corpus, arrangement family, share of pieces.
@@ -852,7 +853,8 @@ def render_piece(spec: PieceSpec, config: MusicDataConfig) -> RenderedPiece:
         :class:`RenderedPiece` with ``audio`` of shape ``(2, samples)``.
 
     Raises:
-        ValueError: the score cannot be parsed or has no pitched notes.
+        ValueError: the score cannot be parsed, has no pitched notes, or is
+            shorter than ``min_piece_seconds`` even when repeated.
         FileNotFoundError: the SoundFont is missing (message says how to install it).
     """
     t0 = time.perf_counter()
@@ -868,6 +870,11 @@ def render_piece(spec: PieceSpec, config: MusicDataConfig) -> RenderedPiece:
     t1 = time.perf_counter()
     arr = arrange_piece(spec, score, config)
     events, total, truncated = _schedule(score, arr, config, _piece_rng(config.seed, spec.piece_id, "notes"))
+    if total < config.min_piece_seconds * config.sample_rate:
+        raise ValueError(
+            f"{spec.corpus_path}: {total / config.sample_rate:.1f} s even when repeated, "
+            f"shorter than min_piece_seconds ({config.min_piece_seconds} s)"
+        )
     mix = _synthesize(events, total, arr, config)
     t2 = time.perf_counter()
     audio, lufs = _colour_and_level(mix, arr, config)
