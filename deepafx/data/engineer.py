@@ -382,6 +382,7 @@ class MasteringInfo:
         output_lufs: Integrated loudness of the output in LUFS.
         output_true_peak_dbtp: True peak of the output in dBTP.
         iterations: Loudness/limiter iterations used.
+        notes: Anything unusual that was done (e.g. a final true-peak trim).
     """
 
     eq_centers_hz: np.ndarray
