@@ -125,8 +125,10 @@ def _stft_mag(x: torch.Tensor, n_fft: int, window: torch.Tensor) -> torch.Tensor
 def spectral_distance(est: torch.Tensor, ref: torch.Tensor, n_fft: int, window: torch.Tensor, eps: float) -> torch.Tensor:
     """``rms(|Ŷ| − |Y|) + rms(log|Ŷ| − log|Y|)`` per item → ``(batch,)``."""
     e, r = _stft_mag(est, n_fft, window), _stft_mag(ref, n_fft, window)
-    lin = (e - r).pow(2).mean((1, 2, 3)).sqrt()
-    log = (torch.log(e + eps) - torch.log(r + eps)).pow(2).mean((1, 2, 3)).sqrt()
+    # sqrt has an infinite derivative at 0: keep identical signals (a perfect match,
+    # silent padding) from producing NaN gradients.
+    lin = (e - r).pow(2).mean((1, 2, 3)).clamp_min(1e-20).sqrt()
+    log = (torch.log(e + eps) - torch.log(r + eps)).pow(2).mean((1, 2, 3)).clamp_min(1e-20).sqrt()
     return lin + log
 
 

@@ -45,6 +45,15 @@ def test_gradient_flows_and_for_latency(rng):
     assert est.grad.abs().sum().item() > 0
 
 
+@pytest.mark.parametrize("loss", [DelayInvariantLoss(max_delay_samples=64), MultiResolutionSTFTLoss()])
+def test_gradients_finite_for_perfect_match_and_silence(rng, loss):
+    x = _signals(rng, 4096)
+    for est, ref in ((x.clone(), x), (torch.zeros_like(x), torch.zeros_like(x))):
+        est.requires_grad_(True)
+        loss(est, ref).backward()
+        assert torch.isfinite(est.grad).all()
+
+
 def test_errors():
     with pytest.raises(ValueError, match="too short"):
         DelayInvariantLoss(max_delay_samples=100)(torch.zeros(1, 1, 150), torch.zeros(1, 1, 150))

@@ -272,9 +272,11 @@ class Trainer:
         self.state["pretrained"] = True
 
     def _frame_loss(self, y: torch.Tensor, target: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        per_item = self.loss_fn(y, target)
-        w = active.to(per_item.dtype)
-        return (per_item * w).sum() / w.sum().clamp_min(1)
+        """Mean loss over active slots (idle slots at the end of a drained epoch hold silence)."""
+        idx = active.nonzero().flatten()
+        if len(idx) == 0:
+            return y.sum() * 0.0
+        return self.loss_fn(y[idx], target[idx]).mean()
 
     def train_epoch(self, epoch: int) -> float:
         self.net.train()
@@ -343,6 +345,15 @@ class Trainer:
             self.tb.figure("valid/spectrograms", _spectrogram_figure(example, sr), epoch)
         return value
 
+    def _param_checksums(self) -> list[float]:
+        """Sum of |weights| on every rank (one value per rank): DDP replicas must agree."""
+        value = torch.tensor([float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))], dtype=torch.float64)
+        if not self.dist.distributed:
+            return [float(value)]
+        out = [torch.zeros_like(value) for _ in range(self.dist.world_size)]
+        dist.all_gather(out, value)
+        return [float(v) for v in out]
+
     def fit(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         self.pretrain()
@@ -359,7 +370,8 @@ class Trainer:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch + 1
             self.state["history"].append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
-                                          "lr": self.opt.param_groups[0]["lr"], "step": self.state["global_step"]})
+                                          "lr": self.opt.param_groups[0]["lr"], "step": self.state["global_step"],
+                                          "param_checksums": self._param_checksums()})
             self.tb.scalars(epoch, **{"epoch/train_loss": train_loss, "epoch/valid_loss": valid_loss})
             if self.dist.is_main:
                 tqdm.write(f"epoch {epoch}: train {train_loss:.4f}  valid {valid_loss:.4f}  lr {self.opt.param_groups[0]['lr']:.2e}"
