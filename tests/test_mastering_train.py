@@ -48,7 +48,7 @@ def test_resume_continues_exactly(tmp_path, data_dir):
 
 def test_ddp_two_processes_agree(tmp_path, data_dir):
     torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    cmd = (f"{torchrun} --nproc_per_node 2 --master_port 29533 -m deepafx.cli train --config {QUICK} "
+    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
            f"--run-dir {tmp_path / 'ddp'} --data-dir {data_dir} "
            + " ".join(f"--set '{o}'" for o in TINY + ["train.epochs=1", "train.steps_per_epoch=2"]))
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,

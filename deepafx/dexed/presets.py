@@ -75,8 +75,8 @@ def patch_from_normalized(x: np.ndarray, name: str = "DEEPAFX") -> "dexed.Patch"
 
 
 def normalized_from_patch(patch: "dexed.Patch") -> np.ndarray:
-    """``dexed.Patch`` → normalized vector ``(145,)`` float64 on [0, 1]."""
-    return normalized_from_preset_array(patch.to_preset().to_array())
+    """``dexed.Patch`` → normalized vector ``(145,)`` float64 on [0, 1], exactly on the DX7 grid."""
+    return quantize_normalized(normalized_from_preset_array(patch.to_preset().to_array()))
 
 
 def _clean_name(name: str) -> str:
