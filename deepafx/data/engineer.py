@@ -49,11 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyloudnorm
 import scipy.ndimage
 import scipy.signal
 import soxr
 
+from deepafx import metrics
 from deepafx.hosts.base import AudioError
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: Version of the engineer's processing; part of dataset cache keys.
-ENGINEER_VERSION = 1
+ENGINEER_VERSION = 2  # 2: loudness and true peak measured by deepafx.metrics
 
 
 def _check(audio: np.ndarray, sample_rate: float, what: str = "audio") -> np.ndarray:
@@ -86,12 +86,8 @@ def _check(audio: np.ndarray, sample_rate: float, what: str = "audio") -> np.nda
 
 
 def true_peak_dbtp(audio: np.ndarray, sample_rate: float, oversample: int = 4) -> float:
-    """True-peak level in dBTP: sample peak of the oversampled signal.
-
-    Follows ITU-R BS.1770-4 Annex 2 (peak of the signal oversampled 4x); the
-    interpolation uses soxr's very-high-quality resampler instead of the
-    recommendation's 48-tap filter, which agrees to within a few hundredths of
-    a dB on music.
+    """True-peak level in dBTP (ITU-R BS.1770-4 Annex 2), the same measurement
+    the evaluation reports: :func:`deepafx.metrics.true_peak_dbtp`.
 
     Args:
         audio: ``(channels, samples)`` float audio, full scale = 1.0.
@@ -112,9 +108,7 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: float, oversample: int = 4) -
 
 
 def _true_peak_db(x: np.ndarray, sample_rate: float, oversample: int) -> float:
-    y = _oversample(x, sample_rate, oversample)
-    peak = float(max(y.max(), -y.min()))
-    return 20.0 * np.log10(peak) if peak > 0 else float("-inf")
+    return metrics.true_peak_dbtp(x, sample_rate, oversample=oversample)
 
 
 def _oversample(x: np.ndarray, sample_rate: float, factor: int) -> np.ndarray:
@@ -148,7 +142,7 @@ def integrated_loudness(audio: np.ndarray, sample_rate: float) -> float:
             f"audio has {x.shape[1]} samples ({x.shape[1] / sample_rate:.3f} s); "
             "integrated loudness needs at least 0.4 s"
         )
-    return float(pyloudnorm.Meter(int(round(sample_rate))).integrated_loudness(x.T))
+    return metrics.lufs(x, sample_rate)
 
 
 def band_centers_hz(low_hz: float = 31.5, high_hz: float = 16000.0, bands_per_octave: int = 3) -> np.ndarray:
