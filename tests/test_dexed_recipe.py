@@ -1,0 +1,172 @@
+"""Dexed sound-matching recipe: dataset splits and an end-to-end smoke test through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from deepafx.dexed.data import DEFAULT_SOUNDFONT, build_dataset, load_dataset, rms_db
+from deepafx.dexed.presets import fetch_hexter_banks, read_voices
+from deepafx.hosts.dexed_host import DexedRenderer
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = REPO / "recipes" / "dexed_matching" / "quick.yaml"
+
+TINY_DATA = [
+    "data.max_factory_presets=14",
+    "data.samples_per_preset=1",
+    "data.pitches=[60, 64]",
+    "data.ood_programs=[0, 24, 40, 56, 71, 73]",
+    "data.ood_test_programs=2",
+    "data.ood_valid_programs=1",
+    "data.ood_pitches=[60]",
+    "data.test_fraction=0.2",
+    "data.valid_fraction=0.1",
+]
+TINY_TRAIN = [
+    "model.conv_channels=[8, 16]",
+    "model.frame_dim=32",
+    "model.gru_hidden=32",
+    "train.batch_size=2",
+    "train.ploss_steps=3",
+    "train.crossfade_steps=2",
+    "train.synth_steps=1",
+    "train.real_steps=2",
+    "train.render_workers=1",
+    "train.torch_threads=1",
+    "train.log_every=1",
+    "evaluate.num_in_domain=1",
+    "evaluate.num_out_of_domain=1",
+    "evaluate.refine_renders=6",
+    "evaluate.workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    if not Path(DEFAULT_SOUNDFONT).exists():
+        pytest.skip(f"General MIDI SoundFont {DEFAULT_SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
+    try:
+        return fetch_hexter_banks(tmp_path_factory.mktemp("hexter"))
+    except RuntimeError as exc:
+        pytest.skip(f"DX7 factory banks unavailable: {exc}")
+
+
+def _overrides(items):
+    out = {}
+    import yaml
+
+    for s in items:
+        k, v = s.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def test_dataset_splits_by_preset_and_instrument(bank_dir, tmp_path):
+    import yaml
+
+    from deepafx.dexed.train import apply_overrides
+
+    cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), TINY_DATA + [f"data.hexter_dir={bank_dir}"])
+    out = build_dataset(cfg, tmp_path / "d", progress=False)
+    d = load_dataset(out)
+    # splits by factory preset: no test/valid voice appears (even perturbed) in training
+    train_src = set(d.source["train"].tolist())
+    assert train_src.isdisjoint(d.source["test"].tolist()) and train_src.isdisjoint(d.source["valid"].tolist())
+    # 14 voices: 3 test, 1 valid, 10 train each with one sampled neighbour
+    assert len(d.source["test"]) == 3 and len(d.x["train"]) == 20
+    assert set(np.unique(d.pitch["train"])) <= {60, 64}
+    # splits by instrument (GM program)
+    progs = {s: set(d.ood_program[s].tolist()) for s in ("train", "valid", "test")}
+    assert len(progs["test"]) == 2 and progs["test"].isdisjoint(progs["train"]) and progs["valid"].isdisjoint(progs["train"])
+    a = d.ood_audio["test"]
+    assert a.shape == (2, 1, 64000) and a.dtype == np.float32
+    for item in a:  # levels set to the factory voices' median RMS
+        assert rms_db(item) == pytest.approx(d.reference_level_db, abs=0.05)
+    # cached: a second build with the same settings is a no-op
+    mtime = (out / "in_domain.npz").stat().st_mtime
+    build_dataset(cfg, tmp_path / "d", progress=False)
+    assert (out / "in_domain.npz").stat().st_mtime == mtime
+
+
+def _cli(*args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "deepafx.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"deepafx {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow  # about 2 minutes on a shared 2-core machine (4 CLI runs, render workers)
+def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    sets = []
+    for s in TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", f"data.dir={data_dir}"]:
+        sets += ["--set", s]
+    _cli("data", "--config", str(QUICK), "--out", str(data_dir), *sets, cwd=tmp_path)
+    _cli("train", "--config", str(QUICK), "--run-dir", str(tmp_path / "run"), *sets, cwd=tmp_path)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["last.pt", "ploss.pt", "real.pt", "synth.pt"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["ploss"] * 3 + ["crossfade"] * 2 + ["synth"] + ["real"] * 2
+    assert all(np.isfinite(r["spectral"]) and r["spectral"] > 0 for r in log if r["stage"] != "ploss")
+    _cli("evaluate", "--config", str(QUICK), "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "eval"),
+         *sets, cwd=tmp_path)
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())["models"]
+    expected = {"retrieval", "ploss", "synth", "real", "cmaes"} | {f"{m}+refine" for m in ("retrieval", "ploss", "synth", "real")}
+    assert set(res) == expected
+    for m, doms in res.items():
+        for dom in ("in_domain", "out_of_domain"):
+            for k in ("lsd", "mss", "mfcc_l1", "seconds_per_sound"):
+                assert np.isfinite(doms[dom][k]) and doms[dom][k] >= 0, (m, dom, k)
+        assert 0 <= doms["in_domain"]["discrete_accuracy"] <= 1 and "param_l1" in doms["in_domain"]
+    # refinement keeps the best point seen, so it never loses on the spectral loss it optimizes
+    for m in ("retrieval", "ploss", "synth", "real"):
+        for dom in ("in_domain", "out_of_domain"):
+            assert res[f"{m}+refine"][dom]["mss"] <= res[m][dom]["mss"] + 1e-6
+    assert "| retrieval |" in (tmp_path / "eval" / "results.md").read_text()
+
+    # deepafx match on a 44.1 kHz stereo note of an instrument never seen in training
+    from deepafx.dexed.data import render_soundfont_notes
+
+    note = render_soundfont_notes(DEFAULT_SOUNDFONT, [(68, 65, 100)], 44100, 2.0, 1.5)[0]
+    sf.write(tmp_path / "oboe.wav", np.stack([note, note], 1), 44100)
+    out = _cli("match", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "oboe.wav"), str(tmp_path / "m"),
+               "--refine-renders", "8", cwd=tmp_path)
+    assert "resampled from 44100 Hz to 16000 Hz" in out and "averaged to mono" in out and "zero-padded" in out
+    m = tmp_path / "m"
+    assert (m / "preset.syx").stat().st_size == 163 and (m / "preset_bank.syx").stat().st_size == 4104
+    assert (m / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the exported .syx round-trips: load -> same parameters -> same audio
+    voice = read_voices(m / "preset.syx")[0]
+    bank = read_voices(m / "preset_bank.syx")[0]
+    np.testing.assert_array_equal(voice.x, bank.x)
+    matched, sr = sf.read(m / "match.wav", dtype="float32", always_2d=True)
+    assert sr == 16000
+    np.testing.assert_array_equal(DexedRenderer(16000, [(60, 100)], 3.0, 4.0).render(voice.x)[0], matched[:, 0])
+    info = json.loads((m / "preset.json").read_text())
+    assert info["pitch_midi"] == 65 and 1 <= info["parameters"]["algorithm"] <= 32
+
+
+def test_match_rejects_silence_noise_and_short_input(bank_dir, tmp_path):
+    from deepafx.commands.match import MatchInputError, estimate_pitch, prepare_input
+
+    sf.write(tmp_path / "silence.wav", np.zeros(22050, np.float32), 22050)
+    with pytest.raises(MatchInputError, match="silent"):
+        prepare_input(tmp_path / "silence.wav", 16000, 1, 4.0, -8.5, say=lambda *a: None)
+    note = np.sin(2 * np.pi * 440 * np.arange(1000) / 44100).astype(np.float32)
+    sf.write(tmp_path / "short.wav", np.concatenate([np.zeros(4000, np.float32), note]), 44100)
+    with pytest.raises(MatchInputError, match="ms of sound"):
+        prepare_input(tmp_path / "short.wav", 16000, 1, 4.0, -8.5, say=lambda *a: None)
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    with pytest.raises(MatchInputError, match="noise only"):
+        estimate_pitch(noise[None], 16000)
+    tone = np.sin(2 * np.pi * 440 * np.arange(32000) / 16000).astype(np.float32)[None]
+    assert estimate_pitch(tone, 16000)[0] == 69
+    with pytest.raises(MatchInputError, match="6 notes as channels"):
+        sf.write(tmp_path / "mono.wav", tone[0], 16000)
+        prepare_input(tmp_path / "mono.wav", 16000, 6, 4.0, -8.5, say=lambda *a: None)
