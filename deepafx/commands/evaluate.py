@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--data-dir is not supported by the {cfg['recipe']!r} evaluator")
             kwargs["data_dir"] = Path(args.data_dir)
         results = fn(cfg, Path(args.checkpoint), out_dir, **kwargs)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
         print(f"deepafx evaluate: error: {exc}", file=sys.stderr)
         return 1
     md = out_dir / "results.md"

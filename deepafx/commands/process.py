@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
             block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, PluginError) as exc:
+    except (OSError, ValueError, RuntimeError, PluginError) as exc:
         print(f"deepafx process: error: {exc}", file=sys.stderr)
         return 1
     print(result.summary())

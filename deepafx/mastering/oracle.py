@@ -13,8 +13,12 @@ Search (:class:`CmaesOracle`)
 -----------------------------
 * **Variables**: the chain's learned parameters, normalized on [0, 1]
   (``cma`` bound handling), *static* for the whole track; the search starts
-  at the chain's default parameters with step size ``sigma0`` (default 0.25)
+  at the chain's default parameters with step size ``sigma0`` (default 0.1)
   and the default population ``4 + floor(3 ln P)`` unless ``popsize`` is set.
+  With budgets of tens to a few hundred renders over the 30 parameters of
+  the built-in mastering chain, 0.1 searched better than 0.25: on the two
+  quick-recipe test pieces, 60 renders reached objectives 0.626 and 0.87
+  with 0.1 against 0.715 (no improvement on the defaults) and 1.05 with 0.25.
 * **Budget**: exactly ``renders`` chain renders per track: the defaults are
   rendered first, then full CMA-ES generations while a whole generation fits,
   then a last partial sample that is evaluated but not told to CMA-ES.
@@ -217,7 +221,7 @@ class CmaesOracle:
     Args:
         chain: The chain searched (its sample rate is the audio's).
         renders: Render budget per track (>= 1).
-        sigma0: Initial CMA-ES step size on normalized parameters (> 0).
+        sigma0: Initial CMA-ES step size on normalized parameters (> 0). Default 0.1.
         popsize: Population size (>= 2); ``None``: ``4 + floor(3 ln P)``.
         excerpt_seconds: Scored excerpt from the middle of the track, seconds (>= 0.5).
         preroll_seconds: Unscored lead-in rendered before the excerpt, seconds (>= 0).
@@ -233,7 +237,7 @@ class CmaesOracle:
         deepafx.workers.WorkerError: the chain cannot be built in a worker.
     """
 
-    def __init__(self, chain: ChainSpec, renders: int = 60, sigma0: float = 0.25, popsize: int | None = None,
+    def __init__(self, chain: ChainSpec, renders: int = 60, sigma0: float = 0.1, popsize: int | None = None,
                  excerpt_seconds: float = 10.0, preroll_seconds: float = 1.0, loudness_weight: float = 0.1,
                  fft_sizes: Sequence[int] = (2048, 512, 128), overlap: float = 0.5, num_workers: int | None = None,
                  seed: int = 0, timeout_s: float = 120.0):

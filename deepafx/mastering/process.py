@@ -542,7 +542,7 @@ class ProcessResult:
         if self.plot_path:
             lines.append(f"plot: {self.plot_path}")
         lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"processed in {self.process_seconds:.2f} s ({self.realtime_factor:.1f}x real time)")
+        lines.append(f"processed in {self.process_seconds:.2f} s ({self.realtime_factor:.3g}x real time)")
         return "\n".join(lines)
 
 
