@@ -44,7 +44,6 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from deepafx.chain import ChainSpec
 from deepafx.params import ParamTable
 
 log = logging.getLogger(__name__)
@@ -596,7 +595,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace")
-    fmt, subtype, fmt_note = _output_format(out, None)  # validates the extension before any work
+    _output_format(out, None)  # validates the extension before any work
     src = read_audio(inp)
     fmt, subtype, fmt_note = _output_format(out, src.subtype)
     model, ckpt, ckpt_path = load_mastering_checkpoint(checkpoint)
