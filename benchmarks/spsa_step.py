@@ -27,7 +27,7 @@ from deepafx.fx import FxLayer
 BUILTIN_MASTERING = chain(
     {"backend": "builtin.multiband_compressor", "name": "mbc"},
     {"backend": "builtin.graphic_eq", "name": "geq"},
-    {"backend": "pedalboard.Limiter", "name": "lim"},
+    {"backend": "pedalboard.BrickwallLimiter", "name": "lim"},
     sample_rate=44100, name="builtin_mastering",
 )
 ZAM = chain({"backend": "vst3", "name": "comp", "options": {"path": "/usr/lib/vst3/ZamCompX2.vst3"}},

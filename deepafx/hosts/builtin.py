@@ -3,20 +3,20 @@
 Backends registered here:
 
 * ``pedalboard.<Effect>`` for single built-ins: ``Compressor``, ``Limiter``,
-  ``Gain``, ``PeakFilter``, ``LowShelfFilter``, ``HighShelfFilter``,
+  ``BrickwallLimiter``, ``Gain``, ``PeakFilter``, ``LowShelfFilter``, ``HighShelfFilter``,
   ``HighpassFilter``, ``LowpassFilter``, ``Distortion``, ``NoiseGate``,
   ``Clipping``, ``Reverb``.
 * ``builtin.multiband_compressor`` — three-band compressor assembled from
-  pedalboard built-ins (cascaded first-order crossovers, one
-  ``Compressor`` + makeup ``Gain`` per band, bands summed with ``Mix``).
-  Learnable crossovers; the crossover filters add frequency-dependent group
-  delay (which the delay-invariant loss tolerates).
+  pedalboard built-ins: complementary bands that sum back exactly to the
+  input, one ``Compressor`` + makeup ``Gain`` per band, bands summed with
+  ``Mix``; learnable crossovers; neutral (identity) at its defaults.
 * ``builtin.graphic_eq`` — ``PeakFilter`` bands at fixed centre frequencies
   (octave bands by default), one ``gain_db`` per band.
 
 State: every effect keeps its state across :meth:`Processor.process` calls
 (pedalboard ``reset=False``; chunked processing is bit-identical to one call);
-:meth:`reset` clears it. Latency: 0 samples. pedalboard objects do not pickle,
+:meth:`reset` clears it. Latency: 0 samples, except ``BrickwallLimiter``
+(its 5 ms look-ahead). pedalboard objects do not pickle,
 so instances are always built inside the process that renders them.
 """
 
@@ -44,6 +44,10 @@ BUILTIN_TABLES: dict[str, list[Param]] = {
     ],
     "Limiter": [
         Param("threshold_db", -24.0, 0.0, -6.0, "dB"),
+        Param("release_ms", 10.0, 1000.0, 100.0, "ms", "log"),
+    ],
+    "BrickwallLimiter": [
+        Param("ceiling_db", -12.0, 0.0, 0.0, "dB"),
         Param("release_ms", 10.0, 1000.0, 100.0, "ms", "log"),
     ],
     "Gain": [Param("gain_db", -24.0, 24.0, 0.0, "dB")],
@@ -128,7 +132,10 @@ def _single_factory(effect: str) -> Callable[[ProcessorSpec, float], Processor]:
         plugin = getattr(pedalboard, effect)()
         table = ParamTable(tuple(BUILTIN_TABLES[effect]))
         setters = [[_attr_setter(plugin, _ATTR.get(p.name, p.name))] for p in table]
-        return PedalboardProcessor(pedalboard.Pedalboard([plugin]), table, setters, sample_rate)
+        proc = PedalboardProcessor(pedalboard.Pedalboard([plugin]), table, setters, sample_rate)
+        if effect == "BrickwallLimiter":  # look-ahead delay: streamed output lags the input
+            proc.latency_samples = int(round(plugin.lookahead_ms * 1e-3 * sample_rate))
+        return proc
 
     factory.__name__ = f"build_{effect}"
     return factory
@@ -140,33 +147,42 @@ for _effect in BUILTIN_TABLES:
 
 @register_backend("builtin.multiband_compressor")
 def build_multiband_compressor(spec: ProcessorSpec, sample_rate: float) -> Processor:
-    """Three-band compressor from pedalboard built-ins.
+    """Three-band compressor from pedalboard built-ins, with perfect reconstruction.
+
+    Bands are complementary: ``low = L₁(x)``, ``mid = L₂(x) − L₁(x)``,
+    ``high = x − L₂(x)``, where ``L_k`` is a 12 dB/octave low-pass (two cascaded
+    first-order sections) at crossover ``k``. They sum to exactly ``x``, so with
+    neutral compressors (threshold 0 dB, ratio 1, makeup 0 dB — the defaults) the
+    processor is the identity, with no latency or group delay.
 
     Parameters: ``low_crossover_hz`` [40, 600] Hz, ``high_crossover_hz``
     [1000, min(12000, 0.45·sr)] Hz, then per band ``{low,mid,high}_threshold_db``
     [−60, 0] dB, ``_ratio`` [1, 20], ``_attack_ms`` [0.1, 100] ms,
     ``_release_ms`` [10, 1000] ms, ``_makeup_db`` [−12, 12] dB (17 in all).
-    Each crossover is two cascaded first-order sections (12 dB/octave).
     """
     nyq_cap = min(12000.0, 0.45 * sample_rate)
     table = [
         Param("low_crossover_hz", 40.0, 600.0, 200.0, "Hz", "log"),
         Param("high_crossover_hz", 1000.0, nyq_cap, min(3000.0, nyq_cap), "Hz", "log"),
     ]
-    lows = [pedalboard.LowpassFilter(), pedalboard.LowpassFilter()]
-    mid_hp = [pedalboard.HighpassFilter(), pedalboard.HighpassFilter()]
-    mid_lp = [pedalboard.LowpassFilter(), pedalboard.LowpassFilter()]
-    highs = [pedalboard.HighpassFilter(), pedalboard.HighpassFilter()]
-    setters: list[list[Setter]] = [
-        [_attr_setter(f, "cutoff_frequency_hz") for f in lows + mid_hp],
-        [_attr_setter(f, "cutoff_frequency_hz") for f in mid_lp + highs],
-    ]
+    lp1 = [pedalboard.LowpassFilter() for _ in range(6)]  # three copies (low, mid, none) × 2 sections
+    lp2 = [pedalboard.LowpassFilter() for _ in range(4)]
+    setters: list[list[Setter]] = [[_attr_setter(f, "cutoff_frequency_hz") for f in lp1],
+                                   [_attr_setter(f, "cutoff_frequency_hz") for f in lp2]]
+    inputs = {
+        "low": pedalboard.Pedalboard(lp1[0:2]),
+        "mid": pedalboard.Mix([pedalboard.Pedalboard(lp2[0:2]), pedalboard.Pedalboard([*lp1[2:4], pedalboard.Invert()])]),
+        "high": pedalboard.Mix([pedalboard.Gain(0.0), pedalboard.Pedalboard([*lp2[2:4], pedalboard.Invert()])]),
+    }
+    del lp1[4:]  # only two copies of L₁ are needed
+    setters[0] = setters[0][:4]
+    neutral = {"threshold_db": 0.0, "ratio": 1.0}
     bands = []
-    for band, filters in (("low", lows), ("mid", mid_hp + mid_lp), ("high", highs)):
+    for band, split in inputs.items():
         comp, gain = pedalboard.Compressor(), pedalboard.Gain()
-        bands.append(pedalboard.Pedalboard([*filters, comp, gain]))
+        bands.append(pedalboard.Pedalboard([split, comp, gain]))
         for p in BUILTIN_TABLES["Compressor"]:
-            table.append(Param(f"{band}_{p.name}", p.min, p.max, p.default, p.unit, p.scale))
+            table.append(Param(f"{band}_{p.name}", p.min, p.max, neutral.get(p.name, p.default), p.unit, p.scale))
             setters.append([_attr_setter(comp, p.name)])
         table.append(Param(f"{band}_makeup_db", -12.0, 12.0, 0.0, "dB"))
         setters.append([_attr_setter(gain, "gain_db")])

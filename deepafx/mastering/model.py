@@ -45,6 +45,16 @@ class ModelConfig:
     encoder_kwargs: dict = field(default_factory=dict)
 
 
+#: Defaults on the edge of a range (a neutral compressor: threshold 0 dB, ratio 1)
+#: are moved this far inside [0, 1] for pretraining, where the sigmoid still has slope.
+DEFAULT_MARGIN = 0.02
+
+
+def pretrain_target(default_params: np.ndarray) -> np.ndarray:
+    """Normalized defaults clipped to ``[DEFAULT_MARGIN, 1 − DEFAULT_MARGIN]`` (stage-1 target)."""
+    return np.clip(np.asarray(default_params, dtype=np.float64), DEFAULT_MARGIN, 1 - DEFAULT_MARGIN)
+
+
 class MasteringModel(nn.Module):
     """Encoder + the chain it drives.
 
@@ -64,10 +74,10 @@ class MasteringModel(nn.Module):
         self.context_samples = max(int(round(config.context_seconds * self.sample_rate)), self.frame_samples)
         self.encoder = build_encoder(
             config.encoder, num_params=num_params, sample_rate=self.sample_rate, n_fft=config.n_fft,
-            hop_length=config.hop_length, n_mels=config.n_mels, downmix=config.downmix,
-            default_params=None if default_params is None else list(map(float, default_params)),
-            **config.encoder_kwargs,
+            hop_length=config.hop_length, n_mels=config.n_mels, downmix=config.downmix, **config.encoder_kwargs,
         )
+        if default_params is not None:
+            self.encoder.init_output_bias(pretrain_target(default_params), eps=DEFAULT_MARGIN)
         self.num_params = int(num_params)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:

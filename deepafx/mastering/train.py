@@ -36,7 +36,7 @@ from deepafx.config import bind
 from deepafx.data.stateful import StatefulBatcher
 from deepafx.fx import ExponentialEpsilon, FxLayer
 from deepafx.losses import DelayInvariantLoss, MultiResolutionSTFTLoss
-from deepafx.mastering.model import MasteringModel, ModelConfig
+from deepafx.mastering.model import MasteringModel, ModelConfig, pretrain_target
 from deepafx.trainer import (
     DistInfo, TensorBoard, atomic_save, cleanup_distributed, init_distributed, load_checkpoint,
     rng_state, seed_everything, set_rng_state,
@@ -51,7 +51,7 @@ DEFAULT_CHAIN = {
         {"backend": "builtin.multiband_compressor", "name": "mbc"},
         {"backend": "builtin.graphic_eq", "name": "geq"},
         {"backend": "pedalboard.Gain", "name": "gain", "ranges": {"gain_db": [-12, 24]}},
-        {"backend": "pedalboard.Limiter", "name": "lim"},
+        {"backend": "pedalboard.BrickwallLimiter", "name": "lim"},
     ],
 }
 
@@ -174,7 +174,7 @@ class Trainer:
                           epsilon=eps, num_perturbations=self.tc.num_perturbations,
                           seed=self.tc.seed * 1009 + self.dist.rank, timeout_s=self.tc.timeout_s)
         table = self.chain.param_table
-        self.defaults = torch.tensor(table.defaults_normalized(), dtype=torch.float32)
+        self.defaults = torch.tensor(pretrain_target(table.defaults_normalized()), dtype=torch.float32)
         torch.manual_seed(self.tc.seed)  # identical initial weights on every rank
         self.model = MasteringModel(self.mc, self.chain, self.fx.num_params, self.defaults.numpy()).to(self.dist.device)
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.distributed else self.model)
