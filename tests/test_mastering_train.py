@@ -59,3 +59,18 @@ def test_ddp_two_processes_agree(tmp_path, data_dir):
     assert len(sums) == 2 and sums[0] == sums[1]
     init = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert init["state"]["global_step"] == 2
+
+
+def test_gain_augmentation_is_exact_for_the_reference_engineer(rng):
+    """The trainer scales inputs and keeps targets: valid because the engineer is level-invariant."""
+    import numpy as np
+
+    from deepafx.data.engineer import master
+
+    from conftest import music_like
+
+    x = music_like(rng, 2, 5 * 44100) * 0.3
+    ref = master(x, 44100)
+    for g_db in (-12.0, 4.0):
+        y = master(x * 10 ** (g_db / 20), 44100)
+        assert np.abs(y - ref).max() < 2e-3 * np.abs(ref).max()

@@ -88,6 +88,13 @@ class TrainConfig:
             7–40× slower than with 1 (threads wait for each other).
         log_every: Steps between TensorBoard scalar writes.
         timeout_s: Longest a render request may take before the worker is restarted.
+        gain_augment_db: ``[min, max]`` dB: each epoch every training input is
+            scaled by a seeded random gain from this range (capped so its peak
+            stays at or below −0.5 dBFS) while its target is kept. Exact for
+            level-invariant targets such as the reference engineer's (loudness
+            normalization makes ``master(g·x) = master(x)``); without it the
+            network sees only one loudness correction per piece. ``null`` disables
+            it (do so for ``--pairs`` whose masters depend on the input level).
     """
 
     batch_size: int = 8
@@ -116,6 +123,7 @@ class TrainConfig:
     num_threads: int = 1
     log_every: int = 10
     timeout_s: float = 120.0
+    gain_augment_db: tuple[float, float] | None = (-12.0, 6.0)
 
 
 def load_tracks(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -239,6 +247,19 @@ class Trainer:
                                seed=(self.tc.seed * 7919 + epoch * 131 + salt) * 64 + self.dist.rank,
                                epoch_mode="drain", pad_last_frame=False, random_offset=True)
 
+    def _augmented(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Training tracks with this epoch's seeded input gains (targets unchanged)."""
+        if not self.tc.gain_augment_db:
+            return self.train_tracks
+        lo, hi = self.tc.gain_augment_db
+        rng = np.random.default_rng([self.tc.seed, epoch, self.dist.rank, 17])
+        out = []
+        for x, y in self.train_tracks:
+            peak_db = 20 * np.log10(max(float(np.abs(x).max()), 1e-9))
+            g_db = min(rng.uniform(lo, hi), -0.5 - peak_db)
+            out.append(((x * np.float32(10 ** (g_db / 20))).astype(np.float32), y))
+        return out
+
     def _agree_steps(self, n: int) -> int:
         if self.dist.distributed:
             t = torch.tensor([n], dtype=torch.int64)
@@ -285,7 +306,7 @@ class Trainer:
         self.net.train()
         self.fx.train()
         self.fx.reset()
-        batcher = self._batcher(self.train_tracks, epoch, salt=2)
+        batcher = self._batcher(self._augmented(epoch), epoch, salt=2)
         steps = batcher.num_batches_per_epoch if self.tc.steps_per_epoch is None else min(self.tc.steps_per_epoch, batcher.num_batches_per_epoch)
         steps = self._agree_steps(steps)
         it = iter(batcher)
