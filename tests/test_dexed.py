@@ -212,12 +212,14 @@ def test_cmaes_respects_budget_and_never_worsens(factory, renderer):
 
 
 def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
-    """Measured: a few SPSA steps through Dexed render workers lower the MSS of a fixed small set."""
+    """Measured: a few steps of the trainer's SPSA (loss-level, renders through FxLayer workers)
+    lower the multi-scale spectral loss of a fixed small set."""
+    from deepafx.dexed.train import spsa_loss_gradient
     from deepafx.fx import FxLayer
     from deepafx.losses import MultiResolutionSTFTLoss
 
     rng = np.random.default_rng(5)
-    n = SR // 2
+    n, k = SR // 2, 2
     r = DexedRenderer(SR, [(60, 100)], 0.25, 0.5)
     ids = (10, 30)
     target = torch.from_numpy(np.stack([r.render(factory[i].x) for i in ids]))
@@ -226,24 +228,25 @@ def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
     theta = torch.nn.Parameter(torch.from_numpy(start[:, free.numpy()]).float())
     fixed = torch.from_numpy(start).float()
     spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_s": 0.25}}, sample_rate=SR)
-    fx = FxLayer(spec, batch_size=2, num_workers=1, epsilon=0.01, num_perturbations=2, seed=0)
-    loss_fn = MultiResolutionSTFTLoss()
+    fx = FxLayer(spec, batch_size=len(ids) * (1 + 2 * k), num_workers=1, epsilon=0.01, seed=0)
+    loss_fn = MultiResolutionSTFTLoss(fft_sizes=(2048, 1024, 512, 256), reduction="none")
     opt = torch.optim.Adam([theta], lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
     losses = []
     try:
         for _ in range(8):
             x = fixed.clone()
             x[:, free] = theta.clamp(0, 1)
-            loss = loss_fn(fx(torch.zeros(2, 1, n), x), target)
+            per_item, grad = spsa_loss_gradient(fx, x, target, loss_fn, 0.01, k, free, gen)
+            assert grad.shape == (2, NUM_DEXED_PARAMS) and torch.all(grad[:, ~free] == 0)
             opt.zero_grad()
-            loss.backward()
+            ((x * grad.float()).sum() / len(ids)).backward()
             opt.step()
-            losses.append(float(loss.detach()))
-        with torch.no_grad():
-            x = fixed.clone()
-            x[:, free] = theta.clamp(0, 1)
-            final = float(loss_fn(fx.render(torch.zeros(2, 1, n), x), target))
+            losses.append(float(per_item.mean()))
+        x = fixed.clone()
+        x[:, free] = theta.detach().clamp(0, 1)
+        final = float(loss_fn(fx.render(torch.zeros(2, 1, n), x), target).mean())
     finally:
         fx.close()
-    print("SPSA through FxLayer, MSS per step:", [round(v, 3) for v in losses], "final", round(final, 3))
-    assert final < 0.97 * losses[0], (losses, final)  # measured 18.65 vs 19.63 (seeded, deterministic)
+    print("SPSA through FxLayer renders, MSS per step:", [round(v, 3) for v in losses], "final", round(final, 3))
+    assert final < 0.95 * losses[0], (losses, final)  # measured 15.14 -> 14.12 (seeded, deterministic)
