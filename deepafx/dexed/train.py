@@ -62,6 +62,8 @@ from torch import nn
 from deepafx.dexed.data import build_dataset, load_dataset, RecipeData
 from deepafx.dexed.model import DexedEstimator
 from deepafx.dexed.search import numeric_free_mask as _numeric_free_mask
+from deepafx.dexed.spectral import grouped_mss
+from deepafx.losses import MultiResolutionSTFTLoss
 from deepafx.hosts.dexed_host import dexed_param_table
 
 STAGES = ("ploss", "crossfade", "synth", "real")
@@ -383,7 +385,13 @@ def spsa_loss_gradient(
         outs.append(fx.render(torch.zeros(chunk.shape[0], 1, n), chunk))
     y = torch.cat(outs)
     with torch.no_grad():
-        losses = loss_fn(y, target.repeat_interleave(1 + 2 * k, dim=0)).reshape(b, 1 + 2 * k).to(torch.float64)
+        if isinstance(loss_fn, MultiResolutionSTFTLoss):  # same value, target spectra computed once
+            losses = grouped_mss(
+                y.reshape(b, 1 + 2 * k, *y.shape[1:]), target, loss_fn.fft_sizes,
+                1.0 - loss_fn.hops[0] / loss_fn.fft_sizes[0], loss_fn.log_weight, loss_fn.eps,
+            ).to(torch.float64)
+        else:
+            losses = loss_fn(y, target.repeat_interleave(1 + 2 * k, dim=0)).reshape(b, 1 + 2 * k).to(torch.float64)
     step = plus - minus
     diff = (losses[:, 1 : 1 + k] - losses[:, 1 + k :])[:, :, None]
     grad = torch.where(step != 0, diff / torch.where(step == 0, torch.ones_like(step), step), torch.zeros_like(step)).mean(1)
