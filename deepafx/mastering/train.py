@@ -360,7 +360,7 @@ class Trainer:
             active = torch.from_numpy(b.active)
             total += self._frame_loss(y, torch.from_numpy(b.target).to(dev), active.to(dev)).item() * float(active.sum())
             count += float(active.sum())
-            if example is None or b.active[0]:
+            if b.active[0]:
                 example = (b.frame[0], y[0].cpu().numpy(), b.target[0])
         self.fx.reset()
         value = self._mean(total / max(count, 1), count)
@@ -422,7 +422,10 @@ def _spectrogram_figure(example, sample_rate: float):
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
     for ax, (title, audio) in zip(axes, zip(("input", "output", "target"), example)):
-        ax.specgram(np.asarray(audio).mean(0), NFFT=1024, Fs=sample_rate, noverlap=768, vmin=-120)
+        mono = np.asarray(audio, dtype=np.float64).mean(0)
+        # floor the colour scale at -120 dB below full scale (silence would otherwise invert the bounds)
+        ax.specgram(mono + 1e-6 * np.random.default_rng(0).standard_normal(mono.shape), NFFT=1024,
+                    Fs=sample_rate, noverlap=768, vmin=-120)
         ax.set_title(title)
         ax.set_xlabel("time (s)")
     axes[0].set_ylabel("frequency (Hz)")
