@@ -101,7 +101,7 @@ def _cli(*args, cwd):
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.slow  # about 2 minutes on a shared 2-core machine (4 CLI runs, render workers)
+# about 30 s on an idle 2-core machine (four CLI runs, render workers); 2 min under heavy load
 def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
     data_dir = tmp_path / "data"
     sets = []
