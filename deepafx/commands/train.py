@@ -23,7 +23,7 @@ def _run_dexed(cfg, args) -> None:
     if args.pairs:
         raise SystemExit("--pairs applies to the mastering recipe only")
     train = importlib.import_module("deepafx.dexed.train").train_from_config
-    out = train(cfg, Path(args.run_dir), resume=args.resume)
+    out = train(cfg, Path(args.run_dir), resume=args.resume, data_dir=Path(args.data_dir))
     print(f"checkpoints in {out}")
 
 
