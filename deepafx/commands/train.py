@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = cfg["recipe"]
     if recipe not in RECIPES:
         raise SystemExit(f"unknown recipe {recipe!r} in {args.config}; known: {', '.join(RECIPES)}")
-    args.run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
+    args.run_dir = args.run_dir or f"runs/{recipe}/{Path(args.config).stem}"
     args.data_dir = args.data_dir or f"data/{recipe}/{Path(args.config).stem}"
     RECIPES[recipe](cfg, args)
     return 0
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/mastering/quick.yaml")
     p.add_argument("--run-dir", default=None, help="folder for checkpoints (last.pt, best.pt), history.json and TensorBoard logs "
-                                                   "(default runs/<config name>)")
+                                                   "(default runs/<recipe>/<config name>)")
     p.add_argument("--data-dir", default=None, help="dataset cache folder (default data/<recipe>/<config name>); "
                                                     "rendered once, reused while the data settings are unchanged")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt exactly where it stopped")
