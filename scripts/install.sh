@@ -10,6 +10,7 @@ APT_PACKAGES=(
   lsp-plugins-vst        # LSP VST2 compressors, multiband compressors, EQs, limiters
   dragonfly-reverb-vst   # Dragonfly VST2 reverbs
   dpf-plugins-vst        # DPF VST2 effects
+  amsynth                # amsynth VST2 synthesizer (instrument backend)
   fluid-soundfont-gm     # FluidR3_GM SoundFont: real scores → audio
   fluidsynth libfluidsynth3
 )

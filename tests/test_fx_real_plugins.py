@@ -1,7 +1,8 @@
 """Real third-party plugins differentiated through the Fx layer (rendered in worker processes).
 
 For each backend — a Zam VST3 through pedalboard, an LSP VST2 through dawdreamer,
-a Faust DSP through dawdreamer, and the Dexed engine — the test matches a target
+a Faust DSP through dawdreamer, the amsynth VST2 instrument through dawdreamer and
+the Dexed engine — the test matches a target
 rendered by the same plugin at other parameters (multi-resolution STFT loss): the
 SPSA gradient averaged over a few draws must point downhill — one normalized step
 along −g lowers the loss, measured with a fresh instance.
@@ -31,6 +32,11 @@ CASES = {
                                     sample_rate=44100), 2),
     "faust": (None, lambda: chain({"backend": "faust", "name": "amp", "options": {"dsp": "tube_preamp.dsp"}},
                                   sample_rate=44100), 1),
+    "amsynth_vst2_instrument": ("/usr/lib/vst/amsynth_vst.so", lambda: chain(
+        {"backend": "dawdreamer.instrument", "name": "syn",
+         "options": {"path": "/usr/lib/vst/amsynth_vst.so", "param_map": "param_maps/amsynth.yaml",
+                     "notes": [[57, 100]], "note_duration_s": 0.3},
+         "learn": ["filter_cutoff", "filter_resonance", "amp_sustain"]}, sample_rate=16000), 1),
     # Dexed's landscape is a needle over all 145 values; learn the six operator output levels.
     "dexed": (None, lambda: chain({"backend": "dexed", "name": "dx", "options": {"notes": [[60, 100]], "note_duration_s": 0.3},
                                    "learn": [f"op{k}_output_level" for k in range(1, 7)]}, sample_rate=16000), 1),
@@ -50,7 +56,7 @@ def test_gradient_through_real_plugin_points_downhill(case):
     if path is not None and not os.path.exists(path):
         pytest.skip(f"{path} not installed (scripts/install.sh installs it)")
     spec = make()
-    n = 8000 if case == "dexed" else 8192
+    n = 8000 if spec.sample_rate == 16000 else 8192
     x = torch.from_numpy(music_like(np.random.default_rng(1), channels, n, int(spec.sample_rate)))[None]
     with FxLayer(spec, batch_size=1, num_workers=1, num_perturbations=4, epsilon=0.02, seed=0) as fx:
         p = fx.num_params

@@ -198,6 +198,7 @@ _BACKEND_MODULES = (
     "deepafx.hosts.builtin",
     "deepafx.hosts.vst3",
     "deepafx.hosts.dawdreamer_host",
+    "deepafx.hosts.dawdreamer_instrument",
     "deepafx.hosts.dexed_host",
     "deepafx.hosts.testing",
 )
