@@ -253,15 +253,19 @@ class DawDreamerProcessor(Processor):
             )
         self.mono_only = n_in == 1
         self.num_input_channels = None if self.mono_only else 2
+        self._init_table(first.node, param_map, exclude)
+        self.latency_samples = self._latency(first.node)
+        self._build_voices(None if self.discovery_mutates else first)
+
+    def _init_table(self, node: Any, param_map: str | Path | None, exclude: Any) -> None:
+        """Discover ``node``'s parameters and build the table, value maps and host values."""
         pm = ParamMap.load(param_map) if param_map else None
         exclude = tuple(exclude or ())
-        self.param_table, self.bindings = build_table(self._discover(first.node, pm, exclude), pm, exclude,
+        self.param_table, self.bindings = build_table(self._discover(node, pm, exclude), pm, exclude,
                                                       plugin_label=self.label)
         self._maps = [s.value_map for s in self.bindings]
         self._handles = [s.source.handle for s in self.bindings]
         self._raw = [m.to_raw(v) for m, v in zip(self._maps, self.param_table.defaults())]
-        self.latency_samples = self._latency(first.node)
-        self._build_voices(None if self.discovery_mutates else first)
 
     def _latency(self, node: Any) -> int:
         """Latency in samples the node reports (0 when the host exposes none)."""

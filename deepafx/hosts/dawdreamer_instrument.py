@@ -32,7 +32,6 @@ from deepafx.hosts.dawdreamer_host import (
     _CREATE_LOCK, DEFAULT_BLOCK_SIZE, VSTDawDreamerProcessor, _Voice, find_vst2,
 )
 from deepafx.hosts.fpenv import float_env_guard
-from deepafx.hosts.plugin_params import ParamMap, build_table
 
 
 class VSTInstrumentDawDreamer(VSTDawDreamerProcessor):
@@ -64,13 +63,7 @@ class VSTInstrumentDawDreamer(VSTDawDreamerProcessor):
             raise PluginError(f"{self.path} takes audio input: it is an effect, use backend 'dawdreamer'")
         self.mono_only = False
         self.num_input_channels = None
-        pm = ParamMap.load(param_map) if param_map else None
-        exclude = tuple(exclude or ())
-        self.param_table, self.bindings = build_table(self._discover(first.node, pm, exclude), pm, exclude,
-                                                      plugin_label=self.label)
-        self._maps = [s.value_map for s in self.bindings]
-        self._handles = [s.source.handle for s in self.bindings]
-        self._raw = [m.to_raw(v) for m, v in zip(self._maps, self.param_table.defaults())]
+        self._init_table(first.node, param_map, exclude)
         self.latency_samples = 0
         self._build_voices(None)  # discovery touched the probe's parameters: start fresh
 
