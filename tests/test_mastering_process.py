@@ -99,7 +99,7 @@ def test_process_end_to_end(checkpoint, clip, tmp_path, capsys):
     doc = json.loads(auto.read_text())
     ckpt = torch.load(checkpoint, weights_only=False)
     table = ChainSpec.from_dict(ckpt["chain"]).param_table
-    assert list(doc["parameters"]) == table.names and len(table) == 30
+    assert list(doc["parameters"]) == table.names and len(table) == 18
     frames = int(np.ceil(src.frames / (0.25 * 44100)))
     assert len(doc["time_s"]) == frames
     assert doc["time_s"][0] == pytest.approx(0.125) and doc["time_s"][1] - doc["time_s"][0] == pytest.approx(0.25)
@@ -110,7 +110,7 @@ def test_process_end_to_end(checkpoint, clip, tmp_path, capsys):
         assert vals.shape == (frames,)
         assert np.all(vals >= p.min - 1e-9) and np.all(vals <= p.max + 1e-9), p.name
     assert doc["parameters"]["mbc.low_threshold_db"]["unit"] == "dB"
-    assert doc["parameters"]["mbc.low_crossover_hz"]["unit"] == "Hz"
+    assert doc["parameters"]["geq.band_1000hz_gain_db"]["unit"] == "dB"
     # The file holds exactly the model's prediction, converted to plugin units.
     model = model_from_checkpoint(ckpt)
     _, params = predict_automation(model, x, smoothing_frames=3)
@@ -131,8 +131,8 @@ def test_csv_automation_has_units_in_header(checkpoint, clip, tmp_path):
     rows = auto.read_text().strip().splitlines()
     header = rows[0].split(",")
     assert header[0] == "time_s"
-    assert "mbc.low_threshold_db [dB]" in header and "mbc.low_ratio" in header and "gain.gain_db [dB]" in header
-    assert len(header) == 31 and len(rows) == 1 + len(res.automation.times_s)
+    assert "mbc.low_threshold_db [dB]" in header and "lim.ceiling_db [dB]" in header and "gain.gain_db [dB]" in header
+    assert len(header) == 1 + 18 and len(rows) == 1 + len(res.automation.times_s)
     values = np.array([[float(v) for v in r.split(",")] for r in rows[1:]])
     np.testing.assert_allclose(values[:, 1:], res.automation.values, rtol=1e-5)
     info = sf.info(str(out))
@@ -246,6 +246,6 @@ def test_automation_units_and_most_varying():
     p = table[3]
     assert auto.values[0, 3] == pytest.approx(p.min) and auto.values[-1, 3] == pytest.approx(p.max)
     labels = auto.column_labels()
-    assert labels[0] == "mbc.low_crossover_hz [Hz]" and "mbc.low_ratio" in labels
+    assert labels[0] == "mbc.low_threshold_db [dB]" and labels[-1] == "lim.ceiling_db [dB]"
     with pytest.raises(ValueError, match="shape"):
         Automation(np.arange(4), norm, table)

@@ -79,7 +79,9 @@ def test_python_error_in_plugin_is_reraised_not_retried():
 
 
 SCRIPT = textwrap.dedent("""
-    import os, sys, time, torch
+    import os, signal, sys, time, torch
+    # a shell that starts jobs in the background sets SIGINT to "ignore" for them; act as a terminal would
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from deepafx.chain import chain
     from deepafx.fx import FxLayer
     mode = sys.argv[1]

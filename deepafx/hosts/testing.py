@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
@@ -133,9 +132,7 @@ class Fault(Processor):
 
     def _render(self, audio: np.ndarray) -> np.ndarray:
         self._count += 1
-        if self._count == self.on_render and not (self.once_file and Path(self.once_file).exists()):
-            if self.once_file:
-                Path(self.once_file).touch()
+        if self._count == self.on_render and self._claim_failure():
             if self.mode == "abort":
                 os.abort()
             elif self.mode == "hang":
@@ -143,6 +140,17 @@ class Fault(Processor):
             else:
                 raise RuntimeError("testing.fault raised on purpose")
         return audio * self._gain
+
+    def _claim_failure(self) -> bool:
+        """True if this instance should fail now; with ``once_file`` only the first
+        instance to create the file (atomically, across processes) fails."""
+        if not self.once_file:
+            return True
+        try:
+            os.close(os.open(self.once_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
     def reset(self) -> None:
         self._count = 0
