@@ -18,12 +18,12 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from deepafx.hosts.base import Processor, ProcessorSpec, build_processor, check_audio
-from deepafx.params import Param, ParamTable, ParameterError
+from deepafx.params import ParamTable, ParameterError
 
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 

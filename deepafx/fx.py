@@ -31,7 +31,6 @@ only the black box is estimated.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence

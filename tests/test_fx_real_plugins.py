@@ -9,7 +9,6 @@ along −g lowers the loss, measured with a fresh instance.
 """
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

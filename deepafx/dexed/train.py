@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field, fields
