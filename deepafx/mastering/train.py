@@ -304,6 +304,16 @@ class Trainer:
             return y.sum() * 0.0
         return self.loss_fn(y[idx], target[idx]).mean()
 
+    def _render_batch(self, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset the slots that start a new track, predict, render; returns ``(output, loss)``."""
+        resets = [i for i in range(b.batch_size) if b.reset[i]]
+        if resets:
+            self.fx.reset(resets)
+        dev = self.dist.device
+        params = self.net(torch.from_numpy(b.context).to(dev))
+        y = self.fx(torch.from_numpy(b.frame).to(dev), params)
+        return y, self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
+
     def train_epoch(self, epoch: int) -> float:
         self.net.train()
         self.fx.train()
@@ -316,16 +326,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"stage 2: epoch {epoch}", disable=not self.dist.is_main)
         for _ in bar:
             b = next(it)
-            resets = [i for i in range(b.batch_size) if b.reset[i]]
-            if resets:
-                self.fx.reset(resets)
-            dev = self.dist.device
-            ctx = torch.from_numpy(b.context).to(dev)
-            frame = torch.from_numpy(b.frame).to(dev)
-            target = torch.from_numpy(b.target).to(dev)
-            params = self.net(ctx)
-            y = self.fx(frame, params)
-            loss = self._frame_loss(y, target, torch.from_numpy(b.active).to(dev))
+            _, loss = self._render_batch(b)
             self.opt.zero_grad()
             loss.backward()
             if self.tc.grad_clip:
@@ -351,15 +352,10 @@ class Trainer:
         total, count, example = 0.0, 0, None
         for _ in range(steps):
             b = next(it)
-            resets = [i for i in range(b.batch_size) if b.reset[i]]
-            if resets:
-                self.fx.reset(resets)
-            dev = self.dist.device
-            params = self.net(torch.from_numpy(b.context).to(dev))
-            y = self.fx(torch.from_numpy(b.frame).to(dev), params)
-            active = torch.from_numpy(b.active)
-            total += self._frame_loss(y, torch.from_numpy(b.target).to(dev), active.to(dev)).item() * float(active.sum())
-            count += float(active.sum())
+            y, loss = self._render_batch(b)
+            n_active = float(b.active.sum())
+            total += loss.item() * n_active
+            count += n_active
             if b.active[0]:
                 example = (b.frame[0], y[0].cpu().numpy(), b.target[0])
         self.fx.reset()
