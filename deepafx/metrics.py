@@ -116,6 +116,13 @@ def mfcc(
     )
 
 
+def _mfcc_pair(est, ref, sample_rate, n_mfcc, n_fft, hop_length, n_mels) -> tuple[np.ndarray, np.ndarray]:
+    """Validated pair → their MFCCs (same settings for both)."""
+    e, r = _pair(est, ref)
+    return (mfcc(e, sample_rate, n_mfcc, n_fft, hop_length, n_mels),
+            mfcc(r, sample_rate, n_mfcc, n_fft, hop_length, n_mels))
+
+
 def mfcc_cosine_distance(
     est: np.ndarray,
     ref: np.ndarray,
@@ -148,9 +155,7 @@ def mfcc_cosine_distance(
     Raises:
         ValueError: shape mismatch, bad shape, NaN/Inf or bad sample rate.
     """
-    e, r = _pair(est, ref)
-    a = mfcc(e, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
-    b = mfcc(r, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
+    a, b = _mfcc_pair(est, ref, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
     num = np.sum(a * b, axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = num / np.maximum(den, 1e-12)
@@ -184,9 +189,7 @@ def mfcc_l1(
     Raises:
         ValueError: shape mismatch, bad shape, NaN/Inf or bad sample rate.
     """
-    e, r = _pair(est, ref)
-    a = mfcc(e, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
-    b = mfcc(r, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
+    a, b = _mfcc_pair(est, ref, sample_rate, n_mfcc, n_fft, hop_length, n_mels)
     return float(np.mean(np.abs(a - b)))
 
 

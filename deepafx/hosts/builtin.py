@@ -165,7 +165,8 @@ def build_multiband_compressor(spec: ProcessorSpec, sample_rate: float) -> Proce
         Param("low_crossover_hz", 40.0, 600.0, 200.0, "Hz", "log"),
         Param("high_crossover_hz", 1000.0, nyq_cap, min(3000.0, nyq_cap), "Hz", "log"),
     ]
-    lp1 = [pedalboard.LowpassFilter() for _ in range(6)]  # three copies (low, mid, none) × 2 sections
+    # L₁ and L₂ each appear in two bands, two first-order sections per copy
+    lp1 = [pedalboard.LowpassFilter() for _ in range(4)]
     lp2 = [pedalboard.LowpassFilter() for _ in range(4)]
     setters: list[list[Setter]] = [[_attr_setter(f, "cutoff_frequency_hz") for f in lp1],
                                    [_attr_setter(f, "cutoff_frequency_hz") for f in lp2]]
@@ -174,8 +175,6 @@ def build_multiband_compressor(spec: ProcessorSpec, sample_rate: float) -> Proce
         "mid": pedalboard.Mix([pedalboard.Pedalboard(lp2[0:2]), pedalboard.Pedalboard([*lp1[2:4], pedalboard.Invert()])]),
         "high": pedalboard.Mix([pedalboard.Gain(0.0), pedalboard.Pedalboard([*lp2[2:4], pedalboard.Invert()])]),
     }
-    del lp1[4:]  # only two copies of L₁ are needed
-    setters[0] = setters[0][:4]
     neutral = {"threshold_db": 0.0, "ratio": 1.0}
     bands = []
     for band, split in inputs.items():

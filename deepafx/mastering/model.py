@@ -9,7 +9,7 @@ low-pass smoothed and applied in small blocks (:func:`predict_automation`,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -162,7 +162,3 @@ def render_automation(chain: ChainSpec, audio: np.ndarray, times_s: np.ndarray, 
             p = np.array([np.interp(t, times_s, params[:, j]) for j in range(params.shape[1])])
             outs.append(pool.render([RenderRequest(0, audio[:, start:stop], p[None])])[0][0])
     return np.concatenate(outs, axis=-1)
-
-
-def model_config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)
