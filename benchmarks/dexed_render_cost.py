@@ -22,8 +22,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from deepafx.chain import chain
-    from deepafx.dexed.search import spsa_refine
-    from deepafx.dexed.spectral import SpectralTarget
+    from deepafx.recipes.dexed_matching.search import spsa_refine
+    from deepafx.recipes.dexed_matching.spectral import SpectralTarget
     from deepafx.fx import FxLayer
     from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table
     from deepafx.losses import MultiResolutionSTFTLoss

@@ -6,7 +6,7 @@ original voices' renders (0.5 s notes, multi-scale spectral loss with FFT sizes
 2048–256) with
 
 * ``vjp``: :class:`deepafx.fx.FxLayer`'s estimator, ``g = dL/dy · (y⁺ − y⁻) / (2εΔ)``;
-* ``loss``: :func:`deepafx.dexed.train.spsa_loss_gradient`, ``g = (L⁺ − L⁻) / (2εΔ)``,
+* ``loss``: :func:`deepafx.recipes.dexed_matching.train.spsa_loss_gradient`, ``g = (L⁺ − L⁻) / (2εΔ)``,
   the perturbed presets rendered by the same Fx layer's workers.
 
 Run: ``python benchmarks/dexed_spsa_estimators.py [--perturbations 2] [--lr 3e-3]``.
@@ -26,9 +26,9 @@ import torch
 
 def run(mode: str, k: int, lr: float, steps: int, bank_dir) -> dict:
     from deepafx.chain import chain
-    from deepafx.dexed.presets import load_factory_presets, sample_around
-    from deepafx.dexed.search import numeric_free_mask
-    from deepafx.dexed.train import spsa_loss_gradient
+    from deepafx.recipes.dexed_matching.presets import load_factory_presets, sample_around
+    from deepafx.recipes.dexed_matching.search import numeric_free_mask
+    from deepafx.recipes.dexed_matching.train import spsa_loss_gradient
     from deepafx.fx import FxLayer
     from deepafx.hosts.dexed_host import DexedRenderer
     from deepafx.losses import MultiResolutionSTFTLoss
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    from deepafx.dexed.presets import fetch_hexter_banks
+    from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks
 
     with tempfile.TemporaryDirectory() as tmp:
         bank_dir = fetch_hexter_banks(tmp)

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from deepafx.data import engineer, music, pairs, stateful
+from deepafx.data import stateful
+from deepafx.recipes.mastering import engineer, music, pairs
 from deepafx.hosts.base import AudioError
 
 SR = 44100

@@ -9,7 +9,7 @@ import torch
 import dexed
 
 from deepafx.chain import chain
-from deepafx.dexed.presets import (
+from deepafx.recipes.dexed_matching.presets import (
     bank_sysex,
     fetch_hexter_banks,
     load_factory_presets,
@@ -20,8 +20,8 @@ from deepafx.dexed.presets import (
     write_bank,
     write_single_voice,
 )
-from deepafx.dexed.search import RetrievalIndex, cmaes_search, numeric_free_mask, spsa_refine
-from deepafx.dexed.spectral import SpectralTarget
+from deepafx.recipes.dexed_matching.search import RetrievalIndex, cmaes_search, numeric_free_mask, spsa_refine
+from deepafx.recipes.dexed_matching.spectral import SpectralTarget
 from deepafx.hosts.base import ProcessorSpec, build_processor
 from deepafx.hosts.dexed_host import (
     MULTI_NOTES,
@@ -214,7 +214,7 @@ def test_cmaes_respects_budget_and_never_worsens(factory, renderer):
 def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
     """Measured: a few steps of the trainer's SPSA (loss-level, renders through FxLayer workers)
     lower the multi-scale spectral loss of a fixed small set."""
-    from deepafx.dexed.train import spsa_loss_gradient
+    from deepafx.recipes.dexed_matching.train import spsa_loss_gradient
     from deepafx.fx import FxLayer
     from deepafx.losses import MultiResolutionSTFTLoss
 
@@ -253,7 +253,7 @@ def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
 
 
 def test_grouped_mss_equals_torch_loss_per_candidate():
-    from deepafx.dexed.spectral import grouped_mss
+    from deepafx.recipes.dexed_matching.spectral import grouped_mss
     from deepafx.losses import MultiResolutionSTFTLoss
 
     g = torch.Generator().manual_seed(0)

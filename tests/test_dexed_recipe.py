@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepafx.dexed.data import DEFAULT_SOUNDFONT, build_dataset, load_dataset, rms_db
-from deepafx.dexed.presets import fetch_hexter_banks, read_voices
+from deepafx.recipes.dexed_matching.data import DEFAULT_SOUNDFONT, build_dataset, load_dataset, rms_db
+from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks, read_voices
 from deepafx.hosts.dexed_host import DexedRenderer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def _overrides(items):
 def test_dataset_splits_by_preset_and_instrument(bank_dir, tmp_path):
     import yaml
 
-    from deepafx.dexed.train import apply_overrides
+    from deepafx.recipes.dexed_matching.train import apply_overrides
 
     cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), TINY_DATA + [f"data.hexter_dir={bank_dir}"])
     out = build_dataset(cfg, tmp_path / "d", progress=False)
@@ -131,7 +131,7 @@ def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
     assert "| retrieval |" in (tmp_path / "eval" / "results.md").read_text()
 
     # deepafx match on a 44.1 kHz stereo note of an instrument never seen in training
-    from deepafx.dexed.data import render_soundfont_notes
+    from deepafx.recipes.dexed_matching.data import render_soundfont_notes
 
     note = render_soundfont_notes(DEFAULT_SOUNDFONT, [(68, 65, 100)], 44100, 2.0, 1.5)[0]
     sf.write(tmp_path / "oboe.wav", np.stack([note, note], 1), 44100)

@@ -16,9 +16,9 @@ from deepafx.chain import ChainSpec, chain
 from deepafx.cli import main
 from deepafx.config import load_config
 from deepafx.losses import MultiResolutionSTFTLoss
-from deepafx.mastering.evaluate import METHODS, align_to_target, track_metrics
-from deepafx.mastering.model import MasteringModel, ModelConfig
-from deepafx.mastering.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
+from deepafx.recipes.mastering.evaluate import METHODS, align_to_target, track_metrics
+from deepafx.recipes.mastering.model import MasteringModel, ModelConfig
+from deepafx.recipes.mastering.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
 from deepafx.metrics import mrstft_distance
 from deepafx.trainer import atomic_save
 

@@ -22,8 +22,8 @@ import torch
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
 from deepafx.config import load_config
-from deepafx.mastering.model import MasteringModel, ModelConfig, model_from_checkpoint, predict_automation
-from deepafx.mastering.process import Automation, conform_input, process_file
+from deepafx.recipes.mastering.model import MasteringModel, ModelConfig, model_from_checkpoint, predict_automation
+from deepafx.recipes.mastering.process import Automation, conform_input, process_file
 from deepafx.trainer import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -64,7 +64,7 @@ def clip(tmp_path_factory) -> Path:
     """3 s of a real rendered piece (unmastered mix), stereo 44.1 kHz PCM_24."""
     if not os.path.exists(SOUNDFONT):
         pytest.skip(f"General MIDI SoundFont {SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
-    from deepafx.data.music import build_dataset
+    from deepafx.recipes.mastering.music import build_dataset
 
     d = tmp_path_factory.mktemp("music")
     build_dataset({"num_pieces": 3, "test_fraction": 0.3, "valid_fraction": 0.3, "max_piece_seconds": 5.0,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deepafx.config import load_config
-from deepafx.mastering.train import train_from_config
+from deepafx.recipes.mastering.train import train_from_config
 
 QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
 TINY = [
@@ -65,7 +65,7 @@ def test_gain_augmentation_is_exact_for_the_reference_engineer(rng):
     """The trainer scales inputs and keeps targets: valid because the engineer is level-invariant."""
     import numpy as np
 
-    from deepafx.data.engineer import master
+    from deepafx.recipes.mastering.engineer import master
 
     from conftest import music_like
 

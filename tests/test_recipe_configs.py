@@ -6,8 +6,8 @@ import pytest
 
 from deepafx.chain import ChainSpec
 from deepafx.config import apply_overrides, bind, load_config
-from deepafx.mastering.model import ModelConfig
-from deepafx.mastering.train import TrainConfig
+from deepafx.recipes.mastering.model import ModelConfig
+from deepafx.recipes.mastering.train import TrainConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 #: Recipe name → dataset builder ``"module:function"`` (imported lazily).
 BUILDERS: dict[str, str] = {
-    "mastering": "deepafx.data.music:build_dataset",
-    "dexed_matching": "deepafx.dexed.data:build_dataset",
+    "mastering": "deepafx.recipes.mastering.music:build_dataset",
+    "dexed_matching": "deepafx.recipes.dexed_matching.data:build_dataset",
 }
 
 

@@ -19,8 +19,8 @@ from deepafx.config import load_config
 
 #: Recipe name → ``"module:function"`` of its evaluator.
 EVALUATORS = {
-    "mastering": "deepafx.mastering.evaluate:evaluate_from_config",
-    "dexed_matching": "deepafx.dexed.evaluate:evaluate_from_config",
+    "mastering": "deepafx.recipes.mastering.evaluate:evaluate_from_config",
+    "dexed_matching": "deepafx.recipes.dexed_matching.evaluate:evaluate_from_config",
 }
 
 

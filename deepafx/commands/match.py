@@ -162,7 +162,7 @@ def spectrogram_png(target: np.ndarray, match: np.ndarray, sample_rate: float, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepafx.dexed.spectral import LogMelFeatures
+    from deepafx.recipes.dexed_matching.spectral import LogMelFeatures
 
     feat = LogMelFeatures(sample_rate, n_mels=128, floor_db=-100.0)
     frames = feat.mel.num_frames(target.shape[-1])
@@ -194,11 +194,11 @@ def _run(args: argparse.Namespace) -> int:
     import soundfile as sf
     import torch
 
-    from deepafx.dexed.model import predict
-    from deepafx.dexed.presets import set_transpose, write_bank, write_single_voice
-    from deepafx.dexed.search import RetrievalIndex, spsa_refine
-    from deepafx.dexed.spectral import SpectralTarget
-    from deepafx.dexed.train import load_estimator
+    from deepafx.recipes.dexed_matching.model import predict
+    from deepafx.recipes.dexed_matching.presets import set_transpose, write_bank, write_single_voice
+    from deepafx.recipes.dexed_matching.search import RetrievalIndex, spsa_refine
+    from deepafx.recipes.dexed_matching.spectral import SpectralTarget
+    from deepafx.recipes.dexed_matching.train import load_estimator
     from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table
     from deepafx.metrics import lsd_db
 

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from deepafx.hosts.base import PluginError
-    from deepafx.mastering.process import process_file
+    from deepafx.recipes.mastering.process import process_file
 
     try:
         result = process_file(

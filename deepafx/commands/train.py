@@ -11,7 +11,7 @@ from deepafx.config import load_config
 
 
 def _run_mastering(cfg, args) -> None:
-    from deepafx.mastering.train import train_from_config
+    from deepafx.recipes.mastering.train import train_from_config
 
     pairs = tuple(args.pairs) if args.pairs else None
     result = train_from_config(cfg, Path(args.run_dir), Path(args.data_dir), resume=args.resume, pairs=pairs)
@@ -22,7 +22,7 @@ def _run_mastering(cfg, args) -> None:
 def _run_dexed(cfg, args) -> None:
     if args.pairs:
         raise SystemExit("--pairs applies to the mastering recipe only")
-    train = importlib.import_module("deepafx.dexed.train").train_from_config
+    train = importlib.import_module("deepafx.recipes.dexed_matching.train").train_from_config
     out = train(cfg, Path(args.run_dir), resume=args.resume, data_dir=Path(args.data_dir))
     print(f"checkpoints in {out}")
 

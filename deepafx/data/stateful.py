@@ -243,7 +243,7 @@ class StatefulBatcher:
             if x.shape != y.shape:
                 raise ValueError(
                     f"track {i}: input shape {x.shape} != target shape {y.shape}; "
-                    "align and trim pairs first (deepafx.data.pairs.load_pairs does)"
+                    "align and trim pairs first (deepafx.recipes.mastering.pairs.load_pairs does)"
                 )
             if channels is None:
                 channels = x.shape[0]

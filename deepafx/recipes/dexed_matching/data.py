@@ -3,7 +3,7 @@
 In-domain (made by Dexed): the real DX7 factory voices of Debian's ``hexter``
 package, split *by preset* into train/valid/test (a test voice never appears,
 even perturbed, in training), plus presets sampled around each *training*
-voice (:func:`~deepafx.dexed.presets.sample_around`: perturbed continuous
+voice (:func:`~deepafx.recipes.dexed_matching.presets.sample_around`: perturbed continuous
 values, neighbouring discrete values, other algorithms) for volume. Only the
 normalized preset vectors ``(145,)`` and the note pitch are stored; audio is
 rendered on demand (a 4 s note renders in about 1.5 ms).
@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deepafx.dexed.presets import HEXTER_BANKS, fetch_hexter_banks, load_factory_presets, sample_around, set_transpose
+from deepafx.recipes.dexed_matching.presets import HEXTER_BANKS, fetch_hexter_banks, load_factory_presets, sample_around, set_transpose
 from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
 
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"

@@ -6,8 +6,8 @@ normalized parameter vector per frame (``frame_seconds`` hop, context window
 centred on the frame), the per-frame curves are low-pass smoothed (centred
 moving average of ``smoothing_frames`` frames), and the chain renders the track
 in small blocks whose parameters are interpolated from the curves
-(:func:`deepafx.mastering.model.predict_automation`,
-:func:`deepafx.mastering.model.render_automation`).
+(:func:`deepafx.recipes.mastering.model.predict_automation`,
+:func:`deepafx.recipes.mastering.model.render_automation`).
 
 Input handling, stated in :attr:`MasteredAudio.notes` and by the command:
 
@@ -104,7 +104,7 @@ def load_mastering_checkpoint(path: str | Path):
 
     Returns:
         ``(model, checkpoint_dict, checkpoint_path)``: the
-        :class:`~deepafx.mastering.model.MasteringModel`, the raw dict and the
+        :class:`~deepafx.recipes.mastering.model.MasteringModel`, the raw dict and the
         file it came from.
 
     Raises:
@@ -113,7 +113,7 @@ def load_mastering_checkpoint(path: str | Path):
         ValueError: a checkpoint of another recipe, or one lacking the keys
             ``config``, ``chain``, ``num_params``, ``model``.
     """
-    from deepafx.mastering.model import model_from_checkpoint
+    from deepafx.recipes.mastering.model import model_from_checkpoint
     from deepafx.trainer import load_checkpoint
 
     p = resolve_checkpoint_path(path)
@@ -379,7 +379,7 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
     """Master ``audio`` with ``model``: predict the automation and render the chain.
 
     Args:
-        model: A :class:`~deepafx.mastering.model.MasteringModel` in eval mode.
+        model: A :class:`~deepafx.recipes.mastering.model.MasteringModel` in eval mode.
         audio: ``(channels, samples)`` float32, 1 or 2 channels, any length >= 1.
         sample_rate: Rate of ``audio`` in Hz (any; resampled with soxr when it
             differs from ``model.sample_rate``).
@@ -400,7 +400,7 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         ValueError: bad settings, more than two channels, NaN/Inf or silence.
         deepafx.workers.WorkerError: the chain crashed or hung in its worker.
     """
-    from deepafx.mastering.model import predict_automation, render_automation
+    from deepafx.recipes.mastering.model import predict_automation, render_automation
 
     if int(block_samples) < 1:
         raise ValueError(f"block_samples must be >= 1 sample, got {block_samples}")
@@ -576,7 +576,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
             wrong extensions, a checkpoint of another recipe, bad settings.
         deepafx.workers.WorkerError: the chain crashed or hung.
     """
-    from deepafx.mastering.plots import plot_process
+    from deepafx.recipes.mastering.plots import plot_process
 
     out = Path(output_path)
     auto_p = Path(automation_path) if automation_path else None

@@ -34,11 +34,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from deepafx.dexed.data import RecipeData
-from deepafx.dexed.model import DexedEstimator, predict
-from deepafx.dexed.presets import set_transpose
-from deepafx.dexed.search import RetrievalIndex, cmaes_search, spsa_refine
-from deepafx.dexed.train import ensure_dataset, load_estimator
+from deepafx.recipes.dexed_matching.data import RecipeData
+from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
+from deepafx.recipes.dexed_matching.presets import set_transpose
+from deepafx.recipes.dexed_matching.search import RetrievalIndex, cmaes_search, spsa_refine
+from deepafx.recipes.dexed_matching.train import ensure_dataset, load_estimator
 from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table
 
 MODEL_STAGES = ("ploss", "synth", "real")
@@ -163,7 +163,7 @@ def evaluate_from_config(
         split: Held-out split evaluated, ``"test"`` (default) or ``"valid"``
             (factory presets and GM programs never seen in training).
         data_dir: Dataset folder (default as ``deepafx train``, see
-            :func:`deepafx.dexed.train.data_dir_for`).
+            :func:`deepafx.recipes.dexed_matching.train.data_dir_for`).
         progress: Print progress lines.
 
     Returns:

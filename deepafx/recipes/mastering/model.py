@@ -86,7 +86,7 @@ class MasteringModel(nn.Module):
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> MasteringModel:
-    """Rebuild a :class:`MasteringModel` from a checkpoint dict (see :mod:`deepafx.mastering.train`)."""
+    """Rebuild a :class:`MasteringModel` from a checkpoint dict (see :mod:`deepafx.recipes.mastering.train`)."""
     cfg = bind(ModelConfig, ckpt["config"].get("model"), "model")
     chain = ChainSpec.from_dict(ckpt["chain"])
     model = MasteringModel(cfg, chain, int(ckpt["num_params"]))

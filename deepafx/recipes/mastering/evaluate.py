@@ -5,12 +5,12 @@ Methods, each applied to every piece of the split (whole tracks):
 * ``unprocessed`` — the unmastered input itself.
 * ``default`` — the chain at its default parameters (static).
 * ``oracle_cmaes`` — the chain with static parameters found per track by
-  CMA-ES directly against the target (:mod:`deepafx.mastering.oracle`, the
+  CMA-ES directly against the target (:mod:`deepafx.recipes.mastering.oracle`, the
   ST-ITO oracle, Steinmetz et al., ISMIR 2024): a bound on what the chain can
   do with a fixed render budget, not a usable method (it needs the target).
 * ``model`` — the trained model through the ``deepafx process`` pipeline
   (per-frame parameters, smoothing, block rendering;
-  :func:`deepafx.mastering.process.master_audio`).
+  :func:`deepafx.recipes.mastering.process.master_audio`).
 
 Metrics per track (then averaged over tracks):
 
@@ -83,7 +83,7 @@ class EvaluateConfig:
     Attributes:
         cmaes_renders: Oracle render budget per track (e.g. 60 quick, 400 full).
         cmaes_sigma: Initial CMA-ES step size on normalized parameters (0.1 searched
-            better than 0.25 at small budgets; see :mod:`deepafx.mastering.oracle`).
+            better than 0.25 at small budgets; see :mod:`deepafx.recipes.mastering.oracle`).
         cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
         excerpt_seconds: Oracle's scored excerpt from the middle of each track, seconds.
         preroll_seconds: Unscored lead-in rendered before the excerpt, seconds.
@@ -267,7 +267,7 @@ def evaluate_from_config(config: Mapping[str, Any], checkpoint: Path, out_dir: P
         out_dir: Output folder (created).
         split: ``"test"`` (default), ``"valid"`` or ``"train"``.
         data_dir: Dataset folder (see :func:`resolve_data_dir`); built/cached
-            with :func:`deepafx.data.music.build_dataset`.
+            with :func:`deepafx.recipes.mastering.music.build_dataset`.
 
     Returns:
         The results dict written to ``results.json`` (empty on ranks other
@@ -279,9 +279,9 @@ def evaluate_from_config(config: Mapping[str, Any], checkpoint: Path, out_dir: P
     """
     from tqdm import tqdm
 
-    from deepafx.data.music import build_dataset, load_split
-    from deepafx.mastering.oracle import CmaesOracle
-    from deepafx.mastering.process import load_mastering_checkpoint, master_audio
+    from deepafx.recipes.mastering.music import build_dataset, load_split
+    from deepafx.recipes.mastering.oracle import CmaesOracle
+    from deepafx.recipes.mastering.process import load_mastering_checkpoint, master_audio
 
     if int(os.environ.get("RANK", "0")) != 0:
         log.info("rank %s: evaluation runs on rank 0 only", os.environ.get("RANK"))

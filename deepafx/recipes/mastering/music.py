@@ -5,7 +5,7 @@ Palestrina masses, Monteverdi madrigals, Mozart/Beethoven/Haydn string-quartet
 movements, Josquin and Trecento music, Irish and German folk tunes, piano rags
 …). Every piece is arranged and rendered into a stereo mix that sounds like an
 *unmastered* production, then mastered by the hidden reference engineer
-(:mod:`deepafx.data.engineer`) to make the target.
+(:mod:`deepafx.recipes.mastering.engineer`) to make the target.
 
 Arrangement (all draws seeded per piece, see :func:`arrange_piece`)
 --------------------------------------------------------------------
@@ -68,7 +68,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import soundfile as sf
 
-from deepafx.data import engineer
+from deepafx.recipes.mastering import engineer
 
 logger = logging.getLogger(__name__)
 

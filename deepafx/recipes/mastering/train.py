@@ -36,7 +36,7 @@ from deepafx.config import bind
 from deepafx.data.stateful import StatefulBatcher
 from deepafx.fx import ExponentialEpsilon, FxLayer
 from deepafx.losses import DelayInvariantLoss, MultiResolutionSTFTLoss
-from deepafx.mastering.model import MasteringModel, ModelConfig, pretrain_target
+from deepafx.recipes.mastering.model import MasteringModel, ModelConfig, pretrain_target
 from deepafx.trainer import (
     DistInfo, TensorBoard, atomic_save, cleanup_distributed, init_distributed, load_checkpoint,
     rng_state, seed_everything, set_rng_state,
@@ -145,7 +145,7 @@ def prepare_data(config: Mapping[str, Any], data_dir: Path, pairs: tuple[str, st
                  dist_info: DistInfo) -> tuple[list, list]:
     """Train/valid ``(input, target)`` tracks, from the rendered corpus or from user pairs."""
     if pairs is not None:
-        from deepafx.data.pairs import load_pairs
+        from deepafx.recipes.mastering.pairs import load_pairs
 
         loaded = load_pairs(pairs[0], pairs[1], sample_rate)
         tracks = [(p.input, p.target) for p in loaded]
@@ -153,7 +153,7 @@ def prepare_data(config: Mapping[str, Any], data_dir: Path, pairs: tuple[str, st
             raise ValueError("--pairs needs at least 2 matched files (one is held out for validation)")
         n_valid = max(1, len(tracks) // 10)
         return tracks[n_valid:], tracks[:n_valid]
-    from deepafx.data.music import build_dataset
+    from deepafx.recipes.mastering.music import build_dataset
 
     if dist_info.is_main:
         build_dataset(config.get("data") or {}, data_dir)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deepafx.dexed.presets import set_transpose
-from deepafx.dexed.spectral import LogMelFeatures, SpectralTarget, log_mel_distance
+from deepafx.recipes.dexed_matching.presets import set_transpose
+from deepafx.recipes.dexed_matching.spectral import LogMelFeatures, SpectralTarget, log_mel_distance
 from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table, discrete_mask, quantize_normalized
 
 

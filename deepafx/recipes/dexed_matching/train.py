@@ -58,10 +58,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepafx.dexed.data import build_dataset, load_dataset, RecipeData
-from deepafx.dexed.model import DexedEstimator
-from deepafx.dexed.search import numeric_free_mask as _numeric_free_mask
-from deepafx.dexed.spectral import grouped_mss
+from deepafx.recipes.dexed_matching.data import build_dataset, load_dataset, RecipeData
+from deepafx.recipes.dexed_matching.model import DexedEstimator
+from deepafx.recipes.dexed_matching.search import numeric_free_mask as _numeric_free_mask
+from deepafx.recipes.dexed_matching.spectral import grouped_mss
 from deepafx.losses import MultiResolutionSTFTLoss
 from deepafx.hosts.dexed_host import dexed_param_table
 
