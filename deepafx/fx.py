@@ -42,6 +42,8 @@ from torch import nn
 from deepafx.chain import ChainSpec
 from deepafx.hosts.base import AudioError
 from deepafx.params import ParameterError
+from deepafx.registry import Registry
+from deepafx.spsa import Perturbation, gradient_from_differences, perturb
 from deepafx.workers import RenderPool, RenderRequest
 
 INPUT_GRADS = ("none", "straight_through")
@@ -64,22 +66,35 @@ class ExponentialEpsilon:
 
 
 class GradientEstimator(Protocol):
-    """Chooses perturbed parameter sets and the weights that turn output differences into gradients."""
+    """Chooses the perturbed parameter sets of the Fx layer's vector–Jacobian product."""
 
     needs_num_params: bool
 
     def num_renders(self, num_params: int) -> int:
         """Number of ``(+, −)`` render pairs per item."""
 
-    def perturb(self, theta: torch.Tensor, epsilon: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``theta (B, P)`` → ``(plus (B, R, P), minus (B, R, P), weights (B, R, P))``.
+    def perturb(self, theta: torch.Tensor, epsilon: float, generator: torch.Generator) -> Perturbation:
+        """``theta (B, P)`` → :class:`~deepafx.spsa.Perturbation` with ``(B, R, P)`` sets.
 
-        The gradient is ``g = Σ_r s_r · weights_r`` with ``s_r = Σ_t dy_t (y⁺_r − y⁻_r)_t``.
+        The gradient is :func:`~deepafx.spsa.gradient_from_differences` of
+        ``s_r = Σ_t dy_t (y⁺_r − y⁻_r)_t``.
         """
 
 
+#: Gradient estimators of :class:`FxLayer` by name: ``"spsa"``, ``"fd"``.
+ESTIMATORS: Registry[Callable[..., GradientEstimator]] = Registry("gradient estimator")
+
+
+@ESTIMATORS.register("spsa")
 class SPSA:
-    """Simultaneous perturbation (Spall, 1992) with K Rademacher draws averaged."""
+    """Simultaneous perturbation (Spall, 1992) with K Rademacher draws averaged.
+
+    Args:
+        num_perturbations: Draws ``K`` per step (``2K`` renders per item), ≥ 1.
+
+    Raises:
+        ValueError: ``num_perturbations`` < 1.
+    """
 
     needs_num_params = False
 
@@ -91,45 +106,38 @@ class SPSA:
     def num_renders(self, num_params: int) -> int:
         return self.k
 
-    def perturb(self, theta, epsilon, generator):
-        b, p = theta.shape
-        delta = torch.randint(0, 2, (b, self.k, p), generator=generator, dtype=torch.int64).to(theta.dtype) * 2 - 1
-        plus = (theta[:, None] + epsilon * delta).clamp(0, 1)
-        minus = (theta[:, None] - epsilon * delta).clamp(0, 1)
-        weights = 1.0 / (self.k * (plus - minus))
-        return plus, minus, weights
+    def perturb(self, theta: torch.Tensor, epsilon: float, generator: torch.Generator) -> Perturbation:
+        return perturb(theta, epsilon, "spsa", self.k, generator=generator)
 
 
+@ESTIMATORS.register("fd")
 class FiniteDifferences:
-    """Two-sided finite differences, one parameter at a time (2P renders per item)."""
+    """Two-sided finite differences, one parameter at a time (2P renders per item).
+
+    Args:
+        num_perturbations: Accepted so every estimator is built alike; finite
+            differences always render the ``P`` unit vectors.
+    """
 
     needs_num_params = True
+
+    def __init__(self, num_perturbations: int = 1):
+        pass
 
     def num_renders(self, num_params: int) -> int:
         return num_params
 
-    def perturb(self, theta, epsilon, generator):
-        b, p = theta.shape
-        eye = torch.eye(p, dtype=theta.dtype)
-        plus = (theta[:, None] + epsilon * eye).clamp(0, 1)
-        minus = (theta[:, None] - epsilon * eye).clamp(0, 1)
-        step = (plus - minus).diagonal(dim1=1, dim2=2)  # (B, P)
-        weights = eye[None] / step[:, :, None]
-        return plus, minus, weights
-
-
-ESTIMATORS: dict[str, Callable[..., GradientEstimator]] = {
-    "spsa": lambda num_perturbations=1: SPSA(num_perturbations),
-    "fd": lambda num_perturbations=1: FiniteDifferences(),
-}
+    def perturb(self, theta: torch.Tensor, epsilon: float, generator: torch.Generator) -> Perturbation:
+        return perturb(theta, epsilon, "fd")
 
 
 class _FxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, audio: torch.Tensor, params: torch.Tensor, layer: "FxLayer") -> torch.Tensor:
         need_param_grad = ctx.needs_input_grad[1]
-        y, diffs, weights = layer._render(audio, params, need_param_grad)
-        ctx.save_for_backward(diffs if diffs is not None else torch.empty(0), weights if weights is not None else torch.empty(0))
+        y, diffs, pert = layer._render(audio, params, need_param_grad)
+        ctx.save_for_backward(diffs if diffs is not None else torch.empty(0), pert.step if pert is not None else torch.empty(0))
+        ctx.num_draws = pert.num_draws if pert is not None else 1
         ctx.input_grad = layer.input_grad
         ctx.audio_meta = (audio.device, audio.dtype, audio.shape)
         ctx.params_meta = (params.device, params.dtype)
@@ -137,12 +145,12 @@ class _FxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        diffs, weights = ctx.saved_tensors
+        diffs, step = ctx.saved_tensors
         grad_audio = grad_params = None
         if ctx.needs_input_grad[1]:
             dy = grad_out.detach().to("cpu", torch.float32)
             s = torch.einsum("bcn,brcn->br", dy, diffs)  # (B, R)
-            g = torch.einsum("br,brp->bp", s.double(), weights)
+            g = gradient_from_differences(s.double(), step, ctx.num_draws)
             grad_params = g.to(device=ctx.params_meta[0], dtype=ctx.params_meta[1])
         if ctx.needs_input_grad[0] and ctx.input_grad == "straight_through":
             grad_audio = grad_out
@@ -203,14 +211,13 @@ class FxLayer(nn.Module):
     ):
         super().__init__()
         spec = chain if isinstance(chain, ChainSpec) else ChainSpec.from_file(chain)
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
+        make_estimator = ESTIMATORS.get(estimator)
         if input_grad not in INPUT_GRADS:
             raise ValueError(f"input_grad must be one of {INPUT_GRADS}, got {input_grad!r}")
         self.spec = spec
         self.batch_size = int(batch_size)
         self.estimator_name = estimator
-        self.estimator = ESTIMATORS[estimator](num_perturbations=num_perturbations)
+        self.estimator = make_estimator(num_perturbations=num_perturbations)
         self.epsilon = epsilon
         self.input_grad = input_grad
         self.step = 0
@@ -269,10 +276,11 @@ class FxLayer(nn.Module):
         self._check(audio, params)
         x = audio.detach().to("cpu", torch.float32).numpy()
         theta = params.detach().to("cpu", torch.float64).clamp(0, 1)
-        diffs = weights = None
+        diffs = pert = None
         if need_grad or self.training:
             if need_grad:
-                plus, minus, weights = self.estimator.perturb(theta, self.current_epsilon(), self.generator)
+                pert = self.estimator.perturb(theta, self.current_epsilon(), self.generator)
+                plus, minus = pert.plus, pert.minus
             else:  # keep perturbation instances on the main instance's history
                 plus = minus = theta[:, None].expand(-1, self.num_renders, -1)
             rows = torch.cat([theta[:, None], plus, minus], dim=1).numpy()  # (B, 1 + 2R, P)
@@ -290,7 +298,7 @@ class FxLayer(nn.Module):
             self.last_render_params = rows
         if self.input_grad == "straight_through" and y.shape != audio.shape:
             raise AudioError(f"input_grad='straight_through' needs output shape {tuple(audio.shape)}, got {tuple(y.shape)}")
-        return y, diffs, weights
+        return y, diffs, pert
 
     @torch.no_grad()
     def render(self, audio: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -326,6 +334,105 @@ class FxLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"chain={self.spec.name!r}, params={self.num_params}, slots={self.batch_size}, "
                 f"workers={self.pool.num_workers}, estimator={self.estimator_name}, renders/item={1 + 2 * self.num_renders}")
+
+
+def spsa_loss_gradient(
+    fx: FxLayer,
+    theta: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    epsilon: float = 0.01,
+    num_perturbations: int = 1,
+    free: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    grouped_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    audio: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPSA on a per-item loss itself, rendered by an :class:`FxLayer`'s workers.
+
+    For each item, draws ``K`` Rademacher vectors ``Δ_k`` on the ``free``
+    entries (:func:`deepafx.spsa.perturb`), renders ``θ``, ``θ⁺_k = clip(θ + εΔ_k)``
+    and ``θ⁻_k = clip(θ − εΔ_k)`` with :meth:`FxLayer.render` (main instances of
+    slots ``0 … fx.batch_size − 1``, in chunks of ``fx.batch_size``; row order
+    per item: θ, the K plus, the K minus), and returns
+    ``g = mean_k (L⁺_k − L⁻_k) / (θ⁺_k − θ⁻_k)`` (:func:`deepafx.spsa.gradient_from_differences`;
+    0 on entries that are not free). Unlike the layer's own estimator it does not
+    linearize the loss in the audio, which is what a loss whose value changes
+    smoothly while the waveform decorrelates (spectral losses through an FM
+    synth) needs; see the module docstring. See `Spall, 1992
+    <https://doi.org/10.1109/9.119632>`_.
+
+    State: the renders run on main instances and continue their state; for a
+    stateful chain call ``fx.reset()`` first when each call should start fresh.
+
+    Args:
+        fx: Fx layer (any number of slots; the ``batch · (1 + 2K)`` renders are chunked).
+        theta: Normalized parameters ``(batch, num_params)`` on [0, 1] (detached inside).
+        target: Target audio ``(batch, channels, samples)``.
+        loss_fn: Per-item loss ``(y (n, channels, samples), target (n, channels,
+            samples)) → (n,)`` (``reduction="none"``); not needed with ``grouped_loss``.
+        epsilon: Perturbation ε on normalized values (> 0; default 0.01).
+        num_perturbations: Draws ``K`` (≥ 1; ``2K + 1`` renders per item).
+        free: Bool mask ``(num_params,)`` or ``(batch, num_params)`` of perturbed
+            entries (default all).
+        generator: Torch generator of the draws (default ``fx.generator``).
+        grouped_loss: Optional ``(y (batch, 1 + 2K, channels, samples), target
+            (batch, channels, samples)) → (batch, 1 + 2K)``; when given it is
+            used instead of ``loss_fn`` (e.g. one that computes each target's
+            spectra once).
+        audio: Input audio ``(batch, channels_in, samples)`` of an effect chain,
+            the same for all renders of an item (default: one silent channel of
+            ``target``'s length, for instruments).
+
+    Returns:
+        ``(loss (batch,), grad (batch, num_params))`` float64: the loss of the
+        unperturbed ``θ`` and the gradient estimate.
+
+    Raises:
+        ValueError: no loss given, shapes that do not match, or a loss that
+            does not return one value per item.
+        AudioError, ParameterError, WorkerError: as :meth:`FxLayer.forward`.
+    """
+    if loss_fn is None and grouped_loss is None:
+        raise ValueError("pass loss_fn (a per-item loss with reduction='none') or grouped_loss")
+    if theta.dim() != 2 or target.dim() != 3 or target.shape[0] != theta.shape[0]:
+        raise ValueError(
+            f"need theta (batch, num_params) and target (batch, channels, samples) with the same batch, "
+            f"got {tuple(theta.shape)} and {tuple(target.shape)}"
+        )
+    b, p = theta.shape
+    k = int(num_perturbations)
+    r = 1 + 2 * k
+    pert = perturb(theta, epsilon, "spsa", k, free, fx.generator if generator is None else generator)
+    theta64 = theta.detach().to(torch.float64)
+    rows = torch.cat([theta64[:, None], pert.plus, pert.minus], dim=1).reshape(b * r, p)
+    if audio is None:
+        x = torch.zeros(b * r, 1, target.shape[-1])
+    else:
+        if audio.dim() != 3 or audio.shape[0] != b:
+            raise ValueError(f"audio must be (batch={b}, channels, samples), got {tuple(audio.shape)}")
+        x = audio.detach().repeat_interleave(r, dim=0)
+    outs = []
+    for i in range(0, rows.shape[0], fx.batch_size):
+        chunk = rows[i : i + fx.batch_size].float()
+        outs.append(fx.render(x[i : i + fx.batch_size], chunk))
+    y = torch.cat(outs)
+    with torch.no_grad():
+        if grouped_loss is not None:
+            losses = grouped_loss(y.reshape(b, r, *y.shape[1:]), target)
+        else:
+            losses = loss_fn(y, target.repeat_interleave(r, dim=0))
+            if losses.numel() == b * r:
+                losses = losses.reshape(b, r)
+    if tuple(losses.shape) != (b, r):
+        raise ValueError(
+            f"the loss returned shape {tuple(losses.shape)}, expected one value per render ({b}, {r}): "
+            "build loss_fn with reduction='none'"
+        )
+    losses = losses.to(torch.float64)
+    grad = gradient_from_differences(losses[:, 1 : 1 + k] - losses[:, 1 + k :], pert.step, pert.num_draws)
+    return losses[:, 0], grad
 
 
 def _num_params(spec: ChainSpec) -> int:
