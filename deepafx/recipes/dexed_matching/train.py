@@ -35,7 +35,7 @@ K = 2): the audio-linearized estimator left the multi-scale spectral loss at
 13.96 → 14.00, SPSA on the loss itself (``spsa_mode: loss``, the default)
 lowered it 13.96 → 11.88. The loss-level estimator renders the main and the
 2K perturbed presets of every item through the Fx layer's workers
-(:func:`spsa_loss_gradient`) and perturbs only the numerical parameters.
+(:func:`deepafx.fx.spsa_loss_gradient`) and perturbs only the numerical parameters.
 
 Features: checkpoints (``checkpoints/last.pt`` every ``checkpoint_every`` steps
 and at each stage end) and ``--resume``; tqdm progress; TensorBoard scalars
@@ -62,6 +62,7 @@ from deepafx.recipes.dexed_matching.data import build_dataset, load_dataset, Rec
 from deepafx.recipes.dexed_matching.model import DexedEstimator
 from deepafx.recipes.dexed_matching.search import numeric_free_mask as _numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_mss
+from deepafx.fx import spsa_loss_gradient
 from deepafx.losses import MultiResolutionSTFTLoss
 from deepafx.hosts.dexed_host import dexed_param_table
 
@@ -340,61 +341,13 @@ def load_estimator(path: str | Path) -> tuple[DexedEstimator, dict]:
     return model, ckpt
 
 
-def spsa_loss_gradient(
-    fx,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    loss_fn: nn.Module,
-    epsilon: float,
-    num_perturbations: int,
-    free: torch.Tensor,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPSA gradient of a per-item loss through Dexed renders of an :class:`~deepafx.fx.FxLayer`.
-
-    For each item, draws ``K`` Rademacher vectors ``Δ_k`` on the ``free`` entries,
-    renders ``θ``, ``θ + εΔ_k`` and ``θ − εΔ_k`` (clipped to [0, 1]) with
-    ``fx.render`` and returns ``g = mean_k (L⁺_k − L⁻_k) / (θ⁺_k − θ⁻_k)`` on the
-    free entries (0 elsewhere). See Spall, 1992.
-
-    Args:
-        fx: Fx layer with at least ``batch · (1 + 2K)`` slots.
-        x: Normalized presets ``(batch, num_params)`` (detached inside).
-        target: ``(batch, channels, samples)`` target audio.
-        loss_fn: Loss with ``reduction="none"`` → ``(n,)``.
-        epsilon: Perturbation on normalized values.
-        num_perturbations: ``K``.
-        free: ``(num_params,)`` bool mask of perturbed entries.
-        generator: Torch generator of the perturbations.
-
-    Returns:
-        ``(loss (batch,), grad (batch, num_params))`` — the loss of the unperturbed presets.
-    """
-    b, p = x.shape
-    k = int(num_perturbations)
-    theta = x.detach().to(torch.float64)
-    delta = (torch.randint(0, 2, (b, k, p), generator=generator) * 2 - 1).to(torch.float64) * free.to(torch.float64)
-    plus = (theta[:, None] + epsilon * delta).clamp(0, 1)
-    minus = (theta[:, None] - epsilon * delta).clamp(0, 1)
-    rows = torch.cat([theta[:, None], plus, minus], dim=1).reshape(b * (1 + 2 * k), p)
-    n = target.shape[-1]
-    outs = []
-    for i in range(0, rows.shape[0], fx.batch_size):
-        chunk = rows[i : i + fx.batch_size].float()
-        outs.append(fx.render(torch.zeros(chunk.shape[0], 1, n), chunk))
-    y = torch.cat(outs)
-    with torch.no_grad():
-        if isinstance(loss_fn, MultiResolutionSTFTLoss):  # same value, target spectra computed once
-            losses = grouped_mss(
-                y.reshape(b, 1 + 2 * k, *y.shape[1:]), target, loss_fn.fft_sizes,
-                1.0 - loss_fn.hops[0] / loss_fn.fft_sizes[0], loss_fn.log_weight, loss_fn.eps,
-            ).to(torch.float64)
-        else:
-            losses = loss_fn(y, target.repeat_interleave(1 + 2 * k, dim=0)).reshape(b, 1 + 2 * k).to(torch.float64)
-    step = plus - minus
-    diff = (losses[:, 1 : 1 + k] - losses[:, 1 + k :])[:, :, None]
-    grad = torch.where(step != 0, diff / torch.where(step == 0, torch.ones_like(step), step), torch.zeros_like(step)).mean(1)
-    return losses[:, 0], grad
+def _grouped_loss(loss_fn: nn.Module):
+    """``grouped_loss`` for :func:`deepafx.fx.spsa_loss_gradient`: the multi-scale spectral
+    loss with each target's spectra computed once (same value); ``None`` for other losses."""
+    if not isinstance(loss_fn, MultiResolutionSTFTLoss):
+        return None
+    overlap = 1.0 - loss_fn.hops[0] / loss_fn.fft_sizes[0]
+    return lambda y, target: grouped_mss(y, target, loss_fn.fft_sizes, overlap, loss_fn.log_weight, loss_fn.eps)
 
 
 def train_from_config(
@@ -547,7 +500,8 @@ def train_from_config(
                 xn = model.to_normalized(out_heads, pitch)
                 if cfg.spsa_mode == "loss":
                     per_item, grad = spsa_loss_gradient(
-                        fx, xn, target.float(), loss_fn, cfg.spsa_epsilon, cfg.spsa_perturbations, free, spsa_gen
+                        fx, xn, target.float(), loss_fn, cfg.spsa_epsilon, cfg.spsa_perturbations, free, spsa_gen,
+                        grouped_loss=_grouped_loss(loss_fn),
                     )
                     # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the batch)
                     spec_term = (xn * grad.to(xn.dtype)).sum() / len(idx)
