@@ -27,13 +27,14 @@ builds one from a name and keyword arguments (e.g. from a recipe config).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from deepafx.features import LogMel
+from deepafx.registry import Registry
 
 __all__ = [
     "ContextEncoder",
@@ -701,11 +702,10 @@ class DiffSynthEstimator(nn.Module):
 # --------------------------------------------------------------------------- registry
 
 #: Encoder classes by name, for configs and the command line.
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "inception": InceptionEncoder,
-    "mobilenetv2": MobileNetV2Encoder,
-    "diffsynth": DiffSynthEstimator,
-}
+ENCODERS: Registry = Registry("encoder")
+ENCODERS.register("inception", InceptionEncoder)
+ENCODERS.register("mobilenetv2", MobileNetV2Encoder)
+ENCODERS.register("diffsynth", DiffSynthEstimator)
 
 
 def build_encoder(name: str, **kwargs: Any) -> nn.Module:
@@ -723,10 +723,7 @@ def build_encoder(name: str, **kwargs: Any) -> nn.Module:
         ValueError: unknown name (the message lists the known names) or
             invalid constructor arguments (the message names the class).
     """
-    key = str(name).lower()
-    if key not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(ENCODERS))}")
-    cls = ENCODERS[key]
+    cls = ENCODERS.get(str(name).lower())
     try:
         return cls(**kwargs)
     except TypeError as e:

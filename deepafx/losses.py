@@ -6,10 +6,12 @@ loop over items).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from deepafx.registry import Registry
 
 
 def _check_pair(est: torch.Tensor, ref: torch.Tensor) -> None:
@@ -175,3 +177,37 @@ class MultiResolutionSTFTLoss(nn.Module):
             log = (torch.log(se + self.eps) - torch.log(sr + self.eps)).abs().reshape(b, -1).mean(1)
             total = total + lin + self.log_weight * log
         return total.mean() if self.reduction == "mean" else total
+
+
+# --------------------------------------------------------------------------- registry
+#: Audio losses by name. Each entry is a factory taking keyword settings (unknown ones
+#: are ignored, so one settings mapping serves every loss) and returning a module
+#: mapping ``(batch, channels, samples)`` pairs to ``(batch,)`` (``reduction="none"``)
+#: or a scalar.
+LOSSES: Registry = Registry("loss")
+
+
+@LOSSES.register("delay_invariant")
+def _delay_invariant(*, sample_rate: float, latency_samples: int = 0, max_delay_ms: float = 10.0,
+                     alpha_time: float = 10.0, alpha_freq: float = 1.0, reduction: str = "none", **_: Any) -> nn.Module:
+    """DeepAFx delay-invariant loss; lags searched up to ``latency_samples`` + ``max_delay_ms``."""
+    return DelayInvariantLoss.for_latency(latency_samples, sample_rate, max_delay_ms, alpha_time=alpha_time,
+                                          alpha_freq=alpha_freq, reduction=reduction)
+
+
+@LOSSES.register("mss")
+def _mss(*, fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128, 64), reduction: str = "none", **_: Any) -> nn.Module:
+    """DDSP multi-scale spectral loss over ``fft_sizes``."""
+    return MultiResolutionSTFTLoss(fft_sizes=fft_sizes, reduction=reduction)
+
+
+LOSSES.register("mrstft", _mss)  # the same loss under its other common name
+
+
+def build_loss(name: str, **settings: Any) -> nn.Module:
+    """Build the registered loss ``name`` (see :data:`LOSSES`).
+
+    Raises:
+        ValueError: unknown name (the known ones are listed).
+    """
+    return LOSSES.get(name)(**settings)

@@ -35,15 +35,23 @@ def _cfg(*extra):
 def test_resume_continues_exactly(tmp_path, data_dir):
     full = train_from_config(_cfg(), tmp_path / "a", data_dir)
     first = train_from_config(_cfg("train.epochs=1"), tmp_path / "b", data_dir)
-    assert len(first["history"]) == 1
+    assert len(_epochs(first["history"])) == 1
     resumed = train_from_config(_cfg(), tmp_path / "b", data_dir, resume=True)
-    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
-    assert [h["valid_loss"] for h in resumed["history"]] == [h["valid_loss"] for h in full["history"]]
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    assert len(_epochs(full["history"])) == 2
+    assert [h["train_loss"] for h in _epochs(resumed["history"])] == [h["train_loss"] for h in _epochs(full["history"])]
+    assert [h["valid_loss"] for h in _epochs(resumed["history"])] == [h["valid_loss"] for h in _epochs(full["history"])]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the history file holds the same records as the uninterrupted run
+    lines = [json.loads(x) for x in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert [h.get("train_loss") for h in lines] == [h.get("train_loss") for h in full["history"]]
     # checkpoints are written atomically: no temporary files are left behind
-    assert not [p for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (tmp_path / "b").rglob("*") if p.name.endswith(".tmp")]
+
+
+def _epochs(history):
+    return [h for h in history if h["stage"] == "spsa" and "epoch" in h]
 
 
 def test_ddp_two_processes_agree(tmp_path, data_dir):
@@ -54,11 +62,11 @@ def test_ddp_two_processes_agree(tmp_path, data_dir):
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
-    sums = history[-1]["param_checksums"]
+    history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    sums = _epochs(history)[-1]["param_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    init = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
-    assert init["state"]["global_step"] == 2
+    last = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["state"]["global_step"] == 2 + 2  # pretrain steps + one epoch of 2 steps
 
 
 def test_gain_augmentation_is_exact_for_the_reference_engineer(rng):

@@ -1,0 +1,238 @@
+"""Recipes: one folder per task, one :class:`Recipe` object each, one registry.
+
+A recipe is a package ``deepafx/recipes/<name>/`` whose ``__init__`` exposes
+``RECIPE``, a :class:`Recipe` that declares
+
+* its config sections (name → dataclass; defaults live in code, the YAML
+  overrides them, an unknown section or key is an error naming it);
+* its entry points: ``data`` (render the dataset), ``task`` (the
+  :class:`~deepafx.trainer.TrainingTask` the shared :class:`~deepafx.trainer.Trainer`
+  runs), ``evaluate``, and ``process`` / ``match`` where they apply.
+
+The command line finds recipes only through :data:`RECIPES`. Adding a recipe:
+its folder, one ``RECIPES.register`` line below, its configs under
+``recipes/<name>/``, its tests (see CONTRIBUTING.md).
+
+Run folders have one layout for every recipe (:class:`RunLayout`)::
+
+    RUN/config.yaml            the bound config, every default filled in
+    RUN/checkpoints/last.pt    written atomically at every save
+    RUN/checkpoints/best.pt    best validation loss (recipes that validate)
+    RUN/checkpoints/<stage>.pt end of a stage that asks for it
+    RUN/history.jsonl          one JSON object per logged step or epoch
+    RUN/tensorboard/
+    RUN/eval/                  results.json, results.md, plots
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from deepafx.registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe declares.
+
+    Attributes:
+        name: Registry name; also the ``recipe:`` key of its configs.
+        summary: One line for ``--help`` texts.
+        sections: Config section name → dataclass (bound with :func:`bind_section`).
+        data: ``data(config: RecipeConfig, out_dir: Path, force: bool) -> Path``.
+        task: ``task(config: RecipeConfig, data_dir: Path, **options) -> TrainingTask``.
+        evaluate: ``evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Path) -> dict``.
+        process: ``process(checkpoint, input_path, output_path, **options) -> result with .summary()``
+            for ``deepafx process`` (recipes whose model renders audio files), or ``None``.
+        match: ``match(checkpoint, input_path, out_dir, **options)`` for ``deepafx match``
+            (sound matching), or ``None``.
+        train_options: Extra ``deepafx train`` options the task accepts (e.g. ``("pairs",)``).
+    """
+
+    name: str
+    summary: str
+    sections: Mapping[str, type]
+    data: Callable[..., Path]
+    task: Callable[..., Any]
+    evaluate: Callable[..., dict]
+    process: Callable[..., int] | None = None
+    match: Callable[..., int] | None = None
+    train_options: tuple[str, ...] = ()
+
+    def bind(self, config: Mapping[str, Any]) -> "RecipeConfig":
+        """Bind a raw config mapping (``recipe`` key plus sections) to this recipe's dataclasses.
+
+        Raises:
+            ValueError: another recipe's config, an unknown section, or an unknown key
+                (each message names it and lists the allowed ones).
+        """
+        raw = {k: v for k, v in config.items() if not str(k).startswith("_")}
+        if raw.get("recipe", self.name) != self.name:
+            raise ValueError(f"config is for recipe {raw.get('recipe')!r}, not {self.name!r}")
+        unknown = sorted(set(raw) - set(self.sections) - {"recipe"})
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown} for recipe {self.name!r}; "
+                             f"allowed: {sorted(self.sections)}")
+        bound = {name: bind_section(cls, raw.get(name), name) for name, cls in self.sections.items()}
+        return RecipeConfig(self.name, bound, str(config.get("_path", "")))
+
+
+@dataclass
+class RecipeConfig:
+    """A config bound to a recipe's dataclasses.
+
+    Attributes:
+        recipe: Recipe name.
+        sections: Section name → dataclass instance.
+        path: The YAML it came from (empty when built in code).
+    """
+
+    recipe: str
+    sections: dict[str, Any]
+    path: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"recipe config has no section {name!r}")
+
+    @property
+    def stem(self) -> str:
+        """The config's file name without extension (``quick``), or ``"config"``."""
+        return Path(self.path).stem if self.path else "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping (``recipe`` plus every section with all defaults filled in), YAML/JSON friendly."""
+        return {"recipe": self.recipe, **{k: _plain(v) for k, v in self.sections.items()}}
+
+
+def bind_section(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
+    """Instantiate the dataclass of one config section.
+
+    Classes with a ``from_dict`` classmethod (presets, validation) use it; others
+    get :func:`deepafx.config.bind`. Errors are prefixed with the section name.
+
+    Raises:
+        ValueError: unknown keys or bad values, naming the section.
+    """
+    from deepafx.config import bind
+
+    if values is not None and not isinstance(values, Mapping) and not hasattr(cls, "from_dict"):
+        raise ValueError(f"[{section}] must be a mapping, got {type(values).__name__}")
+    if hasattr(cls, "from_dict"):
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"[{section}] {exc}") from exc
+    return bind(cls, values, section)
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return _plain(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of a run folder (the same for every recipe); see the module docstring."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def stage(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """The checkpoint file meant by ``path``: the one resolver every command uses.
+
+    Args:
+        path: A ``.pt`` file, a run folder (its ``checkpoints/``), or a ``checkpoints/`` folder.
+        prefer: ``"best"`` (default: ``best.pt``, else ``last.pt``) or a stage name
+            (``"synth"`` → ``synth.pt``, else ``last.pt``) or ``"last"``.
+
+    Raises:
+        FileNotFoundError: nothing there (the places tried are listed).
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p} (pass a .pt file or a run folder)")
+    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    tried = [folder / f"{prefer}.pt", folder / "last.pt"]
+    for cand in tried:
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"no checkpoint in {p}: tried {', '.join(str(t) for t in tried)} (written by `deepafx train`)")
+
+
+def default_data_dir(config: RecipeConfig) -> Path:
+    """``data/<recipe>/<config name>``: where ``deepafx data`` writes and ``train``/``evaluate`` read by default."""
+    return Path("data") / config.recipe / config.stem
+
+
+def default_run_dir(config: RecipeConfig) -> Path:
+    """``runs/<recipe>/<config name>``: the default run folder of ``deepafx train``."""
+    return Path("runs") / config.recipe / config.stem
+
+
+#: Every recipe, by name (lazy: ``"module:RECIPE"`` is imported on first use).
+RECIPES: Registry[Recipe] = Registry("recipe")
+RECIPES.register("mastering", "deepafx.recipes.mastering:RECIPE")
+RECIPES.register("dexed_matching", "deepafx.recipes.dexed_matching:RECIPE")
+
+
+def get_recipe(name: str) -> Recipe:
+    """The registered recipe ``name``.
+
+    Raises:
+        ValueError: unknown recipe (the known ones are listed).
+    """
+    return RECIPES.get(name)
+
+
+__all__ = ["RECIPES", "Recipe", "RecipeConfig", "RunLayout", "bind_section", "default_data_dir",
+           "default_run_dir", "get_recipe", "resolve_checkpoint"]

@@ -1,1 +1,56 @@
-"""Automatic mastering recipe: an encoder drives a multiband compressor → graphic EQ → limiter chain (DeepAFx)."""
+"""Automatic mastering recipe: an encoder drives a multiband compressor → graphic EQ → limiter chain (DeepAFx).
+
+Modules: :mod:`~deepafx.recipes.mastering.music` (real-music dataset),
+:mod:`~deepafx.recipes.mastering.engineer` (the reference engineer),
+:mod:`~deepafx.recipes.mastering.pairs` (the user's own pairs),
+:mod:`~deepafx.recipes.mastering.model`, :mod:`~deepafx.recipes.mastering.train`,
+:mod:`~deepafx.recipes.mastering.evaluate`, :mod:`~deepafx.recipes.mastering.oracle`,
+:mod:`~deepafx.recipes.mastering.process`, :mod:`~deepafx.recipes.mastering.plots`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepafx.recipes import Recipe
+from deepafx.recipes.mastering.evaluate import EvaluateConfig
+from deepafx.recipes.mastering.model import ModelConfig
+from deepafx.recipes.mastering.music import MusicDataConfig
+from deepafx.recipes.mastering.train import ChainConfig, TrainConfig
+
+
+def _data(config, out_dir: Path, force: bool = False) -> Path:
+    from deepafx.recipes.mastering.music import build_dataset
+
+    return build_dataset(config.data, out_dir, force=force)
+
+
+def _task(config, data_dir: Path, pairs=None):
+    from deepafx.recipes.mastering.train import MasteringTask
+
+    return MasteringTask(config, data_dir, pairs=tuple(pairs) if pairs else None)
+
+
+def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Path) -> dict:
+    from deepafx.recipes.mastering.evaluate import evaluate_from_config
+
+    return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
+
+
+def _process(checkpoint, input_path, output_path, **options):
+    from deepafx.recipes.mastering.process import process_file
+
+    return process_file(checkpoint, input_path, output_path, **options)
+
+
+RECIPE = Recipe(
+    name="mastering",
+    summary="automatic mastering: an encoder drives a real mastering chain (DeepAFx)",
+    sections={"data": MusicDataConfig, "chain": ChainConfig, "model": ModelConfig, "train": TrainConfig,
+              "evaluate": EvaluateConfig},
+    data=_data,
+    task=_task,
+    evaluate=_evaluate,
+    process=_process,
+    train_options=("pairs",),
+)

@@ -57,7 +57,6 @@ import soxr
 import torch
 
 from deepafx import metrics
-from deepafx.config import bind
 
 log = logging.getLogger(__name__)
 
@@ -173,19 +172,6 @@ def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, ma
 
 
 # --------------------------------------------------------------------------- data
-def resolve_data_dir(config: Mapping[str, Any], out_dir: Path, data_dir: str | Path | None = None) -> Path:
-    """The dataset folder: ``data_dir`` if given, else the config's ``data.out_dir``, else
-    ``data/<recipe>/<config name>`` (the default of ``deepafx train``), else ``OUT/data``."""
-    if data_dir is not None:
-        return Path(data_dir)
-    data = config.get("data") or {}
-    if data.get("out_dir"):
-        return Path(data["out_dir"])
-    if config.get("_path"):
-        return Path("data") / str(config.get("recipe", "mastering")) / Path(config["_path"]).stem
-    return Path(out_dir) / "data"
-
-
 def _split_pieces(dataset_dir: Path, split: str) -> list[str]:
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     return list(manifest["splits"][split]["pieces"])
@@ -257,16 +243,16 @@ def _mean(values: list) -> float | None:
 
 
 # --------------------------------------------------------------------------- main
-def evaluate_from_config(config: Mapping[str, Any], checkpoint: Path, out_dir: Path, split: str = "test",
+def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "test",
                          data_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a mastering checkpoint on one split and write ``results.json`` / ``results.md``.
 
     Args:
-        config: Recipe config (``recipe: mastering``; ``data`` and ``evaluate`` sections used).
+        config: Bound mastering config (:class:`~deepafx.recipes.RecipeConfig`) or a raw mapping.
         checkpoint: Checkpoint file or run folder (``best.pt`` preferred).
         out_dir: Output folder (created).
         split: ``"test"`` (default), ``"valid"`` or ``"train"``.
-        data_dir: Dataset folder (see :func:`resolve_data_dir`); built/cached
+        data_dir: Dataset folder (default ``data/mastering/<config name>``); built/cached
             with :func:`deepafx.recipes.mastering.music.build_dataset`.
 
     Returns:
@@ -286,17 +272,21 @@ def evaluate_from_config(config: Mapping[str, Any], checkpoint: Path, out_dir: P
     if int(os.environ.get("RANK", "0")) != 0:
         log.info("rank %s: evaluation runs on rank 0 only", os.environ.get("RANK"))
         return {}
-    if config.get("recipe") != "mastering":
-        raise ValueError(f"config recipe is {config.get('recipe')!r}; this evaluator handles 'mastering'")
-    ec = bind(EvaluateConfig, config.get("evaluate"), "evaluate")
+    from deepafx.recipes import default_data_dir, get_recipe
+
+    if isinstance(config, Mapping):
+        config = get_recipe("mastering").bind(config)
+    if config.recipe != "mastering":
+        raise ValueError(f"config recipe is {config.recipe!r}; this evaluator handles 'mastering'")
+    ec = config.evaluate
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, ckpt, ckpt_path = load_mastering_checkpoint(checkpoint)
     chain = model.chain
     sr = float(chain.sample_rate)
 
-    ddir = resolve_data_dir(config, out_dir, data_dir)
-    build_dataset(config.get("data") or {}, ddir)
+    ddir = Path(data_dir) if data_dir is not None else default_data_dir(config)
+    build_dataset(config.data, ddir)
     pieces = _split_pieces(ddir, split)
     tracks = load_split(ddir, split)
     data_sr = float(sf.info(str(ddir / split / f"{pieces[0]}_input.wav")).samplerate) if pieces else sr
