@@ -2,7 +2,8 @@
 
 A :class:`ChainSpec` is declarative and picklable (a list of
 :class:`~deepafx.hosts.base.ProcessorSpec` plus a sample rate); it can be written
-in Python or loaded from a YAML/JSON file under ``plugins/``. It knows the flat
+in Python or loaded from a YAML/JSON file (a packaged chain such as
+``zam_mastering`` is found by name, :func:`deepafx.assets.resolve_chain`). It knows the flat
 *learned* parameter table without loading any plugin only when the tables are
 given; otherwise :meth:`ChainSpec.param_table` builds the chain once to read them.
 
@@ -22,10 +23,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from deepafx.assets import plugins_dir, resolve_chain
 from deepafx.hosts.base import Processor, ProcessorSpec, build_processor, check_audio
 from deepafx.params import ParamTable, ParameterError
 
-PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+#: The plugin asset folder (:func:`deepafx.assets.plugins_dir`; the installed copy, or the repository's ``plugins/``).
+PLUGINS_DIR = plugins_dir()
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,23 @@ class ChainSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ChainSpec":
-        """Load a YAML or JSON chain file. Relative names are looked up in ``plugins/``.
+        """Load a YAML or JSON chain file, or a packaged chain by name.
+
+        Args:
+            path: A chain file (absolute or relative to the working directory), or
+                a packaged chain name: ``zam_mastering``, ``zam_mastering.yaml`` or
+                ``chains/zam_mastering.yaml`` (:func:`deepafx.assets.resolve_chain`).
+                A file may hold the chain at top level or under a ``chain`` key.
+
+        Returns:
+            The declarative chain (no plugin is loaded).
 
         Raises:
-            FileNotFoundError: the file does not exist (both places tried are listed).
+            FileNotFoundError: no such file or packaged chain; the one-line
+                message lists the places tried and the packaged chains.
             ValueError: malformed content.
         """
-        p = Path(path)
-        if not p.exists() and (PLUGINS_DIR / p).exists():
-            p = PLUGINS_DIR / p
-        if not p.exists():
-            raise FileNotFoundError(f"chain file not found: tried {Path(path).resolve()} and {PLUGINS_DIR / path}")
+        p = resolve_chain(path)
         text = p.read_text()
         if p.suffix in (".yaml", ".yml"):
             import yaml

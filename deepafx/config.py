@@ -4,7 +4,8 @@ A recipe config is a YAML mapping with a top-level ``recipe`` key and sections
 (``data``, ``chain``, ``model``, ``train``, ``evaluate``). Each section binds to
 a dataclass whose defaults live in code (:func:`bind`): unknown keys are an
 error naming the allowed ones. Command lines override single values with
-``--set section.key=value`` (values parsed as YAML).
+``--set section.key=value`` (values parsed as YAML). A config is a file path or
+a packaged name such as ``mastering/quick`` (:func:`deepafx.assets.resolve_config`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from deepafx.assets import resolve_config
+
 T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe YAML and apply ``section.key=value`` overrides.
 
-    Relative paths are tried from the working directory, then the repository root.
+    Args:
+        path: A config file (absolute or relative to the working directory), or a
+            packaged config name: ``mastering/quick``, ``mastering/quick.yaml`` or
+            ``recipes/mastering/quick.yaml`` (:func:`deepafx.assets.resolve_config`).
+        overrides: ``section.key=value`` items, values parsed as YAML.
+
+    Returns:
+        The config mapping with overrides applied and ``_path`` set to the
+        absolute path of the file read.
 
     Raises:
-        FileNotFoundError: the config does not exist (both places tried are listed).
+        FileNotFoundError: no such file or packaged config; the one-line message
+            lists the places tried and the packaged configs.
         ValueError: malformed YAML, no ``recipe`` key, or a malformed override.
     """
-    p = Path(path)
-    if not p.exists() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
-    if not p.exists():
-        raise FileNotFoundError(f"config not found: tried {Path(path).resolve()} and {REPO_ROOT / path}")
+    p = resolve_config(path)
     cfg = yaml.safe_load(p.read_text()) or {}
     if not isinstance(cfg, dict) or "recipe" not in cfg:
         raise ValueError(f"{p}: a recipe config is a mapping with a top-level 'recipe' key")

@@ -2,9 +2,11 @@
 
 ``deepafx plugins`` lists, without loading anything: VST3 bundles (``/usr/lib/vst3``,
 ``/usr/local/lib/vst3``, ``~/.vst3``), VST2 ``.so`` files (``/usr/lib/vst``,
-``/usr/lib/lxvst``, ``/usr/local/lib/vst``, ``~/.vst``, recursively), Faust DSP
-files (``plugins/faust``), parameter maps (``plugins/param_maps``), chain configs
-(``plugins/chains``) and the registered backends.
+``/usr/lib/lxvst``, ``/usr/local/lib/vst``, ``~/.vst``, recursively), the packaged
+Faust DSP files (``faust/``), parameter maps (``param_maps/``) and chain configs
+(``chains/``) of :func:`deepafx.assets.plugins_dir`, the packaged recipe configs
+(:func:`deepafx.assets.recipes_dir`, by name for ``--config``) and the registered
+backends.
 
 ``deepafx plugins --details NAME_OR_PATH`` loads one plugin, Faust file, chain
 config or backend and prints its parameter table (plugin units). The load runs
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deepafx.chain import PLUGINS_DIR
+from deepafx.assets import plugins_dir, recipes_dir, resolve_chain
 from deepafx.hosts.base import PluginError, available_backends
 from deepafx.hosts.dawdreamer_host import VST2_DIRS, find_vst2
 from deepafx.hosts.plugin_params import resolve_asset
@@ -35,7 +37,12 @@ _MARKER = "DEEPAFX_DETAILS_JSON:"
 
 
 def find_plugins() -> dict[str, list[str]]:
-    """Everything hostable found on this machine, by kind, without loading any of it."""
+    """Everything hostable found on this machine, by kind, without loading any of it.
+
+    Returns:
+        Absolute paths by kind: ``vst3``, ``vst2``, ``faust``, ``param_maps``,
+        ``chains``, ``configs`` (packaged recipe configs), and ``backends`` (names).
+    """
 
     def files(dirs: tuple[Path, ...], pattern: str, recursive: bool) -> list[str]:
         out: list[str] = []
@@ -45,12 +52,14 @@ def find_plugins() -> dict[str, list[str]]:
                 out += [str(p) for p in sorted(found) if not p.name.startswith(NOT_PLUGINS)]
         return out
 
+    assets = plugins_dir()
     return {
         "vst3": files(VST3_DIRS, "*.vst3", False),
         "vst2": files(VST2_DIRS, "*.so", True),
-        "faust": files((PLUGINS_DIR / "faust",), "*.dsp", False),
-        "param_maps": files((PLUGINS_DIR / "param_maps",), "*.yaml", False),
-        "chains": [p for ext in ("*.yaml", "*.yml", "*.json") for p in files((PLUGINS_DIR / "chains",), ext, False)],
+        "faust": files((assets / "faust",), "*.dsp", False),
+        "param_maps": files((assets / "param_maps",), "*.yaml", False),
+        "chains": [p for ext in ("*.yaml", "*.yml", "*.json") for p in files((assets / "chains",), ext, False)],
+        "configs": [p for ext in ("*/*.yaml", "*/*.yml") for p in files((recipes_dir(),), ext, False)],
         "backends": available_backends(),
     }
 
@@ -65,12 +74,12 @@ def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
     extra = {"param_map": param_map} if param_map else {}
     p = Path(target)
     tried = []
-    if p.suffix in (".yaml", ".yml", ".json") or (PLUGINS_DIR / "chains" / f"{target}.yaml").exists():
-        for cand in (p, PLUGINS_DIR / p, PLUGINS_DIR / "chains" / p, PLUGINS_DIR / "chains" / f"{target}.yaml"):
-            if cand.is_file():
-                return {"kind": "chain", "path": str(cand)}
-        tried.append(f"chain config: {target}")
-    if p.suffix == ".dsp" or (PLUGINS_DIR / "faust" / f"{target}.dsp").exists():
+    if p.suffix in (".yaml", ".yml", ".json") or (plugins_dir() / "chains" / f"{target}.yaml").is_file():
+        try:
+            return {"kind": "chain", "path": str(resolve_chain(target))}
+        except FileNotFoundError as exc:
+            tried.append(str(exc))
+    if p.suffix == ".dsp" or (plugins_dir() / "faust" / f"{target}.dsp").is_file():
         name = target if p.suffix == ".dsp" else f"{target}.dsp"
         try:
             dsp = str(resolve_asset(name, ("faust",), "Faust DSP"))
@@ -214,12 +223,17 @@ def run(args: argparse.Namespace) -> int:
         "vst2": "VST2 (backend dawdreamer)",
         "faust": "Faust DSP (backend faust)",
         "param_maps": "parameter maps",
-        "chains": "chain configs",
+        "chains": "chain configs (a chain: in a recipe config, by name or path)",
+        "configs": "recipe configs (deepafx train --config NAME, from any folder)",
         "backends": "registered backends",
     }
     for key, title in titles.items():
         print(f"{title}: {len(found[key])}")
         for item in found[key]:
+            if key == "chains":
+                item = f"{Path(item).stem:<24} {item}"
+            elif key == "configs":
+                item = f"{Path(item).parent.name + '/' + Path(item).stem:<24} {item}"
             print(f"  {item}")
     print("Show a table: deepafx plugins --details NAME_OR_PATH")
     return 0

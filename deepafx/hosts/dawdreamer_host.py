@@ -66,8 +66,9 @@ made the Faust compiler abort the interpreter).
 Options, ``"dawdreamer"``: ``path`` (required; ``.so`` or ``.vst3``; a bare
 name is searched in ``/usr/lib/vst``, ``/usr/lib/lxvst``, ``/usr/local/lib/vst``,
 ``~/.vst`` and their sub-folders), ``param_map``, ``exclude``, ``channels``,
-``context_s``, ``block_size``. ``"faust"``: ``dsp`` (a ``.dsp`` file; relative
-names resolved under ``plugins/faust/``) or ``code`` (Faust source), plus
+``context_s``, ``block_size``. ``"faust"``: ``dsp`` (a ``.dsp`` file; a relative
+name is tried from the working directory, then in the packaged ``faust/`` folder,
+e.g. ``tube_preamp.dsp``) or ``code`` (Faust source), plus
 ``param_map``, ``exclude``, ``channels``, ``context_s``, ``block_size``.
 """
 
@@ -449,7 +450,9 @@ class FaustProcessor(DawDreamerProcessor):
 
     Args:
         sample_rate: Rate in Hz.
-        dsp: Path of a ``.dsp`` file (relative names resolved under ``plugins/faust/``).
+        dsp: Path of a ``.dsp`` file; a relative name is tried from the working
+            directory, then in the packaged ``faust/`` folder of
+            :func:`deepafx.assets.plugins_dir` (``tube_preamp.dsp``).
         code: Faust source, instead of ``dsp``.
         param_map, exclude, channels, context_s, block_size: As for ``dawdreamer``.
 

@@ -13,7 +13,8 @@ real plugin units, and gives each parameter a fast ``plugin value -> raw`` looku
   other monotone map uses piecewise-linear interpolation between the sampled
   points; text-valued parameters ("Peak"/"RMS") become discrete indices.
 * :class:`ParamMap` — a YAML file that selects, renames and narrows parameters
-  (``plugins/param_maps/*.yaml``, format documented on the class).
+  (packaged ones in ``param_maps/`` of :func:`deepafx.assets.plugins_dir`,
+  format documented on the class).
 * :func:`build_table` — discovered parameters + exclusions + parameter map ->
   the processor's table, with one :class:`SelectedParam` per table entry.
 
@@ -41,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from deepafx.chain import PLUGINS_DIR
+from deepafx.assets import resolve_plugin_asset
 from deepafx.hosts.base import PluginError
 from deepafx.params import Param, ParamTable, ParameterError
 
@@ -347,10 +348,20 @@ class ParamMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "ParamMap":
-        """Load a map; relative names are looked up as given, then under ``plugins/`` and ``plugins/param_maps/``."""
+        """Load a map file.
+
+        Args:
+            path: Map file; a relative name is tried from the working directory,
+                then in the plugin folder's ``param_maps/`` and the plugin folder
+                itself (``ZamGEQ31.yaml`` or ``param_maps/ZamGEQ31.yaml``; see
+                :func:`resolve_asset`).
+
+        Raises:
+            PluginError: missing file (places tried listed) or malformed content.
+        """
         import yaml
 
-        p = resolve_asset(path, ("", "param_maps"), what="parameter map")
+        p = resolve_asset(path, ("param_maps",), what="parameter map")
         data = yaml.safe_load(p.read_text()) or {}
         if not isinstance(data, Mapping):
             raise PluginError(f"parameter map {p}: expected a mapping at top level, got {type(data).__name__}")
@@ -377,19 +388,28 @@ class ParamMap:
 
 
 def resolve_asset(path: str | Path, subdirs: Sequence[str], what: str) -> Path:
-    """Find an asset file given as is, or relative to ``plugins/<subdir>``.
+    """Find a plugin asset file given as is, or under the packaged plugin folder.
+
+    Args:
+        path: File path or name. A relative name is tried from the working
+            directory, then as ``<plugins>/<subdir>/<path>`` for each of ``subdirs``,
+            then as ``<plugins>/<path>`` (``<plugins>`` is
+            :func:`deepafx.assets.plugins_dir`: the installed copy, or the
+            repository's ``plugins/``); ``plugins/...`` spellings work too
+            (:func:`deepafx.assets.resolve_plugin_asset`).
+        subdirs: Sub-folders of ``<plugins>`` to try in order, e.g. ``("faust",)``.
+        what: Kind of file, for the message (``"Faust DSP"``).
+
+    Returns:
+        Path of the file.
 
     Raises:
-        PluginError: listing every place tried.
+        PluginError: nothing matches; the message lists every place tried.
     """
-    p = Path(path).expanduser()
-    tried = [p]
-    if not p.is_absolute():
-        tried += [PLUGINS_DIR / sub / p for sub in subdirs]
-    for cand in tried:
-        if cand.is_file():
-            return cand
-    raise PluginError(f"{what} {str(path)!r} not found; tried: {', '.join(str(t) for t in tried)}")
+    found, tried = resolve_plugin_asset(path, tuple(subdirs))
+    if found is None:
+        raise PluginError(f"{what} {str(path)!r} not found; tried: {', '.join(str(t) for t in tried)}")
+    return found
 
 
 def _default_scale(unit: str, lo: float, hi: float) -> str:

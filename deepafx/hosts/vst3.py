@@ -6,7 +6,8 @@ Options (``ProcessorSpec.options``):
   the working directory, or a bare name (``ZamCompX2`` / ``ZamCompX2.vst3``)
   looked up in ``/usr/lib/vst3``, ``/usr/local/lib/vst3`` and ``~/.vst3``.
 * ``param_map``: a parameter-map YAML (:class:`~deepafx.hosts.plugin_params.ParamMap`);
-  relative names are looked up under ``plugins/`` and ``plugins/param_maps/``.
+  relative names are tried from the working directory, then in the packaged plugin
+  folder and its ``param_maps/`` (:func:`~deepafx.hosts.plugin_params.resolve_asset`).
 * ``exclude``: plugin parameter names to leave out of the table.
 * ``channels`` (default 2): for mono-only plugins, how many independent
   instances to hold (one per input channel).
