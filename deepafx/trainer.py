@@ -179,6 +179,10 @@ class TrainSettings:
         early_stop_patience: Epochs without a better validation loss before a
             validating stage stops.
         lr_patience, lr_factor: ReduceLROnPlateau on the validation loss.
+        max_steps: Stop after this many steps in all (0: run the whole schedule),
+            saving ``last.pt``; ``--resume`` continues. Exact inside step-based
+            stages; inside an epoch, the resumed epoch restarts its plugin
+            instances from reset state.
     """
 
     seed: int = 0
@@ -189,6 +193,7 @@ class TrainSettings:
     early_stop_patience: int = 3
     lr_patience: int = 1
     lr_factor: float = 0.5
+    max_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,8 @@ class Stage:
 
     @property
     def by_epoch(self) -> bool:
-        return self.validate or self.epochs > 1 or self.steps <= 0
+        """Epoch-based (validating or several epochs) rather than a fixed number of steps."""
+        return self.validate or self.epochs > 1
 
 
 #: Optimizers by name (torch classes taking ``(params, lr=...)``).
@@ -473,7 +479,12 @@ class Trainer:
                 lr = self.opt.param_groups[0]["lr"]
                 self.tb.scalars(gs, **{f"train/{k}": v for k, v in info.items()}, **{"train/lr": lr})
                 if not stage.by_epoch:
-                    self._record({"stage": stage.name, "step": gs, "lr": lr, **info})
+                    self._record({"stage": stage.name, "step": gs, "lr": lr, **info,
+                                  "param_checksums": self._param_checksums()})
+            if st.max_steps and gs >= st.max_steps and i + 1 < n:
+                bar.close()
+                self.save()
+                return None
             if not stage.by_epoch and st.checkpoint_every and gs % st.checkpoint_every == 0 and i + 1 < n:
                 self.save()
         bar.close()
@@ -482,6 +493,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Run (or finish) every stage; returns ``{"history", "best_valid", "seconds"}``."""
         t0 = time.perf_counter()
+        st = self.task.settings
         if self.state["global_step"] == 0 and self.state["stage"] == 0:
             self.save()
         for index in range(self.state["stage"], len(self.stages)):
@@ -491,6 +503,8 @@ class Trainer:
                 self.state.update(stage=index, epoch=0, step_in_epoch=0, bad_epochs=0)
             for epoch in range(self.state["epoch"], stage.epochs):
                 train_loss = self._train_epoch(stage, epoch)
+                if train_loss is None:  # max_steps reached inside the epoch (saved)
+                    return self._result(t0)
                 self.state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0)
                 improved = False
                 entry: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "step": self.state["global_step"],
@@ -521,6 +535,11 @@ class Trainer:
                     if self.dist.is_main:
                         tqdm.write(f"early stopping: no improvement in {self.state['bad_epochs']} epochs")
                     break
+                if st.max_steps and self.state["global_step"] >= st.max_steps:
+                    return self._result(t0)
+        return self._result(t0)
+
+    def _result(self, t0: float) -> dict[str, Any]:
         if self.dist.distributed:
             dist.barrier()
         return {"history": self.state["history"], "best_valid": self.state["best_valid"],

@@ -39,7 +39,7 @@ TINY_TRAIN = [
     "train.synth_steps=1",
     "train.real_steps=2",
     "train.render_workers=1",
-    "train.torch_threads=1",
+    "train.num_threads=1",
     "train.log_every=1",
     "evaluate.num_in_domain=1",
     "evaluate.num_out_of_domain=1",
@@ -71,7 +71,7 @@ def _overrides(items):
 def test_dataset_splits_by_preset_and_instrument(bank_dir, tmp_path):
     import yaml
 
-    from deepafx.recipes.dexed_matching.train import apply_overrides
+    from deepafx.config import apply_overrides
 
     cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), TINY_DATA + [f"data.hexter_dir={bank_dir}"])
     out = build_dataset(cfg, tmp_path / "d", progress=False)
@@ -105,17 +105,19 @@ def _cli(*args, cwd):
 def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
     data_dir = tmp_path / "data"
     sets = []
-    for s in TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", f"data.dir={data_dir}"]:
+    for s in TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}"]:
         sets += ["--set", s]
     _cli("data", "--config", str(QUICK), "--out", str(data_dir), *sets, cwd=tmp_path)
-    _cli("train", "--config", str(QUICK), "--run-dir", str(tmp_path / "run"), *sets, cwd=tmp_path)
+    _cli("train", "--config", str(QUICK), "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir), *sets,
+         cwd=tmp_path)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert ckpts == ["last.pt", "ploss.pt", "real.pt", "synth.pt"]
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["ploss"] * 3 + ["crossfade"] * 2 + ["synth"] + ["real"] * 2
     assert all(np.isfinite(r["spectral"]) and r["spectral"] > 0 for r in log if r["stage"] != "ploss")
+    assert (tmp_path / "run" / "config.yaml").is_file()
     _cli("evaluate", "--config", str(QUICK), "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "eval"),
-         *sets, cwd=tmp_path)
+         "--data-dir", str(data_dir), *sets, cwd=tmp_path)
     res = json.loads((tmp_path / "eval" / "results.json").read_text())["models"]
     expected = {"retrieval", "ploss", "synth", "real", "cmaes"} | {f"{m}+refine" for m in ("retrieval", "ploss", "synth", "real")}
     assert set(res) == expected
@@ -170,3 +172,62 @@ def test_match_rejects_silence_noise_and_short_input(bank_dir, tmp_path):
     with pytest.raises(MatchInputError, match="6 notes as channels"):
         sf.write(tmp_path / "mono.wav", tone[0], 16000)
         prepare_input(tmp_path / "mono.wav", 16000, 6, 4.0, -8.5, say=lambda *a: None)
+
+
+def _dexed_cfg(bank_dir, *extra):
+    from deepafx.config import load_config
+    from deepafx.recipes import get_recipe
+
+    raw = load_config(QUICK, TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", *extra])
+    return get_recipe("dexed_matching").bind(raw)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(bank_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dexed_data")
+    build_dataset({"data": {**_dexed_cfg(bank_dir).to_dict()["data"]}}, d, progress=False)
+    return d
+
+
+def test_training_is_deterministic_and_resume_equals_the_uninterrupted_run(bank_dir, tiny_data, tmp_path):
+    """Same seed → the same losses; stopping inside the crossfade stage and resuming changes nothing."""
+    import torch
+
+    from deepafx.recipes.dexed_matching.train import train_from_config
+
+    extra = ["train.checkpoint_every=4", "train.log_every=1"]
+    full = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "a", tiny_data)
+    again = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "b", tiny_data)
+    losses = [h["loss"] for h in full["history"]]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert [h["loss"] for h in again["history"]] == losses
+    # interrupted after step 4 (inside crossfade, a checkpoint_every save), then resumed
+    train_from_config(_dexed_cfg(bank_dir, *extra, "train.max_steps=4"), tmp_path / "c", tiny_data)
+    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["state"]["global_step"] == 4
+    resumed = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "c", tiny_data, resume=True)
+    assert [h["loss"] for h in resumed["history"]] == losses
+    a = torch.load(tmp_path / "a" / "checkpoints" / "real.pt", weights_only=False)["model"]
+    c = torch.load(tmp_path / "c" / "checkpoints" / "real.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ddp_two_processes_agree(bank_dir, tiny_data, tmp_path):
+    import os
+    import shutil
+
+    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    sets = " ".join(f"--set '{o}'" for o in TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}"])
+    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
+           f"--run-dir {tmp_path / 'ddp'} --data-dir {tiny_data} {sets}")
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["state"]["global_step"] == 8
+    lines = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and lines[-1]["stage"] == "real"
+    for line in lines:  # every rank holds the same weights after every step
+        assert len(line["param_checksums"]) == 2 and line["param_checksums"][0] == line["param_checksums"][1]

@@ -127,7 +127,8 @@ def bind_section(cls: type, values: Mapping[str, Any] | None, section: str) -> A
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"[{section}] {exc}") from exc
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(f"[{section}]") else f"[{section}] {msg}") from exc
     return bind(cls, values, section)
 
 

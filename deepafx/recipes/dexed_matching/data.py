@@ -106,12 +106,9 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "DataConfig":
         """Build from a mapping; unknown keys raise ``ValueError`` listing the known ones."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown data settings {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
+        from deepafx.config import bind
+
+        cfg = bind(cls, d, "data")
         cfg.validate()
         return cfg
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,12 +71,9 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "EvalConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown evaluate settings {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
+        from deepafx.config import bind
+
+        cfg = bind(cls, d, "evaluate")
         if cfg.refine_renders < 0 or cfg.workers < 1:
             raise ValueError("refine_renders must be >= 0 and workers >= 1")
         return cfg
@@ -137,16 +134,8 @@ def param_metrics(x_est: np.ndarray, x_true: np.ndarray, layout) -> dict[str, fl
 # --------------------------------------------------------------------------- main
 
 
-def _resolve_checkpoints(checkpoint_dir: Path) -> tuple[Path, Path]:
-    """(checkpoints folder, run folder) for a run folder or its ``checkpoints/``."""
-    d = Path(checkpoint_dir)
-    if (d / "checkpoints").is_dir():
-        return d / "checkpoints", d
-    return d, d.parent
-
-
 def evaluate_from_config(
-    config: Mapping[str, Any],
+    config,
     checkpoint_dir: str | Path,
     out_dir: str | Path,
     split: str = "test",
@@ -156,14 +145,13 @@ def evaluate_from_config(
     """Evaluate every method and write ``results.json``, ``results.md``, ``details.json``.
 
     Args:
-        config: Recipe config (``data`` and ``evaluate`` sections are used).
+        config: Bound recipe config (:class:`~deepafx.recipes.RecipeConfig`) or a raw mapping.
         checkpoint_dir: Training run folder (or its ``checkpoints/``) holding
             ``ploss.pt``, ``synth.pt``, ``real.pt``; missing ones are skipped with a note.
         out_dir: Where the results go (created).
         split: Held-out split evaluated, ``"test"`` (default) or ``"valid"``
             (factory presets and GM programs never seen in training).
-        data_dir: Dataset folder (default as ``deepafx train``, see
-            :func:`deepafx.recipes.dexed_matching.train.data_dir_for`).
+        data_dir: Dataset folder (default ``data/dexed_matching/<config name>``, as ``deepafx train``).
         progress: Print progress lines.
 
     Returns:
@@ -175,11 +163,16 @@ def evaluate_from_config(
     say = print if progress else (lambda *a, **k: None)
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid' for dexed_matching (training presets are not held out), got {split!r}")
-    ecfg = EvalConfig.from_dict(config.get("evaluate"))
-    ckpt_dir, run_dir = _resolve_checkpoints(Path(checkpoint_dir))
+    from deepafx.recipes import RunLayout, default_data_dir, get_recipe
+
+    if isinstance(config, Mapping):
+        config = get_recipe("dexed_matching").bind(config)
+    ecfg = config.evaluate
+    given = Path(checkpoint_dir)
+    ckpt_dir = RunLayout(given).checkpoints if (given / "checkpoints").is_dir() else given
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data: RecipeData = ensure_dataset(config, run_dir, progress, data_dir)
+    data: RecipeData = ensure_dataset(config, Path(data_dir) if data_dir is not None else default_data_dir(config), progress)
     dcfg = data.config
     renderer = dcfg.renderer()
     rng = np.random.default_rng(ecfg.seed)

@@ -12,6 +12,7 @@ numerical parameters plus the mean cross-entropy of the discrete heads.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,17 +26,33 @@ from deepafx.hosts.dexed_host import dexed_param_table
 #: Discrete parameters with at most this many values are categorical (NumCat++).
 MAX_CATEGORIES = 32
 
+@dataclass
+class ModelConfig:
+    """The ``model:`` section: settings of :class:`~deepafx.encoders.DiffSynthEstimator`.
+
+    Args:
+        n_mels: Mel bands of the log-mel front end.
+        n_fft: FFT size, samples.
+        hop_length: Hop between frames, samples.
+        conv_channels: Channels of the per-frame 1D CNN layers.
+        pooled_bins: Frequency bins left after pooling.
+        frame_dim: Per-frame feature size fed to the GRU.
+        gru_hidden: GRU hidden size.
+        gru_layers: GRU layers.
+    """
+
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 256
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
+    pooled_bins: int = 8
+    frame_dim: int = 256
+    gru_hidden: int = 256
+    gru_layers: int = 1
+
+
 #: Estimator settings a config may set (``model:`` section), with defaults.
-MODEL_DEFAULTS: dict[str, Any] = {
-    "n_mels": 128,
-    "n_fft": 1024,
-    "hop_length": 256,
-    "conv_channels": [32, 64, 64, 128],
-    "pooled_bins": 8,
-    "frame_dim": 256,
-    "gru_hidden": 256,
-    "gru_layers": 1,
-}
+MODEL_DEFAULTS: dict[str, Any] = asdict(ModelConfig())
 
 
 class DexedEstimator(nn.Module):

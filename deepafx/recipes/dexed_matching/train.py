@@ -37,20 +37,18 @@ lowered it 13.96 → 11.88. The loss-level estimator renders the main and the
 2K perturbed presets of every item through the Fx layer's workers
 (:func:`deepafx.fx.spsa_loss_gradient`) and perturbs only the numerical parameters.
 
-Features: checkpoints (``checkpoints/last.pt`` every ``checkpoint_every`` steps
-and at each stage end) and ``--resume``; tqdm progress; TensorBoard scalars
-(``tensorboard/``) and a JSON-lines log; the same entry point runs plain or
-under ``torchrun`` (DistributedDataParallel with the gloo backend, rank 0 does
-all I/O, each rank has its own render workers).
+The stages run on the shared engine (:class:`deepafx.trainer.Trainer`):
+``checkpoints/{last,ploss,synth,real}.pt``, ``history.jsonl``, TensorBoard,
+exact ``--resume`` from any checkpoint, plain or under ``torchrun`` (each rank
+has its own render workers). Determinism: every step draws its batch and its
+SPSA perturbations from generators seeded by ``(seed, rank, step)``, so a run
+is reproducible for a seed and a resumed run repeats the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import time
-from dataclasses import dataclass, field, fields
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -58,44 +56,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepafx.recipes.dexed_matching.data import build_dataset, load_dataset, RecipeData
-from deepafx.recipes.dexed_matching.model import DexedEstimator
-from deepafx.recipes.dexed_matching.search import numeric_free_mask as _numeric_free_mask
-from deepafx.recipes.dexed_matching.spectral import grouped_mss
-from deepafx.fx import spsa_loss_gradient
-from deepafx.losses import MultiResolutionSTFTLoss
+from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
+from deepafx.losses import MultiResolutionSTFTLoss, build_loss
+from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
+from deepafx.recipes.dexed_matching.model import DexedEstimator
+from deepafx.recipes.dexed_matching.search import numeric_free_mask
+from deepafx.recipes.dexed_matching.spectral import grouped_mss
+from deepafx.trainer import Stage, TrainSettings, train
+from deepafx.registry import Registry
 
 STAGES = ("ploss", "crossfade", "synth", "real")
+#: Stages whose model is saved as ``checkpoints/<stage>.pt`` (evaluated as table rows).
+SAVED_STAGES = ("ploss", "synth", "real")
+#: Gradient-norm clip of every stage.
+GRAD_CLIP = 5.0
 
 
 @dataclass
-class TrainConfig:
-    """The ``train:`` section of the recipe config.
+class TrainConfig(TrainSettings):
+    """The ``train:`` section of the recipe config (with :class:`~deepafx.trainer.TrainSettings`).
 
     Args:
         batch_size: Items per step (per rank).
         learning_rate: Adam learning rate of the P-loss stage.
-        spectral_learning_rate: Adam learning rate from the cross-fade on.
+        spectral_learning_rate: Adam learning rate from the cross-fade on (same optimizer).
         ploss_steps, crossfade_steps, synth_steps, real_steps: Stage lengths in steps.
-        spectral_loss: ``"mss"`` (DDSP multi-scale spectral loss) or
-            ``"delay_invariant"`` (DeepAFx delay-invariant loss).
+        spectral_loss: A :data:`deepafx.losses.LOSSES` name: ``"mss"`` (DDSP
+            multi-scale spectral loss) or ``"delay_invariant"`` (DeepAFx).
         fft_sizes: FFT sizes of the multi-scale spectral loss.
         max_delay_ms: Largest lag of the delay-invariant loss, ms.
         spectral_weight: ``w``: scale of the spectral loss against the P-loss.
         anchor_weight: Weight of the discrete cross-entropy anchor in spectral stages.
-        spsa_epsilon: SPSA perturbation on normalized values (≤ 0.01 so that
+        spsa_epsilon: SPSA perturbation on normalized values (≤ 0.0104 so that
             discrete values at grid points are never moved, see module docstring).
-        spsa_perturbations: SPSA draws averaged per step (2 renders each).
-        spsa_mode: ``"loss"`` (default): SPSA on the per-item spectral loss,
-            ``g = mean_k (L(θ + εΔ_k) − L(θ − εΔ_k)) / (2ε) · Δ_k``, with the
-            perturbed presets rendered by the :class:`~deepafx.fx.FxLayer`
-            workers; ``"vjp"``: the Fx layer's own estimator, which linearizes
-            the loss in the audio (``dL/dy · (y⁺ − y⁻)``). See the module docstring.
-        render_workers: Render worker processes for the Fx layer.
-        torch_threads: Torch threads of the training process (``None``: leave as is).
-        log_every, checkpoint_every: Steps between log lines / checkpoints.
-        seed: Random seed.
+        spsa_perturbations: SPSA draws K averaged per step (2 renders each).
+        spsa_mode: ``"loss"`` (default): SPSA on the per-item spectral loss
+            (:func:`deepafx.fx.spsa_loss_gradient`); ``"vjp"``: the Fx layer's
+            audio-linearized estimator. See the module docstring.
+        render_workers: Render worker processes for the Fx layer (shared by the ranks).
     """
 
     batch_size: int = 8
@@ -114,19 +113,19 @@ class TrainConfig:
     spsa_perturbations: int = 2
     spsa_mode: str = "loss"
     render_workers: int = 2
-    torch_threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 200
-    seed: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
+        """Bind and validate.
+
+        Raises:
+            ValueError: an unknown key (named) or a bad value.
+        """
+        from deepafx.config import bind
+
+        cfg = bind(cls, d, "train")
         if cfg.batch_size < 1 or min(cfg.ploss_steps, cfg.crossfade_steps, cfg.synth_steps, cfg.real_steps) < 0:
             raise ValueError("batch_size must be >= 1 and stage lengths >= 0 steps")
         if cfg.ploss_steps < 1:
@@ -140,188 +139,55 @@ class TrainConfig:
             raise ValueError(f"spsa_mode must be 'loss' or 'vjp', got {cfg.spsa_mode!r}")
         if cfg.spsa_perturbations < 1:
             raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
-        if cfg.spectral_loss not in SPECTRAL_LOSSES:
-            raise ValueError(f"spectral_loss must be one of {sorted(SPECTRAL_LOSSES)}, got {cfg.spectral_loss!r}")
+        build_loss(cfg.spectral_loss, sample_rate=16000.0)  # unknown names fail here, listing the known ones
         return cfg
 
     @property
     def total_steps(self) -> int:
         return self.ploss_steps + self.crossfade_steps + self.synth_steps + self.real_steps
 
-    def stage_at(self, step: int) -> tuple[str, float]:
-        """``(stage, α)`` of global step ``step`` (0-based); α is the spectral-loss weight."""
-        a = self.ploss_steps
-        b = a + self.crossfade_steps
-        c = b + self.synth_steps
-        if step < a:
-            return "ploss", 0.0
-        if step < b:
-            return "crossfade", (step - a + 1) / self.crossfade_steps
-        if step < c:
-            return "synth", 1.0
-        return "real", 1.0
-
-    def stage_end(self, stage: str) -> int:
-        """Global step after which ``stage`` is over."""
-        ends = np.cumsum([self.ploss_steps, self.crossfade_steps, self.synth_steps, self.real_steps])
-        return int(ends[STAGES.index(stage)])
-
-
-def _mss(cfg: TrainConfig, sample_rate: float) -> nn.Module:
-    from deepafx.losses import MultiResolutionSTFTLoss
-
-    return MultiResolutionSTFTLoss(fft_sizes=cfg.fft_sizes, reduction="none")
-
-
-def _delay_invariant(cfg: TrainConfig, sample_rate: float) -> nn.Module:
-    from deepafx.losses import DelayInvariantLoss
-
-    return DelayInvariantLoss(max_delay_samples=int(round(cfg.max_delay_ms * 1e-3 * sample_rate)), reduction="none")
-
-
-SPECTRAL_LOSSES = {"mss": _mss, "delay_invariant": _delay_invariant}
-
-
-# ---------------------------------------------------------------------------
-# config helpers
-# ---------------------------------------------------------------------------
-
-
-def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str] | None) -> dict:
-    """Copy of ``config`` with overrides applied.
-
-    Args:
-        config: Nested config mapping.
-        overrides: ``{"train.ploss_steps": 10}``, nested mappings, or strings
-            ``"train.ploss_steps=10"`` (values parsed as YAML).
-
-    Raises:
-        ValueError: a malformed override string.
-    """
-    import yaml
-
-    out = copy.deepcopy(dict(config))
-    if not overrides:
-        return out
-    items: list[tuple[str, Any]] = []
-    if isinstance(overrides, Mapping):
-        def flat(prefix: str, m: Mapping[str, Any]) -> None:
-            for k, v in m.items():
-                key = f"{prefix}.{k}" if prefix else str(k)
-                if isinstance(v, Mapping) and "." not in str(k):
-                    flat(key, v)
-                else:
-                    items.append((key, v))
-        flat("", overrides)
-    else:
-        for s in overrides:
-            if "=" not in s:
-                raise ValueError(f"override {s!r} must look like section.key=value")
-            k, v = s.split("=", 1)
-            items.append((k.strip(), yaml.safe_load(v)))
-    for key, value in items:
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    return out
-
-
-def data_dir_for(config: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
-    """Dataset folder: ``data_dir`` if given, else ``data.dir`` of the config, else
-    ``data/dexed_matching/<config file stem>`` (where ``deepafx data`` writes) when
-    the config came from a file, else ``RUN_DIR/data``."""
-    if data_dir is not None:
-        return Path(data_dir)
-    d = (config.get("data") or {}).get("dir")
-    if d:
-        return Path(d)
-    if config.get("_path"):
-        return Path("data") / "dexed_matching" / Path(str(config["_path"])).stem
-    return Path(run_dir) / "data"
-
-
-def data_section(config: Mapping[str, Any]) -> dict:
-    """The ``data`` section without the ``dir`` key (what :class:`DataConfig` takes)."""
-    return {k: v for k, v in (config.get("data") or {}).items() if k != "dir"}
-
-
-def ensure_dataset(config: Mapping[str, Any], run_dir: str | Path, progress: bool = True,
-                   data_dir: str | Path | None = None) -> RecipeData:
-    """Build the dataset if needed (cached: reused while the data settings are unchanged) and load it."""
-    d = data_dir_for(config, run_dir, data_dir)
-    build_dataset({"data": data_section(config)}, d, progress=progress)
-    return load_dataset(d)
-
-
-# ---------------------------------------------------------------------------
-# distributed helpers
-# ---------------------------------------------------------------------------
-
-
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world
-
-
-def _maybe_init_dist(world: int) -> bool:
-    if world <= 1:
-        return False
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return True
-
-
-# ---------------------------------------------------------------------------
-# training
-# ---------------------------------------------------------------------------
-
 
 @dataclass
-class _State:
-    step: int = 0
-    pseudo_classes: np.ndarray | None = None  # (M_ood_train, num_discrete)
-    history: list = field(default_factory=list)
+class SynthConfig:
+    """The ``synth:`` section: which synthesizer renders presets.
+
+    Args:
+        backend: A :data:`SYNTHS` name (``"dexed"``: the real Dexed engine through dexed-py).
+    """
+
+    backend: str = "dexed"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SynthConfig":
+        from deepafx.config import bind
+
+        cfg = bind(cls, d, "synth")
+        SYNTHS.get(cfg.backend)  # unknown names fail here, listing the known ones
+        return cfg
 
 
-def _checkpoint(model: DexedEstimator, data: RecipeData, cfg: TrainConfig, state: _State, opt, stage: str) -> dict:
-    return {
-        "kind": "deepafx.dexed_matching",
-        "stage": stage,
-        "step": state.step,
-        "model": model.describe(),
-        "state_dict": model.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None else None,
-        "train": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
-        "data": {
-            "sample_rate": data.config.sample_rate,
-            "duration_s": data.config.duration_s,
-            "note_duration_s": data.config.note_duration_s,
-            "notes": [list(n) for n in data.config.notes],
-            "multi_note": data.config.multi_note,
-            "reference_level_db": data.reference_level_db,
-        },
-        "retrieval_x": data.x["train"].astype(np.float32),
-        "pseudo_classes": state.pseudo_classes,
-        "rng": {"torch": torch.get_rng_state(), "numpy": None},
-        "param_names": dexed_param_table().names,
-    }
+#: Synthesizer backends by name: ``factory(data_config) -> processor spec mapping`` of the Fx layer.
+SYNTHS: Registry = Registry("synth backend")
 
 
-def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+@SYNTHS.register("dexed")
+def _dexed_processor(dcfg) -> dict[str, Any]:
+    """The real Dexed engine (``backend: dexed`` of :mod:`deepafx.hosts.dexed_host`), playing the recipe's notes."""
+    return {"backend": "dexed", "name": "dexed",
+            "options": {"notes": [list(p) for p in dcfg.notes], "note_duration_s": dcfg.note_duration_s}}
+
+
+def ensure_dataset(config, data_dir: str | Path, progress: bool = True) -> RecipeData:
+    """Build the dataset in ``data_dir`` if needed (cached while the settings are unchanged) and load it."""
+    build_dataset({"data": dataclasses.asdict(config.data)}, data_dir, progress=progress)
+    return load_dataset(data_dir)
 
 
 def load_estimator(path: str | Path) -> tuple[DexedEstimator, dict]:
-    """Load a checkpoint written by :func:`train_from_config`.
+    """Load a checkpoint written by the Dexed training task.
+
+    Args:
+        path: A ``.pt`` file or a run folder (``checkpoints/last.pt``).
 
     Returns:
         ``(model in eval mode, checkpoint dict)``.
@@ -329,14 +195,14 @@ def load_estimator(path: str | Path) -> tuple[DexedEstimator, dict]:
     Raises:
         FileNotFoundError: missing file; ValueError: not a Dexed-matching checkpoint.
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "deepafx.dexed_matching":
-        raise ValueError(f"{p} is not a dexed_matching checkpoint (train one with `deepafx train --config recipes/dexed_matching/quick.yaml`)")
-    model = DexedEstimator.from_description(ckpt["model"])
-    model.load_state_dict(ckpt["state_dict"])
+    from deepafx.trainer import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("recipe") != "dexed_matching":
+        raise ValueError(f"{path} is not a dexed_matching checkpoint "
+                         "(train one with `deepafx train --config dexed_matching/quick`)")
+    model = DexedEstimator.from_description(ckpt["model_description"])
+    model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
 
@@ -350,214 +216,180 @@ def _grouped_loss(loss_fn: nn.Module):
     return lambda y, target: grouped_mss(y, target, loss_fn.fft_sizes, overlap, loss_fn.log_weight, loss_fn.eps)
 
 
-def train_from_config(
-    config: Mapping[str, Any],
-    out_dir: str | Path,
-    resume: bool = False,
-    overrides: Mapping[str, Any] | Sequence[str] | None = None,
-    progress: bool = True,
-    data_dir: str | Path | None = None,
-) -> Path:
-    """Train the estimator through all stages; returns the checkpoint folder.
+class DexedTask:
+    """The Dexed sound-matching schedule as a :class:`~deepafx.trainer.TrainingTask` (see the module docstring).
 
     Args:
-        config: Recipe config (``recipe``, ``data``, ``model``, ``train`` sections).
-        out_dir: Run folder: ``checkpoints/``, ``tensorboard/``, ``train_log.jsonl``,
-            ``config.json`` (and ``data/`` unless ``data.dir`` is set).
-        resume: Continue from ``checkpoints/last.pt`` when it exists.
-        overrides: Dotted overrides (see :func:`apply_overrides`).
-        progress: Show a tqdm bar (rank 0).
-        data_dir: Dataset folder (see :func:`data_dir_for` for the default); built
-            there first if missing or stale.
+        config: The bound recipe config (``data``, ``synth``, ``model``, ``train``, ``evaluate``).
+        data_dir: Dataset folder (built there first when missing or stale).
+    """
+
+    recipe = "dexed_matching"
+
+    def __init__(self, config, data_dir: str | Path):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.settings: TrainConfig = config.train
+        self.fx: FxLayer | None = None
+        self.pseudo_classes: np.ndarray | None = None
+
+    def setup(self, ctx) -> None:
+        import torch.distributed as dist
+
+        self.ctx = ctx
+        if ctx.dist.distributed:
+            if ctx.dist.is_main:
+                ensure_dataset(self.config, self.data_dir)
+            dist.barrier()
+        self.data = ensure_dataset(self.config, self.data_dir, progress=ctx.dist.is_main)
+        self.dcfg = self.data.config
+        self.renderer = self.dcfg.renderer()
+        tc = self.settings
+        self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
+                                  fft_sizes=tc.fft_sizes, reduction="none")
+        self.free = torch.from_numpy(numeric_free_mask())
+        self.offsets = dict(zip(STAGES, np.cumsum([0, tc.ploss_steps, tc.crossfade_steps, tc.synth_steps]).tolist()))
+
+    def build_model(self) -> DexedEstimator:
+        self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate, **dataclasses.asdict(self.config.model))
+        return self.model
+
+    def stages(self) -> list[Stage]:
+        tc = self.settings
+        spectral = dict(loss=tc.spectral_loss, lr=tc.spectral_learning_rate, grad_clip=GRAD_CLIP, keep_optimizer=True)
+        return [
+            Stage("ploss", steps=tc.ploss_steps, loss="ploss", lr=tc.learning_rate, grad_clip=GRAD_CLIP, save_as="ploss"),
+            Stage("crossfade", steps=tc.crossfade_steps, **spectral),
+            Stage("synth", steps=tc.synth_steps, save_as="synth", **spectral),
+            Stage("real", steps=tc.real_steps, save_as="real", **spectral),
+        ]
+
+    def begin_stage(self, stage: Stage) -> None:
+        if stage.name == "ploss":
+            return
+        tc = self.settings
+        if self.fx is None:
+            from deepafx.chain import chain as make_chain
+
+            slots = tc.batch_size * (1 + 2 * tc.spsa_perturbations) if tc.spsa_mode == "loss" else tc.batch_size
+            spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
+                              name=self.config.synth.backend)
+            self.fx = FxLayer(spec, slots, num_workers=max(1, tc.render_workers // self.ctx.dist.world_size),
+                              estimator="spsa", epsilon=tc.spsa_epsilon,
+                              num_perturbations=tc.spsa_perturbations if tc.spsa_mode == "vjp" else 1,
+                              seed=tc.seed + self.ctx.dist.rank)
+        if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
+            self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
+
+    def _step_seed(self, step: int) -> list[int]:
+        return [self.settings.seed, self.ctx.dist.rank, step]
+
+    def batches(self, stage: Stage, epoch: int, start: int):
+        def gen():
+            for i in range(start, stage.steps):
+                yield stage, i, self.offsets[stage.name] + i
+        return stage.steps, gen()
+
+    def step(self, stage: Stage, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        _, i, gstep = batch
+        tc = self.settings
+        rng = np.random.default_rng(self._step_seed(gstep))
+        alpha = {"ploss": 0.0, "crossfade": (i + 1) / max(tc.crossfade_steps, 1)}.get(stage.name, 1.0)
+        data = self.data
+        if stage.name == "real":
+            idx = rng.integers(0, len(data.ood_audio["train"]), tc.batch_size)
+            target = torch.from_numpy(data.ood_audio["train"][idx])
+            pitch = torch.from_numpy(data.ood_pitch["train"][idx]).float()
+            audio_in, x_true = target, None
+            classes = torch.from_numpy(self.pseudo_classes[idx]).long()
+        else:
+            idx = rng.integers(0, len(data.x["train"]), tc.batch_size)
+            x_true = torch.from_numpy(data.x["train"][idx]).float()
+            audio_in = target = torch.from_numpy(self.renderer.render_batch(data.x["train"][idx]))
+            pitch = torch.from_numpy(data.pitch["train"][idx]).float()
+            classes = None
+        model = self.model
+        heads = self.ctx.net(audio_in)
+        loss = audio_in.new_zeros(())
+        report = audio_in.new_zeros(())
+        info: dict[str, float] = {}
+        if alpha < 1.0:
+            pl, pinfo = model.p_loss(heads, x_true)
+            loss = loss + (1.0 - alpha) * pl
+            info.update(pinfo)
+        if alpha > 0:
+            xn = model.to_normalized(heads, pitch)
+            if tc.spsa_mode == "loss":
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence(self._step_seed(gstep)).generate_state(1)[0]))
+                per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.spsa_epsilon,
+                                                    tc.spsa_perturbations, self.free, gen,
+                                                    grouped_loss=_grouped_loss(self.loss_fn))
+                spec = per_item.mean().to(xn.dtype)
+                # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the batch)
+                spec_term = (xn * grad.to(xn.dtype)).sum() / len(idx)
+            else:
+                n = self.dcfg.num_samples
+                spec = spec_term = self.loss_fn(self.fx(torch.zeros(len(idx), 1, n), xn), target.float()).mean()
+            if classes is None:
+                _, tgt_classes = model.layout.split_targets(x_true)
+                classes = torch.stack(tgt_classes, 1)
+            anchor = model.discrete_ce(heads, classes)
+            loss = loss + alpha * (tc.spectral_weight * spec_term + tc.anchor_weight * anchor)
+            report = report + alpha * (tc.spectral_weight * spec.detach() + tc.anchor_weight * anchor.detach())
+            info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach())})
+        if alpha < 1.0:
+            report = report + (1.0 - alpha) * pl.detach()
+        info.update({"loss": float(report), "alpha": alpha})
+        return loss, info
+
+    def validate(self, stage: Stage, epoch: int, tb) -> tuple[float, float]:
+        raise NotImplementedError("the Dexed schedule does not validate (its stages are step-based)")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pseudo_classes": self.pseudo_classes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pseudo_classes = state.get("pseudo_classes")
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "model_description": self.model.describe(),
+            "data": {
+                "sample_rate": d.config.sample_rate, "duration_s": d.config.duration_s,
+                "note_duration_s": d.config.note_duration_s, "notes": [list(n) for n in d.config.notes],
+                "multi_note": d.config.multi_note, "reference_level_db": d.reference_level_db,
+            },
+            "retrieval_x": d.x["train"].astype(np.float32),
+            "param_names": dexed_param_table().names,
+        }
+
+    def close(self) -> None:
+        if self.fx is not None:
+            self.fx.close()
+            self.fx = None
+
+
+def train_from_config(config, run_dir: str | Path, data_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train the estimator through all stages on the shared engine.
+
+    Args:
+        config: A bound :class:`~deepafx.recipes.RecipeConfig` or a raw config mapping.
+        run_dir: Run folder (``checkpoints/{last,ploss,synth,real}.pt``, ``history.jsonl`` …).
+        data_dir: Dataset folder (built there first if missing or stale).
+        resume: Continue from ``checkpoints/last.pt``.
 
     Returns:
-        ``out_dir/checkpoints``.
+        ``{"history", "best_valid", "seconds"}``.
 
     Raises:
         ValueError: bad settings; errors of the dataset build and render workers.
     """
-    from tqdm import tqdm
+    from deepafx.recipes import get_recipe
 
-    from deepafx.chain import chain as make_chain
-    from deepafx.fx import FxLayer
-
-    config = apply_overrides(config, overrides)
-    rank, world = _dist_info()
-    distributed = _maybe_init_dist(world)
-    is_main = rank == 0
-    cfg = TrainConfig.from_dict(config.get("train"))
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    if distributed:
-        import torch.distributed as dist
-
-        if is_main:
-            ensure_dataset(config, out, progress, data_dir)
-        dist.barrier()
-    data = ensure_dataset(config, out, progress and is_main, data_dir)
-    dcfg = data.config
-    renderer = dcfg.renderer()
-    torch.manual_seed(cfg.seed + rank)
-    rng = np.random.default_rng(cfg.seed + 1000 * rank)
-
-    model = DexedEstimator(len(dcfg.notes), dcfg.sample_rate, **(config.get("model") or {}))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    state = _State()
-    last = ckpt_dir / "last.pt"
-    if resume and last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["state_dict"])
-        if ck.get("optimizer"):
-            opt.load_state_dict(ck["optimizer"])
-        state.step = int(ck["step"])
-        state.pseudo_classes = ck.get("pseudo_classes")
-        torch.set_rng_state(ck["rng"]["torch"])
-        rng = np.random.default_rng(cfg.seed + 1000 * rank + state.step)
-        if is_main:
-            print(f"resumed from {last} at step {state.step} ({ck['stage']})")
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model)
-    loss_fn = SPECTRAL_LOSSES[cfg.spectral_loss](cfg, dcfg.sample_rate)
-    free = torch.from_numpy(_numeric_free_mask())
-    spsa_gen = torch.Generator().manual_seed(cfg.seed + 7919 * (rank + 1) + state.step)
-
-    writer = None
-    log_file = None
-    if is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except Exception as exc:  # tensorboard missing: keep the JSON log
-            print(f"TensorBoard logging disabled: {exc}")
-        log_file = open(out / "train_log.jsonl", "a")
-
-    x_train = data.x["train"]
-    pitch_train = data.pitch["train"]
-    ood_audio = data.ood_audio["train"]
-    ood_pitch = data.ood_pitch["train"]
-    fx = None
-    n = dcfg.num_samples
-    spec_dexed = {"backend": "dexed", "name": "dexed", "options": {"notes": [list(p) for p in dcfg.notes], "note_duration_s": dcfg.note_duration_s}}
-
-    def save(stage: str, named: str | None = None) -> None:
-        if not is_main:
-            return
-        ck = _checkpoint(model, data, cfg, state, opt, stage)
-        _save(ck, last)
-        if named:
-            _save(ck, ckpt_dir / f"{named}.pt")
-
-    bar = tqdm(total=cfg.total_steps, initial=state.step, disable=not (progress and is_main), desc="dexed train")
-    t_start = time.perf_counter()
-    try:
-        while state.step < cfg.total_steps:
-            stage, alpha = cfg.stage_at(state.step)
-            if stage != "ploss" and fx is None:
-                for g in opt.param_groups:
-                    g["lr"] = cfg.spectral_learning_rate
-                slots = cfg.batch_size * (1 + 2 * cfg.spsa_perturbations) if cfg.spsa_mode == "loss" else cfg.batch_size
-                fx = FxLayer(
-                    make_chain(spec_dexed, sample_rate=dcfg.sample_rate, name="dexed"),
-                    slots,
-                    num_workers=max(1, cfg.render_workers // world),
-                    estimator="spsa",
-                    epsilon=cfg.spsa_epsilon,
-                    num_perturbations=cfg.spsa_perturbations if cfg.spsa_mode == "vjp" else 1,
-                    seed=cfg.seed + rank,
-                )
-            if stage != "ploss" and state.pseudo_classes is None:
-                state.pseudo_classes = _discrete_predictions(model, ood_audio, ood_pitch)
-            model.train()
-            info: dict[str, float] = {}
-            if stage == "real":
-                idx = rng.integers(0, len(ood_audio), cfg.batch_size)
-                target = torch.from_numpy(ood_audio[idx])
-                pitch = torch.from_numpy(ood_pitch[idx]).float()
-                audio_in = target
-                classes = torch.from_numpy(state.pseudo_classes[idx]).long()
-                x_true = None
-            else:
-                idx = rng.integers(0, len(x_train), cfg.batch_size)
-                x_true = torch.from_numpy(x_train[idx]).float()
-                audio_in = torch.from_numpy(renderer.render_batch(x_train[idx]))
-                target = audio_in
-                pitch = torch.from_numpy(pitch_train[idx]).float()
-                classes = None
-            out_heads = net(audio_in)
-            loss = audio_in.new_zeros(())
-            if stage in ("ploss", "crossfade"):
-                pl, pinfo = model.p_loss(out_heads, x_true)
-                loss = loss + (1.0 - alpha) * pl
-                info.update(pinfo)
-            if alpha > 0:
-                xn = model.to_normalized(out_heads, pitch)
-                if cfg.spsa_mode == "loss":
-                    per_item, grad = spsa_loss_gradient(
-                        fx, xn, target.float(), loss_fn, cfg.spsa_epsilon, cfg.spsa_perturbations, free, spsa_gen,
-                        grouped_loss=_grouped_loss(loss_fn),
-                    )
-                    # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the batch)
-                    spec_term = (xn * grad.to(xn.dtype)).sum() / len(idx)
-                    spec = per_item.mean()
-                else:
-                    spec = loss_fn(fx(torch.zeros(len(idx), 1, n), xn), target.float()).mean()
-                    spec_term = spec
-                if classes is None:
-                    _, tgt_classes = model.layout.split_targets(x_true)
-                    classes = torch.stack(tgt_classes, 1)
-                anchor = model.discrete_ce(out_heads, classes)
-                loss = loss + alpha * (cfg.spectral_weight * spec_term + cfg.anchor_weight * anchor)
-                info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach())})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            state.step += 1
-            if alpha > 0 and cfg.spsa_mode == "loss":  # report the actual objective, not the surrogate
-                loss = loss - alpha * cfg.spectral_weight * (spec_term - spec.to(loss.dtype))
-            info.update({"loss": float(loss.detach()), "alpha": alpha})
-            bar.update(1)
-            if is_main and (state.step % cfg.log_every == 0 or state.step == cfg.total_steps):
-                rec = {"step": state.step, "stage": stage, "seconds": round(time.perf_counter() - t_start, 2), **info}
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                bar.set_postfix({k: f"{v:.3g}" for k, v in info.items() if k != "alpha"} | {"stage": stage})
-                if writer is not None:
-                    for k, v in info.items():
-                        writer.add_scalar(f"train/{k}", v, state.step)
-            for st in STAGES:
-                if state.step == cfg.stage_end(st) and st != "crossfade":
-                    if st == "ploss" and state.pseudo_classes is None:
-                        state.pseudo_classes = _discrete_predictions(model, ood_audio, ood_pitch)
-                    save(st, st)
-            if state.step % cfg.checkpoint_every == 0:
-                save(stage)
-        # stages of zero length still get their checkpoint (= model at that point)
-        for st in ("synth", "real"):
-            if is_main and not (ckpt_dir / f"{st}.pt").exists():
-                save(st, st)
-    finally:
-        bar.close()
-        if fx is not None:
-            fx.close()
-        if writer is not None:
-            writer.close()
-        if log_file is not None:
-            log_file.close()
-    if is_main:
-        print(f"training done in {time.perf_counter() - t_start:.0f} s; checkpoints in {ckpt_dir}")
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return ckpt_dir
+    if isinstance(config, Mapping):
+        config = get_recipe("dexed_matching").bind(config)
+    return train(DexedTask(config, data_dir), run_dir, config, resume=resume)
 
 
 @torch.no_grad()
@@ -573,4 +405,5 @@ def _discrete_predictions(model: DexedEstimator, audio: np.ndarray, pitch: np.nd
     return np.concatenate(out) if out else np.zeros((0, model.layout.num_discrete), dtype=np.int64)
 
 
-__all__ = ["STAGES", "TrainConfig", "apply_overrides", "load_estimator", "train_from_config"]
+__all__ = ["STAGES", "SAVED_STAGES", "SYNTHS", "DexedTask", "SynthConfig", "TrainConfig", "ensure_dataset",
+           "load_estimator", "train_from_config"]

@@ -183,31 +183,25 @@ class MusicDataConfig:
         """Build from a config mapping (a recipe's ``data:`` section).
 
         ``preset: quick|full`` selects :data:`PRESETS` defaults that the other
-        keys override. ``out_dir`` is ignored here (the command handles it).
+        keys override.
 
         Raises:
             ValueError: unknown keys (the message lists the allowed ones) or an
                 unknown preset.
         """
         d = dict(d or {})
-        d.pop("out_dir", None)
         preset = d.pop("preset", None)
         base: dict[str, Any] = {}
         if preset is not None:
             if preset not in PRESETS:
                 raise ValueError(f"unknown data preset {preset!r}; choose from {sorted(PRESETS)}")
             base = dict(PRESETS[preset])
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"unknown data settings {unknown}; allowed: {sorted(allowed | {'preset', 'out_dir'})}")
+        from deepafx.config import bind
+
         base.update(d)
-        for key in ("input_lufs_range",):
-            if key in base:
-                base[key] = tuple(float(v) for v in base[key])
-        if "sources" in base:
-            base["sources"] = tuple(base["sources"])
-        return cls(**base)
+        if "input_lufs_range" in base:
+            base["input_lufs_range"] = tuple(float(v) for v in base["input_lufs_range"])
+        return bind(cls, base, "data")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
