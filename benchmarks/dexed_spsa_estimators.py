@@ -6,8 +6,9 @@ original voices' renders (0.5 s notes, multi-scale spectral loss with FFT sizes
 2048–256) with
 
 * ``vjp``: :class:`deepafx.fx.FxLayer`'s estimator, ``g = dL/dy · (y⁺ − y⁻) / (2εΔ)``;
-* ``loss``: :func:`deepafx.recipes.dexed_matching.train.spsa_loss_gradient`, ``g = (L⁺ − L⁻) / (2εΔ)``,
-  the perturbed presets rendered by the same Fx layer's workers.
+* ``loss``: :func:`deepafx.fx.spsa_loss_gradient`, ``g = (L⁺ − L⁻) / (2εΔ)``, the perturbed
+  presets rendered by the same Fx layer's workers (the trainer's ``spsa_mode: loss``,
+  with the same grouped multi-scale spectral loss).
 
 Run: ``python benchmarks/dexed_spsa_estimators.py [--perturbations 2] [--lr 3e-3]``.
 Prints the loss per step, the final loss and the ratio final / start for each.
@@ -28,8 +29,8 @@ def run(mode: str, k: int, lr: float, steps: int, bank_dir) -> dict:
     from deepafx.chain import chain
     from deepafx.recipes.dexed_matching.presets import load_factory_presets, sample_around
     from deepafx.recipes.dexed_matching.search import numeric_free_mask
-    from deepafx.recipes.dexed_matching.train import spsa_loss_gradient
-    from deepafx.fx import FxLayer
+    from deepafx.recipes.dexed_matching.spectral import grouped_mss
+    from deepafx.fx import FxLayer, spsa_loss_gradient
     from deepafx.hosts.dexed_host import DexedRenderer
     from deepafx.losses import MultiResolutionSTFTLoss
 
@@ -48,6 +49,11 @@ def run(mode: str, k: int, lr: float, steps: int, bank_dir) -> dict:
     sizes = (2048, 1024, 512, 256)
     loss_mean = MultiResolutionSTFTLoss(fft_sizes=sizes)
     loss_none = MultiResolutionSTFTLoss(fft_sizes=sizes, reduction="none")
+    overlap = 1.0 - loss_none.hops[0] / sizes[0]
+
+    def grouped(y, t):  # same value as loss_none, each target's spectra computed once
+        return grouped_mss(y, t, sizes, overlap, loss_none.log_weight, loss_none.eps)
+
     theta = torch.nn.Parameter(torch.from_numpy(start[:, free.numpy()]).float())
     fixed = torch.from_numpy(start).float()
     opt = torch.optim.Adam([theta], lr=lr)
@@ -64,7 +70,7 @@ def run(mode: str, k: int, lr: float, steps: int, bank_dir) -> dict:
                 loss.backward()
                 hist.append(float(loss.detach()))
             else:
-                per_item, grad = spsa_loss_gradient(fx, x, target, loss_none, 0.01, k, free, gen)
+                per_item, grad = spsa_loss_gradient(fx, x, target, loss_none, 0.01, k, free, gen, grouped_loss=grouped)
                 ((x * grad.float()).sum() / b).backward()
                 hist.append(float(per_item.mean()))
             opt.step()

@@ -1,21 +1,46 @@
-"""The Fx layer: black-box plugin chains inside a torch graph.
+"""The Fx layer: black-box plugin chains inside a torch graph, and their gradient estimators.
 
 :class:`FxLayer` renders a :class:`~deepafx.chain.ChainSpec` in render worker
-processes (:class:`~deepafx.workers.RenderPool`) and estimates the
-vector–Jacobian product with the upstream gradient for the normalized
-parameters by
+processes (:class:`~deepafx.workers.RenderPool`). Three estimators give
+gradients for the normalized parameters; all draw, mask and clip their
+perturbations and divide by the actual steps through one implementation,
+:mod:`deepafx.spsa` (so a clipped step ``θ⁺_i − θ⁻_i``, ``2εΔ_i`` away from the
+edges of [0, 1], is the denominator everywhere, and a zero step gives a zero
+gradient):
 
-* **SPSA** (Spall, 1992; DeepAFx, Ramírez et al., ICASSP 2021): draw Rademacher
-  ``Δ ∈ {−1, +1}^P``, render ``θ⁺ = clip(θ + εΔ)`` and ``θ⁻ = clip(θ − εΔ)``
-  and use ``g_i = Σ_t dy_t (y⁺_t − y⁻_t) / (θ⁺_i − θ⁻_i)``, averaged over K
-  draws. Two renders per draw whatever P is. Because perturbed values are
-  clipped to [0, 1], the denominator is the *actual* step ``θ⁺_i − θ⁻_i``
-  (``2εΔ_i`` away from the edges), which keeps the estimate unbiased at the
-  boundaries to first order.
-* **Finite differences** (two-sided, one parameter at a time): ``2P`` renders.
+* **VJP-SPSA** (``FxLayer(estimator="spsa")``, the default; Spall, 1992;
+  DeepAFx, Ramírez et al., ICASSP 2021): draw Rademacher ``Δ ∈ {−1, +1}^P``,
+  render ``θ⁺ = clip(θ + εΔ)`` and ``θ⁻ = clip(θ − εΔ)`` and use
+  ``g_i = Σ_t dy_t (y⁺_t − y⁻_t) / (θ⁺_i − θ⁻_i)``, averaged over K draws:
+  the vector–Jacobian product with the upstream gradient ``dy``, i.e. the loss
+  linearized in the audio. Two renders per draw whatever P is, and any loss
+  or differentiable module downstream works through autograd.
+* **Finite differences** (``FxLayer(estimator="fd")``, two-sided, one
+  parameter at a time): ``2P`` renders per item; exact to ``O(ε²)`` for smooth
+  chains.
+* **Loss-SPSA** (:func:`spsa_loss_gradient`): the same Rademacher draws, but
+  ``g_i = mean_k (L⁺_k − L⁻_k) / (θ⁺_ki − θ⁻_ki)`` on a per-item loss of the
+  renders themselves, rendered by the same layer's workers; the loss must be
+  computed by the caller (no autograd through it).
 
-All renders an item needs (main + perturbed) are requested in *one* message per
-worker during the forward pass, so the backward pass only does arithmetic.
+Which to pick:
+
+* VJP-SPSA when the output changes smoothly with the parameters at the scale
+  of ε (effects: compressors, EQs, limiters, gains): it is the cheapest and
+  composes with any downstream graph.
+* Loss-SPSA when a small parameter change decorrelates the waveform while the
+  loss changes smoothly, e.g. a spectral loss through an FM synthesizer: then
+  ``dy · (y⁺ − y⁻)`` is mostly noise. Measured on Dexed
+  (``benchmarks/dexed_spsa_estimators.py``: four factory voices perturbed by
+  σ = 0.08, multi-scale spectral loss, 12 Adam steps, lr 3e-3, K = 2):
+  VJP-SPSA left the loss at 13.96 → 14.14 (no better than the start), loss-SPSA
+  lowered it 13.96 → 11.88.
+* Finite differences for few parameters or as a reference: ``2P`` renders per
+  item (SPSA needs ``2K`` whatever P is), but no draw noise.
+
+Inside the layer, all renders an item needs (main + perturbed) are requested in
+*one* message per worker during the forward pass, so the backward pass only does
+arithmetic.
 
 Gradient with respect to the input audio (``input_grad``):
 
@@ -166,7 +191,8 @@ class FxLayer(nn.Module):
         batch_size: Number of batch slots ``M``. Slot ``i`` keeps its own chain
             instances, so feed it consecutive frames of one stream.
         num_workers: Render worker processes (default: usable CPU cores).
-        estimator: ``"spsa"`` (default) or ``"fd"`` (finite differences).
+        estimator: Name in :data:`ESTIMATORS`: ``"spsa"`` (default, VJP-SPSA) or
+            ``"fd"`` (finite differences); see the module docstring.
         epsilon: Perturbation ε on normalized parameters (default 0.01, DeepAFx),
             or a callable ``step → ε`` such as :class:`ExponentialEpsilon`.
         num_perturbations: SPSA draws K averaged per step (``2K`` renders per item).
@@ -189,6 +215,7 @@ class FxLayer(nn.Module):
     latency; output length always equals input length.
 
     Raises:
+        ValueError: unknown estimator (the known names are listed) or ``input_grad``.
         AudioError: wrong rank, more items than slots, NaN/Inf audio.
         ParameterError: wrong parameter count, NaN, or values outside [0, 1]
             (names the parameter).

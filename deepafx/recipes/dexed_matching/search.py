@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from deepafx.spsa import gradient_from_differences, perturb
 from deepafx.recipes.dexed_matching.presets import set_transpose
 from deepafx.recipes.dexed_matching.spectral import LogMelFeatures, SpectralTarget, log_mel_distance
 from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table, discrete_mask, quantize_normalized
@@ -125,11 +127,13 @@ def spsa_refine(
 ) -> SearchResult:
     """Test-time SPSA refinement of one preset against one target.
 
-    Each step draws Rademacher ``Δ`` on the free entries, renders ``x ± εΔ``,
-    estimates ``g = (L⁺ − L⁻) / (2ε) · Δ`` and takes an Adam step (Kingma & Ba,
-    2015) of size ``learning_rate``; every rendered point is a real preset, and
-    the best one seen (start included) is returned. See `Spall, 1992
-    <https://doi.org/10.1109/9.119632>`_.
+    Each step draws Rademacher ``Δ`` on the free entries and clips ``x ± εΔ`` to
+    [0, 1] (:func:`deepafx.spsa.perturb`, torch generator seeded with ``seed``),
+    renders both, estimates ``g = (L⁺ − L⁻) / (x⁺ − x⁻)`` (:func:`deepafx.spsa.gradient_from_differences`:
+    the actual clipped step, 0 on fixed entries) and takes an Adam step (Kingma
+    & Ba, 2015) of size ``learning_rate``; every rendered point is a real preset,
+    and the best one seen (start included) is returned. Deterministic for a
+    ``seed``. See `Spall, 1992 <https://doi.org/10.1109/9.119632>`_.
 
     Args:
         target: ``(channels, samples)`` target audio (same layout as the renderer).
@@ -159,7 +163,8 @@ def spsa_refine(
     start_loss = float(obj(renderer.render(x))[0])
     if budget_renders <= 1:
         return SearchResult(x, start_loss, start_loss, 1, time.perf_counter() - t0, np.array([start_loss]))
-    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    free_t = torch.as_tensor(free)
     best_x, best = x.copy(), start_loss
     curve = [start_loss]
     theta = x[free].astype(np.float64)
@@ -170,19 +175,16 @@ def spsa_refine(
     renders = 1
     while renders + 2 <= budget_renders:
         step += 1
-        delta = rng.integers(0, 2, size=theta.shape) * 2.0 - 1.0
-        plus, minus = np.clip(theta + epsilon * delta, 0, 1), np.clip(theta - epsilon * delta, 0, 1)
-        xp, xm = x.copy(), x.copy()
-        xp[free], xm[free] = plus, minus
+        pert = perturb(torch.from_numpy(x)[None], epsilon, "spsa", 1, free_t, gen)
+        xp, xm = pert.plus[0, 0].numpy(), pert.minus[0, 0].numpy()
         losses = obj(np.stack([renderer.render(xp), renderer.render(xm)]))
         renders += 2
         for cand, loss in ((xp, losses[0]), (xm, losses[1])):
             if loss < best:
                 best, best_x = float(loss), quantize_normalized(cand)
             curve.append(best)
-        step_size = plus - minus
-        g = (losses[0] - losses[1]) / np.where(step_size == 0, 1.0, step_size)
-        g = np.where(step_size == 0, 0.0, g)
+        diff = torch.tensor([[float(losses[0]) - float(losses[1])]], dtype=torch.float64)
+        g = gradient_from_differences(diff, pert.step, pert.num_draws)[0].numpy()[free]
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         mh, vh = m / (1 - b1**step), v / (1 - b2**step)
