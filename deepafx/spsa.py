@@ -142,9 +142,11 @@ def gradient_from_differences(differences: torch.Tensor, step: torch.Tensor, num
             f"need differences (batch, R) and step (batch, R, num_params), got {tuple(differences.shape)} and {tuple(step.shape)}"
         )
     step = step.to(torch.float64)
-    d = differences.to(torch.float64)[:, :, None]
     safe = torch.where(step == 0, torch.ones_like(step), step)
-    return torch.where(step != 0, d / safe, torch.zeros_like(step)).sum(1) / int(num_draws)
+    # weights 1 / (D · step) first, then one contraction over r: the order of operations
+    # is part of the contract (runs are reproduced bit for bit across versions).
+    weights = torch.where(step != 0, 1.0 / (int(num_draws) * safe), torch.zeros_like(step))
+    return torch.einsum("br,brp->bp", differences.to(torch.float64), weights)
 
 
 __all__ = ["METHODS", "Perturbation", "gradient_from_differences", "perturb"]

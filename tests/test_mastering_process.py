@@ -19,11 +19,12 @@ import soundfile as sf
 import soxr
 import torch
 
+from deepafx.audio import conform
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
 from deepafx.config import load_config
 from deepafx.recipes.mastering.model import MasteringModel, ModelConfig, model_from_checkpoint, predict_automation
-from deepafx.recipes.mastering.process import Automation, conform_input, process_file
+from deepafx.recipes.mastering.process import Automation, process_file
 from deepafx.trainer import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -149,14 +150,14 @@ def test_resamples_and_duplicates_mono(checkpoint, clip, tmp_path):
     info = sf.info(str(tmp_path / "out.wav"))
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (48000, 2, len(mono48), "FLOAT")
     assert res.input_channels == 1 and res.output_channels == 2
-    assert any("resampled 48000 Hz -> 44100 Hz" in n for n in res.notes)
+    assert any("resampled from 48000 Hz to 44100 Hz" in n and "back to 48000 Hz" in n for n in res.notes)
     assert any("mono input duplicated" in n for n in res.notes)
     y = sf.read(str(tmp_path / "out.wav"), dtype="float32", always_2d=True)[0].T
     np.testing.assert_allclose(y[0], y[1], atol=1e-6)  # identical channels in, identical out
     # The 48 kHz path masters like the 44.1 kHz one: same loudness within 0.5 LU.
     from deepafx.metrics import lufs
 
-    direct, notes = conform_input(x.mean(1)[None], sr, sr)
+    direct, notes = conform(x.mean(1)[None], sr, sr, 2)
     assert direct.shape == (2, len(x)) and notes == [notes[0]] and "mono" in notes[0]
     inp44 = tmp_path / "mono44.wav"
     sf.write(str(inp44), x.mean(1), sr, subtype="FLOAT")
@@ -170,31 +171,29 @@ def _write(path: Path, data: np.ndarray, sr: int = 44100, subtype: str = "FLOAT"
     return path
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "silence", "zero_length", "missing", "not_audio", "six_channels"])
+# Silence and six channels are processed now (tests/test_audio_io.py).
+@pytest.mark.parametrize("case", ["nan", "inf", "zero_length", "missing", "not_audio"])
 def test_bad_input_fails_cleanly(checkpoint, tmp_path, capsys, case):
     rng = np.random.default_rng(0)
     noise = (0.1 * rng.standard_normal((22050, 2))).astype(np.float32)
     inp = tmp_path / "in.wav"
     expect = {
-        "nan": "NaN/Inf", "inf": "NaN/Inf", "silence": "silent", "zero_length": "no audio",
-        "missing": "not found", "not_audio": "cannot read", "six_channels": "6 channels",
+        "nan": "NaN/Inf", "inf": "NaN/Inf", "zero_length": "no audio",
+        "missing": "not found", "not_audio": "cannot read",
     }[case]
     if case in ("nan", "inf"):
         noise[1000, 1] = np.nan if case == "nan" else np.inf
         _write(inp, noise)
-    elif case == "silence":
-        _write(inp, np.zeros((22050, 2), np.float32), subtype="PCM_16")
     elif case == "zero_length":
         _write(inp, np.zeros((0, 2), np.float32))
     elif case == "not_audio":
         inp.write_text("this is not a wav file\n")
-    elif case == "six_channels":
-        _write(inp, (0.1 * rng.standard_normal((22050, 6))).astype(np.float32))
     out, auto = tmp_path / "out.wav", tmp_path / "auto.json"
     rc = main(["process", "--checkpoint", str(checkpoint), str(inp), str(out), "--automation", str(auto)])
     err = capsys.readouterr().err
     assert rc == 1
     assert expect in err, err
+    assert err.count("\n") == 1 and err.startswith("deepafx process: error: "), err
     assert not out.exists() and not auto.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

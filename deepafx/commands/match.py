@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -68,41 +67,33 @@ def prepare_input(
 ) -> np.ndarray:
     """Read ``path`` and return ``(num_channels, samples)`` float32 at ``sample_rate`` Hz, ``duration_s`` long.
 
-    Conversions (each reported through ``say``): channel downmix (single-note
-    models), resampling with soxr, leading-silence trim, cut or zero-pad to the
-    model's duration, RMS level set to the training reference.
+    Reading and the channel/rate conversion are :mod:`deepafx.audio`'s
+    (:func:`~deepafx.audio.read_audio`, :func:`~deepafx.audio.conform`).
+    Conversions (each reported through ``say``): channels averaged to mono
+    (single-note models), resampling with soxr, leading-silence trim, cut or
+    zero-pad to the model's duration, RMS level set to the training reference.
 
     Raises:
         FileNotFoundError: missing file.
-        MatchInputError: unreadable, silent, too short, or with the wrong channel count.
+        AudioError: (a ValueError) unreadable, truncated, empty or NaN/Inf file.
+        MatchInputError: silent, too short, or with the wrong channel count.
     """
-    import soundfile as sf
-    import soxr
+    from deepafx.audio import conform, read_audio
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"input audio not found: {p}")
-    try:
-        audio, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise MatchInputError(f"cannot read {p} as audio ({exc}); use WAV, FLAC or OGG") from exc
-    audio = audio.T  # (channels, samples)
-    if audio.shape[1] == 0:
-        raise MatchInputError(f"{p} holds no samples")
-    if not np.all(np.isfinite(audio)):
-        raise MatchInputError(f"{p} holds NaN or Inf samples")
-    if num_channels == 1 and audio.shape[0] > 1:
-        say(f"input has {audio.shape[0]} channels: averaged to mono")
-        audio = audio.mean(axis=0, keepdims=True)
-    elif audio.shape[0] != num_channels:
+    src = read_audio(p)
+    for w in src.warnings:
+        say(f"warning: {w}")
+    audio = src.audio
+    if num_channels != 1 and audio.shape[0] != num_channels:
         raise MatchInputError(
             f"this checkpoint was trained on {num_channels} notes as channels (multi-note input); "
             f"{p} has {audio.shape[0]} channel(s). Give a {num_channels}-channel file, one note per channel, "
             "or use a single-note checkpoint"
         )
-    if int(sr) != int(sample_rate):
-        say(f"resampled from {sr} Hz to {int(sample_rate)} Hz")
-        audio = soxr.resample(audio.T, sr, sample_rate).T.astype(np.float32)
+    audio, conversions = conform(audio, src.sample_rate, sample_rate, num_channels, channel_mask=src.channel_mask)
+    for note in conversions:
+        say(note)
     peak = float(np.max(np.abs(audio)))
     if peak <= 10 ** (SILENCE_PEAK_DB / 20):
         raise MatchInputError(f"{p} is silent (peak {20 * np.log10(peak + 1e-12):.1f} dBFS); give a recording of one note")
@@ -183,17 +174,10 @@ def spectrogram_png(target: np.ndarray, match: np.ndarray, sample_rate: float, p
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (MatchInputError, FileNotFoundError, ValueError) as exc:
-        print(f"deepafx match: error: {exc}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
-    import soundfile as sf
+    """``deepafx match``; errors are raised and printed in one line by :func:`deepafx.cli.main`."""
     import torch
 
+    from deepafx.audio import encode_audio, write_files_atomic
     from deepafx.recipes.dexed_matching.model import predict
     from deepafx.recipes.dexed_matching.presets import set_transpose, write_bank, write_single_voice
     from deepafx.recipes.dexed_matching.search import RetrievalIndex, spsa_refine
@@ -245,8 +229,6 @@ def _run(args: argparse.Namespace) -> int:
     name = (args.name or Path(args.input).stem).upper()[:10]
     write_single_voice(out / "preset.syx", x, name)
     write_bank(out / "preset_bank.syx", [(name, x)])
-    sf.write(out / "match.wav", match.T, int(sr), subtype="FLOAT")
-    sf.write(out / "target.wav", target.T, int(sr), subtype="FLOAT")
     lsd = lsd_db(match, target)
     mss = float(objective(match)[0])
     spectrogram_png(target, match, sr, out / "comparison.png", f"{Path(args.input).name}: LSD {lsd:.1f} dB")
@@ -263,7 +245,11 @@ def _run(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - t0,
         "parameters": {p.name: (int(round(v)) if p.is_discrete or p.max == 99 else float(v)) for p, v in zip(table, values)},
     }
-    (out / "preset.json").write_text(json.dumps(info, indent=2))
+    write_files_atomic([
+        (out / "match.wav", encode_audio(match, sr, "WAV", "FLOAT")[0]),
+        (out / "target.wav", encode_audio(target, sr, "WAV", "FLOAT")[0]),
+        (out / "preset.json", json.dumps(info, indent=2).encode()),
+    ])
     print(f"LSD {lsd:.2f} dB, multi-scale spectral loss {mss:.3f}; algorithm {int(values[table.index('algorithm')])}")
     print(f"wrote {out / 'preset.syx'} (single voice), {out / 'preset_bank.syx'} (bank), match.wav, target.wav, comparison.png, preset.json")
     return 0

@@ -3,8 +3,12 @@
 Predicts per-frame chain parameters, renders the chain, and writes the mastered
 audio, optionally the parameter automation (JSON or CSV, plugin units) and a
 PNG figure. Any sample rate (resampled with soxr to the model's and back) and
-mono or stereo input (mono is duplicated: the output is stereo). Existing
-outputs are never overwritten without ``--force``; a failed run writes nothing.
+any channel count (the output is stereo: mono is duplicated, 5.1 is downmixed
+with the ITU-R BS.775 coefficients, other counts are averaged; see
+:mod:`deepafx.audio`). A silent input is processed with a warning on stderr.
+Existing outputs are never overwritten without ``--force``; a failed run
+writes nothing and leaves existing files as they were. Errors are printed in
+one line by :func:`deepafx.cli.main`.
 """
 
 from __future__ import annotations
@@ -17,17 +21,14 @@ import sys
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from deepafx.hosts.base import PluginError
     from deepafx.recipes.mastering.process import process_file
 
-    try:
-        result = process_file(
-            args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
-            block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
-        )
-    except (OSError, ValueError, RuntimeError, PluginError) as exc:
-        print(f"deepafx process: error: {exc}", file=sys.stderr)
-        return 1
+    result = process_file(
+        args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
+        block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
+    )
+    for w in result.warnings:
+        print(f"deepafx process: warning: {w}", file=sys.stderr)
     print(result.summary())
     return 0
 
@@ -35,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "process", help="master an audio file with a trained mastering model",
-        description="Master IN with a trained mastering checkpoint and write OUT (same rate as IN, stereo). "
+        description="Master IN with a trained mastering checkpoint and write OUT (same rate as IN, stereo; "
+                    "mono is duplicated, 5.1 downmixed by ITU-R BS.775, other channel counts averaged). "
                     "Optionally write the parameter automation (.json/.csv, plugin units) and a PNG figure.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or run folder (best.pt, else last.pt)")
-    p.add_argument("input", metavar="IN", help="input audio (any rate, mono or stereo, any length)")
+    p.add_argument("input", metavar="IN", help="input audio (any rate, any channel count, any length)")
     p.add_argument("output", metavar="OUT", help="mastered audio; format from the extension (.wav, .flac, .aiff …)")
     p.add_argument("--automation", metavar="FILE", default=None,
                    help="write per-frame parameters to FILE (.json or .csv): time in s, values in plugin units")
@@ -50,5 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoothing-frames", type=int, default=3,
                    help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details (worker restarts, notes)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log details (worker restarts, notes); show the traceback of an error")
     p.set_defaults(func=run)

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.signal
-import soundfile as sf
-import soxr
 
+from deepafx.audio import SILENCE_DBFS, read_audio, resample, silence_warning
 from deepafx.hosts.base import AudioError
 
 logger = logging.getLogger(__name__)
@@ -45,8 +44,6 @@ __all__ = ["Pair", "estimate_lag", "load_pairs"]
 
 #: File extensions read (anything libsndfile decodes).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
-#: Peak level (dBFS) below which a file counts as silent.
-SILENCE_DBFS = -90.0
 
 
 @dataclass
@@ -103,25 +100,26 @@ def _list_audio(folder: Path, role: str) -> dict[str, Path]:
 
 
 def _read(path: Path, sample_rate: int, notes: list[str]) -> np.ndarray:
-    """Read ``path`` as ``(channels, samples)`` float32 at ``sample_rate`` Hz."""
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile raises RuntimeError / LibsndfileError / TypeError
-        raise AudioError(f"cannot read {path}: {exc}") from exc
-    audio = np.ascontiguousarray(data.T)
-    if audio.shape[1] == 0:
-        raise AudioError(f"{path} has no samples")
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"{path} contains NaN or Inf samples")
-    peak = float(np.max(np.abs(audio)))
-    if peak == 0.0 or 20.0 * np.log10(peak) < SILENCE_DBFS:
-        raise AudioError(f"{path} is silent (peak below {SILENCE_DBFS:.0f} dBFS)")
-    if rate != sample_rate:
-        msg = f"{path.name}: resampled {rate} Hz -> {sample_rate} Hz (soxr)"
+    """Read ``path`` (:func:`deepafx.audio.read_audio`) as ``(channels, samples)`` float32 at ``sample_rate`` Hz.
+
+    Raises:
+        AudioError: unreadable, truncated, empty, NaN/Inf, or silent (a silent
+            file cannot be aligned or learned from).
+    """
+    src = read_audio(path)
+    silent = silence_warning(src.audio, str(path), SILENCE_DBFS)
+    if silent:
+        raise AudioError(f"{silent}; a silent file cannot be aligned or learned from: remove the pair")
+    for w in src.warnings:
+        logger.warning(w)
+        notes.append(w)
+    audio = src.audio
+    if src.sample_rate != sample_rate:
+        msg = f"{path.name}: resampled {src.sample_rate} Hz -> {sample_rate} Hz (soxr)"
         logger.warning(msg)
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
-        audio = np.ascontiguousarray(soxr.resample(audio.T, rate, sample_rate, quality="VHQ").T, dtype=np.float32)
+        audio = resample(audio, src.sample_rate, sample_rate)
     return audio
 
 

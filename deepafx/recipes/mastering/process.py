@@ -9,22 +9,29 @@ in small blocks whose parameters are interpolated from the curves
 (:func:`deepafx.recipes.mastering.model.predict_automation`,
 :func:`deepafx.recipes.mastering.model.render_automation`).
 
-Input handling, stated in :attr:`MasteredAudio.notes` and by the command:
+Input handling (reading and conversion are :mod:`deepafx.audio`'s), stated in
+:attr:`MasteredAudio.notes` and by the command:
 
 * **Sample rate**: any. Audio at another rate than the model's is resampled
   with soxr (very high quality) to the model's rate, processed, and resampled
   back, so the output has the input's rate and exactly its number of samples.
-* **Channels**: mono is duplicated to two channels (the model and the chain
-  were trained on stereo), so a mono input gives a *stereo* output; stereo is
-  processed as is; more than two channels is an error (downmix first).
+* **Channels**: the model and the chain were trained on stereo, so the output
+  is always stereo: mono is duplicated, six channels are downmixed as 5.1 with
+  the ITU-R BS.775 coefficients, other counts are averaged
+  (:func:`deepafx.audio.downmix`).
 * **Length**: any non-zero length (frames are zero-padded at the end).
-* **Refused**: missing or unreadable files, zero-length audio, NaN/Inf
-  samples, digital silence (sample peak below ``SILENCE_DBFS``), and
-  checkpoints of another recipe. Nothing is written then.
+* **Silence** (sample peak at or below :data:`deepafx.audio.SILENCE_DBFS`) is
+  processed with a warning (:attr:`MasteredAudio.warnings`): an album with a
+  silent track still masters. Digital silence gives digital silence through
+  the built-in chain; whatever the chain gives, a non-finite output is an error.
+* **Refused**: missing, unreadable or truncated files, zero-length audio,
+  NaN/Inf samples, and checkpoints of another recipe. Nothing is written then.
 
-Writing is atomic: every output goes to a temporary file in its destination
-folder, and only when all of them are complete are they renamed over their
-final names; an existing output is refused unless ``force=True``.
+Writing is atomic (:func:`deepafx.audio.write_files_atomic`): every output goes
+to a temporary file in its destination folder, and only when all of them are
+complete are they renamed over their final names; an existing output is refused
+unless ``force=True``, and stays byte-identical when a run fails. New files get
+the permissions the umask gives.
 """
 
 from __future__ import annotations
@@ -33,17 +40,16 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
-import soundfile as sf
-import soxr
 
+from deepafx.audio import (check_audio, conform, encode_audio, output_format, peak_dbfs, read_audio, resample,
+                           silence_warning, write_files_atomic)
+from deepafx.hosts.base import PluginError
 from deepafx.params import ParamTable
 
 log = logging.getLogger(__name__)
@@ -52,22 +58,16 @@ __all__ = [
     "Automation",
     "MasteredAudio",
     "ProcessResult",
-    "SILENCE_DBFS",
-    "check_audio_content",
-    "conform_input",
     "load_mastering_checkpoint",
     "master_audio",
     "process_file",
-    "read_audio",
     "resolve_checkpoint_path",
 ]
 
 #: Recipe name a checkpoint must carry.
 RECIPE = "mastering"
-#: Inputs whose sample peak is below this level (dBFS) are refused as silent.
-SILENCE_DBFS = -90.0
-#: Subtypes kept from the input when the output format supports them.
-_KEEP_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
+#: Channels the mastering model and its chain process.
+MODEL_CHANNELS = 2
 _CHECKPOINT_KEYS = ("config", "chain", "num_params", "model")
 
 
@@ -109,15 +109,18 @@ def load_mastering_checkpoint(path: str | Path):
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        RuntimeError: the file is not a readable checkpoint.
-        ValueError: a checkpoint of another recipe, or one lacking the keys
-            ``config``, ``chain``, ``num_params``, ``model``.
+        ValueError: the file is not a readable checkpoint, a checkpoint of
+            another recipe, or one lacking the keys ``config``, ``chain``,
+            ``num_params``, ``model``.
     """
     from deepafx.recipes.mastering.model import model_from_checkpoint
     from deepafx.trainer import load_checkpoint
 
     p = resolve_checkpoint_path(path)
-    ckpt = load_checkpoint(p)
+    try:
+        ckpt = load_checkpoint(p)
+    except RuntimeError as exc:  # a damaged or foreign file: the user's to fix
+        raise ValueError(str(exc)) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{p} is not a deepafx checkpoint (got a {type(ckpt).__name__}, expected a dict)")
     recipe = _checkpoint_recipe(ckpt)
@@ -134,124 +137,6 @@ def load_mastering_checkpoint(path: str | Path):
     except (RuntimeError, KeyError, TypeError) as exc:
         raise ValueError(f"{p}: the model weights do not match the model settings stored with them: {exc}") from exc
     return model, ckpt, p
-
-
-# --------------------------------------------------------------------------- audio in
-@dataclass
-class AudioFile:
-    """Audio read from disk.
-
-    Attributes:
-        audio: ``(channels, samples)`` float32, full scale 1.0.
-        sample_rate: Hz.
-        format: soundfile container format (``"WAV"``, ``"FLAC"`` …).
-        subtype: soundfile sample format (``"PCM_16"``, ``"FLOAT"`` …).
-        path: Where it came from.
-    """
-
-    audio: np.ndarray
-    sample_rate: int
-    format: str
-    subtype: str
-    path: Path
-
-    @property
-    def seconds(self) -> float:
-        return self.audio.shape[1] / self.sample_rate
-
-
-def read_audio(path: str | Path) -> AudioFile:
-    """Read an audio file with soundfile and validate its content.
-
-    Args:
-        path: Any format libsndfile reads (WAV, FLAC, AIFF, OGG, MP3 …).
-
-    Returns:
-        :class:`AudioFile`.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not readable as audio, zero-length, NaN/Inf samples or
-            digital silence (see :func:`check_audio_content`).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"input audio not found: {p}")
-    try:
-        info = sf.info(str(p))
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError by version
-        raise ValueError(
-            f"cannot read {p} as audio ({exc}); use a format libsndfile reads: {', '.join(sorted(sf.available_formats()))}"
-        ) from exc
-    audio = np.ascontiguousarray(data.T)
-    check_audio_content(audio, int(rate), what=str(p))
-    return AudioFile(audio, int(rate), info.format, info.subtype, p)
-
-
-def check_audio_content(audio: np.ndarray, sample_rate: float, what: str = "audio",
-                        silence_dbfs: float = SILENCE_DBFS) -> None:
-    """Refuse audio a mastering model cannot meaningfully process.
-
-    Args:
-        audio: ``(channels, samples)``.
-        sample_rate: Hz (used to report positions in seconds).
-        what: Name used in messages (a file path).
-        silence_dbfs: Sample-peak level (dBFS) at or below which audio is silent.
-
-    Raises:
-        ValueError: zero channels or samples, NaN/Inf (first position given in
-            seconds), or a sample peak at or below ``silence_dbfs``.
-    """
-    if audio.ndim != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"{what} holds no audio (shape {audio.shape}); give a file with at least one sample")
-    finite = np.isfinite(audio)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        ch, t = int(bad[0, 0]), int(bad[0, 1])
-        raise ValueError(
-            f"{what} contains {len(bad)} NaN/Inf sample(s), the first in channel {ch} at {t / sample_rate:.4f} s "
-            f"(sample {t}); repair or re-export the file"
-        )
-    peak = float(np.max(np.abs(audio)))
-    peak_db = -np.inf if peak == 0 else 20 * np.log10(peak)
-    if peak_db <= silence_dbfs:
-        level = "digital silence" if peak == 0 else f"sample peak {peak_db:.1f} dBFS"
-        raise ValueError(f"{what} is silent ({level}, at or below {silence_dbfs:g} dBFS); there is nothing to master")
-
-
-def conform_input(audio: np.ndarray, sample_rate: float, model_sample_rate: float) -> tuple[np.ndarray, list[str]]:
-    """Bring audio to the model's format: two channels at ``model_sample_rate``.
-
-    Args:
-        audio: ``(channels, samples)`` float32 with 1 or 2 channels.
-        sample_rate: Rate of ``audio`` in Hz.
-        model_sample_rate: Rate of the model and its chain in Hz.
-
-    Returns:
-        ``(audio_model (2, samples_model) float32, notes)`` where ``notes``
-        says what was changed (empty when nothing was).
-
-    Raises:
-        ValueError: more than two channels (downmix first).
-    """
-    notes = []
-    c = audio.shape[0]
-    if c > 2:
-        raise ValueError(
-            f"input has {c} channels; the mastering model processes mono or stereo. Downmix to stereo first "
-            "(e.g. `ffmpeg -i IN -ac 2 OUT.wav`)"
-        )
-    if c == 1:
-        audio = np.repeat(audio, 2, axis=0)
-        notes.append("mono input duplicated to 2 channels (the model masters stereo): the output is stereo")
-    if float(sample_rate) != float(model_sample_rate):
-        audio = soxr.resample(np.ascontiguousarray(audio.T), float(sample_rate), float(model_sample_rate), quality="VHQ").T
-        notes.append(
-            f"resampled {sample_rate:g} Hz -> {model_sample_rate:g} Hz for the model and back to {sample_rate:g} Hz "
-            "for the output (soxr, very high quality)"
-        )
-    return np.ascontiguousarray(audio, dtype=np.float32), notes
 
 
 # --------------------------------------------------------------------------- automation
@@ -348,6 +233,7 @@ class MasteredAudio:
         predict_seconds: Wall time of the encoder, seconds.
         render_seconds: Wall time of rendering (worker start included), seconds.
         resample_seconds: Wall time of resampling both ways, seconds.
+        warnings: Doubts about the input that did not stop processing (silence).
     """
 
     audio: np.ndarray
@@ -357,6 +243,7 @@ class MasteredAudio:
     predict_seconds: float
     render_seconds: float
     resample_seconds: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -375,12 +262,14 @@ class MasteredAudio:
 
 
 def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
-                 smoothing_frames: int = 3, batch_size: int = 16, timeout_s: float = 120.0) -> MasteredAudio:
+                 smoothing_frames: int = 3, batch_size: int = 16, timeout_s: float = 120.0,
+                 channel_mask: int | None = None, what: str = "input") -> MasteredAudio:
     """Master ``audio`` with ``model``: predict the automation and render the chain.
 
     Args:
         model: A :class:`~deepafx.recipes.mastering.model.MasteringModel` in eval mode.
-        audio: ``(channels, samples)`` float32, 1 or 2 channels, any length >= 1.
+        audio: ``(channels, samples)`` float32, any channel count (converted to
+            stereo by :func:`deepafx.audio.downmix`), any length >= 1.
         sample_rate: Rate of ``audio`` in Hz (any; resampled with soxr when it
             differs from ``model.sample_rate``).
         block_samples: Render block in samples at the model's rate; each block
@@ -388,6 +277,9 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         smoothing_frames: Centred moving average over frames (1 = no smoothing).
         batch_size: Context windows per encoder call.
         timeout_s: Longest one render request may take, seconds.
+        channel_mask: Speaker mask of the input file, if known (see
+            :func:`deepafx.audio.downmix`).
+        what: Name of the input in messages (a file path).
 
     Returns:
         :class:`MasteredAudio`: stereo output at ``sample_rate`` with as many
@@ -397,7 +289,9 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         renders it.
 
     Raises:
-        ValueError: bad settings, more than two channels, NaN/Inf or silence.
+        ValueError: bad settings, zero-length audio or NaN/Inf samples
+            (:class:`~deepafx.hosts.base.AudioError`).
+        deepafx.hosts.base.PluginError: the chain rendered NaN/Inf samples.
         deepafx.workers.WorkerError: the chain crashed or hung in its worker.
     """
     from deepafx.recipes.mastering.model import predict_automation, render_automation
@@ -409,10 +303,18 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None]
-    check_audio_content(audio, sample_rate)
+    check_audio(audio, sample_rate, what=what)
+    warnings = []
+    silent = silence_warning(audio, what)
     n_in = audio.shape[1]
     t0 = time.perf_counter()
-    x, notes = conform_input(audio, sample_rate, model.sample_rate)
+    x, notes = conform(audio, sample_rate, sample_rate, MODEL_CHANNELS, channel_mask=channel_mask)
+    if notes and audio.shape[0] == 1:
+        notes[0] += " (the model masters stereo): the output is stereo"
+    if float(sample_rate) != float(model.sample_rate):
+        x = resample(x, sample_rate, model.sample_rate)
+        notes.append(f"resampled from {sample_rate:g} Hz to {model.sample_rate:g} Hz for the model and back to "
+                     f"{sample_rate:g} Hz for the output (soxr, very high quality)")
     t_resample = time.perf_counter() - t0
     t0 = time.perf_counter()
     times_s, params = predict_automation(model, x, batch_size=batch_size, smoothing_frames=int(smoothing_frames))
@@ -421,72 +323,27 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
     y = render_automation(model.chain, x, times_s, params, block_samples=int(block_samples), timeout_s=timeout_s)
     t_render = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if float(sample_rate) != float(model.sample_rate):
-        y = soxr.resample(np.ascontiguousarray(y.T), float(model.sample_rate), float(sample_rate), quality="VHQ").T
-    y = np.asarray(y, dtype=np.float32)
+    y = resample(y, model.sample_rate, sample_rate)
     if y.shape[1] >= n_in:
         y = y[:, :n_in]
     else:  # soxr may return a sample or two fewer
         y = np.concatenate([y, np.zeros((y.shape[0], n_in - y.shape[1]), np.float32)], axis=1)
     t_resample += time.perf_counter() - t0
+    bad = int(np.count_nonzero(~np.isfinite(y)))
+    if bad:
+        raise PluginError(f"the chain {model.chain.name!r} rendered {bad} NaN/Inf sample(s) from {what}; "
+                          "nothing written")
+    if silent:
+        out_level = peak_dbfs(y)
+        out_desc = "silent too" if out_level == -np.inf else f"peaks at {out_level:.1f} dBFS"
+        warnings.append(f"{silent}: processed anyway; the output is {out_desc}")
     table = model.chain.param_table
     auto = Automation(times_s, params, table)
-    return MasteredAudio(np.ascontiguousarray(y), float(sample_rate), auto, notes, t_predict, t_render, t_resample)
+    return MasteredAudio(np.ascontiguousarray(y), float(sample_rate), auto, notes, t_predict, t_render, t_resample,
+                         warnings)
 
 
 # --------------------------------------------------------------------------- writing
-def _output_format(out_path: Path, in_subtype: str | None) -> tuple[str, str, str | None]:
-    """``(format, subtype, note)`` for ``out_path``: the input's subtype when the format takes it, float otherwise."""
-    ext = out_path.suffix.lower().lstrip(".")
-    formats = {k.lower(): k for k in sf.available_formats()}
-    aliases = {"aif": "aiff", "oga": "ogg", "wave": "wav"}
-    fmt = formats.get(aliases.get(ext, ext))
-    if fmt is None:
-        raise ValueError(
-            f"cannot tell the audio format of {out_path} from its extension; use one of "
-            f"{', '.join('.' + k for k in sorted(formats))}"
-        )
-    if in_subtype in _KEEP_SUBTYPES and sf.check_format(fmt, in_subtype):
-        return fmt, in_subtype, None
-    for st in ("FLOAT", "PCM_24"):
-        if sf.check_format(fmt, st):
-            return fmt, st, f"output written as {st} ({in_subtype or 'unknown'} input subtype does not suit {fmt})"
-    st = sf.default_subtype(fmt)
-    return fmt, st, f"output written as {st}, the default of {fmt}"
-
-
-def _encode_audio(audio: np.ndarray, sample_rate: float, fmt: str, subtype: str) -> tuple[bytes, int]:
-    """Encode to bytes; PCM/compressed formats are clipped to [-1, 1]. Returns ``(bytes, clipped_samples)``."""
-    data = np.asarray(audio, dtype=np.float32)
-    clipped = 0
-    if subtype not in ("FLOAT", "DOUBLE"):
-        clipped = int(np.count_nonzero(np.abs(data) > 1.0))
-        data = np.clip(data, -1.0, 1.0)
-    buf = io.BytesIO()
-    sf.write(buf, data.T, int(round(sample_rate)), subtype=subtype, format=fmt)
-    return buf.getvalue(), clipped
-
-
-def _write_all_atomic(outputs: Sequence[tuple[Path, bytes]]) -> None:
-    """Write every ``(path, bytes)`` to a temporary file beside it, then rename all; on error nothing changes."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, data in outputs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
 def _render_plot_png(plot_fn: Callable[..., Any], *args, **kwargs) -> bytes:
     buf = io.BytesIO()
     plot_fn(buf, *args, **kwargs)
@@ -512,6 +369,8 @@ class ProcessResult:
         notes: Everything changed on the way (resampling, channels, subtype, clipping).
         automation: The automation (plugin units).
         checkpoint_path: The checkpoint file used.
+        warnings: Doubts about the input that did not stop processing (silence,
+            a possibly truncated MP3/Ogg); the command prints them to stderr.
     """
 
     output_path: Path
@@ -528,6 +387,7 @@ class ProcessResult:
     notes: list[str]
     automation: Automation
     checkpoint_path: Path
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Human-readable report for the command line."""
@@ -553,7 +413,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
 
     Args:
         checkpoint: Mastering checkpoint file or run folder.
-        input_path: Audio file: any rate, 1 or 2 channels, any length.
+        input_path: Audio file: any rate, any channel count (see
+            :func:`deepafx.audio.downmix`), any length.
         output_path: Mastered audio; format from the extension; the input's
             subtype when the format supports it (PCM 16/24/32, float), float
             otherwise. PCM outputs are clipped to full scale (counted in notes).
@@ -572,8 +433,10 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
     Raises:
         FileExistsError: an output exists and ``force`` is False (nothing written).
         FileNotFoundError: missing input or checkpoint.
-        ValueError: unreadable/zero-length/NaN/silent input, too many channels,
-            wrong extensions, a checkpoint of another recipe, bad settings.
+        ValueError: unreadable, truncated, zero-length or NaN/Inf input
+            (:class:`~deepafx.hosts.base.AudioError`), wrong extensions, an
+            unreadable checkpoint or one of another recipe, bad settings.
+        deepafx.hosts.base.PluginError: the chain rendered NaN/Inf.
         deepafx.workers.WorkerError: the chain crashed or hung.
     """
     from deepafx.recipes.mastering.plots import plot_process
@@ -595,16 +458,17 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace")
-    _output_format(out, None)  # validates the extension before any work
+    output_format(out)  # validates the extension before any work
     src = read_audio(inp)
-    fmt, subtype, fmt_note = _output_format(out, src.subtype)
+    fmt, subtype, fmt_note = output_format(out, src.subtype)
     model, ckpt, ckpt_path = load_mastering_checkpoint(checkpoint)
     mastered = master_audio(model, src.audio, src.sample_rate, block_samples=block_samples,
-                            smoothing_frames=smoothing_frames, timeout_s=timeout_s)
+                            smoothing_frames=smoothing_frames, timeout_s=timeout_s, channel_mask=src.channel_mask,
+                            what=str(inp))
     notes = list(mastered.notes)
     if fmt_note:
         notes.append(fmt_note)
-    data, clipped = _encode_audio(mastered.audio, src.sample_rate, fmt, subtype)
+    data, clipped = encode_audio(mastered.audio, src.sample_rate, fmt, subtype)
     if clipped:
         notes.append(f"{clipped} sample(s) above full scale clipped for {subtype} output (write float, e.g. .wav from a "
                      "float input, to keep them)")
@@ -624,7 +488,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         title = f"{inp.name} mastered by {ckpt_path.parent.name}/{ckpt_path.name}"
         outputs.append((plot_p, _render_plot_png(plot_process, src.audio, mastered.audio, src.sample_rate,
                                                  mastered.automation, title=title)))
-    _write_all_atomic(outputs)
+    write_files_atomic(outputs)
+    warnings = src.warnings + mastered.warnings
     for n in notes:
         log.info("%s", n)
     return ProcessResult(
@@ -632,5 +497,5 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         model_sample_rate=model.sample_rate, input_channels=src.audio.shape[0],
         output_channels=mastered.audio.shape[0], subtype=subtype, seconds=mastered.seconds,
         process_seconds=mastered.process_seconds, realtime_factor=mastered.realtime_factor, notes=notes,
-        automation=mastered.automation, checkpoint_path=ckpt_path,
+        automation=mastered.automation, checkpoint_path=ckpt_path, warnings=warnings,
     )
