@@ -127,7 +127,7 @@ def test_nan_missing_and_not_audio_are_refused(tmp_path, rng):
 
 
 def test_truncated_input_in_pairs_and_match(tmp_path, rng):
-    from deepafx.commands.match import prepare_input
+    from deepafx.recipes.dexed_matching.match import prepare_input
     from deepafx.recipes.mastering.pairs import load_pairs
 
     un, ma = tmp_path / "un", tmp_path / "ma"

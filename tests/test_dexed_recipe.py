@@ -133,7 +133,7 @@ def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
     assert "| retrieval |" in (tmp_path / "eval" / "results.md").read_text()
 
     # deepafx match on a 44.1 kHz stereo note of an instrument never seen in training
-    from deepafx.recipes.dexed_matching.data import render_soundfont_notes
+    from deepafx.data.soundfont import render_notes as render_soundfont_notes
 
     note = render_soundfont_notes(DEFAULT_SOUNDFONT, [(68, 65, 100)], 44100, 2.0, 1.5)[0]
     sf.write(tmp_path / "oboe.wav", np.stack([note, note], 1), 44100)
@@ -155,7 +155,7 @@ def test_quick_config_end_to_end_through_cli(bank_dir, tmp_path):
 
 
 def test_match_rejects_silence_noise_and_short_input(bank_dir, tmp_path):
-    from deepafx.commands.match import MatchInputError, estimate_pitch, prepare_input
+    from deepafx.recipes.dexed_matching.match import MatchInputError, estimate_pitch, prepare_input
 
     sf.write(tmp_path / "silence.wav", np.zeros(22050, np.float32), 22050)
     with pytest.raises(MatchInputError, match="silent"):

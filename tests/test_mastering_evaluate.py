@@ -160,9 +160,24 @@ def test_evaluate_cli_rejects_unknown_recipe_and_bad_keys(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("recipe: nonsense\n")
     assert main(["evaluate", "--config", str(cfg), "--checkpoint", str(tmp_path)]) == 1
-    assert "no evaluator for recipe 'nonsense'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown recipe 'nonsense'; known: mastering, dexed_matching" in err and len(err.strip().splitlines()) == 1
     run_dir = tmp_path / "run"
     _tiny_checkpoint(run_dir)
     rc = main(["evaluate", "--config", "recipes/mastering/quick.yaml", "--checkpoint", str(run_dir),
                "--out", str(tmp_path / "o"), "--set", "evaluate.cmaes_budget=5"])
     assert rc == 1 and "unknown key(s) ['cmaes_budget']" in capsys.readouterr().err
+
+
+def test_unknown_sections_and_keys_are_named(tmp_path, capsys):
+    """Every recipe binds its sections: an unknown section or key is a one-line error naming it."""
+    for recipe, bad, expected in [
+        ("mastering", "train.epochz=3", "unknown key(s) ['epochz']"),
+        ("dexed_matching", "synth.backend=amsynth", "unknown synth backend 'amsynth'; known: dexed"),
+        ("dexed_matching", "train.spectral_loss=l2", "unknown loss 'l2'; known: delay_invariant, mss, mrstft"),
+        ("mastering", "synth.backend=dexed", "unknown config section(s) ['synth'] for recipe 'mastering'"),
+    ]:
+        rc = main(["train", "--config", f"{recipe}/quick", "--run-dir", str(tmp_path / "r"), "--set", bad])
+        err = capsys.readouterr().err
+        assert rc == 1 and expected in err and len(err.strip().splitlines()) == 1, (bad, err)
+    assert not (tmp_path / "r").exists()

@@ -216,7 +216,7 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, clip, capsys):
     out = tmp_path / "out.wav"
     rc = main(["process", "--checkpoint", str(other), str(clip), str(out)])
     err = capsys.readouterr().err
-    assert rc == 1 and "recipe 'dexed_matching'" in err and not out.exists()
+    assert rc == 1 and "does not apply to 'dexed_matching' checkpoints; it applies to: mastering" in err and not out.exists()
     rc = main(["process", "--checkpoint", str(tmp_path / "nowhere"), str(clip), str(out)])
     assert rc == 1 and "checkpoint not found" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
-"""``deepafx process``: master an audio file with a trained mastering model.
+"""``deepafx process``: render an audio file with a trained model's parameter automation.
 
-Predicts per-frame chain parameters, renders the chain, and writes the mastered
+The checkpoint names its recipe and the command runs that recipe's ``process``
+entry point (:data:`deepafx.recipes.RECIPES`; e.g. ``mastering``). It predicts per-frame chain parameters, renders the chain, and writes the mastered
 audio, optionally the parameter automation (JSON or CSV, plugin units) and a
 PNG figure. Any sample rate (resampled with soxr to the model's and back) and
 any channel count (the output is stereo: mono is duplicated, 5.1 is downmixed
@@ -21,9 +22,10 @@ import sys
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from deepafx.recipes.mastering.process import process_file
+    from deepafx.recipes import checkpoint_recipe
 
-    result = process_file(
+    recipe = checkpoint_recipe(args.checkpoint, "process")
+    result = recipe.process(
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
         block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
     )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from deepafx.registry import Registry
 
@@ -47,8 +47,8 @@ class Recipe:
         evaluate: ``evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Path) -> dict``.
         process: ``process(checkpoint, input_path, output_path, **options) -> result with .summary()``
             for ``deepafx process`` (recipes whose model renders audio files), or ``None``.
-        match: ``match(checkpoint, input_path, out_dir, **options)`` for ``deepafx match``
-            (sound matching), or ``None``.
+        match: ``match(args) -> exit code`` for ``deepafx match`` (sound matching; the
+            parsed command line), or ``None``.
         train_options: Extra ``deepafx train`` options the task accepts (e.g. ``("pairs",)``).
     """
 
@@ -186,13 +186,13 @@ class RunLayout:
         return self.root / "eval"
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+def resolve_checkpoint(path: str | Path, prefer: str | Sequence[str] = "best") -> Path:
     """The checkpoint file meant by ``path``: the one resolver every command uses.
 
     Args:
         path: A ``.pt`` file, a run folder (its ``checkpoints/``), or a ``checkpoints/`` folder.
-        prefer: ``"best"`` (default: ``best.pt``, else ``last.pt``) or a stage name
-            (``"synth"`` → ``synth.pt``, else ``last.pt``) or ``"last"``.
+        prefer: Checkpoint name(s) tried first in that order, then ``last``: ``"best"``
+            (default: ``best.pt``, else ``last.pt``), or e.g. ``("real", "synth", "ploss")``.
 
     Raises:
         FileNotFoundError: nothing there (the places tried are listed).
@@ -203,11 +203,33 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p} (pass a .pt file or a run folder)")
     folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    tried = [folder / f"{prefer}.pt", folder / "last.pt"]
+    names = [prefer] if isinstance(prefer, str) else list(prefer)
+    tried = [folder / f"{n}.pt" for n in dict.fromkeys([*names, "last"])]
     for cand in tried:
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"no checkpoint in {p}: tried {', '.join(str(t) for t in tried)} (written by `deepafx train`)")
+
+
+def checkpoint_recipe(path: str | Path, entry: str) -> Recipe:
+    """The recipe that wrote the checkpoint at ``path``, checked to offer ``entry`` (``"process"``, ``"match"``).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: not a deepafx checkpoint, an unknown recipe, or a recipe without ``entry``
+            (the recipes that have it are listed).
+    """
+    from deepafx.trainer import load_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(path, prefer=("best", "real", "synth", "ploss")))
+    name = ckpt.get("recipe") if isinstance(ckpt, Mapping) else None
+    if name is None:
+        raise ValueError(f"{path} is not a deepafx checkpoint (no recipe recorded); train one with `deepafx train`")
+    recipe = get_recipe(str(name))
+    if getattr(recipe, entry) is None:
+        able = [n for n in RECIPES.names() if getattr(get_recipe(n), entry) is not None]
+        raise ValueError(f"`deepafx {entry}` does not apply to {name!r} checkpoints; it applies to: {', '.join(able)}")
+    return recipe
 
 
 def default_data_dir(config: RecipeConfig) -> Path:
@@ -235,5 +257,5 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES.get(name)
 
 
-__all__ = ["RECIPES", "Recipe", "RecipeConfig", "RunLayout", "bind_section", "default_data_dir",
+__all__ = ["RECIPES", "Recipe", "RecipeConfig", "RunLayout", "bind_section", "checkpoint_recipe", "default_data_dir",
            "default_run_dir", "get_recipe", "resolve_checkpoint"]

@@ -9,7 +9,6 @@ refinement, CMA-ES), :mod:`~deepafx.recipes.dexed_matching.model`, :mod:`~deepaf
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 from deepafx.recipes import Recipe
@@ -41,6 +40,12 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return json.loads(Path(evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)).read_text())
 
 
+def _match(args) -> int:
+    from deepafx.recipes.dexed_matching.match import run
+
+    return run(args)
+
+
 RECIPE = Recipe(
     name="dexed_matching",
     summary="DX7 sound matching: estimate Dexed presets from audio (DiffSynth schedule, SPSA through Dexed)",
@@ -49,4 +54,5 @@ RECIPE = Recipe(
     data=_data,
     task=_task,
     evaluate=_evaluate,
+    match=_match,
 )

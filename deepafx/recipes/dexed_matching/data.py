@@ -32,9 +32,7 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,9 +40,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from deepafx.recipes.dexed_matching.presets import HEXTER_BANKS, fetch_hexter_banks, load_factory_presets, sample_around, set_transpose
+from deepafx.data.soundfont import DEFAULT_SOUNDFONT, render_notes
 from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
 
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 #: Version of the on-disk layout; bump when it changes.
 DATASET_VERSION = 1
 
@@ -159,85 +157,6 @@ def rms_db(audio: np.ndarray) -> float:
     return float(20.0 * np.log10(np.sqrt(np.mean(a * a)) + 1e-12))
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence fluidsynth's C-level warnings (they go straight to fd 2)."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
-def render_soundfont_notes(
-    soundfont: str | Path,
-    notes: Sequence[tuple[int, int, int]],
-    sample_rate: float = 16000.0,
-    duration_s: float = 4.0,
-    note_duration_s: float = 3.0,
-) -> np.ndarray:
-    """Render single notes ``(program, pitch, velocity)`` from a GM SoundFont, dry and mono.
-
-    Each note starts from silence on a fresh channel state (all sounds off and
-    one second of flush between notes); reverb and chorus are disabled when the
-    synth is built.
-
-    Args:
-        soundfont: Path of an ``.sf2`` file.
-        notes: ``(program 0–127, MIDI pitch, velocity 1–127)`` triples.
-        sample_rate: Output rate in Hz.
-        duration_s: Length of each note's audio, seconds.
-        note_duration_s: Note-on time, seconds.
-
-    Returns:
-        ``(num_notes, samples)`` float32 (stereo downmixed to mono, full scale 1.0).
-
-    Raises:
-        FileNotFoundError: the SoundFont is missing (says which Debian package has it).
-        RuntimeError: pyfluidsynth/libfluidsynth is not installed or the file fails to load.
-    """
-    sf = Path(soundfont)
-    if not sf.exists():
-        raise FileNotFoundError(
-            f"SoundFont {sf} not found; install it with `apt-get install fluid-soundfont-gm` "
-            "or set data.soundfont to another General MIDI .sf2"
-        )
-    try:
-        import fluidsynth
-    except (ImportError, OSError) as exc:
-        raise RuntimeError(f"pyfluidsynth/libfluidsynth unavailable ({exc}); `apt-get install fluidsynth` and `pip install pyfluidsynth`") from exc
-    n = int(round(duration_s * sample_rate))
-    n_on = int(round(note_duration_s * sample_rate))
-    with _quiet_stderr():
-        synth = fluidsynth.Synth(gain=0.5, samplerate=float(sample_rate), **{"synth.reverb.active": 0, "synth.chorus.active": 0})
-        sfid = synth.sfload(str(sf))
-    if sfid < 0:
-        synth.delete()
-        raise RuntimeError(f"fluidsynth could not load {sf}")
-    out = np.zeros((len(notes), n), dtype=np.float32)
-    try:
-        for i, (program, pitch, velocity) in enumerate(notes):
-            synth.program_select(0, sfid, 0, int(program))
-            synth.noteon(0, int(pitch), int(velocity))
-            on = synth.get_samples(n_on)
-            synth.noteoff(0, int(pitch))
-            off = synth.get_samples(n - n_on)
-            st = np.concatenate([on, off]).reshape(-1, 2).astype(np.float32) / 32768.0
-            out[i] = st.mean(axis=1)[:n]
-            synth.all_sounds_off(0)
-            synth.get_samples(int(sample_rate))  # flush
-    finally:
-        synth.delete()
-    return out
-
-
 def _split_indices(n: int, valid_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     perm = rng.permutation(n)
     n_test = max(1, int(round(n * test_fraction)))
@@ -334,7 +253,7 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
             items = [(int(pg), p, v) for pg in progs for p, v in MULTI_NOTES]
         else:
             items = [(int(pg), int(p), int(cfg.velocity)) for pg in progs for p in cfg.ood_pitches]
-        audio = render_soundfont_notes(cfg.soundfont, items, cfg.sample_rate, cfg.duration_s, cfg.note_duration_s)
+        audio = render_notes(cfg.soundfont, items, cfg.sample_rate, cfg.duration_s, cfg.note_duration_s)
         c = len(cfg.notes)
         audio = audio.reshape(-1, c, audio.shape[-1])
         meta = np.array(items).reshape(-1, c, 3)
@@ -434,6 +353,5 @@ __all__ = [
     "RecipeData",
     "build_dataset",
     "load_dataset",
-    "render_soundfont_notes",
     "rms_db",
 ]

@@ -52,7 +52,6 @@ Layout written by :func:`build_dataset`::
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
@@ -68,6 +67,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import soundfile as sf
 
+from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
 from deepafx.recipes.mastering import engineer
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ __all__ = [
 #: Version of the arrangement/render code; part of every cache key.
 RENDER_VERSION = 1
 SPLITS = ("train", "valid", "test")
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 
 
 # --------------------------------------------------------------------------- config
@@ -720,34 +719,9 @@ def _schedule(
 
 
 # --------------------------------------------------------------------------- rendering
-_FLUID_WRITE_FLOAT = None
-
-
-def _fluid_write_float():
-    global _FLUID_WRITE_FLOAT
-    if _FLUID_WRITE_FLOAT is None:
-        import fluidsynth
-
-        fn = fluidsynth._fl.fluid_synth_write_float
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _FLUID_WRITE_FLOAT = fn
-    return _FLUID_WRITE_FLOAT
-
-
 def _synthesize(events: list[_Event], total: int, arr: Arrangement, config: MusicDataConfig) -> np.ndarray:
     """Render events with a fresh FluidSynth instance → ``(2, total)`` float32."""
-    import fluidsynth
-
-    if not Path(config.soundfont).is_file():
-        raise FileNotFoundError(
-            f"SoundFont {config.soundfont} not found; install Debian's fluid-soundfont-gm "
-            "(apt-get install fluid-soundfont-gm) or set data.soundfont"
-        )
     settings = {
-        "synth.reverb.active": 1 if config.reverb else 0,
-        "synth.chorus.active": 1 if config.chorus else 0,
         "synth.cpu-cores": 1,
         "synth.polyphony": 256,
         "synth.reverb.room-size": arr.reverb["room_size"],
@@ -755,12 +729,9 @@ def _synthesize(events: list[_Event], total: int, arr: Arrangement, config: Musi
         "synth.reverb.width": arr.reverb["width"],
         "synth.reverb.level": arr.reverb["level"],
     }
-    synth = fluidsynth.Synth(gain=0.2, samplerate=float(config.sample_rate), **settings)
-    write = _fluid_write_float()
+    synth, sfid = load_synth(config.soundfont, config.sample_rate, gain=0.2, reverb=config.reverb,
+                             chorus=config.chorus, **settings)
     try:
-        sfid = synth.sfload(config.soundfont)
-        if sfid < 0:
-            raise RuntimeError(f"FluidSynth could not load SoundFont {config.soundfont}")
         channels = [c for c in range(16) if c != _DRUM_CHANNEL]
         for pi, mix in enumerate(arr.parts[: len(channels)]):
             ch = channels[pi]
@@ -778,7 +749,7 @@ def _synthesize(events: list[_Event], total: int, arr: Arrangement, config: Musi
                 n = min(stop - pos, 1 << 16)
                 left = out[0, pos : pos + n]
                 right = out[1, pos : pos + n]
-                write(synth.synth, n, left.ctypes.data, 0, 1, right.ctypes.data, 0, 1)
+                write_float(synth, left, right)
                 pos += n
 
         for ev in events:

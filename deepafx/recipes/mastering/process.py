@@ -73,20 +73,16 @@ _CHECKPOINT_KEYS = ("config", "chain", "num_params", "model")
 
 # --------------------------------------------------------------------------- checkpoint
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or the run folder holding it (``best.pt`` preferred, else ``last.pt``).
+    """A checkpoint file, or a run folder (``checkpoints/best.pt`` preferred, else ``last.pt``).
+
+    See :func:`deepafx.recipes.resolve_checkpoint`, the resolver every command uses.
 
     Raises:
         FileNotFoundError: nothing usable there (the tried names are listed).
     """
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise FileNotFoundError(f"no checkpoint in run folder {p}: tried best.pt and last.pt (written by `deepafx train`)")
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p} (pass a .pt file or a run folder holding best.pt/last.pt)")
-    return p
+    from deepafx.recipes import resolve_checkpoint
+
+    return resolve_checkpoint(path, prefer="best")
 
 
 def _checkpoint_recipe(ckpt: Mapping[str, Any]) -> str | None:
