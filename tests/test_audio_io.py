@@ -27,7 +27,7 @@ from deepafx.audio import BS775_STEREO, conform, downmix, read_audio, silence_wa
 from deepafx.cli import error_message, main
 from deepafx.hosts.base import AudioError
 from deepafx.params import ParameterError
-from deepafx.recipes.mastering.process import process_file
+from deepafx.automation.process import process_file
 from deepafx.workers import WorkerError
 
 SR = 44100

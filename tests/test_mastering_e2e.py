@@ -30,10 +30,12 @@ def test_train_process_evaluate(tmp_path):
     sets = [x for o in TINY for x in ("--set", o)]
     run, data = tmp_path / "run", tmp_path / "data"
     _cli("train", "--config", QUICK, "--run-dir", run, "--data-dir", data, *sets)
-    assert (run / "best.pt").exists() and (run / "last.pt").exists()
-    history = json.loads((run / "history.json").read_text())
-    assert len(history) == 1 and np.isfinite(history[0]["valid_loss"])
+    assert (run / "checkpoints" / "best.pt").exists() and (run / "checkpoints" / "last.pt").exists()
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    epochs = [h for h in history if "valid_loss" in h]
+    assert len(epochs) == 1 and np.isfinite(epochs[0]["valid_loss"])
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "recipe: mastering" in (run / "config.yaml").read_text()
 
     # process a held-out piece at another rate, mono, with automation and a plot
     test_input = sorted((data / "test").glob("*_input.wav"))[0]
@@ -50,12 +52,12 @@ def test_train_process_evaluate(tmp_path):
     assert len(json.dumps(auto)) > 100
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # evaluate on the held-out test pieces: four methods, finite metrics
-    _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, "--out", tmp_path / "eval", *sets)
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())["test"]
+    # evaluate on the held-out test pieces (default output RUN/eval): four methods, finite metrics
+    _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, *sets)
+    results = json.loads((run / "eval" / "results.json").read_text())["test"]
     assert set(results) >= {"unprocessed", "default", "oracle_cmaes", "model"}
     for method, m in results.items():
         for key in ("mfcc_cosine", "mrstft", "lufs_error"):
             assert np.isfinite(m[key]) and m[key] >= 0, (method, key, m[key])
     assert all(results[m]["seconds_per_track"] > 0 for m in ("oracle_cmaes", "model"))
-    assert (tmp_path / "eval" / "results.md").read_text().count("|") > 10
+    assert (run / "eval" / "results.md").read_text().count("|") > 10

@@ -17,8 +17,8 @@ from deepafx.cli import main
 from deepafx.config import load_config
 from deepafx.losses import MultiResolutionSTFTLoss
 from deepafx.recipes.mastering.evaluate import METHODS, align_to_target, track_metrics
-from deepafx.recipes.mastering.model import MasteringModel, ModelConfig
-from deepafx.recipes.mastering.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
+from deepafx.automation.model import AutomationModel, ModelConfig
+from deepafx.automation.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
 from deepafx.metrics import mrstft_distance
 from deepafx.trainer import atomic_save
 
@@ -107,7 +107,7 @@ def _tiny_checkpoint(run_dir: Path) -> Path:
     spec = ChainSpec.from_dict(cfg["chain"])
     table = spec.param_table
     torch.manual_seed(0)
-    model = MasteringModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
+    model = AutomationModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
     return atomic_save({"recipe": "mastering", "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
                         "param_names": table.names, "model": model.state_dict()}, run_dir / "best.pt")
 

@@ -1,6 +1,6 @@
 """`deepafx process`: end to end on real rendered music through the real built-in mastering chain.
 
-The checkpoint is a tiny, untrained MasteringModel saved in the trainer's
+The checkpoint is a tiny, untrained AutomationModel saved in the trainer's
 checkpoint format (the recipe config of recipes/mastering/quick.yaml with a
 tiny encoder); the audio is a real piece rendered by the music dataset builder
 (FluidSynth + FluidR3_GM).
@@ -23,8 +23,8 @@ from deepafx.audio import conform
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
 from deepafx.config import load_config
-from deepafx.recipes.mastering.model import MasteringModel, ModelConfig, model_from_checkpoint, predict_automation
-from deepafx.recipes.mastering.process import Automation, process_file
+from deepafx.automation.model import AutomationModel, ModelConfig, model_from_checkpoint, predict_automation
+from deepafx.automation.process import Automation, process_file
 from deepafx.trainer import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -47,7 +47,7 @@ def save_tiny_checkpoint(path: Path, recipe: str = "mastering") -> Path:
     spec = ChainSpec.from_dict(cfg["chain"])
     table = spec.param_table
     torch.manual_seed(0)
-    model = MasteringModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
+    model = AutomationModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
     with torch.no_grad():  # spread the outputs a little so the automation moves
         model.encoder.out.weight.mul_(1000.0)
     atomic_save({"recipe": recipe, "config": cfg, "chain": spec.to_dict(), "num_params": len(table),

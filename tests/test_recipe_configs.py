@@ -6,7 +6,7 @@ import pytest
 
 from deepafx.chain import ChainSpec
 from deepafx.config import apply_overrides, bind, load_config
-from deepafx.recipes.mastering.model import ModelConfig
+from deepafx.automation.model import ModelConfig
 from deepafx.recipes.mastering.train import TrainConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -3,9 +3,9 @@
 Modules: :mod:`~deepafx.recipes.mastering.music` (real-music dataset),
 :mod:`~deepafx.recipes.mastering.engineer` (the reference engineer),
 :mod:`~deepafx.recipes.mastering.pairs` (the user's own pairs),
-:mod:`~deepafx.recipes.mastering.model`, :mod:`~deepafx.recipes.mastering.train`,
-:mod:`~deepafx.recipes.mastering.evaluate`, :mod:`~deepafx.recipes.mastering.oracle`,
-:mod:`~deepafx.recipes.mastering.process`, :mod:`~deepafx.recipes.mastering.plots`.
+:mod:`~deepafx.automation.model`, :mod:`~deepafx.recipes.mastering.train`,
+:mod:`~deepafx.recipes.mastering.evaluate`, :mod:`~deepafx.automation.oracle`,
+:mod:`~deepafx.automation.process`, :mod:`~deepafx.automation.plots`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deepafx.recipes import Recipe
 from deepafx.recipes.mastering.evaluate import EvaluateConfig
-from deepafx.recipes.mastering.model import ModelConfig
+from deepafx.automation.model import ModelConfig
 from deepafx.recipes.mastering.music import MusicDataConfig
 from deepafx.recipes.mastering.train import ChainConfig, TrainConfig
 
@@ -38,9 +38,9 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
 
 
 def _process(checkpoint, input_path, output_path, **options):
-    from deepafx.recipes.mastering.process import process_file
+    from deepafx.automation.process import process_file
 
-    return process_file(checkpoint, input_path, output_path, **options)
+    return process_file(checkpoint, input_path, output_path, recipe="mastering", **options)
 
 
 RECIPE = Recipe(

@@ -5,12 +5,12 @@ Methods, each applied to every piece of the split (whole tracks):
 * ``unprocessed`` — the unmastered input itself.
 * ``default`` — the chain at its default parameters (static).
 * ``oracle_cmaes`` — the chain with static parameters found per track by
-  CMA-ES directly against the target (:mod:`deepafx.recipes.mastering.oracle`, the
+  CMA-ES directly against the target (:mod:`deepafx.automation.oracle`, the
   ST-ITO oracle, Steinmetz et al., ISMIR 2024): a bound on what the chain can
   do with a fixed render budget, not a usable method (it needs the target).
 * ``model`` — the trained model through the ``deepafx process`` pipeline
   (per-frame parameters, smoothing, block rendering;
-  :func:`deepafx.recipes.mastering.process.master_audio`).
+  :func:`deepafx.automation.process.apply_automation`).
 
 Metrics per track (then averaged over tracks):
 
@@ -82,7 +82,7 @@ class EvaluateConfig:
     Attributes:
         cmaes_renders: Oracle render budget per track (e.g. 60 quick, 400 full).
         cmaes_sigma: Initial CMA-ES step size on normalized parameters (0.1 searched
-            better than 0.25 at small budgets; see :mod:`deepafx.recipes.mastering.oracle`).
+            better than 0.25 at small budgets; see :mod:`deepafx.automation.oracle`).
         cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
         excerpt_seconds: Oracle's scored excerpt from the middle of each track, seconds.
         preroll_seconds: Unscored lead-in rendered before the excerpt, seconds.
@@ -266,8 +266,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     from tqdm import tqdm
 
     from deepafx.recipes.mastering.music import build_dataset, load_split
-    from deepafx.recipes.mastering.oracle import CmaesOracle
-    from deepafx.recipes.mastering.process import load_mastering_checkpoint, master_audio
+    from deepafx.automation.oracle import CmaesOracle
+    from deepafx.automation.process import load_automation_checkpoint, apply_automation
 
     if int(os.environ.get("RANK", "0")) != 0:
         log.info("rank %s: evaluation runs on rank 0 only", os.environ.get("RANK"))
@@ -281,7 +281,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     ec = config.evaluate
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, ckpt, ckpt_path = load_mastering_checkpoint(checkpoint)
+    model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "mastering")
     chain = model.chain
     sr = float(chain.sample_rate)
 
@@ -316,7 +316,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
             t0 = time.perf_counter()
             res = oracle.fit(x, y)
             outputs["oracle_cmaes"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
-            mastered = master_audio(model, x, sr, block_samples=ec.block_samples,
+            mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
                                     smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
             outputs["model"] = (mastered.audio, mastered.process_seconds)
             entry: dict[str, Any] = {

@@ -1,39 +1,24 @@
-"""Train an encoder that drives a real mastering chain end to end (DeepAFx).
+"""Mastering on the automation task (:mod:`deepafx.automation.task`): its data, chain and augmentation.
 
-Stage 1 pretrains the encoder toward the chain's default parameters (MSE on
-normalized parameters). Stage 2 trains end to end through the black-box chain
-with SPSA gradients and the delay-invariant loss. Batches follow the stateful
-scheme: slot ``i`` sees consecutive frames of one track and owns its plugin
-instances; a slot's instances are reset when it starts a new track.
-
-Each epoch builds its batcher from a seed derived from ``(seed, epoch, rank)``
-and starts from freshly reset plugin instances, so a run resumed from an
-epoch checkpoint produces exactly the same next losses as an uninterrupted run.
-Under ``torchrun`` each rank renders its own share of the tracks with its own
-workers; gradients of the encoder are averaged by DDP; every rank runs the same
-number of steps per epoch; rank 0 alone writes files.
+Stage ``pretrain`` pulls the encoder toward the chain's default parameters;
+stage ``spsa`` trains end to end through the black-box mastering chain with
+SPSA gradients and the delay-invariant loss, on the real-music dataset
+(:mod:`deepafx.recipes.mastering.music`) or the user's own pairs
+(:mod:`deepafx.recipes.mastering.pairs`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import soundfile as sf
-import torch
 import torch.distributed as dist
 
-from deepafx.chain import ChainSpec
-from deepafx.data.stateful import StatefulBatcher
-from deepafx.fx import ExponentialEpsilon, FxLayer
-from deepafx.losses import build_loss
-from deepafx.recipes.mastering.model import MasteringModel, ModelConfig, pretrain_target
-from deepafx.trainer import DistInfo, Stage, TrainSettings, train
+from deepafx.automation.task import AutomationTask, AutomationTrainConfig, chain_section, load_tracks
+from deepafx.trainer import DistInfo, train
 
 log = logging.getLogger(__name__)
 
@@ -49,56 +34,15 @@ DEFAULT_CHAIN = {
 }
 
 
-class ChainConfig:
-    """The ``chain:`` section: a chain mapping (processors …), a chain file name or path, or nothing (:data:`DEFAULT_CHAIN`)."""
-
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | str | None) -> ChainSpec:
-        """Returns the :class:`~deepafx.chain.ChainSpec`.
-
-        Raises:
-            FileNotFoundError: a chain name that does not resolve (the packaged chains are listed).
-            ValueError: a malformed chain.
-        """
-        if values is None:
-            return ChainSpec.from_dict(DEFAULT_CHAIN)
-        if isinstance(values, (str, Path)):
-            return ChainSpec.from_file(values)
-        return ChainSpec.from_dict(values)
+#: The ``chain:`` section (default :data:`DEFAULT_CHAIN`).
+ChainConfig = chain_section(DEFAULT_CHAIN)
 
 
 @dataclass
-class TrainConfig(TrainSettings):
-    """Training settings (defaults in code; the recipe YAML overrides them).
+class TrainConfig(AutomationTrainConfig):
+    """The ``train:`` section of the mastering recipe (:class:`~deepafx.automation.task.AutomationTrainConfig` plus):
 
     Attributes:
-        batch_size: Batch slots M (stateful streams).
-        workers: Render worker processes (``None``: usable CPU cores ÷ ranks).
-        epochs: Maximum epochs of stage 2.
-        steps_per_epoch: Cap on steps per epoch (``None``: one pass over the tracks).
-        pretrain_steps: Stage-1 steps toward the default parameters (0 skips it).
-        lr: Adam learning rate.
-        pretrain_lr: Stage-1 learning rate.
-        estimator: ``"spsa"`` or ``"fd"``.
-        epsilon: SPSA perturbation ε on normalized parameters (DeepAFx: 0.01).
-        epsilon_end: If set, ε decays geometrically to this value over ``epsilon_decay_steps``.
-        epsilon_decay_steps: Steps of that decay.
-        num_perturbations: SPSA draws K averaged per step.
-        loss: ``"delay_invariant"`` (DeepAFx) or ``"mrstft"``.
-        alpha_time, alpha_freq: Weights α₁, α₂ of the delay-invariant loss.
-        max_delay_ms: Extra delay searched on top of the chain's reported latency, ms.
-        grad_clip: Gradient-norm clip (0 disables).
-        lr_patience, lr_factor: ReduceLROnPlateau on the validation loss.
-        early_stop_patience: Epochs without improvement before stopping.
-        valid_steps: Cap on validation batches per epoch (``None``: all).
-        seed: Seed of everything (data order, perturbations, initialisation).
-        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-        num_threads: torch intra-op threads in the training process (0: torch's
-            default). Default 1: the render workers share the same cores, and
-            with 2 threads on a busy 2-core machine an encoder step was measured
-            7–40× slower than with 1 (threads wait for each other).
-        log_every: Steps between TensorBoard scalar writes.
-        timeout_s: Longest a render request may take before the worker is restarted.
         gain_augment_db: ``[min, max]`` dB: each epoch every training input is
             scaled by a seeded random gain from this range (capped so its peak
             stays at or below −0.5 dBFS) while its target is kept. Exact for
@@ -110,39 +54,7 @@ class TrainConfig(TrainSettings):
             depend on the input level.
     """
 
-    batch_size: int = 8
-    workers: int | None = None
-    epochs: int = 6
-    steps_per_epoch: int | None = None
-    pretrain_steps: int = 40
-    lr: float = 1e-3
-    pretrain_lr: float = 3e-3
-    estimator: str = "spsa"
-    epsilon: float = 0.01
-    epsilon_end: float | None = None
-    epsilon_decay_steps: int = 10000
-    num_perturbations: int = 1
-    loss: str = "delay_invariant"
-    alpha_time: float = 10.0
-    alpha_freq: float = 1.0
-    max_delay_ms: float = 10.0
-    grad_clip: float = 1.0
-    valid_steps: int | None = None
-    timeout_s: float = 120.0
     gain_augment_db: tuple[float, float] | None = None
-
-
-def load_tracks(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read ``<piece>_input.wav`` / ``<piece>_target.wav`` pairs → ``(channels, samples)`` float32 arrays."""
-    pairs = []
-    for inp in sorted(folder.glob("*_input.wav")):
-        tgt = inp.with_name(inp.name.replace("_input.wav", "_target.wav"))
-        if not tgt.exists():
-            raise FileNotFoundError(f"{inp} has no matching target {tgt.name}")
-        x, _ = sf.read(inp, dtype="float32", always_2d=True)
-        y, _ = sf.read(tgt, dtype="float32", always_2d=True)
-        pairs.append((x.T.copy(), y.T.copy()))
-    return pairs
 
 
 def prepare_data(data_config, data_dir: Path, pairs: tuple[str, str] | None, sample_rate: float,
@@ -166,13 +78,8 @@ def prepare_data(data_config, data_dir: Path, pairs: tuple[str, str] | None, sam
     return load_tracks(data_dir / "train"), load_tracks(data_dir / "valid")
 
 
-class MasteringTask:
+class MasteringTask(AutomationTask):
     """The mastering recipe as a :class:`~deepafx.trainer.TrainingTask`; see the module docstring.
-
-    Stages: ``pretrain`` (``pretrain_steps`` steps, MSE toward the chain's
-    defaults, ``pretrain_lr``, no rendering) then ``spsa`` (``epochs`` epochs
-    through the black-box chain with the configured loss, ``lr``, validation,
-    early stopping).
 
     Args:
         config: The bound recipe config (sections ``data``, ``chain``, ``model``, ``train``, ``evaluate``).
@@ -183,162 +90,24 @@ class MasteringTask:
     recipe = "mastering"
 
     def __init__(self, config, data_dir: Path, pairs: tuple[str, str] | None = None):
-        self.config = config
-        self.data_dir = Path(data_dir)
+        super().__init__(config, data_dir)
         self.pairs = pairs
-        self.settings: TrainConfig = config.train
-        self.mc: ModelConfig = config.model
-        self.fx: FxLayer | None = None
 
-    def setup(self, ctx) -> None:
-        self.dist = ctx.dist
-        self.ctx = ctx
-        self.chain = self.config.chain
-        self.train_tracks, self.valid_tracks = prepare_data(self.config.data, self.data_dir, self.pairs, self.chain.sample_rate, self.dist)
-        self.train_tracks = self.train_tracks[self.dist.rank :: self.dist.world_size] or self.train_tracks
-        tc = self.settings
-        usable = len(os.sched_getaffinity(0))
-        workers = tc.workers or max(1, usable // self.dist.world_size)
-        eps = (ExponentialEpsilon(tc.epsilon, tc.epsilon_end, tc.epsilon_decay_steps) if tc.epsilon_end else tc.epsilon)
-        self.fx = FxLayer(self.chain, tc.batch_size, num_workers=workers, estimator=tc.estimator,
-                          epsilon=eps, num_perturbations=tc.num_perturbations,
-                          seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s)
-        self.defaults = torch.tensor(pretrain_target(self.chain.param_table.defaults_normalized()), dtype=torch.float32)
-        self.loss_fn = build_loss(tc.loss, sample_rate=self.chain.sample_rate, latency_samples=self.fx.latency_samples,
-                                  max_delay_ms=tc.max_delay_ms, alpha_time=tc.alpha_time, alpha_freq=tc.alpha_freq,
-                                  reduction="none").to(self.dist.device)
+    def load_tracks(self) -> tuple[list, list]:
+        return prepare_data(self.config.data, self.data_dir, self.pairs, self.chain.sample_rate, self.dist)
 
-    def build_model(self) -> MasteringModel:
-        self.model = MasteringModel(self.mc, self.chain, self.fx.num_params, self.defaults.numpy())
-        return self.model
-
-    def stages(self) -> list[Stage]:
-        tc = self.settings
-        pretrain = [Stage("pretrain", steps=tc.pretrain_steps, loss="mse_to_defaults", lr=tc.pretrain_lr)]
-        return pretrain * (tc.pretrain_steps > 0) + [
-            Stage("spsa", steps=tc.steps_per_epoch or 0, epochs=tc.epochs, loss=tc.loss, lr=tc.lr,
-                  grad_clip=tc.grad_clip, validate=True),
-        ]
-
-    def begin_stage(self, stage: Stage) -> None:
-        pass
-
-    # -- data -------------------------------------------------------------------------
-    def _batcher(self, tracks, epoch: int, salt: int) -> StatefulBatcher:
-        return StatefulBatcher(tracks, self.settings.batch_size, self.model.frame_samples, self.model.context_samples,
-                               seed=(self.settings.seed * 7919 + epoch * 131 + salt) * 64 + self.dist.rank,
-                               epoch_mode="drain", pad_last_frame=False, random_offset=True)
-
-    def _augmented(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def augment(self, tracks: list, epoch: int) -> list:
         """Training tracks with this epoch's seeded input gains (targets unchanged)."""
         if not self.settings.gain_augment_db:
-            return self.train_tracks
+            return tracks
         lo, hi = self.settings.gain_augment_db
         rng = np.random.default_rng([self.settings.seed, epoch, self.dist.rank, 17])
         out = []
-        for x, y in self.train_tracks:
+        for x, y in tracks:
             peak_db = 20 * np.log10(max(float(np.abs(x).max()), 1e-9))
             g_db = min(rng.uniform(lo, hi), -0.5 - peak_db)
             out.append(((x * np.float32(10 ** (g_db / 20))).astype(np.float32), y))
         return out
-
-    def batches(self, stage: Stage, epoch: int, start: int):
-        if stage.name == "pretrain":
-            batcher = self._batcher(self.train_tracks, epoch=0, salt=1)
-            return stage.steps, itertools.islice(iter(batcher), start, None)
-        self.fx.train()
-        self.fx.reset()
-        batcher = self._batcher(self._augmented(epoch), epoch, salt=2)
-        return batcher.num_batches_per_epoch, itertools.islice(iter(batcher), start, None)
-
-    # -- objective -----------------------------------------------------------------------
-    def _frame_loss(self, y: torch.Tensor, target: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Mean loss over active slots (idle slots at the end of a drained epoch hold silence)."""
-        idx = active.nonzero().flatten()
-        if len(idx) == 0:
-            return y.sum() * 0.0
-        return self.loss_fn(y[idx], target[idx]).mean()
-
-    def _render_batch(self, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reset the slots that start a new track, predict, render; returns ``(output, loss)``."""
-        resets = [i for i in range(b.batch_size) if b.reset[i]]
-        if resets:
-            self.fx.reset(resets)
-        dev = self.dist.device
-        params = self.ctx.net(torch.from_numpy(b.context).to(dev))
-        y = self.fx(torch.from_numpy(b.frame).to(dev), params)
-        return y, self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
-
-    def step(self, stage: Stage, b) -> tuple[torch.Tensor, dict[str, float]]:
-        if stage.name == "pretrain":
-            ctx = torch.from_numpy(b.context).to(self.dist.device)
-            target = self.defaults.to(self.dist.device)
-            loss = torch.nn.functional.mse_loss(self.ctx.net(ctx), target.expand(ctx.shape[0], -1))
-            return loss, {"loss": loss.item()}
-        _, loss = self._render_batch(b)
-        return loss, {"loss": loss.item(), "epsilon": self.fx.current_epsilon()}
-
-    def validate(self, stage: Stage, epoch: int, tb) -> tuple[float, float]:
-        self.ctx.net.eval()
-        self.fx.eval()
-        self.fx.reset()
-        batcher = self._batcher(self.valid_tracks, epoch=0, salt=3)  # same validation stream every epoch
-        vs = self.settings.valid_steps
-        steps = batcher.num_batches_per_epoch if vs is None else min(vs, batcher.num_batches_per_epoch)
-        it = iter(batcher)
-        total, count, example = 0.0, 0, None
-        for _ in range(steps):
-            b = next(it)
-            y, loss = self._render_batch(b)
-            n_active = float(b.active.sum())
-            total += loss.item() * n_active
-            count += n_active
-            if b.active[0]:
-                example = (b.frame[0], y[0].cpu().numpy(), b.target[0])
-        self.fx.reset()
-        if example is not None and self.dist.is_main:
-            sr = self.chain.sample_rate
-            for tag, audio in zip(("input", "output", "target"), example):
-                tb.audio(f"valid/{tag}", audio, sr, epoch)
-            tb.figure("valid/spectrograms", _spectrogram_figure(example, sr), epoch)
-        return total / max(count, 1), count
-
-    # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"fx": self.fx.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        self.fx.load_state_dict(state["fx"])
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {"chain": self.chain.to_dict(), "num_params": self.fx.num_params, "param_names": self.fx.param_names}
-
-    def close(self) -> None:
-        if self.fx is not None:
-            self.fx.close()
-
-
-def _spectrogram_figure(example, sample_rate: float):
-    """Input/output/target log spectrograms (dB re the loudest bin of all three, 100 dB range)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.signal import stft
-
-    specs = []
-    for audio in example:
-        f, t, z = stft(np.asarray(audio, dtype=np.float64).mean(0), fs=sample_rate, nperseg=1024, noverlap=768)
-        specs.append(20 * np.log10(np.abs(z) + 1e-12))
-    top = max(float(s.max()) for s in specs)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
-    for ax, title, spec in zip(axes, ("input", "output", "target"), specs):
-        ax.pcolormesh(t, f, spec, vmin=top - 100, vmax=top, shading="auto")
-        ax.set_title(title)
-        ax.set_xlabel("time (s)")
-    axes[0].set_ylabel("frequency (Hz)")
-    fig.tight_layout()
-    return fig
 
 
 def train_from_config(config, run_dir: Path, data_dir: Path, resume: bool = False,

@@ -1,12 +1,11 @@
-"""The mastering model: a context encoder predicting per-frame chain parameters.
+"""A context encoder predicting per-frame chain parameters: the model of every automation recipe.
 
 DeepAFx (Ramírez et al., ICASSP 2021): the encoder sees a context window
 centred on the current frame and predicts the normalized parameters with which
 the chain renders that frame. At inference the per-frame parameters are
 low-pass smoothed and applied in small blocks (:func:`predict_automation`,
-:func:`render_automation`).
+:func:`render_automation`). Used by the mastering and amp-emulation recipes.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ class ModelConfig:
         n_fft, hop_length, n_mels: Log-mel settings (samples, samples, bands).
         downmix: Average channels before the log-mel front end.
         encoder_kwargs: Extra arguments of the encoder class (width, hidden …).
+        channels: Audio channels the chain processes (2: stereo mastering, 1: a mono
+            instrument); ``deepafx process`` converts inputs to this count.
     """
 
     encoder: str = "mobilenetv2"
@@ -43,6 +44,7 @@ class ModelConfig:
     n_mels: int = 128
     downmix: bool = True
     encoder_kwargs: dict = field(default_factory=dict)
+    channels: int = 2
 
 
 #: Defaults on the edge of a range (a neutral compressor: threshold 0 dB, ratio 1)
@@ -55,7 +57,7 @@ def pretrain_target(default_params: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(default_params, dtype=np.float64), DEFAULT_MARGIN, 1 - DEFAULT_MARGIN)
 
 
-class MasteringModel(nn.Module):
+class AutomationModel(nn.Module):
     """Encoder + the chain it drives.
 
     Args:
@@ -79,24 +81,25 @@ class MasteringModel(nn.Module):
         if default_params is not None:
             self.encoder.init_output_bias(pretrain_target(default_params), eps=DEFAULT_MARGIN)
         self.num_params = int(num_params)
+        self.channels = int(config.channels)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """``(batch, channels, context_samples)`` → normalized params ``(batch, num_params)`` on [0, 1]."""
         return self.encoder(context)
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> MasteringModel:
-    """Rebuild a :class:`MasteringModel` from a checkpoint dict (see :mod:`deepafx.recipes.mastering.train`)."""
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> AutomationModel:
+    """Rebuild a :class:`AutomationModel` from a checkpoint dict (see :mod:`deepafx.automation.task`)."""
     cfg = bind(ModelConfig, ckpt["config"].get("model"), "model")
     chain = ChainSpec.from_dict(ckpt["chain"])
-    model = MasteringModel(cfg, chain, int(ckpt["num_params"]))
+    model = AutomationModel(cfg, chain, int(ckpt["num_params"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model
 
 
 @torch.no_grad()
-def predict_automation(model: MasteringModel, audio: np.ndarray, batch_size: int = 16,
+def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: int = 16,
                        smoothing_frames: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame normalized parameters for a whole track.
 

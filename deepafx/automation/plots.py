@@ -71,7 +71,7 @@ def plot_process(
         input_audio: ``(channels, samples)`` at ``sample_rate``.
         output_audio: ``(channels, samples)`` at ``sample_rate``.
         sample_rate: Hz.
-        automation: :class:`deepafx.recipes.mastering.process.Automation`.
+        automation: :class:`deepafx.automation.process.Automation`.
         num_curves: Parameter panels (>= 1; fewer when the chain has fewer).
         title: Figure title.
         dpi: Resolution in dots per inch; the figure is 12 x (6 + 1.6·rows) inches,

@@ -1,4 +1,4 @@
-"""Master a file with a trained model: predict per-frame parameters, render the chain, write the results.
+"""Process a file with a trained automation model: predict per-frame parameters, render the chain, write the results.
 
 The pipeline behind ``deepafx process`` (DeepAFx inference, Ramírez et al.,
 ICASSP 2021, https://arxiv.org/abs/2010.04237): the encoder predicts one
@@ -6,26 +6,26 @@ normalized parameter vector per frame (``frame_seconds`` hop, context window
 centred on the frame), the per-frame curves are low-pass smoothed (centred
 moving average of ``smoothing_frames`` frames), and the chain renders the track
 in small blocks whose parameters are interpolated from the curves
-(:func:`deepafx.recipes.mastering.model.predict_automation`,
-:func:`deepafx.recipes.mastering.model.render_automation`).
+(:func:`deepafx.automation.model.predict_automation`,
+:func:`deepafx.automation.model.render_automation`).
 
 Input handling (reading and conversion are :mod:`deepafx.audio`'s), stated in
-:attr:`MasteredAudio.notes` and by the command:
+:attr:`ProcessedAudio.notes` and by the command:
 
 * **Sample rate**: any. Audio at another rate than the model's is resampled
   with soxr (very high quality) to the model's rate, processed, and resampled
   back, so the output has the input's rate and exactly its number of samples.
-* **Channels**: the model and the chain were trained on stereo, so the output
-  is always stereo: mono is duplicated, six channels are downmixed as 5.1 with
-  the ITU-R BS.775 coefficients, other counts are averaged
-  (:func:`deepafx.audio.downmix`).
+* **Channels**: the output has the channel count the model and its chain were
+  trained on (``model.channels``: 2 for mastering, 1 for a mono instrument):
+  mono is duplicated, six channels are downmixed as 5.1 with the ITU-R BS.775
+  coefficients, other counts are averaged (:func:`deepafx.audio.downmix`).
 * **Length**: any non-zero length (frames are zero-padded at the end).
 * **Silence** (sample peak at or below :data:`deepafx.audio.SILENCE_DBFS`) is
-  processed with a warning (:attr:`MasteredAudio.warnings`): an album with a
+  processed with a warning (:attr:`ProcessedAudio.warnings`): an album with a
   silent track still masters. Digital silence gives digital silence through
   the built-in chain; whatever the chain gives, a non-finite output is an error.
 * **Refused**: missing, unreadable or truncated files, zero-length audio,
-  NaN/Inf samples, and checkpoints of another recipe. Nothing is written then.
+  NaN/Inf samples, and checkpoints without an automation model. Nothing is written then.
 
 Writing is atomic (:func:`deepafx.audio.write_files_atomic`): every output goes
 to a temporary file in its destination folder, and only when all of them are
@@ -56,18 +56,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Automation",
-    "MasteredAudio",
+    "ProcessedAudio",
     "ProcessResult",
-    "load_mastering_checkpoint",
-    "master_audio",
+    "load_automation_checkpoint",
+    "apply_automation",
     "process_file",
     "resolve_checkpoint_path",
 ]
 
-#: Recipe name a checkpoint must carry.
-RECIPE = "mastering"
-#: Channels the mastering model and its chain process.
-MODEL_CHANNELS = 2
 _CHECKPOINT_KEYS = ("config", "chain", "num_params", "model")
 
 
@@ -92,15 +88,17 @@ def _checkpoint_recipe(ckpt: Mapping[str, Any]) -> str | None:
     return recipe
 
 
-def load_mastering_checkpoint(path: str | Path):
-    """Load a mastering checkpoint and rebuild its model (eval mode, CPU).
+def load_automation_checkpoint(path: str | Path, recipe: str | None = None):
+    """Load a checkpoint of an automation recipe and rebuild its model (eval mode, CPU).
 
     Args:
         path: Checkpoint file or run folder (see :func:`resolve_checkpoint_path`).
+        recipe: Recipe the checkpoint must come from (``None``: any recipe whose
+            checkpoints hold an automation model).
 
     Returns:
         ``(model, checkpoint_dict, checkpoint_path)``: the
-        :class:`~deepafx.recipes.mastering.model.MasteringModel`, the raw dict and the
+        :class:`~deepafx.automation.model.AutomationModel`, the raw dict and the
         file it came from.
 
     Raises:
@@ -109,7 +107,7 @@ def load_mastering_checkpoint(path: str | Path):
             another recipe, or one lacking the keys ``config``, ``chain``,
             ``num_params``, ``model``.
     """
-    from deepafx.recipes.mastering.model import model_from_checkpoint
+    from deepafx.automation.model import model_from_checkpoint
     from deepafx.trainer import load_checkpoint
 
     p = resolve_checkpoint_path(path)
@@ -119,15 +117,15 @@ def load_mastering_checkpoint(path: str | Path):
         raise ValueError(str(exc)) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{p} is not a deepafx checkpoint (got a {type(ckpt).__name__}, expected a dict)")
-    recipe = _checkpoint_recipe(ckpt)
-    if recipe != RECIPE:
+    found = _checkpoint_recipe(ckpt)
+    if recipe is not None and found != recipe:
         raise ValueError(
-            f"{p} is a checkpoint of recipe {recipe!r}, not {RECIPE!r}; `deepafx process` needs a model trained "
-            "with a mastering config (e.g. `deepafx train --config recipes/mastering/quick.yaml`)"
+            f"{p} is a checkpoint of recipe {found!r}, not {recipe!r}; train one with "
+            f"`deepafx train --config {recipe}/quick`"
         )
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
-        raise ValueError(f"{p} lacks checkpoint key(s) {missing}; it was not written by the mastering trainer")
+        raise ValueError(f"{p} lacks checkpoint key(s) {missing}; it was not written by an automation recipe's trainer")
     try:
         model = model_from_checkpoint(ckpt)
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -218,11 +216,11 @@ def _automation_bytes(automation: Automation, path: Path, extra: Mapping[str, An
 
 # --------------------------------------------------------------------------- pipeline
 @dataclass
-class MasteredAudio:
-    """Output of :func:`master_audio`.
+class ProcessedAudio:
+    """Output of :func:`apply_automation`.
 
     Attributes:
-        audio: ``(2, samples)`` float32 at the input's rate, as many samples as the input.
+        audio: ``(channels, samples)`` float32 at the input's rate, as many samples as the input.
         sample_rate: Hz (the input's).
         automation: The predicted parameter automation.
         notes: What was changed to fit the model (resampling, channels).
@@ -257,15 +255,15 @@ class MasteredAudio:
         return self.seconds / max(self.process_seconds, 1e-9)
 
 
-def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
+def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
                  smoothing_frames: int = 3, batch_size: int = 16, timeout_s: float = 120.0,
-                 channel_mask: int | None = None, what: str = "input") -> MasteredAudio:
-    """Master ``audio`` with ``model``: predict the automation and render the chain.
+                 channel_mask: int | None = None, what: str = "input") -> ProcessedAudio:
+    """Process ``audio`` with ``model``: predict the automation and render the chain.
 
     Args:
-        model: A :class:`~deepafx.recipes.mastering.model.MasteringModel` in eval mode.
+        model: A :class:`~deepafx.automation.model.AutomationModel` in eval mode.
         audio: ``(channels, samples)`` float32, any channel count (converted to
-            stereo by :func:`deepafx.audio.downmix`), any length >= 1.
+            ``model.channels`` by :func:`deepafx.audio.downmix`), any length >= 1.
         sample_rate: Rate of ``audio`` in Hz (any; resampled with soxr when it
             differs from ``model.sample_rate``).
         block_samples: Render block in samples at the model's rate; each block
@@ -278,7 +276,7 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         what: Name of the input in messages (a file path).
 
     Returns:
-        :class:`MasteredAudio`: stereo output at ``sample_rate`` with as many
+        :class:`ProcessedAudio`: ``model.channels`` output at ``sample_rate`` with as many
         samples as the input. The chain's state runs continuously through the
         whole track (one instance, reset at the start); its latency (0 for the
         built-in chain) is not compensated, so the output is as the chain
@@ -290,7 +288,7 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         deepafx.hosts.base.PluginError: the chain rendered NaN/Inf samples.
         deepafx.workers.WorkerError: the chain crashed or hung in its worker.
     """
-    from deepafx.recipes.mastering.model import predict_automation, render_automation
+    from deepafx.automation.model import predict_automation, render_automation
 
     if int(block_samples) < 1:
         raise ValueError(f"block_samples must be >= 1 sample, got {block_samples}")
@@ -304,9 +302,9 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
     silent = silence_warning(audio, what)
     n_in = audio.shape[1]
     t0 = time.perf_counter()
-    x, notes = conform(audio, sample_rate, sample_rate, MODEL_CHANNELS, channel_mask=channel_mask)
+    x, notes = conform(audio, sample_rate, sample_rate, model.channels, channel_mask=channel_mask)
     if notes and audio.shape[0] == 1:
-        notes[0] += " (the model masters stereo): the output is stereo"
+        notes[0] += f" (the model processes {model.channels} channels): the output has {model.channels}"
     if float(sample_rate) != float(model.sample_rate):
         x = resample(x, sample_rate, model.sample_rate)
         notes.append(f"resampled from {sample_rate:g} Hz to {model.sample_rate:g} Hz for the model and back to "
@@ -335,7 +333,7 @@ def master_audio(model, audio: np.ndarray, sample_rate: float, block_samples: in
         warnings.append(f"{silent}: processed anyway; the output is {out_desc}")
     table = model.chain.param_table
     auto = Automation(times_s, params, table)
-    return MasteredAudio(np.ascontiguousarray(y), float(sample_rate), auto, notes, t_predict, t_render, t_resample,
+    return ProcessedAudio(np.ascontiguousarray(y), float(sample_rate), auto, notes, t_predict, t_render, t_resample,
                          warnings)
 
 
@@ -351,13 +349,13 @@ class ProcessResult:
     """What :func:`process_file` did.
 
     Attributes:
-        output_path: Mastered audio file.
+        output_path: Processed audio file.
         automation_path: Automation file, or None.
         plot_path: PNG figure, or None.
         input_sample_rate: Hz.
         model_sample_rate: Hz.
         input_channels: Channels of the input file.
-        output_channels: Channels written (2).
+        output_channels: Channels written (the model's).
         subtype: Sample format written.
         seconds: Duration in seconds.
         process_seconds: Wall time of prediction + rendering + resampling, seconds.
@@ -404,14 +402,14 @@ class ProcessResult:
 def process_file(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
                  automation_path: str | Path | None = None, plot_path: str | Path | None = None,
                  block_samples: int = 1024, smoothing_frames: int = 3, force: bool = False,
-                 timeout_s: float = 120.0) -> ProcessResult:
-    """Master one file (the ``deepafx process`` command).
+                 timeout_s: float = 120.0, recipe: str | None = None) -> ProcessResult:
+    """Process one file (the ``deepafx process`` command of automation recipes).
 
     Args:
-        checkpoint: Mastering checkpoint file or run folder.
+        checkpoint: Checkpoint file or run folder of an automation recipe.
         input_path: Audio file: any rate, any channel count (see
             :func:`deepafx.audio.downmix`), any length.
-        output_path: Mastered audio; format from the extension; the input's
+        output_path: Processed audio; format from the extension; the input's
             subtype when the format supports it (PCM 16/24/32, float), float
             otherwise. PCM outputs are clipped to full scale (counted in notes).
         automation_path: Optional ``.json`` or ``.csv`` automation: frame times
@@ -422,6 +420,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         smoothing_frames: Moving-average length over frames (>= 1; 1 = none).
         force: Overwrite existing outputs.
         timeout_s: Longest one render request may take, seconds.
+        recipe: Recipe the checkpoint must come from (``None``: any automation recipe).
 
     Returns:
         :class:`ProcessResult`.
@@ -435,7 +434,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         deepafx.hosts.base.PluginError: the chain rendered NaN/Inf.
         deepafx.workers.WorkerError: the chain crashed or hung.
     """
-    from deepafx.recipes.mastering.plots import plot_process
+    from deepafx.automation.plots import plot_process
 
     out = Path(output_path)
     auto_p = Path(automation_path) if automation_path else None
@@ -457,14 +456,14 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
     output_format(out)  # validates the extension before any work
     src = read_audio(inp)
     fmt, subtype, fmt_note = output_format(out, src.subtype)
-    model, ckpt, ckpt_path = load_mastering_checkpoint(checkpoint)
-    mastered = master_audio(model, src.audio, src.sample_rate, block_samples=block_samples,
+    model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, recipe)
+    processed = apply_automation(model, src.audio, src.sample_rate, block_samples=block_samples,
                             smoothing_frames=smoothing_frames, timeout_s=timeout_s, channel_mask=src.channel_mask,
                             what=str(inp))
-    notes = list(mastered.notes)
+    notes = list(processed.notes)
     if fmt_note:
         notes.append(fmt_note)
-    data, clipped = encode_audio(mastered.audio, src.sample_rate, fmt, subtype)
+    data, clipped = encode_audio(processed.audio, src.sample_rate, fmt, subtype)
     if clipped:
         notes.append(f"{clipped} sample(s) above full scale clipped for {subtype} output (write float, e.g. .wav from a "
                      "float input, to keep them)")
@@ -479,19 +478,19 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
             "smoothing_frames": int(smoothing_frames),
             "block_samples": int(block_samples),
         }
-        outputs.append((auto_p, _automation_bytes(mastered.automation, auto_p, extra)))
+        outputs.append((auto_p, _automation_bytes(processed.automation, auto_p, extra)))
     if plot_p is not None:
-        title = f"{inp.name} mastered by {ckpt_path.parent.name}/{ckpt_path.name}"
-        outputs.append((plot_p, _render_plot_png(plot_process, src.audio, mastered.audio, src.sample_rate,
-                                                 mastered.automation, title=title)))
+        title = f"{inp.name} processed by {ckpt_path.parent.name}/{ckpt_path.name}"
+        outputs.append((plot_p, _render_plot_png(plot_process, src.audio, processed.audio, src.sample_rate,
+                                                 processed.automation, title=title)))
     write_files_atomic(outputs)
-    warnings = src.warnings + mastered.warnings
+    warnings = src.warnings + processed.warnings
     for n in notes:
         log.info("%s", n)
     return ProcessResult(
         output_path=out, automation_path=auto_p, plot_path=plot_p, input_sample_rate=src.sample_rate,
         model_sample_rate=model.sample_rate, input_channels=src.audio.shape[0],
-        output_channels=mastered.audio.shape[0], subtype=subtype, seconds=mastered.seconds,
-        process_seconds=mastered.process_seconds, realtime_factor=mastered.realtime_factor, notes=notes,
-        automation=mastered.automation, checkpoint_path=ckpt_path, warnings=warnings,
+        output_channels=processed.audio.shape[0], subtype=subtype, seconds=processed.seconds,
+        process_seconds=processed.process_seconds, realtime_factor=processed.realtime_factor, notes=notes,
+        automation=processed.automation, checkpoint_path=ckpt_path, warnings=warnings,
     )
