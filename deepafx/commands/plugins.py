@@ -1,6 +1,7 @@
 """``deepafx plugins``: list the plugins this machine can host, or one plugin's parameters.
 
-``deepafx plugins`` lists, without loading anything: VST3 bundles (``/usr/lib/vst3``,
+``deepafx plugins`` lists, without loading anything: LV2 plugins by URI and name
+(their Turtle data, read through liblilv: :mod:`deepafx.hosts.lv2`), VST3 bundles (``/usr/lib/vst3``,
 ``/usr/local/lib/vst3``, ``~/.vst3``), VST2 ``.so`` files (``/usr/lib/vst``,
 ``/usr/lib/lxvst``, ``/usr/local/lib/vst``, ``~/.vst``, recursively), the packaged
 Faust DSP files (``faust/``), parameter maps (``param_maps/``) and chain configs
@@ -8,8 +9,8 @@ Faust DSP files (``faust/``), parameter maps (``param_maps/``) and chain configs
 (:func:`deepafx.assets.recipes_dir`, by name for ``--config``) and the registered
 backends.
 
-``deepafx plugins --details NAME_OR_PATH`` loads one plugin, Faust file, chain
-config or backend and prints its parameter table (plugin units). The load runs
+``deepafx plugins --details NAME_OR_PATH`` loads one plugin (an LV2 plugin by its
+URI), Faust file, chain config or backend and prints its parameter table (plugin units). The load runs
 in a child process with a time limit (``--timeout``), so a plugin that hangs or
 crashes while loading (ZamVerb.vst3 hangs) is reported instead of stopping the
 command.
@@ -28,6 +29,7 @@ from typing import Any
 from deepafx.assets import plugins_dir, recipes_dir, resolve_chain
 from deepafx.hosts.base import PluginError, available_backends
 from deepafx.hosts.dawdreamer_host import VST2_DIRS, find_vst2
+from deepafx.hosts.lv2 import list_plugins as list_lv2_plugins
 from deepafx.hosts.plugin_params import resolve_asset
 from deepafx.hosts.vst3 import VST3_DIRS, find_vst3
 
@@ -40,8 +42,9 @@ def find_plugins() -> dict[str, list[str]]:
     """Everything hostable found on this machine, by kind, without loading any of it.
 
     Returns:
-        Absolute paths by kind: ``vst3``, ``vst2``, ``faust``, ``param_maps``,
-        ``chains``, ``configs`` (packaged recipe configs), and ``backends`` (names).
+        ``lv2``: plugin URIs (empty without liblilv); absolute paths by kind:
+        ``vst3``, ``vst2``, ``faust``, ``param_maps``, ``chains``, ``configs``
+        (packaged recipe configs); and ``backends`` (names).
     """
 
     def files(dirs: tuple[Path, ...], pattern: str, recursive: bool) -> list[str]:
@@ -54,6 +57,7 @@ def find_plugins() -> dict[str, list[str]]:
 
     assets = plugins_dir()
     return {
+        "lv2": [uri for uri, _ in list_lv2_plugins()],
         "vst3": files(VST3_DIRS, "*.vst3", False),
         "vst2": files(VST2_DIRS, "*.so", True),
         "faust": files((assets / "faust",), "*.dsp", False),
@@ -88,6 +92,11 @@ def _spec_for(target: str, param_map: str | None) -> dict[str, Any]:
             tried.append(str(exc))
     if target in available_backends():
         return {"kind": "processor", "backend": target, "options": extra}
+    if "://" in target or target.startswith("urn:"):  # an LV2 plugin URI
+        from deepafx.hosts.lv2 import lv2_world
+
+        lv2_world().plugin(target)  # raises with the closest installed URIs
+        return {"kind": "processor", "backend": "lv2", "options": {"uri": target, **extra}}
     if p.suffix != ".so":
         try:
             return {"kind": "processor", "backend": "vst3", "options": {"path": str(find_vst3(target)), **extra}}
@@ -125,7 +134,10 @@ def _load_details(spec: dict[str, Any], sample_rate: float) -> dict[str, Any]:
             chain.close()
     proc = build_processor(ProcessorSpec(backend=spec["backend"], name="plugin", options=spec["options"]), sample_rate)
     bindings = getattr(proc, "bindings", None)  # third-party plugin backends: enum labels
-    labels = describe_labels(bindings) if bindings else ""
+    if hasattr(proc, "describe_labels"):  # LV2: scale-point labels of the plugin's own values
+        labels = proc.describe_labels()
+    else:
+        labels = describe_labels(bindings) if bindings else ""
     return {
         "kind": "processor",
         "backend": spec["backend"],
@@ -218,7 +230,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
+    lv2_names = dict(list_lv2_plugins())
     titles = {
+        "lv2": "LV2 (backend lv2, options {uri: URI})",
         "vst3": "VST3 (backend vst3, or dawdreamer)",
         "vst2": "VST2 (backend dawdreamer)",
         "faust": "Faust DSP (backend faust)",
@@ -230,12 +244,14 @@ def run(args: argparse.Namespace) -> int:
     for key, title in titles.items():
         print(f"{title}: {len(found[key])}")
         for item in found[key]:
-            if key == "chains":
+            if key == "lv2":
+                item = f"{item:<64} {lv2_names.get(item, '')}"
+            elif key == "chains":
                 item = f"{Path(item).stem:<24} {item}"
             elif key == "configs":
                 item = f"{Path(item).parent.name + '/' + Path(item).stem:<24} {item}"
             print(f"  {item}")
-    print("Show a table: deepafx plugins --details NAME_OR_PATH")
+    print("Show a table: deepafx plugins --details NAME_OR_PATH_OR_LV2_URI")
     return 0
 
 
@@ -246,7 +262,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--details", metavar="NAME_OR_PATH",
-                   help="plugin path or name, .dsp file, chain config or backend name to load and describe")
+                   help="LV2 plugin URI, plugin path or name, .dsp file, chain config or backend name to load "
+                        "and describe")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--param-map", default=None, help="parameter map YAML for --details of a single plugin")
     p.add_argument("--sample-rate", type=float, default=44100.0, help="rate in Hz for --details (default 44100)")

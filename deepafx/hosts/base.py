@@ -200,6 +200,7 @@ _BACKEND_MODULES = (
     "deepafx.hosts.dawdreamer_host",
     "deepafx.hosts.dawdreamer_instrument",
     "deepafx.hosts.dexed_host",
+    "deepafx.hosts.lv2",
     "deepafx.hosts.testing",
 )
 

@@ -1,0 +1,1235 @@
+"""Backend ``"lv2"``: LV2 plugins hosted through liblilv, stateful and block-exact.
+
+LV2 is Linux's native plugin format (Debian ships LSP ``lsp-plugins-lv2``, Zam
+``zam-plugins``, x42 ``x42-plugins`` and the guitarix amplifiers
+``guitarix-lv2``). Plugins are found and instantiated through liblilv
+(Debian ``liblilv-0-0``), reached with :mod:`ctypes` (no Python binding for lilv
+exists in Debian 12 or on PyPI). The LV2 world (every installed bundle's
+``manifest.ttl``, found along ``LV2_PATH`` or the default ``~/.lv2``,
+``/usr/local/lib/lv2``, ``/usr/lib/lv2`` …) is loaded once per process.
+
+Options (``ProcessorSpec.options``):
+
+* ``uri`` (required): the plugin URI, e.g.
+  ``http://lsp-plug.in/plugins/lv2/compressor_stereo`` (``deepafx plugins`` or
+  ``lv2ls`` list them).
+* ``channels`` (default 2): for plugins with one audio input and one audio
+  output, how many independent instances to hold (one per input channel).
+* ``block_size`` (default :data:`DEFAULT_BLOCK_SIZE`): the longest ``run()`` in
+  samples (``bufsz:maxBlockLength``); longer blocks are run in chunks.
+* ``param_map``: a parameter-map YAML file, or the same content inline as a
+  mapping (:class:`~deepafx.hosts.plugin_params.ParamMap`: ``only_listed``,
+  ``exclude``, ``params`` with ``name``/``min``/``max``/``default``/``scale``/
+  ``values`` overrides), keyed by the port symbol or by the table name.
+* ``exclude``: port symbols or table names to leave out of the table.
+
+**Parameters.** One table entry per control input port, in port order
+(:func:`discover_params`): the name is the port's ``lv2:name`` with its unit
+(``units:unit``) as suffix (``Attack time`` in ms → ``attack_time_ms``); range
+and default from ``lv2:minimum``/``lv2:maximum``/``lv2:default`` (multiplied by
+the sample rate for ``lv2:sampleRate`` ports). ``lv2:toggled`` ports take
+``{min, max}``, ``lv2:enumeration`` ports the values of their scale points,
+``lv2:integer`` ports every integer of their range (above
+:data:`MAX_INTEGER_VALUES` values: continuous, rounded when set); a
+``pprops:logarithmic`` port with a positive range is normalized on a log scale.
+LSP gives gains and thresholds as linear gain (its own unit ``G``, 0 … 1000 for
+-inf … +60 dB); such ports are presented in dB (``Attack threshold`` →
+``attack_threshold_db``), with :data:`GAIN_FLOOR_DB` standing for a gain of 0.
+Host-managed ports are not in the table and stay at their defaults: the
+``lv2:enabled`` (bypass), ``lv2:freeWheeling`` and ``time:`` designations and
+``pprops:trigger`` buttons. The general exclusion rules of
+:mod:`deepafx.hosts.plugin_params` (meters by name …) apply too.
+
+**State.** An LV2 instance keeps its state between ``run()`` calls (LV2 core:
+``run`` processes a block of a continuous stream), so consecutive
+:meth:`LV2Processor.process` calls continue one signal with no replay; output
+is independent of the block boundaries for plugins whose DSP is (the tests check
+LSP, x42 and guitarix plugins). :meth:`LV2Processor.reset` makes fresh instances
+(``deactivate``, ``cleanup``, ``instantiate``, ``activate``) and primes them like
+the first ones, so the output after ``reset()`` equals a fresh processor's.
+
+**Latency.** A plugin's latency output port (``lv2:reportsLatency`` or
+``lv2:designation lv2:latency``) is read after the silent priming block of
+:data:`PRIME_SAMPLES` that follows every instantiation, and again after every
+block: :attr:`LV2Processor.latency_samples` is the value reported last (it can
+change with parameters, e.g. LSP look-ahead). Output sample ``t`` reflects input
+sample ``t - latency_samples``; every call returns as many samples as it is
+given (LV2 plugins delay their output; they never drop samples).
+
+**Channels.** A plugin with one audio input and one output runs as one instance
+per input channel (``channels``), each with its own state; any other plugin
+declares ``num_input_channels`` = its number of main audio inputs (2 for stereo
+plugins) and outputs its own number of channels. Side-chain inputs
+(``lv2:isSideChain``) and CV inputs receive silence.
+
+**Host features** (:data:`PROVIDED_FEATURES`): URID map/unmap, options
+(``bufsz:minBlockLength``/``maxBlockLength``/``nominalBlockLength``/
+``sequenceSize``, ``param:sampleRate``), ``bufsz:boundedBlockLength``, worker
+(requests are run synchronously after each ``run()``, responses are delivered
+before the next one, then ``end_run``), and log (messages kept, see :meth:`LV2Processor.log_messages`); with option
+``fixed_block`` also ``bufsz:fixedBlockLength`` and ``bufsz:powerOf2BlockLength``.
+No installed plugin requires a state feature (``state:mapPath`` … are optional
+for the 339 plugins of the Debian packages above), so none is given. A plugin requiring
+any other feature, or a required option the host does not give, fails with a
+:class:`~deepafx.hosts.base.PluginError` naming it. Atom ports get an empty
+sequence on input and a cleared buffer on output before every ``run()``.
+
+References:
+    LV2 specifications, https://lv2plug.in/ns/ (lv2core, urid, options,
+    buf-size, worker, atom, port-props, units, state, log).
+    D. Robillard, "Lilv" (C library for LV2 hosts), https://drobilla.gitlab.io/lilv/.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from deepafx.hosts.base import AudioError, PluginError, Processor, ProcessorSpec, register_backend
+from deepafx.hosts.fpenv import float_env_guard
+from deepafx.hosts.plugin_params import (
+    DiscoveredParam,
+    ParamMap,
+    SelectedParam,
+    ValueMap,
+    build_table,
+    sanitize_name,
+    unique_names,
+)
+
+#: The shared library (Debian ``liblilv-0-0``).
+LILV_LIBRARY = "liblilv-0.so.0"
+
+#: Default longest ``run()`` in samples (``bufsz:maxBlockLength``).
+DEFAULT_BLOCK_SIZE = 4096
+
+#: Silent samples run after every instantiation (latency is then reported).
+PRIME_SAMPLES = 64
+
+#: Integer ports with more values than this are continuous (rounded when set).
+MAX_INTEGER_VALUES = 128
+
+#: dB value standing for a linear gain of 0 on gain ports shown in dB.
+GAIN_FLOOR_DB = -120.0
+
+#: Decimals of dB bounds and defaults of gain ports shown in dB (LSP stores ``0.063100``
+#: for -24 dB: the table says -24, the port gets the clipped gain).
+DB_DECIMALS = 2
+
+#: Bytes of each atom port buffer unless the port asks for more (``rsz:minimumSize``).
+ATOM_BUFFER_BYTES = 8192
+
+OPTIONS = frozenset({"uri", "channels", "block_size", "fixed_block", "param_map", "exclude"})
+
+_LV2 = "http://lv2plug.in/ns/lv2core#"
+_EXT = "http://lv2plug.in/ns/ext/"
+_UNITS = "http://lv2plug.in/ns/extensions/units#"
+URID_MAP = _EXT + "urid#map"
+URID_UNMAP = _EXT + "urid#unmap"
+OPTIONS_FEATURE = _EXT + "options#options"
+BOUNDED_BLOCK = _EXT + "buf-size#boundedBlockLength"
+FIXED_BLOCK = _EXT + "buf-size#fixedBlockLength"
+POWER_OF_2_BLOCK = _EXT + "buf-size#powerOf2BlockLength"
+WORKER_SCHEDULE = _EXT + "worker#schedule"
+WORKER_INTERFACE = _EXT + "worker#interface"
+LOG_FEATURE = _EXT + "log#log"
+
+#: Features this host passes to every instance.
+PROVIDED_FEATURES = (URID_MAP, URID_UNMAP, OPTIONS_FEATURE, BOUNDED_BLOCK, WORKER_SCHEDULE, LOG_FEATURE)
+#: Features passed in addition with option ``fixed_block`` (``powerOf2BlockLength`` when
+#: ``block_size`` is a power of 2).
+FIXED_BLOCK_FEATURES = (FIXED_BLOCK, POWER_OF_2_BLOCK)
+#: Options (``opts:requiredOption``) this host gives every instance.
+GIVEN_OPTIONS = tuple(_EXT + "buf-size#" + k for k in ("minBlockLength", "maxBlockLength", "nominalBlockLength",
+                                                        "sequenceSize")) + (_EXT + "parameters#sampleRate",)
+#: Plugin properties that some plugins list as required features; nothing to provide.
+SATISFIED_FEATURES = (_LV2 + "hardRTCapable", _LV2 + "inPlaceBroken", _LV2 + "isLive")
+
+#: ``units:unit`` URIs → (label, name suffix).
+UNIT_LABELS = {
+    "db": ("dB", "db"), "hz": ("Hz", "hz"), "khz": ("kHz", "khz"), "mhz": ("MHz", "mhz"),
+    "ms": ("ms", "ms"), "s": ("s", "s"), "min": ("min", "min"), "pc": ("%", "pct"),
+    "cent": ("cent", "cents"), "semitone12TET": ("semitones", "semitones"), "oct": ("oct", "oct"),
+    "bpm": ("bpm", "bpm"), "beat": ("beats", "beats"), "bar": ("bars", "bars"), "frame": ("frames", "frames"),
+    "degree": ("deg", "deg"), "midiNote": ("note", "note"), "m": ("m", "m"), "cm": ("cm", "cm"),
+    "mm": ("mm", "mm"), "km": ("km", "km"), "inch": ("in", "in"), "mile": ("mi", "mi"), "coef": ("", ""),
+}
+#: Unit symbols of custom units (``units:symbol``) with the same meaning.
+UNIT_SYMBOLS = {"dB": "db", "Hz": "hz", "kHz": "khz", "ms": "ms", "s": "s", "%": "pc", "ct": "cent",
+                "st": "semitone12TET", "oct": "oct", "bpm": "bpm", "°": "degree", "min": "min"}
+
+# -- the C library -----------------------------------------------------------------
+
+_vp, _u32, _cp = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p
+
+
+class _Feature(ctypes.Structure):
+    """``LV2_Feature``: a URI and its data."""
+
+    _fields_ = [("URI", _cp), ("data", _vp)]
+
+
+class _Descriptor(ctypes.Structure):
+    """``LV2_Descriptor``: the plugin's entry points (LV2 core)."""
+
+    _fields_ = [
+        ("URI", _cp),
+        ("instantiate", _vp),
+        ("connect_port", ctypes.CFUNCTYPE(None, _vp, _u32, _vp)),
+        ("activate", ctypes.CFUNCTYPE(None, _vp)),
+        ("run", ctypes.CFUNCTYPE(None, _vp, _u32)),
+        ("deactivate", ctypes.CFUNCTYPE(None, _vp)),
+        ("cleanup", _vp),
+        ("extension_data", ctypes.CFUNCTYPE(_vp, _cp)),
+    ]
+
+
+class _LilvInstance(ctypes.Structure):
+    """``LilvInstance`` (its accessors are inline functions of ``lilv.h``)."""
+
+    _fields_ = [("lv2_descriptor", ctypes.POINTER(_Descriptor)), ("lv2_handle", _vp), ("pimpl", _vp)]
+
+
+_MAP_FN = ctypes.CFUNCTYPE(_u32, _vp, _cp)
+_UNMAP_FN = ctypes.CFUNCTYPE(_vp, _vp, _u32)
+
+
+class _URIDMap(ctypes.Structure):
+    _fields_ = [("handle", _vp), ("map", _MAP_FN)]
+
+
+class _URIDUnmap(ctypes.Structure):
+    _fields_ = [("handle", _vp), ("unmap", _UNMAP_FN)]
+
+
+class _Option(ctypes.Structure):
+    """``LV2_Options_Option``."""
+
+    _fields_ = [("context", _u32), ("subject", _u32), ("key", _u32), ("size", _u32), ("type", _u32),
+                ("value", _vp)]
+
+
+_RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _vp)
+_SCHEDULE_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _vp)
+
+
+class _WorkerSchedule(ctypes.Structure):
+    _fields_ = [("handle", _vp), ("schedule_work", _SCHEDULE_FN)]
+
+
+class _WorkerInterface(ctypes.Structure):
+    _fields_ = [
+        ("work", ctypes.CFUNCTYPE(ctypes.c_int, _vp, _RESPOND_FN, _vp, _u32, _vp)),
+        ("work_response", ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _vp)),
+        ("end_run", ctypes.CFUNCTYPE(ctypes.c_int, _vp)),
+    ]
+
+
+# printf is variadic: the trailing arguments are ignored (only the format is kept).
+_PRINTF_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _cp)
+_VPRINTF_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _cp, _vp)
+
+
+class _Log(ctypes.Structure):
+    _fields_ = [("handle", _vp), ("printf", _PRINTF_FN), ("vprintf", _VPRINTF_FN)]
+
+
+_PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
+    "lilv_world_new": (_vp, []),
+    "lilv_world_load_all": (None, [_vp]),
+    "lilv_world_get_all_plugins": (_vp, [_vp]),
+    "lilv_world_get": (_vp, [_vp, _vp, _vp, _vp]),
+    "lilv_world_find_nodes": (_vp, [_vp, _vp, _vp, _vp]),
+    "lilv_new_uri": (_vp, [_vp, _cp]),
+    "lilv_node_free": (None, [_vp]),
+    "lilv_node_as_string": (_cp, [_vp]),
+    "lilv_node_as_uri": (_cp, [_vp]),
+    "lilv_node_as_float": (ctypes.c_float, [_vp]),
+    "lilv_node_is_uri": (ctypes.c_bool, [_vp]),
+    "lilv_node_is_blank": (ctypes.c_bool, [_vp]),
+    "lilv_node_is_float": (ctypes.c_bool, [_vp]),
+    "lilv_node_is_int": (ctypes.c_bool, [_vp]),
+    "lilv_nodes_begin": (_vp, [_vp]),
+    "lilv_nodes_is_end": (ctypes.c_bool, [_vp, _vp]),
+    "lilv_nodes_next": (_vp, [_vp, _vp]),
+    "lilv_nodes_get": (_vp, [_vp, _vp]),
+    "lilv_nodes_free": (None, [_vp]),
+    "lilv_plugins_begin": (_vp, [_vp]),
+    "lilv_plugins_is_end": (ctypes.c_bool, [_vp, _vp]),
+    "lilv_plugins_next": (_vp, [_vp, _vp]),
+    "lilv_plugins_get": (_vp, [_vp, _vp]),
+    "lilv_plugins_get_by_uri": (_vp, [_vp, _vp]),
+    "lilv_plugin_get_uri": (_vp, [_vp]),
+    "lilv_plugin_get_name": (_vp, [_vp]),
+    "lilv_plugin_get_num_ports": (_u32, [_vp]),
+    "lilv_plugin_get_port_by_index": (_vp, [_vp, _u32]),
+    "lilv_plugin_get_port_ranges_float": (None, [_vp, _vp, _vp, _vp]),
+    "lilv_plugin_get_required_features": (_vp, [_vp]),
+    "lilv_plugin_has_latency": (ctypes.c_bool, [_vp]),
+    "lilv_plugin_get_latency_port_index": (_u32, [_vp]),
+    "lilv_plugin_has_extension_data": (ctypes.c_bool, [_vp, _vp]),
+    "lilv_plugin_instantiate": (_vp, [_vp, ctypes.c_double, _vp]),
+    "lilv_instance_free": (None, [_vp]),
+    "lilv_port_is_a": (ctypes.c_bool, [_vp, _vp, _vp]),
+    "lilv_port_has_property": (ctypes.c_bool, [_vp, _vp, _vp]),
+    "lilv_port_get_symbol": (_vp, [_vp, _vp]),
+    "lilv_port_get_name": (_vp, [_vp, _vp]),
+    "lilv_port_get": (_vp, [_vp, _vp, _vp]),
+    "lilv_port_get_value": (_vp, [_vp, _vp, _vp]),
+    "lilv_port_get_scale_points": (_vp, [_vp, _vp]),
+    "lilv_scale_points_begin": (_vp, [_vp]),
+    "lilv_scale_points_is_end": (ctypes.c_bool, [_vp, _vp]),
+    "lilv_scale_points_next": (_vp, [_vp, _vp]),
+    "lilv_scale_points_get": (_vp, [_vp, _vp]),
+    "lilv_scale_points_free": (None, [_vp]),
+    "lilv_scale_point_get_label": (_vp, [_vp]),
+    "lilv_scale_point_get_value": (_vp, [_vp]),
+}
+
+_LIB: Any = None
+_LIB_LOCK = threading.Lock()
+
+
+def lilv_library() -> Any:
+    """The loaded liblilv with its prototypes declared (loaded once per process).
+
+    Raises:
+        PluginError: the library is missing (names the Debian package).
+    """
+    global _LIB
+    with _LIB_LOCK:
+        if _LIB is None:
+            try:
+                lib = ctypes.CDLL(LILV_LIBRARY)
+            except OSError as exc:
+                raise PluginError(
+                    f"cannot load {LILV_LIBRARY} ({exc}); backend 'lv2' needs liblilv "
+                    "(Debian: apt-get install -y --no-install-recommends liblilv-0-0 lilv-utils)"
+                ) from None
+            for name, (restype, argtypes) in _PROTOTYPES.items():
+                fn = getattr(lib, name)
+                fn.restype, fn.argtypes = restype, argtypes
+            _LIB = lib
+        return _LIB
+
+
+def _str(ptr: bytes | None) -> str:
+    return ptr.decode("utf-8", "replace") if ptr else ""
+
+
+# -- the world: plugins, URIs, URIDs, log ------------------------------------------
+
+
+class LV2World:
+    """The process-wide LV2 world: every installed plugin, URI nodes, URID map and log.
+
+    Use :func:`lv2_world`; one instance per process (lilv worlds are not shared
+    between processes, and render workers build their own).
+
+    Attributes:
+        lib: The liblilv handle.
+        messages: The last plugin log messages (``(type URI, text)``), newest last.
+    """
+
+    def __init__(self) -> None:
+        self.lib = lib = lilv_library()
+        self.ptr = lib.lilv_world_new()
+        lib.lilv_world_load_all(self.ptr)
+        self.plugins = lib.lilv_world_get_all_plugins(self.ptr)
+        self._nodes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._ids: dict[bytes, int] = {}
+        self._uris: list[ctypes.Array] = [ctypes.create_string_buffer(b"")]  # URID 0 is invalid
+        self.messages: deque[tuple[str, str]] = deque(maxlen=64)
+        # C callbacks and structs live as long as the world (the process).
+        self._map_fn = _MAP_FN(lambda _h, uri: self.map(uri))
+        self._unmap_fn = _UNMAP_FN(self._unmap_c)
+        self._urid_map = _URIDMap(None, self._map_fn)
+        self._urid_unmap = _URIDUnmap(None, self._unmap_fn)
+        self._printf = _PRINTF_FN(lambda _h, t, fmt: self._log(t, fmt, None))
+        self._vprintf = _VPRINTF_FN(lambda _h, t, fmt, args: self._log(t, fmt, args))
+        self._log_struct = _Log(None, self._printf, self._vprintf)
+        try:
+            self._libc = ctypes.CDLL("libc.so.6")
+            self._libc.vsnprintf.argtypes = [_vp, ctypes.c_size_t, _cp, _vp]
+        except OSError:
+            self._libc = None
+
+    # URIs and URIDs ----------------------------------------------------------------
+    def node(self, uri: str) -> int:
+        """A ``LilvNode*`` for ``uri``, kept for the life of the process."""
+        n = self._nodes.get(uri)
+        if n is None:
+            n = self._nodes[uri] = self.lib.lilv_new_uri(self.ptr, uri.encode())
+        return n
+
+    def map(self, uri: bytes | str) -> int:
+        """URID of ``uri`` (``urid:map``; thread-safe, stable for the process)."""
+        key = uri.encode() if isinstance(uri, str) else bytes(uri)
+        with self._lock:
+            urid = self._ids.get(key)
+            if urid is None:
+                urid = self._ids[key] = len(self._uris)
+                self._uris.append(ctypes.create_string_buffer(key))
+            return urid
+
+    def unmap(self, urid: int) -> str | None:
+        """URI of ``urid`` (``urid:unmap``), ``None`` when unknown."""
+        with self._lock:
+            return self._uris[urid].value.decode() if 0 < urid < len(self._uris) else None
+
+    def _unmap_c(self, _handle: Any, urid: int) -> int | None:
+        with self._lock:
+            return ctypes.addressof(self._uris[urid]) if 0 < urid < len(self._uris) else None
+
+    def _log(self, type_urid: int, fmt: bytes | None, args: Any) -> int:
+        text = _str(fmt)
+        if args is not None and self._libc is not None and fmt:
+            buf = ctypes.create_string_buffer(1024)
+            self._libc.vsnprintf(buf, len(buf), fmt, args)
+            text = _str(buf.value)
+        self.messages.append((self.unmap(type_urid) or "", text.rstrip()))
+        return len(text)
+
+    # features --------------------------------------------------------------------------
+    def shared_features(self) -> dict[str, int | None]:
+        """Data pointers of the features shared by every instance (URID map/unmap, log)."""
+        return {URID_MAP: ctypes.addressof(self._urid_map), URID_UNMAP: ctypes.addressof(self._urid_unmap),
+                LOG_FEATURE: ctypes.addressof(self._log_struct), BOUNDED_BLOCK: None}
+
+    # plugins ------------------------------------------------------------------------------
+    def iter_plugins(self):
+        lib, plugins = self.lib, self.plugins
+        it = lib.lilv_plugins_begin(plugins)
+        while not lib.lilv_plugins_is_end(plugins, it):
+            yield lib.lilv_plugins_get(plugins, it)
+            it = lib.lilv_plugins_next(plugins, it)
+
+    def plugin_uri(self, plugin: int) -> str:
+        return _str(self.lib.lilv_node_as_uri(self.lib.lilv_plugin_get_uri(plugin)))
+
+    def plugin_name(self, plugin: int) -> str:
+        node = self.lib.lilv_plugin_get_name(plugin)
+        try:
+            return _str(self.lib.lilv_node_as_string(node)) if node else ""
+        finally:
+            if node:
+                self.lib.lilv_node_free(node)
+
+    def list_plugins(self) -> list[tuple[str, str]]:
+        """``(URI, name)`` of every installed LV2 plugin, sorted by URI (reads only the Turtle data)."""
+        return sorted((self.plugin_uri(p), self.plugin_name(p)) for p in self.iter_plugins())
+
+    def plugin(self, uri: str) -> int:
+        """The ``LilvPlugin*`` for ``uri``.
+
+        Raises:
+            PluginError: no installed plugin has that URI (lists the closest URIs
+                and the Debian packages).
+        """
+        p = self.lib.lilv_plugins_get_by_uri(self.plugins, self.node(uri))
+        if not p:
+            uris = [u for u, _ in self.list_plugins()]
+            close = difflib.get_close_matches(uri, uris, n=5, cutoff=0.5)
+            hint = f"closest installed: {', '.join(close)}; " if close else ""
+            raise PluginError(
+                f"no LV2 plugin with URI {uri!r} among the {len(uris)} installed; {hint}list them with "
+                "`deepafx plugins` or `lv2ls`, or install plugins (Debian: apt-get install -y "
+                "--no-install-recommends lsp-plugins-lv2 x42-plugins guitarix-lv2 zam-plugins)"
+            )
+        return p
+
+    def nodes_as_strings(self, nodes: int, free: bool = True) -> list[str]:
+        """Strings of a ``LilvNodes*`` collection (freed unless ``free`` is False)."""
+        lib, out = self.lib, []
+        if not nodes:
+            return out
+        it = lib.lilv_nodes_begin(nodes)
+        while not lib.lilv_nodes_is_end(nodes, it):
+            out.append(_str(lib.lilv_node_as_string(lib.lilv_nodes_get(nodes, it))))
+            it = lib.lilv_nodes_next(nodes, it)
+        if free:
+            lib.lilv_nodes_free(nodes)
+        return out
+
+
+_WORLD: LV2World | None = None
+_WORLD_LOCK = threading.Lock()
+
+
+def lv2_world() -> LV2World:
+    """The process's :class:`LV2World`, created (and every bundle's manifest read) on first use.
+
+    Raises:
+        PluginError: liblilv is missing.
+    """
+    global _WORLD
+    with _WORLD_LOCK:
+        if _WORLD is None:
+            _WORLD = LV2World()
+        return _WORLD
+
+
+def list_plugins() -> list[tuple[str, str]]:
+    """``(URI, name)`` of every installed LV2 plugin (empty when liblilv is missing)."""
+    try:
+        return lv2_world().list_plugins()
+    except PluginError:
+        return []
+
+
+# -- ports ---------------------------------------------------------------------------
+
+
+@dataclass
+class PortInfo:
+    """One port of a plugin, as its Turtle data describes it.
+
+    Attributes:
+        index: Port index (``lv2:index``).
+        symbol: ``lv2:symbol`` (unique in the plugin).
+        name: ``lv2:name``.
+        kind: ``"audio"``, ``"control"``, ``"cv"``, ``"atom"`` or ``"other"``.
+        is_input: True for input ports.
+        minimum, maximum, default: Control range (NaN when not given).
+        properties: Short names of port properties present (``toggled``,
+            ``integer``, ``enumeration``, ``logarithmic``, ``sampleRate``,
+            ``trigger``, ``sideChain``, ``optional``).
+        designations: ``lv2:designation`` URIs.
+        unit: ``units:unit`` key of :data:`UNIT_LABELS` (``"ms"``), ``"gain"``
+            for LSP's linear-gain unit, or ``""``.
+        scale_points: ``[(value, label)]`` sorted by value.
+        min_size: Requested buffer size in bytes for atom ports (``rsz:minimumSize``).
+    """
+
+    index: int
+    symbol: str
+    name: str
+    kind: str
+    is_input: bool
+    minimum: float = math.nan
+    maximum: float = math.nan
+    default: float = math.nan
+    properties: frozenset[str] = frozenset()
+    designations: tuple[str, ...] = ()
+    unit: str = ""
+    scale_points: list[tuple[float, str]] = field(default_factory=list)
+    min_size: int = 0
+
+
+_PROPERTIES = {
+    "toggled": _LV2 + "toggled",
+    "integer": _LV2 + "integer",
+    "enumeration": _LV2 + "enumeration",
+    "sampleRate": _LV2 + "sampleRate",
+    "sideChain": _LV2 + "isSideChain",
+    "optional": _LV2 + "connectionOptional",
+    "logarithmic": _EXT + "port-props#logarithmic",
+    "trigger": _EXT + "port-props#trigger",
+}
+
+#: Designations whose ports the host manages (not in the table, left at their default).
+HOST_DESIGNATIONS = (_LV2 + "enabled", _LV2 + "freeWheeling", _LV2 + "latency", _EXT + "time#")
+
+
+def read_ports(world: LV2World, plugin: int) -> list[PortInfo]:
+    """Describe every port of ``plugin`` (``LilvPlugin*``) from its Turtle data."""
+    lib = world.lib
+    n = int(lib.lilv_plugin_get_num_ports(plugin))
+    mins, maxs, defs = ((ctypes.c_float * n)() for _ in range(3))
+    lib.lilv_plugin_get_port_ranges_float(plugin, mins, maxs, defs)
+    classes = [("audio", _LV2 + "AudioPort"), ("control", _LV2 + "ControlPort"), ("cv", _LV2 + "CVPort"),
+               ("atom", _EXT + "atom#AtomPort")]
+    ports = []
+    for i in range(n):
+        port = lib.lilv_plugin_get_port_by_index(plugin, i)
+        kind = next((k for k, uri in classes if lib.lilv_port_is_a(plugin, port, world.node(uri))), "other")
+        name_node = lib.lilv_port_get_name(plugin, port)
+        name = _str(lib.lilv_node_as_string(name_node)) if name_node else ""
+        if name_node:
+            lib.lilv_node_free(name_node)
+        props = frozenset(k for k, uri in _PROPERTIES.items() if lib.lilv_port_has_property(plugin, port, world.node(uri)))
+        designations = tuple(world.nodes_as_strings(lib.lilv_port_get_value(plugin, port, world.node(_LV2 + "designation"))))
+        info = PortInfo(
+            index=i,
+            symbol=_str(lib.lilv_node_as_string(lib.lilv_port_get_symbol(plugin, port))),
+            name=name,
+            kind=kind,
+            is_input=bool(lib.lilv_port_is_a(plugin, port, world.node(_LV2 + "InputPort"))),
+            minimum=float(mins[i]),
+            maximum=float(maxs[i]),
+            default=float(defs[i]),
+            properties=props,
+            designations=designations,
+        )
+        if kind == "control":
+            info.unit = _port_unit(world, plugin, port)
+            info.scale_points = _scale_points(world, plugin, port)
+        if kind == "atom":
+            sizes = world.nodes_as_strings(lib.lilv_port_get_value(plugin, port, world.node(_EXT + "resize-port#minimumSize")))
+            info.min_size = max([int(float(s)) for s in sizes if s] or [0])
+        ports.append(info)
+    return ports
+
+
+def _port_unit(world: LV2World, plugin: int, port: int) -> str:
+    lib = world.lib
+    node = lib.lilv_port_get(plugin, port, world.node(_UNITS + "unit"))
+    if not node:
+        return ""
+    try:
+        if lib.lilv_node_is_uri(node):
+            uri = _str(lib.lilv_node_as_uri(node))
+            key = uri[len(_UNITS):] if uri.startswith(_UNITS) else ""
+            return key if key in UNIT_LABELS else ""
+        texts = {}
+        for pred in ("units#symbol", "rdf-schema#label"):
+            full = _UNITS + "symbol" if pred == "units#symbol" else "http://www.w3.org/2000/01/rdf-schema#label"
+            val = lib.lilv_world_get(world.ptr, node, world.node(full), None)
+            texts[pred] = _str(lib.lilv_node_as_string(val)) if val else ""
+            if val:
+                lib.lilv_node_free(val)
+        if texts["units#symbol"] == "G" or texts["rdf-schema#label"].lower() == "gain":
+            return "gain"
+        return UNIT_SYMBOLS.get(texts["units#symbol"], "")
+    finally:
+        lib.lilv_node_free(node)
+
+
+def _scale_points(world: LV2World, plugin: int, port: int) -> list[tuple[float, str]]:
+    lib = world.lib
+    sps = lib.lilv_port_get_scale_points(plugin, port)
+    if not sps:
+        return []
+    out = []
+    it = lib.lilv_scale_points_begin(sps)
+    while not lib.lilv_scale_points_is_end(sps, it):
+        sp = lib.lilv_scale_points_get(sps, it)
+        out.append((float(lib.lilv_node_as_float(lib.lilv_scale_point_get_value(sp))),
+                    _str(lib.lilv_node_as_string(lib.lilv_scale_point_get_label(sp)))))
+        it = lib.lilv_scale_points_next(sps, it)
+    lib.lilv_scale_points_free(sps)
+    return sorted(out)
+
+
+# -- parameters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortParam:
+    """How a table value becomes a control-port value.
+
+    Attributes:
+        port: Port index.
+        gain_db: True when the table shows dB for a linear-gain port
+            (port value ``10 ** (dB / 20)``, 0 at or below :data:`GAIN_FLOOR_DB`).
+        integer: True when the port value is rounded to an integer.
+        labels: ``{value: label}`` of the port's scale points.
+        lo, hi: The port's range (after ``lv2:sampleRate`` scaling); port values are clipped to it.
+    """
+
+    port: int
+    gain_db: bool = False
+    integer: bool = False
+    labels: Mapping[float, str] = field(default_factory=dict)
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def to_port(self, value: float) -> float:
+        """Port value for table value ``value``, clipped to the port's ``[lo, hi]``."""
+        if self.gain_db:
+            v = 0.0 if value <= GAIN_FLOOR_DB else 10.0 ** (value / 20.0)
+        else:
+            v = float(round(value)) if self.integer else float(value)
+        return min(self.hi, max(self.lo, v))
+
+
+def _to_db(g: float) -> float:
+    """Linear gain → dB rounded to :data:`DB_DECIMALS` decimals (0 → :data:`GAIN_FLOOR_DB`)."""
+    if g <= 10 ** (GAIN_FLOOR_DB / 20):
+        return GAIN_FLOOR_DB
+    return round(max(GAIN_FLOOR_DB, 20.0 * math.log10(g)), DB_DECIMALS)
+
+
+def discover_params(ports: Sequence[PortInfo], sample_rate: float) -> list[DiscoveredParam]:
+    """One :class:`~deepafx.hosts.plugin_params.DiscoveredParam` per control input port (module docstring).
+
+    Host-managed ports (designations in :data:`HOST_DESIGNATIONS`, triggers) are
+    returned as not automatable; ports without a usable range get no value map
+    (both are left out of the table by :func:`~deepafx.hosts.plugin_params.build_table`).
+    Each entry's ``handle`` is a :class:`PortParam`.
+    """
+    controls = [p for p in ports if p.kind == "control" and p.is_input]
+    names = unique_names(_param_name(p) for p in controls)
+    out = []
+    for p, name in zip(controls, names):
+        lo, hi, default = p.minimum, p.maximum, p.default
+        if "sampleRate" in p.properties:
+            lo, hi, default = lo * sample_rate, hi * sample_rate, default * sample_rate
+        if "toggled" in p.properties:
+            lo = 0.0 if not math.isfinite(lo) else lo
+            hi = 1.0 if not math.isfinite(hi) or hi <= lo else hi
+        host = any(d.startswith(h) for d in p.designations for h in HOST_DESIGNATIONS) or "trigger" in p.properties
+        gain_db = p.unit == "gain" and math.isfinite(lo) and math.isfinite(hi) and lo >= 0 and hi > 0
+        integer = bool({"integer", "enumeration", "toggled"} & p.properties)
+        labels = {v: lab for v, lab in p.scale_points}
+        unit = "dB" if gain_db else UNIT_LABELS.get(p.unit, ("", ""))[0]
+        vm: ValueMap | None = None
+        scale = None
+        if not default == default:  # NaN: no default given
+            default = lo if math.isfinite(lo) else 0.0
+        lo_port = lo if math.isfinite(lo) else -math.inf
+        hi_port = hi if math.isfinite(hi) else math.inf
+        if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+            default = min(hi, max(lo, default))
+            if gain_db:
+                lo, hi, default = _to_db(lo), _to_db(hi), _to_db(default)
+                vm = ValueMap.identity(lo, hi)
+            elif "toggled" in p.properties:
+                vm = _discrete((lo, hi), labels)
+            elif "enumeration" in p.properties and p.scale_points:
+                vals = tuple(sorted({v for v, _ in p.scale_points if lo <= v <= hi}))
+                vm = _discrete(vals, labels) if len(vals) >= 2 else None
+                integer = False
+            elif integer and hi - lo + 1 <= MAX_INTEGER_VALUES:
+                vals = tuple(float(v) for v in range(math.ceil(lo), math.floor(hi) + 1))
+                vm = _discrete(vals, labels) if len(vals) >= 2 else None
+            else:
+                vm = ValueMap.identity(lo, hi)
+            if "logarithmic" in p.properties and not gain_db and lo > 0:
+                scale = "log"
+        out.append(
+            DiscoveredParam(
+                key=p.symbol,
+                name=name,
+                unit=unit,
+                value_map=vm,
+                current=float(default),
+                handle=PortParam(port=p.index, gain_db=gain_db, integer=integer, labels=labels,
+                                 lo=lo_port, hi=hi_port),
+                automatable=not host,
+                scale=scale,
+            )
+        )
+    return out
+
+
+def _discrete(values: Sequence[float], labels: Mapping[float, str]) -> ValueMap:
+    vals = tuple(float(v) for v in values)
+    return ValueMap(values=vals, raws=vals, discrete=True)
+
+
+def _param_name(p: PortInfo) -> str:
+    """Table name of a control port: its ``lv2:name`` (or symbol) with a unit suffix."""
+    base = sanitize_name(p.name or p.symbol)
+    suffix = "db" if p.unit == "gain" else UNIT_LABELS.get(p.unit, ("", ""))[1]
+    if suffix and not base.endswith("_" + suffix) and base != suffix:
+        base = f"{base}_{suffix}"
+    return base
+
+
+def _param_map(option: Any) -> ParamMap | None:
+    """A :class:`ParamMap` from option ``param_map``: a file (path or packaged name) or an inline mapping.
+
+    Raises:
+        PluginError: malformed inline content (names the key).
+    """
+    if option is None:
+        return None
+    if not isinstance(option, Mapping):
+        return ParamMap.load(option)
+    unknown = set(option) - {"plugin", "only_listed", "exclude", "params"}
+    if unknown:
+        raise PluginError(f"inline param_map: unknown keys {sorted(unknown)}; allowed: plugin, only_listed, "
+                          "exclude, params")
+    params = option.get("params") or {}
+    for key, ov in params.items():
+        if not isinstance(ov or {}, Mapping) or set(ov or {}) - ParamMap.OVERRIDE_KEYS:
+            raise PluginError(f"inline param_map: entry {key!r} must be a mapping with keys among "
+                              f"{sorted(ParamMap.OVERRIDE_KEYS)}, got {ov!r}")
+    return ParamMap(
+        plugin=option.get("plugin"),
+        only_listed=bool(option.get("only_listed", False)),
+        exclude=tuple(str(x) for x in option.get("exclude") or ()),
+        params={str(k): dict(v or {}) for k, v in params.items()},
+    )
+
+
+# -- one plugin instance -------------------------------------------------------------------
+
+_WORKERS: dict[int, "_Instance"] = {}
+_NEXT_ID = [1]
+
+
+def _schedule(handle: int | None, size: int, data: int | None) -> int:
+    inst = _WORKERS.get(handle or 0)
+    if inst is None or inst.worker is None:
+        return 1  # LV2_WORKER_ERR_UNKNOWN
+    inst.requests.append(ctypes.string_at(data, size) if size else b"")
+    return 0
+
+
+def _respond(handle: int | None, size: int, data: int | None) -> int:
+    inst = _WORKERS.get(handle or 0)
+    if inst is None:
+        return 1
+    inst.responses.append(ctypes.string_at(data, size) if size else b"")
+    return 0
+
+
+_SCHEDULE_C = _SCHEDULE_FN(_schedule)
+_RESPOND_C = _RESPOND_FN(_respond)
+
+
+class _Instance:
+    """One instantiated and activated plugin with its port buffers.
+
+    Buffers (numpy, connected once): ``audio_in (n_audio_in, block)``,
+    ``audio_out (n_audio_out, block)`` float32, ``controls (num_ports,)`` float32
+    (every control port, inputs and outputs), CV buffers, atom buffers.
+    """
+
+    def __init__(self, world: LV2World, plugin: int, ports: Sequence[PortInfo], sample_rate: float,
+                 block_size: int, controls: np.ndarray, label: str, fixed: bool = False) -> None:
+        lib = world.lib
+        self.world, self.lib, self.label = world, lib, label
+        self.block_size = block_size
+        self.requests: list[bytes] = []
+        self.responses: list[bytes] = []
+        self.worker = None
+        self.id = _NEXT_ID[0]
+        _NEXT_ID[0] += 1
+        self.audio_in_ports = [p.index for p in ports if p.kind == "audio" and p.is_input]
+        self.audio_out_ports = [p.index for p in ports if p.kind == "audio" and not p.is_input]
+        self.audio_in = np.zeros((len(self.audio_in_ports), block_size), np.float32)
+        self.audio_out = np.zeros((len(self.audio_out_ports), block_size), np.float32)
+        self.controls = np.array(controls, dtype=np.float32)
+        self._keep: list[Any] = []
+        self._atom_out: list[tuple[np.ndarray, int]] = []
+        self._atom_in: list[np.ndarray] = []
+        features = self._features(sample_rate, block_size, fixed)
+        with float_env_guard():
+            self.ptr = lib.lilv_plugin_instantiate(plugin, float(sample_rate), features)
+        if not self.ptr:
+            raise PluginError(f"{label}: lilv_plugin_instantiate failed at {sample_rate:g} Hz "
+                              f"(plugin log: {self.world.messages and list(self.world.messages)[-3:]})")
+        _WORKERS[self.id] = self
+        inst = ctypes.cast(self.ptr, ctypes.POINTER(_LilvInstance)).contents
+        self.handle = inst.lv2_handle
+        desc = inst.lv2_descriptor.contents
+        self._run, self._activate, self._deactivate = desc.run, desc.activate, desc.deactivate
+        if desc.extension_data:
+            iface = desc.extension_data(WORKER_INTERFACE.encode())
+            if iface:
+                self.worker = ctypes.cast(iface, ctypes.POINTER(_WorkerInterface)).contents
+        self._connect(desc, ports)
+        if self._activate:
+            self._activate(self.handle)
+        self.active = True
+
+    def _features(self, sample_rate: float, block_size: int, fixed: bool) -> Any:
+        world = self.world
+        ints = {k: ctypes.c_int32(v) for k, v in (("min", block_size if fixed else 1), ("max", block_size),
+                                                  ("nominal", block_size),
+                                                  ("seq", ATOM_BUFFER_BYTES))}
+        rate = ctypes.c_float(sample_rate)
+        a_int, a_float = world.map(_EXT + "atom#Int"), world.map(_EXT + "atom#Float")
+        bs = _EXT + "buf-size#"
+        opts = (_Option * 6)(
+            _Option(0, 0, world.map(bs + "minBlockLength"), 4, a_int, ctypes.addressof(ints["min"])),
+            _Option(0, 0, world.map(bs + "maxBlockLength"), 4, a_int, ctypes.addressof(ints["max"])),
+            _Option(0, 0, world.map(bs + "nominalBlockLength"), 4, a_int, ctypes.addressof(ints["nominal"])),
+            _Option(0, 0, world.map(bs + "sequenceSize"), 4, a_int, ctypes.addressof(ints["seq"])),
+            _Option(0, 0, world.map(_EXT + "parameters#sampleRate"), 4, a_float,
+                    ctypes.addressof(rate)),
+            _Option(0, 0, 0, 0, 0, None),
+        )
+        sched = _WorkerSchedule(self.id, _SCHEDULE_C)
+        data = dict(world.shared_features())
+        data[OPTIONS_FEATURE] = ctypes.addressof(opts)
+        data[WORKER_SCHEDULE] = ctypes.addressof(sched)
+        if fixed:
+            data[FIXED_BLOCK] = None
+            if block_size & (block_size - 1) == 0:
+                data[POWER_OF_2_BLOCK] = None
+        feats = [_Feature(uri.encode(), ptr) for uri, ptr in data.items()]
+        arr = (ctypes.POINTER(_Feature) * (len(feats) + 1))(*[ctypes.pointer(f) for f in feats], None)
+        self._keep += [ints, rate, opts, sched, feats, arr]
+        return arr
+
+    def _connect(self, desc: _Descriptor, ports: Sequence[PortInfo]) -> None:
+        connect = desc.connect_port
+        seq_type = self.world.map(_EXT + "atom#Sequence")
+        self._chunk_type = self.world.map(_EXT + "atom#Chunk")
+        base = self.controls.ctypes.data
+        scratch = np.zeros(self.block_size, np.float32)
+        self._keep.append(scratch)
+        for p in ports:
+            if p.kind == "audio":
+                arr, row = ((self.audio_in, self.audio_in_ports.index(p.index)) if p.is_input
+                            else (self.audio_out, self.audio_out_ports.index(p.index)))
+                connect(self.handle, p.index, arr[row].ctypes.data)
+            elif p.kind == "control":
+                connect(self.handle, p.index, base + 4 * p.index)
+            elif p.kind == "cv":
+                buf = np.zeros(self.block_size, np.float32)
+                self._keep.append(buf)
+                connect(self.handle, p.index, buf.ctypes.data)
+            elif p.kind == "atom":
+                size = max(ATOM_BUFFER_BYTES, p.min_size)
+                buf = np.zeros(size // 4 + 4, np.uint32)  # 4-byte words, 8-byte aligned by numpy
+                self._keep.append(buf)
+                if p.is_input:  # an empty sequence: LV2_Atom {size 8, type Sequence} + body {unit 0, pad 0}
+                    buf[:4] = (8, seq_type, 0, 0)
+                    self._atom_in.append(buf)
+                else:
+                    self._atom_out.append((buf, size - 8))
+                connect(self.handle, p.index, buf.ctypes.data)
+            elif "optional" in p.properties:
+                connect(self.handle, p.index, None)
+            else:
+                connect(self.handle, p.index, scratch.ctypes.data)
+        self._clear_atoms()
+
+    def _clear_atoms(self) -> None:
+        for buf in self._atom_in:
+            buf[:4] = (8, buf[1], 0, 0)
+        for buf, capacity in self._atom_out:
+            buf[0], buf[1] = capacity, self._chunk_type
+
+    def run(self, n: int) -> None:
+        """``run(n)`` then the worker: requests, responses, ``end_run`` (module docstring)."""
+        self._run(self.handle, n)
+        if self._atom_out or self._atom_in:
+            self._clear_atoms()
+        if self.requests or self.responses:
+            self._serve_worker()
+
+    def _serve_worker(self) -> None:
+        w = self.worker
+        for _ in range(64):  # work may schedule more work; bounded
+            if not self.requests:
+                break
+            reqs, self.requests = self.requests, []
+            for data in reqs:
+                buf = ctypes.create_string_buffer(data, len(data))
+                w.work(self.handle, _RESPOND_C, self.id, len(data), buf)
+        resps, self.responses = self.responses, []
+        if w is not None and w.work_response:
+            for data in resps:
+                buf = ctypes.create_string_buffer(data, len(data))
+                w.work_response(self.handle, len(data), buf)
+        if w is not None and w.end_run:
+            w.end_run(self.handle)
+
+    def free(self) -> None:
+        """``deactivate`` (if active), then ``cleanup`` through ``lilv_instance_free``."""
+        if getattr(self, "ptr", None):
+            if self.active and self._deactivate:
+                self._deactivate(self.handle)
+            self.active = False
+            self.lib.lilv_instance_free(self.ptr)
+            self.ptr = None
+        _WORKERS.pop(self.id, None)
+
+
+# -- the processor ---------------------------------------------------------------------------
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+class LV2Processor(Processor):
+    """An LV2 effect hosted through liblilv (module docstring: options, parameters, state, latency).
+
+    Args:
+        uri: Plugin URI.
+        sample_rate: Processing rate in Hz.
+        channels: Instances to hold for a one-input, one-output plugin (one per channel).
+        block_size: Longest ``run()`` in samples (with ``fixed_block``: the length of every ``run()``).
+        fixed_block: Run every block with exactly ``block_size`` samples through a
+            host FIFO, which delays the output by ``block_size`` samples (added to
+            :attr:`latency_samples`); for plugins whose output depends on where
+            ``run()`` calls begin (module docstring).
+        param_map: Parameter-map file or inline mapping.
+        exclude: Port symbols or table names to leave out.
+
+    Attributes:
+        uri: The plugin URI.
+        name: The plugin's ``doap:name``.
+        ports: Every port (:class:`PortInfo`).
+        bindings: One :class:`~deepafx.hosts.plugin_params.SelectedParam` per
+            table entry (its ``source.handle`` is the :class:`PortParam`).
+        mono_only: True when one instance runs per input channel.
+
+    Raises:
+        PluginError: liblilv missing, unknown URI, a required feature or option
+            this host does not provide, no audio input, instantiation failure,
+            invalid options.
+        ParameterError: a parameter-map or ``exclude`` entry that does not fit.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        sample_rate: float,
+        channels: int = 2,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        fixed_block: bool = False,
+        param_map: str | Path | Mapping[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        if int(channels) < 1 or int(block_size) < 1:
+            raise PluginError(f"options channels and block_size must be >= 1, got {channels}, {block_size}")
+        if sample_rate <= 0:
+            raise PluginError(f"sample_rate must be positive, got {sample_rate}")
+        self.uri = str(uri)
+        self.sample_rate = float(sample_rate)
+        self.block_size = int(block_size)
+        self.channels = int(channels)
+        self.fixed_block = bool(fixed_block)
+        self.plugin_latency_samples = 0
+        self._instances: list[_Instance] = []
+        self._fifo_in: np.ndarray | None = None
+        self._fifo_out: np.ndarray | None = None
+        world = self.world = lv2_world()
+        self._plugin = world.plugin(self.uri)
+        self.name = world.plugin_name(self._plugin)
+        self.label = f"LV2 plugin {self.uri}"
+        self._check_features()
+        self.ports = read_ports(world, self._plugin)
+        main_in = [p for p in self.ports if p.kind == "audio" and p.is_input and "sideChain" not in p.properties]
+        outs = [p for p in self.ports if p.kind == "audio" and not p.is_input]
+        if not main_in:
+            raise PluginError(f"{self.label} ({self.name}) has no audio input (an instrument or generator); "
+                              "backend 'lv2' hosts effects")
+        if not outs:
+            raise PluginError(f"{self.label} ({self.name}) has no audio output (an analyser?)")
+        self._main_rows = [[p.index for p in self.ports if p.kind == "audio" and p.is_input].index(p.index)
+                           for p in main_in]
+        self.mono_only = len(main_in) == 1 and len(outs) == 1
+        self.num_input_channels = None if self.mono_only else len(main_in)
+        self.num_output_channels = len(outs)
+        pm = _param_map(param_map)
+        self.param_table, self.bindings = build_table(
+            discover_params(self.ports, self.sample_rate), pm, tuple(exclude or ()), plugin_label=self.label
+        )
+        self._port_params: list[PortParam] = [s.source.handle for s in self.bindings]
+        self._maps = [s.value_map for s in self.bindings]
+        self._controls = np.zeros(len(self.ports), np.float32)
+        for p in self.ports:
+            if p.kind == "control" and p.is_input:
+                d = p.default * (self.sample_rate if "sampleRate" in p.properties else 1.0)
+                if _LV2 + "enabled" in p.designations:
+                    d = 1.0  # lv2:enabled: processing on (0 would bypass)
+                self._controls[p.index] = d if math.isfinite(d) else (p.minimum if math.isfinite(p.minimum) else 0.0)
+        self._latency_port = (int(world.lib.lilv_plugin_get_latency_port_index(self._plugin))
+                              if world.lib.lilv_plugin_has_latency(self._plugin) else None)
+        self._values = self.param_table.defaults()
+        self._write_controls(self._values)
+        self._build_instances()
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _check_features(self) -> None:
+        lib, world = self.world.lib, self.world
+        required = world.nodes_as_strings(lib.lilv_plugin_get_required_features(self._plugin))
+        provided = set(PROVIDED_FEATURES) | set(SATISFIED_FEATURES)
+        if self.fixed_block:
+            provided.add(FIXED_BLOCK)
+            if self.block_size & (self.block_size - 1) == 0:
+                provided.add(POWER_OF_2_BLOCK)
+        missing = [f for f in required if f not in provided]
+        if missing:
+            hint = ""
+            if set(missing) <= set(FIXED_BLOCK_FEATURES):
+                hint = "; set option fixed_block: true (with a power-of-2 block_size for powerOf2BlockLength)"
+            raise PluginError(
+                f"{self.label} ({self.name}) requires LV2 feature(s) {', '.join(missing)} that backend 'lv2' "
+                f"does not provide with these options (it provides: {', '.join(sorted(provided))}){hint}"
+            )
+        opts = world.nodes_as_strings(lib.lilv_world_find_nodes(
+            world.ptr, lib.lilv_plugin_get_uri(self._plugin), world.node(_EXT + "options#requiredOption"), None))
+        given = set(GIVEN_OPTIONS)
+        missing = [o for o in opts if o not in given]
+        if missing:
+            raise PluginError(f"{self.label} ({self.name}) requires LV2 option(s) {', '.join(missing)} "
+                              f"that backend 'lv2' does not give (it gives: {', '.join(sorted(given))})")
+
+    def _build_instances(self) -> None:
+        """Instantiate, connect, activate and prime every instance; read the latency."""
+        n = self.channels if self.mono_only else 1
+        with _LOAD_LOCK:
+            instances = []
+            try:
+                for _ in range(n):
+                    instances.append(_Instance(self.world, self._plugin, self.ports, self.sample_rate,
+                                               self.block_size, self._controls, self.label, self.fixed_block))
+            except BaseException:
+                for inst in instances:
+                    inst.free()
+                raise
+        self._instances = instances
+        prime = self.block_size if self.fixed_block else min(PRIME_SAMPLES, self.block_size)
+        for inst in instances:
+            inst.audio_in[:] = 0.0
+            inst.run(prime)
+        self._fifo_in = self._fifo_out = None
+        self._read_latency()
+
+    def _read_latency(self) -> None:
+        """Set :attr:`plugin_latency_samples` from the latency port and :attr:`latency_samples` from it."""
+        if self._latency_port is not None and self._instances:
+            v = float(self._instances[0].controls[self._latency_port])
+            self.plugin_latency_samples = int(round(v)) if math.isfinite(v) and v >= 0 else 0
+        self.latency_samples = self.plugin_latency_samples + (self.block_size if self.fixed_block else 0)
+
+    def _write_controls(self, values: np.ndarray) -> None:
+        for k, (pp, vmap) in enumerate(zip(self._port_params, self._maps)):
+            self._controls[pp.port] = pp.to_port(vmap.to_raw(values[k]))
+
+    # -- Processor API -----------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        """Plugin instances held: ``channels`` for one-input, one-output plugins, else 1."""
+        return len(self._instances)
+
+    def set_values(self, values: np.ndarray) -> None:
+        """Apply plugin values ``(num_params,)`` (table units) to every instance's control ports.
+
+        Ports take effect at the next ``run()``; dB tables of gain ports are
+        converted to linear gain, integer ports are rounded.
+        """
+        self._values = np.array(values, dtype=np.float64)
+        self._write_controls(self._values)
+        for inst in self._instances:
+            for pp in self._port_params:
+                inst.controls[pp.port] = self._controls[pp.port]
+
+    def port_value(self, symbol: str, instance: int = 0) -> float:
+        """Current value of the control port ``symbol`` (inputs and outputs such as meters).
+
+        Raises:
+            PluginError: no control port has that symbol (lists them).
+        """
+        for p in self.ports:
+            if p.symbol == symbol and p.kind == "control":
+                return float(self._instances[instance].controls[p.index])
+        known = ", ".join(p.symbol for p in self.ports if p.kind == "control")
+        raise PluginError(f"{self.label}: no control port {symbol!r}; control ports: {known}")
+
+    def describe_labels(self) -> str:
+        """Lines naming the scale-point labels of discrete parameters: ``tube: 0=12ax7 1=12AU7 …``."""
+        lines = []
+        for s in self.bindings:
+            labels = s.source.handle.labels
+            if labels and s.param.values is not None:
+                shown = [f"{v:g}={labels[v]}" for v in s.param.values if v in labels]
+                if shown:
+                    lines.append(f"{s.param.name}: " + " ".join(shown))
+        return "\n".join(lines)
+
+    def log_messages(self) -> list[tuple[str, str]]:
+        """The last messages plugins logged in this process (``log:log``), ``(type URI, text)``."""
+        return list(self.world.messages)
+
+    def _render(self, audio: np.ndarray) -> np.ndarray:
+        if self.mono_only and audio.shape[0] > len(self._instances):
+            raise AudioError(
+                f"{self.label} has one input and this processor holds {len(self._instances)} instance(s), one per "
+                f"channel; got {audio.shape[0]} channels (raise option 'channels')"
+            )
+        if not self.fixed_block:
+            return self._run_blocks(audio)
+        # Host FIFO: full blocks of block_size only; the output starts with block_size zeros.
+        c, n, bs = audio.shape[0], audio.shape[1], self.block_size
+        if self._fifo_in is None or self._fifo_in.shape[0] != c:
+            self._fifo_in = np.zeros((c, 0), np.float32)
+            self._fifo_out = None
+        full = np.concatenate([self._fifo_in, audio], axis=1)
+        k = full.shape[1] // bs * bs
+        self._fifo_in = full[:, k:]
+        rendered = self._run_blocks(full[:, :k]) if k else None
+        if self._fifo_out is None:
+            c_out = rendered.shape[0] if rendered is not None else self._out_channels(c)
+            self._fifo_out = np.zeros((c_out, bs), np.float32)
+        out = self._fifo_out if rendered is None else np.concatenate([self._fifo_out, rendered], axis=1)
+        self._fifo_out = out[:, n:]
+        return out[:, :n]
+
+    def _out_channels(self, c: int) -> int:
+        return c if self.mono_only else self.num_output_channels
+
+    def _run_blocks(self, audio: np.ndarray) -> np.ndarray:
+        """Run ``(channels, samples)`` through the instances in runs of at most ``block_size``."""
+        c, n = audio.shape
+        insts = self._instances
+        if self.mono_only:
+            groups = [(inst, audio[i : i + 1]) for i, inst in enumerate(insts[:c])]
+        else:
+            groups = [(insts[0], audio)]
+        outs = [np.empty((inst.audio_out.shape[0], n), np.float32) for inst, _ in groups]
+        bs = self.block_size
+        for (inst, x), out in zip(groups, outs):
+            rows = self._main_rows
+            for pos in range(0, n, bs):
+                m = min(bs, n - pos)
+                inst.audio_in[rows, :m] = x[:, pos : pos + m]
+                inst.run(m)
+                out[:, pos : pos + m] = inst.audio_out[:, :m]
+        self._read_latency()
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    def reset(self) -> None:
+        """Replace every instance by a fresh one (deactivate, cleanup, instantiate, activate, prime).
+
+        Parameter values are kept; after ``reset()`` the output equals that of a
+        fresh processor with the same values.
+        """
+        self._free_instances()
+        self._build_instances()
+        self.clear_pending()
+
+    def _free_instances(self) -> None:
+        for inst in self._instances:
+            inst.free()
+        self._instances = []
+
+    def close(self) -> None:
+        """Free every instance (the processor cannot render afterwards)."""
+        self._free_instances()
+
+
+@register_backend("lv2")
+def build_lv2(spec: ProcessorSpec, sample_rate: float) -> LV2Processor:
+    """Factory for backend ``"lv2"`` (options in the module docstring)."""
+    opts = dict(spec.options)
+    unknown = set(opts) - OPTIONS
+    if unknown or "uri" not in opts:
+        raise PluginError(
+            f"processor {spec.name!r} (lv2): options need 'uri' and may have {sorted(OPTIONS)}; got {sorted(opts)}"
+        )
+    return LV2Processor(sample_rate=sample_rate, **opts)
+
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "GAIN_FLOOR_DB",
+    "LV2Processor",
+    "LV2World",
+    "PortInfo",
+    "PortParam",
+    "build_lv2",
+    "discover_params",
+    "list_plugins",
+    "lv2_world",
+    "read_ports",
+]
