@@ -1036,6 +1036,7 @@ class LV2Processor(Processor):
                               if world.lib.lilv_plugin_has_latency(self._plugin) else None)
         self._values = self.param_table.defaults()
         self._write_controls(self._values)
+        self._default_controls = self._controls.copy()
         self._build_instances()
 
     # -- set-up ------------------------------------------------------------------------------
@@ -1065,14 +1066,21 @@ class LV2Processor(Processor):
                               f"that backend 'lv2' does not give (it gives: {', '.join(sorted(given))})")
 
     def _build_instances(self) -> None:
-        """Instantiate, connect, activate and prime every instance; read the latency."""
+        """Instantiate, connect, activate and prime every instance; read the latency.
+
+        Every instance is primed at the table defaults (as at load) and then gets
+        the current values, so a reset processor behaves like a fresh one given
+        the current values with its first block (plugins that smooth parameter
+        changes, such as x42-eq, glide from the defaults in both cases).
+        """
         n = self.channels if self.mono_only else 1
         with _LOAD_LOCK:
             instances = []
             try:
                 for _ in range(n):
                     instances.append(_Instance(self.world, self._plugin, self.ports, self.sample_rate,
-                                               self.block_size, self._controls, self.label, self.fixed_block))
+                                               self.block_size, self._default_controls, self.label,
+                                               self.fixed_block))
             except BaseException:
                 for inst in instances:
                     inst.free()
@@ -1082,8 +1090,9 @@ class LV2Processor(Processor):
         for inst in instances:
             inst.audio_in[:] = 0.0
             inst.run(prime)
-        self._fifo_in = self._fifo_out = None
         self._read_latency()
+        self._fifo_in = self._fifo_out = None
+        self.set_values(self._values)
 
     def _read_latency(self) -> None:
         """Set :attr:`plugin_latency_samples` from the latency port and :attr:`latency_samples` from it."""
@@ -1192,7 +1201,8 @@ class LV2Processor(Processor):
         """Replace every instance by a fresh one (deactivate, cleanup, instantiate, activate, prime).
 
         Parameter values are kept; after ``reset()`` the output equals that of a
-        fresh processor with the same values.
+        fresh processor given the same values with its first block. The host
+        FIFO of ``fixed_block`` restarts with ``block_size`` silent samples.
         """
         self._free_instances()
         self._build_instances()
