@@ -81,6 +81,7 @@ __all__ = [
     "build_dataset",
     "list_candidates",
     "load_split",
+    "parse_score",
     "piece_split",
     "render_piece",
 ]
@@ -427,8 +428,24 @@ def _truncated_musicxml(path: Path, max_quarters: float) -> bytes | None:
         return None
 
 
-def _parse_score(spec: PieceSpec, max_quarters: float) -> _ParsedScore:
-    """Parse a corpus piece into note lists (ties merged), up to ``max_quarters``."""
+def parse_score(spec: PieceSpec, max_quarters: float) -> _ParsedScore:
+    """Parse a corpus piece into note lists (ties merged), up to ``max_quarters``.
+
+    Shared with other recipes that play the corpus (amp emulation's DI parts).
+
+    Args:
+        spec: The corpus piece (:func:`list_candidates`).
+        max_quarters: Notes starting at or after this many quarter notes are dropped.
+
+    Returns:
+        A parsed score with ``parts`` (each with ``name`` and ``notes``: ``onset_q``,
+        ``dur_q`` in quarter notes, MIDI ``pitch``, dynamic ``marking`` on [0, 1]),
+        ``tempo_bpm`` (the score's first metronome mark in quarter notes per
+        minute, or None) and ``length_q`` (quarter notes).
+
+    Raises:
+        ValueError: not a score, or no pitched notes.
+    """
     from music21 import common, converter, corpus, dynamics, harmony, tempo
 
     score = None
@@ -827,7 +844,7 @@ def render_piece(spec: PieceSpec, config: MusicDataConfig) -> RenderedPiece:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # music21 warns about overfull measures and the like
-            score = _parse_score(spec, max_q)
+            score = parse_score(spec, max_q)
     except ValueError:
         raise
     except Exception as exc:  # music21 raises many exception types on odd files
