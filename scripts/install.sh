@@ -11,6 +11,10 @@ APT_PACKAGES=(
   dragonfly-reverb-vst   # Dragonfly VST2 reverbs
   dpf-plugins-vst        # DPF VST2 effects
   amsynth                # amsynth VST2 synthesizer (instrument backend)
+  lilv-utils liblilv-0-0 # LV2 host library (backend lv2) and lv2ls/lv2info
+  lsp-plugins-lv2        # LSP LV2 compressors, EQs, limiters (chains/lsp_mastering_lv2.yaml)
+  x42-plugins            # x42 LV2 EQ and dynamics
+  guitarix-lv2           # guitarix LV2 tube amplifiers (chains/guitarix_amp.yaml)
   fluid-soundfont-gm     # FluidR3_GM SoundFont: real scores → audio
   fluidsynth libfluidsynth3
 )
