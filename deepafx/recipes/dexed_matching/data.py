@@ -170,7 +170,7 @@ def _split_indices(n: int, valid_fraction: float, test_fraction: float, rng: np.
 
 def _data_section(config: Mapping[str, Any]) -> dict:
     d = config["data"] if "data" in config and isinstance(config["data"], Mapping) else config
-    return {k: v for k, v in d.items() if k not in ("dir", "_path")}
+    return {k: v for k, v in d.items() if k != "_path"}
 
 
 def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
