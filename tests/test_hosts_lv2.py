@@ -159,6 +159,25 @@ def test_split_runs_are_exact_only_with_fixed_blocks_for_guitarix():
     assert not ref_fixed[:, :128].any()  # the host FIFO's delay: block_size silent samples first
 
 
+def test_worker_requests_are_served_and_stay_block_exact(monkeypatch):
+    """guitarix loads a new tube model through the worker extension (work runs after each run())."""
+    import deepafx.hosts.lv2 as lv2
+
+    served = []
+    serve = lv2._Instance._serve_worker
+    monkeypatch.setattr(lv2._Instance, "_serve_worker", lambda inst: (served.append(len(inst.requests)), serve(inst)))
+    options = {"fixed_block": True, "block_size": 128}
+    x = signal(seconds=0.6)
+    default = build(GX_AMP, **options).process(x)
+    proc = build(GX_AMP, **options)
+    values = proc.param_table.values_from_mapping({"model": 5.0})
+    ref = proc.process(x, values)
+    assert sum(served) >= 2 and np.abs(ref - default).max() > 0.05  # one request per instance
+    chunked = build(GX_AMP, **options)
+    out = [chunked.process(x[:, :500], values)] + [chunked.process(x[:, i : i + 777]) for i in range(500, x.shape[1], 777)]
+    assert np.array_equal(np.concatenate(out, axis=1), ref)
+
+
 @pytest.mark.parametrize("fixed", [None, 256])
 def test_latency_is_reported_and_aligns_the_output(fixed):
     options = {"fixed_block": True, "block_size": fixed} if fixed else {}
