@@ -22,9 +22,8 @@ For each chain, and for each of its processors alone:
 ``speed_ratio`` = LV2 ``x_realtime`` / VST2 ``x_realtime`` of the whole chain,
 within this run (``speed_ratio_cpu`` from CPU times). ``lv2_vs_vst2_one_shot_max_abs``
 compares the two formats' one-shot outputs, aligned by their reported latencies
-(the same DSP code, parameters set through two different tables). LSP's
-multiband compressor and limiter compute gains per ``run()``, so their output
-depends on the run length (the LV2 chain runs them in fixed runs of 256 and 64
+(the same DSP code, parameters set through two different tables). The output
+of LSP's multiband compressor and limiter depends on the run length (the LV2 chain runs them in fixed runs of 256 and 64
 samples, dawdreamer in engine blocks of 512): per processor,
 ``lv2_same_runs_vs_vst2_one_shot_max_abs`` repeats the comparison with the LV2
 plugin in runs of 512 samples.

@@ -8,8 +8,7 @@ identical output.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import argparse
 
 import numpy as np
 import pytest
@@ -237,15 +236,18 @@ def test_errors_name_the_fix(monkeypatch):
         build(LSP_COMP)
 
 
-def test_plugins_command_lists_and_describes_lv2():
+def test_plugins_command_lists_and_describes_lv2(capsys):
     require(LSP_COMP)
-    out = subprocess.run([sys.executable, "-m", "deepafx.cli", "plugins"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert LSP_COMP in out.stdout and "LSP Compressor Stereo" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "deepafx.cli", "plugins", "--details", LSP_COMP],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "backend lv2" in out.stdout and "attack_threshold_db" in out.stdout
+    from deepafx.commands import plugins
+
+    assert LSP_COMP in plugins.find_plugins()["lv2"]
+    plugins.run(argparse.Namespace(details=None, json=False))
+    assert f"{LSP_COMP:<64} LSP Compressor Stereo" in capsys.readouterr().out
+    info = plugins.details(LSP_COMP)  # loads in a child process
+    assert info["backend"] == "lv2" and info["options"] == {"uri": LSP_COMP} and info["num_input_channels"] == 2
+    th = next(p for p in info["params"] if p["name"] == "attack_threshold_db")
+    assert (th["min"], th["max"], th["unit"]) == (-60.0, 0.0, "dB")
+    assert "sidechain_mode: 0=Peak 1=RMS 2=LPF 3=SMA" in info["labels"]
 
 
 # -- through the Fx layer (render workers build the instances from the spec) ------------

@@ -19,7 +19,7 @@ Options (``ProcessorSpec.options``):
   samples (``bufsz:maxBlockLength``); longer blocks are run in chunks.
 * ``fixed_block`` (default false): run every ``run()`` with exactly
   ``block_size`` samples through a host FIFO (see **State**; adds ``block_size``
-  samples of latency).
+  samples of latency; a block with another channel count restarts the FIFO).
 * ``param_map``: a parameter-map YAML file, or the same content inline as a
   mapping (:class:`~deepafx.hosts.plugin_params.ParamMap`: ``only_listed``,
   ``exclude``, ``params`` with ``name``/``min``/``max``/``default``/``scale``/
@@ -49,10 +49,11 @@ Host-managed ports are not in the table and stay at their defaults: the
 is run in runs of at most ``block_size`` samples, so where runs begin depends on
 the caller's block sizes, and some plugins depend on it. Measured (0.5–1 s of
 noise, blocks of 7 to 5000 samples vs one call): LSP compressor, multiband
-compressor and graphic EQ within 7e-7 (float rounding); LSP limiter up to 7e-3
-(its gain curve is computed per run); x42-eq up to 2.6e-3 while it glides to new
-parameter values (in 64-sample steps counted from each run); guitarix amps up to
-1.2 (they re-initialise when the run length changes). With option
+compressor (at ratio 1) and graphic EQ within 7e-7 (float rounding); LSP
+multiband compressor while compressing up to 0.11; LSP limiter up to 7e-3;
+x42-eq up to 2.6e-3 while it glides to new parameter values (exact when runs
+are multiples of 64 samples); guitarix amps up to 1.2 (they print "buffersize
+changed" and re-initialise when the run length changes). With option
 ``fixed_block`` every ``run()`` has exactly ``block_size`` samples: a host FIFO
 holds the input until a full run is there and the output starts with
 ``block_size`` silent samples, so output is bit-identical for any caller block
