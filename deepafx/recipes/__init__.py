@@ -246,6 +246,7 @@ def default_run_dir(config: RecipeConfig) -> Path:
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.register("mastering", "deepafx.recipes.mastering:RECIPE")
 RECIPES.register("dexed_matching", "deepafx.recipes.dexed_matching:RECIPE")
+RECIPES.register("amp_emulation", "deepafx.recipes.amp_emulation:RECIPE")
 
 
 def get_recipe(name: str) -> Recipe:

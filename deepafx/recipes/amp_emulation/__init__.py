@@ -1,0 +1,62 @@
+"""Amp emulation (DeepAFx, first task): an encoder drives ordinary plugins to sound like a tube amplifier.
+
+An encoder listens to a clean DI guitar or bass and predicts, frame by frame,
+the parameters of a chain of ordinary plugins (embedded: multiband compressor
+→ distortion → graphic EQ → gain) so that the chain's output sounds like the
+same DI through a tube amplifier the chain does not contain. The user gets
+parameter automation for plugins they own, not a neural amp.
+
+Modules: :mod:`~deepafx.recipes.amp_emulation.data` (DI from real scores →
+tube-amp targets), :mod:`~deepafx.recipes.amp_emulation.train` (the automation
+task), :mod:`~deepafx.recipes.amp_emulation.esr` (ESR metric and loss),
+:mod:`~deepafx.recipes.amp_emulation.neural_amp` (the LSTM baseline),
+:mod:`~deepafx.recipes.amp_emulation.evaluate`,
+:mod:`~deepafx.recipes.amp_emulation.plots`; inference is
+:mod:`deepafx.automation.process`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepafx.automation.model import ModelConfig
+from deepafx.recipes import Recipe
+from deepafx.recipes.amp_emulation.data import AmpDataConfig
+from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig
+from deepafx.recipes.amp_emulation.train import ChainConfig, TrainConfig
+
+
+def _data(config, out_dir: Path, force: bool = False) -> Path:
+    from deepafx.recipes.amp_emulation.data import build_dataset
+
+    return build_dataset(config.data, out_dir, force=force)
+
+
+def _task(config, data_dir: Path):
+    from deepafx.recipes.amp_emulation.train import AmpEmulationTask
+
+    return AmpEmulationTask(config, data_dir)
+
+
+def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Path) -> dict:
+    from deepafx.recipes.amp_emulation.evaluate import evaluate_from_config
+
+    return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
+
+
+def _process(checkpoint, input_path, output_path, **options):
+    from deepafx.automation.process import process_file
+
+    return process_file(checkpoint, input_path, output_path, recipe="amp_emulation", **options)
+
+
+RECIPE = Recipe(
+    name="amp_emulation",
+    summary="amp emulation: an encoder drives ordinary plugins to sound like a tube amplifier (DeepAFx)",
+    sections={"data": AmpDataConfig, "chain": ChainConfig, "model": ModelConfig, "train": TrainConfig,
+              "evaluate": EvaluateConfig},
+    data=_data,
+    task=_task,
+    evaluate=_evaluate,
+    process=_process,
+)

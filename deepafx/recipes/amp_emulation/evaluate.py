@@ -1,0 +1,428 @@
+"""Evaluate a trained amp-emulation model on held-out pieces against four references.
+
+Methods, each applied to every piece of the split (whole pieces):
+
+* ``unprocessed`` — the DI itself.
+* ``default`` — the learned chain at its default parameters (static).
+* ``oracle_cmaes`` — the chain with static parameters fitted per piece by
+  CMA-ES directly against the target (:mod:`deepafx.automation.oracle`,
+  objective MR-STFT + loudness error on a middle excerpt): it needs the target,
+  so it bounds what the static chain can do with that render budget.
+* ``model`` — the trained encoder driving the chain through the
+  ``deepafx process`` pipeline (per-frame parameters, smoothing, block rendering;
+  :func:`deepafx.automation.process.apply_automation`).
+* ``neural_amp`` — what users pick instead: a direct neural amp model, an LSTM
+  with a residual skip (:mod:`deepafx.recipes.amp_emulation.neural_amp`)
+  trained here on the same training pairs with the ESR loss (pre-emphasis) for
+  the same wall-clock time the model's training took (read from its checkpoint).
+
+Metrics per piece (then mean and a 95 % bootstrap confidence interval over pieces):
+
+* ``esr`` — error-to-signal ratio ``Σ(y−ŷ)²/Σy²`` (Wright et al., 2019);
+* ``esr_pre`` — the same after the pre-emphasis ``1 − 0.95 z⁻¹`` (Wright et al., 2019/2020);
+* ``mrstft`` — multi-resolution STFT distance (:func:`deepafx.metrics.mrstft_distance`);
+* ``mfcc_cosine`` — MFCC cosine distance (DeepAFx's metric, :func:`deepafx.metrics.mfcc_cosine_distance`);
+* ``seconds_per_track`` and ``realtime_factor`` (audio seconds per wall second;
+  the oracle's includes its search, the model's its encoder, rendering and the
+  start of its render worker, the neural amp's its inference only).
+
+Alignment: a method whose chain reports latency (not the embedded chain) is
+aligned to the target by the lag maximising the absolute cross-correlation,
+searched within ``latency + max_delay_ms``
+(:func:`deepafx.recipes.mastering.evaluate.align_to_target`), both cut to their
+overlap; polarity is never flipped. Methods without latency are scored sample
+by sample as they come.
+
+Results: ``OUT/results.json`` (per-piece values, means, intervals, paired
+differences of the model against the other rows), ``OUT/results.md`` (the
+table), ``OUT/comparison.png`` (DI, target, model and neural amp as
+waveforms and spectrograms for one test piece) and ``OUT/automation.png``
+(the model's parameter curves on that piece).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from deepafx import metrics
+from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvaluateConfig", "METHODS", "bootstrap_ci", "evaluate_from_config", "results_markdown", "track_metrics"]
+
+#: Methods in table order.
+METHODS = ("unprocessed", "default", "oracle_cmaes", "model", "neural_amp")
+#: Per-piece metrics: key, display name, lower is better.
+METRICS = (("esr", "ESR", True), ("esr_pre", "ESR pre-emph.", True), ("mrstft", "MR-STFT", True),
+           ("mfcc_cosine", "MFCC cosine", True))
+
+
+@dataclass
+class EvaluateConfig:
+    """The ``evaluate:`` section of an amp-emulation config (defaults in code).
+
+    Attributes:
+        cmaes_renders: Oracle render budget per piece.
+        cmaes_sigma: Initial CMA-ES step size on normalized parameters.
+        cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
+        excerpt_seconds: Oracle's scored excerpt from the middle of each piece, seconds.
+        preroll_seconds: Unscored lead-in rendered before the excerpt, seconds.
+        loudness_weight: Oracle objective weight per LU of loudness error.
+        oracle_fft_sizes: FFT sizes of the oracle's MR-STFT objective, samples.
+        oracle_overlap: Frame overlap of that objective, [0, 1).
+        max_delay_ms: Lag searched beyond a chain's reported latency when aligning, ms
+            (only for chains that report latency).
+        block_samples: Model rendering block, samples.
+        smoothing_frames: Model parameter smoothing, frames.
+        max_tracks: Evaluate only the first N pieces of the split (``None``: all).
+        bootstrap: Bootstrap resamples of the 95 % confidence intervals.
+        neural_amp: Settings of the LSTM baseline
+            (:class:`~deepafx.recipes.amp_emulation.neural_amp.NeuralAmpConfig`;
+            ``budget_seconds: null`` = the model's training time).
+        plot_piece: Index of the test piece drawn in the figures.
+        workers: Render worker processes of the oracle (``None``: usable CPU cores).
+        seed: Seed of CMA-ES and of the bootstrap.
+        timeout_s: Longest one render request may take, seconds.
+    """
+
+    cmaes_renders: int = 100
+    cmaes_sigma: float = 0.1
+    cmaes_popsize: int | None = None
+    excerpt_seconds: float = 6.0
+    preroll_seconds: float = 1.0
+    loudness_weight: float = 0.1
+    oracle_fft_sizes: tuple[int, ...] = (2048, 512, 128)
+    oracle_overlap: float = 0.5
+    max_delay_ms: float = 20.0
+    block_samples: int = 1024
+    smoothing_frames: int = 3
+    max_tracks: int | None = None
+    bootstrap: int = 2000
+    neural_amp: dict = field(default_factory=dict)
+    plot_piece: int = 0
+    workers: int | None = None
+    seed: int = 0
+    timeout_s: float = 120.0
+
+
+# --------------------------------------------------------------------------- metrics
+def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, align_ms: float | None = None) -> dict:
+    """Every metric of one output against its target.
+
+    Args:
+        output: ``(channels, samples)``.
+        target: ``(channels, samples)`` (the shorter one bounds both).
+        sample_rate: Hz.
+        align_ms: ``None``: compare sample by sample; otherwise align by
+            cross-correlation within ``±align_ms`` first (chains with latency).
+
+    Returns:
+        ``{"esr", "esr_pre", "mrstft", "mfcc_cosine", "lag_samples"}``.
+    """
+    n = min(output.shape[-1], target.shape[-1])
+    out, tgt, lag = output[:, :n], target[:, :n], 0
+    if align_ms is not None:
+        from deepafx.recipes.mastering.evaluate import align_to_target
+
+        out, tgt, lag = align_to_target(out, tgt, sample_rate, align_ms)
+    return {
+        "esr": esr(out, tgt),
+        "esr_pre": esr(out, tgt, PRE_EMPHASIS),
+        "mrstft": metrics.mrstft_distance(out, tgt),
+        "mfcc_cosine": metrics.mfcc_cosine_distance(out, tgt, sample_rate),
+        "lag_samples": int(lag),
+    }
+
+
+def bootstrap_ci(values, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean.
+
+    Args:
+        values: ``(n,)`` per-item values (finite).
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        level: Coverage on (0, 1).
+
+    Returns:
+        ``(low, high)``; ``(v, v)`` for a single item.
+
+    Raises:
+        ValueError: no values.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if v.size == 1:
+        return float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(int(resamples), v.size))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (list, tuple)):
+        return f"[{_fmt(v[0], digits)}, {_fmt(v[1], digits)}]"
+    return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
+    """Markdown report: one row per method, mean [95 % CI] per metric, parameters, time, speed."""
+    s = results["settings"]
+    rows = results[split]
+    heads = [f"{name} ↓" for _, name, _ in METRICS] + ["parameters", "time / piece [s]", "speed [x real time] ↑"]
+    lines = [
+        f"# Amp emulation evaluation: split `{split}`",
+        "",
+        f"{s['num_tracks']} pieces, {s['total_seconds']:.1f} s in all; target `{s['target_chain']}`; "
+        f"chain `{s['chain']}` ({s['num_params']} learned parameters); checkpoint `{s['checkpoint']}`.",
+        "Each cell: mean over pieces [95 % bootstrap interval of the mean].",
+        "",
+        "| method | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(heads),
+    ]
+    for m in METHODS:
+        r = rows[m]
+        cells = [f"{_fmt(r[k]['mean'])} {_fmt(r[k]['ci95'])}" for k, _, _ in METRICS]
+        cells += [r.get("parameters_text", "–"), _fmt(r.get("seconds_per_track"), 2), _fmt(r.get("realtime_factor"), 1)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences, model minus the other row (negative: the model is better), mean [95 % CI], "
+              "and the pieces on which the model is better:", ""]
+    lines.append("| model − … | " + " | ".join(name for _, name, _ in METRICS) + " |")
+    lines.append("|---|" + "---:|" * len(METRICS))
+    for other, diffs in results["paired"].items():
+        cells = [f"{_fmt(d['mean'])} {_fmt(d['ci95'])} ({d['model_better']}/{d['n']})" for d in diffs.values()]
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    na = s["neural_amp"]
+    lines += [
+        "",
+        f"Neural amp: LSTM, hidden {na['hidden_size']}, {na['parameters']} weights, trained {na['seconds']:.0f} s "
+        f"(budget {na['budget_seconds']:.0f} s = the model's training time) with {na['updates']} updates on "
+        f"{na['segments']} segments.",
+        f"Oracle: CMA-ES, {s['oracle']['renders']} renders per piece on a {s['oracle']['excerpt_seconds']:g} s excerpt "
+        f"(objective MR-STFT + {s['oracle']['loudness_weight']:g} x LU error); it sees the target.",
+        f"Model: {s['model_parameters']} encoder weights predicting {s['num_params']} chain parameters every "
+        f"{s['frame_seconds']:g} s (smoothed over {s['smoothing_frames']} frames).",
+        "Alignment: " + s["alignment"] + ".",
+        f"Speed: audio seconds per wall-clock second on this machine ({s['cpu_count']} CPU cores, "
+        f"{s['torch_threads']} torch threads).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- main
+def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ddir: Path):
+    """Train the LSTM baseline for the model's training time; returns ``(model, info)``."""
+    from deepafx.config import bind
+    from deepafx.recipes.amp_emulation.data import load_split
+    from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
+
+    nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
+    budget = nc.budget_seconds
+    if budget is None:
+        budget = (ckpt.get("task") or {}).get("train_seconds")
+        if budget is None:
+            raise ValueError("the checkpoint records no training time (train_seconds); set "
+                             "evaluate.neural_amp.budget_seconds to give the neural amp a budget in seconds")
+    train_tracks = load_split(ddir, "train")[1]
+    log.info("training the neural amp baseline for %.0f s", budget)
+    trained = train_neural_amp(train_tracks, nc, float(budget))
+    info = {"hidden_size": nc.hidden_size, "parameters": trained.model.num_parameters, "budget_seconds": float(budget),
+            "seconds": trained.seconds, "updates": trained.updates, "segments": trained.segments,
+            "final_train_loss": trained.final_loss, "settings": asdict(nc)}
+    return trained.model, info
+
+
+def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "test",
+                         data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate an amp-emulation checkpoint on one split; write results, table and figures.
+
+    Args:
+        config: Bound amp-emulation config (:class:`~deepafx.recipes.RecipeConfig`) or a raw mapping.
+        checkpoint: Checkpoint file or run folder (``best.pt`` preferred).
+        out_dir: Output folder (created).
+        split: ``"test"`` (default), ``"valid"`` or ``"train"``.
+        data_dir: Dataset folder (default ``data/amp_emulation/<config name>``); built when missing.
+
+    Returns:
+        The results written to ``results.json`` (empty on ranks other than 0).
+
+    Raises:
+        ValueError: another recipe's config or checkpoint, an empty split, or a
+            checkpoint without a recorded training time and no neural-amp budget set.
+        FileNotFoundError: missing checkpoint.
+    """
+    from tqdm import tqdm
+
+    from deepafx.automation.oracle import CmaesOracle
+    from deepafx.automation.plots import plot_process
+    from deepafx.automation.process import apply_automation, load_automation_checkpoint
+    from deepafx.recipes import default_data_dir, get_recipe
+    from deepafx.recipes.amp_emulation.data import build_dataset, load_split
+    from deepafx.recipes.amp_emulation.plots import plot_comparison
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    if isinstance(config, Mapping):
+        config = get_recipe("amp_emulation").bind(config)
+    if config.recipe != "amp_emulation":
+        raise ValueError(f"config recipe is {config.recipe!r}; this evaluator handles 'amp_emulation'")
+    ec: EvaluateConfig = config.evaluate
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "amp_emulation")
+    chain = model.chain
+    sr = float(chain.sample_rate)
+    ddir = Path(data_dir) if data_dir is not None else default_data_dir(config)
+    build_dataset(config.data, ddir)
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    if float(manifest["settings"]["sample_rate"]) != sr:
+        raise ValueError(f"the dataset is at {manifest['settings']['sample_rate']} Hz but the chain at {sr:g} Hz; "
+                         "set data.sample_rate to the chain's rate")
+    pieces, tracks = load_split(ddir, split)
+    if ec.max_tracks is not None:
+        pieces, tracks = pieces[: ec.max_tracks], tracks[: ec.max_tracks]
+    if not tracks:
+        raise ValueError(f"split {split!r} of {ddir} has no pieces; raise data.test_fraction or data.train_minutes")
+
+    lstm, lstm_info = _neural_amp(ec, ckpt, ddir)
+    table = chain.param_table
+    defaults = table.defaults_normalized()
+    per_track: list[dict[str, Any]] = []
+    plot_k = min(max(int(ec.plot_piece), 0), len(tracks) - 1)
+    with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
+                     excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
+                     loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
+                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s) as oracle:
+        latency = int(oracle.pool.latency_samples)
+        align = None if latency == 0 else latency / sr * 1e3 + ec.max_delay_ms
+        for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):
+            n = min(x.shape[1], y.shape[1])
+            x, y = np.ascontiguousarray(x[:, :n]), np.ascontiguousarray(y[:, :n])
+            seconds = n / sr
+            outputs: dict[str, tuple[np.ndarray, float | None]] = {"unprocessed": (x, None)}
+            t0 = time.perf_counter()
+            outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            res = oracle.fit(x, y)
+            outputs["oracle_cmaes"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
+            processed = apply_automation(model, x, sr, block_samples=ec.block_samples,
+                                         smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
+            outputs["model"] = (processed.audio, processed.process_seconds)
+            t0 = time.perf_counter()
+            outputs["neural_amp"] = (lstm.process(x), time.perf_counter() - t0)
+            entry: dict[str, Any] = {"piece": pid, "seconds": seconds, "methods": {}}
+            for m in METHODS:
+                audio, secs = outputs[m]
+                row = track_metrics(audio, y, sr, align if m in ("default", "oracle_cmaes", "model") else None)
+                row["seconds"] = secs
+                row["realtime_factor"] = None if secs is None else seconds / max(secs, 1e-9)
+                entry["methods"][m] = row
+            entry["oracle"] = {**res.to_dict(), "values": {p.name: float(v) for p, v in
+                                                           zip(table, table.denormalize(res.params))}}
+            per_track.append(entry)
+            if k == plot_k:
+                title = f"{pid} ({split})"
+                plot_comparison(out_dir / "comparison.png",
+                                {"DI": x, "target": y, "model": outputs["model"][0],
+                                 "neural amp": outputs["neural_amp"][0]}, sr, title=title)
+                plot_process(out_dir / "automation.png", x, outputs["model"][0], sr, processed.automation,
+                             num_curves=min(8, len(table)), title=f"model automation: {title}")
+                ex = out_dir / "examples" / pid
+                ex.mkdir(parents=True, exist_ok=True)
+                sf.write(str(ex / "target.wav"), y.T, int(round(sr)), subtype="FLOAT")
+                for m in METHODS:
+                    sf.write(str(ex / f"{m}.wav"), outputs[m][0].T, int(round(sr)), subtype="FLOAT")
+                (ex / "automation.json").write_text(json.dumps(processed.automation.to_json_dict(), indent=1))
+
+    total_seconds = float(sum(t["seconds"] for t in per_track))
+    model_weights = int(sum(p.numel() for p in model.parameters()))
+    summary: dict[str, dict[str, Any]] = {}
+    for m in METHODS:
+        rows = [t["methods"][m] for t in per_track]
+        s: dict[str, Any] = {}
+        for key, _, _ in METRICS:
+            vals = [r[key] for r in rows]
+            s[key] = {"mean": float(np.mean(vals)), "ci95": list(bootstrap_ci(vals, ec.bootstrap, ec.seed)),
+                      "per_piece": vals}
+        secs = [r["seconds"] for r in rows]
+        if any(v is None for v in secs):
+            s["seconds_per_track"], s["realtime_factor"] = None, None
+        else:
+            s["seconds_per_track"] = float(np.mean(secs))
+            s["realtime_factor"] = total_seconds / max(float(np.sum(secs)), 1e-9)
+        summary[m] = s
+    summary["model"]["parameters"] = model_weights
+    summary["model"]["parameters_text"] = f"{model_weights} (+{len(table)} per frame)"
+    summary["neural_amp"]["parameters"] = lstm_info["parameters"]
+    summary["neural_amp"]["parameters_text"] = str(lstm_info["parameters"])
+    summary["oracle_cmaes"]["parameters_text"] = f"{len(table)} per piece"
+    summary["default"]["parameters_text"] = f"{len(table)} fixed"
+    paired: dict[str, dict[str, Any]] = {}
+    for other in ("unprocessed", "default", "oracle_cmaes", "neural_amp"):
+        paired[other] = {}
+        for key, _, _ in METRICS:
+            d = np.array(summary["model"][key]["per_piece"]) - np.array(summary[other][key]["per_piece"])
+            paired[other][key] = {"mean": float(d.mean()), "ci95": list(bootstrap_ci(d, ec.bootstrap, ec.seed)),
+                                  "model_better": int((d < 0).sum()), "n": int(d.size)}
+    settings = {
+        "split": split,
+        "num_tracks": len(per_track),
+        "total_seconds": total_seconds,
+        "piece_seconds": [t["seconds"] for t in per_track],
+        "checkpoint": str(ckpt_path),
+        "dataset_dir": str(ddir),
+        "target_chain": manifest["target_chain"]["name"],
+        "target": manifest["target_chain"],
+        "chain": chain.name,
+        "sample_rate_hz": sr,
+        "num_params": len(table),
+        "param_names": table.names,
+        "model_parameters": model_weights,
+        "frame_seconds": model.frame_samples / sr,
+        "smoothing_frames": ec.smoothing_frames,
+        "train_seconds": (ckpt.get("task") or {}).get("train_seconds"),
+        "neural_amp": lstm_info,
+        "evaluate": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
+        "oracle": {"renders": ec.cmaes_renders, "excerpt_seconds": ec.excerpt_seconds,
+                   "loudness_weight": ec.loudness_weight, "popsize": oracle.popsize},
+        "chain_latency_samples": latency,
+        "alignment": ("none: every method is scored sample by sample (the chain reports no latency)" if align is None
+                      else f"chain methods aligned by cross-correlation within ±{align:.1f} ms; others not"),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    results = _finite({split: summary, "paired": paired, "tracks": per_track, "settings": settings})
+    for name, text in (("results.json", json.dumps(results, indent=1, allow_nan=False)),
+                       ("results.md", results_markdown(results, split))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    return results
