@@ -250,6 +250,32 @@ def test_plugins_command_lists_and_describes_lv2(capsys):
     assert "sidechain_mode: 0=Peak 1=RMS 2=LPF 3=SMA" in info["labels"]
 
 
+def test_packaged_lv2_chains_load_and_render_block_exact():
+    from deepafx.chain import ChainSpec
+
+    require(LSP_COMP)
+    lv2, vst2 = ChainSpec.from_file("lsp_mastering_lv2"), ChainSpec.from_file("lsp_mastering")
+    chain_ = lv2.build()
+    try:
+        # the LV2 chain learns what the VST2 chain learns, under the same names
+        assert chain_.param_table.names == [f"{p.name}.{n}" for p in vst2.processors for n in p.learn]
+        assert chain_.latency_samples == 256 + 64 + 220
+        x = signal(seconds=0.6, level=0.3)
+        theta = np.random.default_rng(0).uniform(0.2, 0.8, len(chain_.param_table))
+        one = chain_.process(x, theta)
+        chain_.reset()
+        chunked = [chain_.process(x[:, i : i + 777], theta) for i in range(0, x.shape[1], 777)]
+        assert np.array_equal(np.concatenate(chunked, axis=1), one)
+    finally:
+        chain_.close()
+    amp = ChainSpec.from_file("guitarix_amp").build()
+    try:
+        assert amp.param_table.names[:2] == ["amp.pregain_db", "amp.distortion"] and amp.latency_samples == 128
+        assert amp.process(signal(channels=1, seconds=0.1)).shape == (1, 4410)
+    finally:
+        amp.close()
+
+
 # -- through the Fx layer (render workers build the instances from the spec) ------------
 
 FX_CASES = {
