@@ -1,4 +1,4 @@
-"""Backend ``"lv2"``: LV2 plugins hosted through liblilv, stateful and block-exact.
+"""Backend ``"lv2"``: LV2 plugins hosted through liblilv, stateful (block-exact with fixed runs).
 
 LV2 is Linux's native plugin format (Debian ships LSP ``lsp-plugins-lv2``, Zam
 ``zam-plugins``, x42 ``x42-plugins`` and the guitarix amplifiers
@@ -80,11 +80,13 @@ plugins) and outputs its own number of channels. Side-chain inputs
 **Host features** (:data:`PROVIDED_FEATURES`): URID map/unmap, options
 (``bufsz:minBlockLength``/``maxBlockLength``/``nominalBlockLength``/
 ``sequenceSize``, ``param:sampleRate``), ``bufsz:boundedBlockLength``, worker
-(requests are run synchronously after each ``run()``, responses are delivered
-before the next one, then ``end_run``), and log (messages kept, see :meth:`LV2Processor.log_messages`); with option
-``fixed_block`` also ``bufsz:fixedBlockLength`` and ``bufsz:powerOf2BlockLength``.
-No installed plugin requires a state feature (``state:mapPath`` … are optional
-for the 339 plugins of the Debian packages above), so none is given. A plugin requiring
+(work requested during a ``run()`` is done synchronously right after it and its
+responses are delivered before the next ``run()``; ``end_run`` follows every
+``run()``), and log (messages kept, see :meth:`LV2Processor.log_messages`); with
+option ``fixed_block`` also ``bufsz:fixedBlockLength`` and
+``bufsz:powerOf2BlockLength``. No installed plugin requires a state feature
+(``state:mapPath`` … are optional for the 339 plugins of the Debian packages
+above), so none is given. A plugin requiring
 any other feature, or a required option the host does not give, fails with a
 :class:`~deepafx.hosts.base.PluginError` naming it. Atom ports get an empty
 sequence on input and a cleared buffer on output before every ``run()``.
