@@ -1,13 +1,29 @@
-"""Evaluate a trained mastering model on held-out pieces against three references.
+"""Evaluate a trained mastering model on held-out pieces against baselines and an oracle.
 
-Methods, each applied to every piece of the split (whole tracks):
+Methods, each applied to every piece of the split (whole tracks), in table order:
 
 * ``unprocessed`` — the unmastered input itself.
 * ``default`` — the chain at its default parameters (static).
+* ``matchering`` — `Matchering <https://github.com/sergree/matchering>`_
+  (Sergree, 2016–2022; PyPI ``matchering``), the open-source reference-based
+  mastering library: it matches the input's RMS level, its average spectrum
+  (FFT 4096, LOWESS-smoothed) and its peak level to one *reference master*,
+  then applies its own brickwall limiter. It gets ONE reference for every
+  piece, chosen from the **training** split's targets by a fixed rule
+  (:func:`choose_matchering_reference`: the training master whose long-term
+  1/3-octave spectrum, level removed, is closest to the median spectrum of
+  all training masters; ``evaluate.matchering_reference`` overrides it), the
+  way a user would master an album against one reference record. It runs on
+  files in a temporary folder (removed afterwards), with its console output
+  silenced; a piece it fails on keeps its error in ``tracks[i]
+  ["matchering_error"]`` and its metrics are missing (the row's means cover
+  the other pieces and say so).
 * ``oracle_cmaes`` — the chain with static parameters found per track by
   CMA-ES directly against the target (:mod:`deepafx.automation.oracle`, the
   ST-ITO oracle, Steinmetz et al., ISMIR 2024): a bound on what the chain can
   do with a fixed render budget, not a usable method (it needs the target).
+  ``evaluate.cmaes_renders`` is one budget (row ``oracle_cmaes``) or a list
+  (one row ``oracle_cmaes_<renders>`` per budget, see :func:`oracle_rows`).
 * ``model`` — the trained model through the ``deepafx process`` pipeline
   (per-frame parameters, smoothing, block rendering;
   :func:`deepafx.automation.process.apply_automation`).
@@ -19,13 +35,33 @@ Metrics per track (then averaged over tracks):
 * ``mrstft`` — multi-resolution STFT distance (DDSP's multi-scale spectral
   distance; FFT 2048…64, 75 % overlap; :func:`deepafx.metrics.mrstft_distance`),
   lower is better.
-* ``lufs_error`` — ``|LUFS(output) − LUFS(target)|`` in LU (BS.1770-4), lower is better.
+* ``lufs_error`` — ``|LUFS(output) − LUFS(target)|`` in LU (ITU-R BS.1770-4), lower is better.
 * ``true_peak_dbtp`` — true peak of the output in dBTP (4x oversampled); the
   targets are mastered to a −1 dBTP ceiling, so values above it overshoot.
+  The summary gives the mean and the maximum over pieces
+  (``true_peak_dbtp_max``): the ceiling applies to every piece.
 * ``seconds_per_track`` and ``realtime_factor`` — wall time of the method per
   track, and audio seconds per wall-clock second (> 1: faster than real time;
-  ``None`` for ``unprocessed``). ``oracle_cmaes`` includes its search,
-  ``model`` its encoder, rendering and the start of its render worker.
+  ``None`` for ``unprocessed``). ``oracle_cmaes*`` includes its search,
+  ``model`` its encoder, rendering and the start of its render worker,
+  ``matchering`` its file writing and reading.
+
+Uncertainty: with a few test pieces a mean alone says little, so every mean
+comes with a percentile bootstrap confidence interval over pieces
+(:func:`bootstrap_ci`; Efron & Tibshirani, *An Introduction to the
+Bootstrap*, 1993, ch. 13; ``evaluate.bootstrap_resamples`` resamples, 2,000 by
+default, seeded with ``evaluate.seed``; the same resampled piece sets for
+every method and metric), and the differences model − unprocessed and
+model − matchering get a *paired* bootstrap interval (:func:`paired_bootstrap_ci`:
+pieces are resampled together, so the variation between pieces that both
+methods share cancels). With fewer than about 10 pieces percentile intervals
+are too narrow (they cannot be wider than the spread of the pieces' values);
+read them as a lower bound on the uncertainty.
+
+Targets (the reference engineer's, :data:`TARGETS`): mean loudness error
+≤ 1.0 LU, true peak ≤ −1.0 dBTP on *every* piece, mean MFCC cosine ≤ 0.5 ×
+the unprocessed input's. ``results["targets"]`` says for every method whether
+each is met (point value) and whether its 95 % interval is entirely inside.
 
 Alignment: the chain's crossovers and filters add a frequency-dependent group
 delay (and a plugin may report latency), so before the pairwise metrics each
@@ -35,21 +71,35 @@ searched over ``|τ| ≤ max_delay_ms`` (default 20 ms), and both signals are cu
 to their overlap. Polarity is not flipped (all metrics are magnitude-based).
 ``lufs_error`` and ``true_peak_dbtp`` use the whole, unaligned output.
 
-Results: ``OUT/results.json`` ``{split: {method: {metric: mean}}, "tracks":
-[...], "settings": {...}}``, ``OUT/results.md`` (a table: methods × metrics)
-and rendered examples ``OUT/examples/<piece>/<method>.wav`` for the first
-``num_examples`` pieces.
+Results in ``OUT``:
+
+* ``results.json`` — ``{split: {method: {metric: mean, metric_ci: [low, high],
+  "true_peak_dbtp_max", "num_tracks", ...}}, "tracks": [...], "settings":
+  {...}, "paired": {...}, "targets": {...}}``. With several oracle budgets,
+  ``split["oracle_cmaes"]`` (and ``tracks[i]["methods"]["oracle_cmaes"]``,
+  ``tracks[i]["oracle"]``) repeat the largest budget's row, so readers of
+  single-budget results find the oracle under its usual name.
+* ``results.md`` — the table (mean [95 % CI] per metric), paired differences,
+  the targets table and the settings in words.
+* ``summary.png`` — :func:`plot_summary`: metric bars with CI whiskers, and
+  one example piece's spectrograms and short-term loudness.
+* ``examples/<piece>/<method>.wav`` for the first ``num_examples`` pieces.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import math
 import os
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -60,19 +110,40 @@ from deepafx import metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "METHODS", "align_to_target", "evaluate_from_config", "results_markdown", "track_metrics"]
+__all__ = [
+    "EvaluateConfig", "METHODS", "TARGETS", "align_to_target", "bootstrap_ci", "bootstrap_ratio_ci",
+    "choose_matchering_reference", "evaluate_from_config", "matchering_master", "oracle_rows",
+    "paired_bootstrap_ci", "plot_summary", "results_markdown", "short_term_loudness", "track_metrics",
+]
 
-#: Methods in table order.
-METHODS = ("unprocessed", "default", "oracle_cmaes", "model")
+#: Methods in table order (``oracle_cmaes`` expands to one row per budget, see :func:`oracle_rows`).
+METHODS = ("unprocessed", "default", "matchering", "oracle_cmaes", "model")
 #: Metric keys, their display names, units and whether lower is better (None: no direction).
 METRICS = (
     ("mfcc_cosine", "MFCC cosine", "", True),
     ("mrstft", "MR-STFT", "", True),
     ("lufs_error", "LUFS error", "LU", True),
     ("true_peak_dbtp", "true peak", "dBTP", None),
+    ("true_peak_dbtp_max", "true peak max", "dBTP", True),
     ("seconds_per_track", "time / track", "s", True),
     ("realtime_factor", "speed", "x real time", False),
 )
+#: Per-track metrics that get bootstrap intervals.
+SCORED = ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp")
+#: The reference engineer's targets: (key, description, threshold, unit).
+#: ``lufs_error``: mean loudness error ≤ 1.0 LU; ``true_peak_dbtp_max``: the
+#: highest true peak over pieces ≤ −1.0 dBTP (the ceiling applies to every
+#: piece); ``mfcc_cosine_ratio``: mean MFCC cosine distance ≤ 0.5 × the
+#: unprocessed input's.
+TARGETS = (
+    ("lufs_error", "loudness error", 1.0, "LU"),
+    ("true_peak_dbtp_max", "true peak on every piece", -1.0, "dBTP"),
+    ("mfcc_cosine_ratio", "MFCC cosine vs unprocessed", 0.5, "x"),
+)
+#: Pairs ``(a, b)`` whose per-piece differences ``a − b`` get a paired bootstrap interval.
+PAIRED = (("model", "unprocessed"), ("model", "matchering"))
+#: Metrics compared in those pairs.
+PAIRED_METRICS = ("mfcc_cosine", "lufs_error")
 
 
 @dataclass
@@ -80,7 +151,10 @@ class EvaluateConfig:
     """The ``evaluate:`` section of a mastering config (defaults in code).
 
     Attributes:
-        cmaes_renders: Oracle render budget per track (e.g. 60 quick, 400 full).
+        cmaes_renders: Oracle render budget per track: one int (row
+            ``oracle_cmaes``) or a list such as ``[60, 300, 1000]`` (one row
+            ``oracle_cmaes_<renders>`` per budget; each budget is its own
+            CMA-ES run with the same seed, so the cost is the sum).
         cmaes_sigma: Initial CMA-ES step size on normalized parameters (0.1 searched
             better than 0.25 at small budgets; see :mod:`deepafx.automation.oracle`).
         cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
@@ -95,11 +169,18 @@ class EvaluateConfig:
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         num_examples: Pieces whose renders are written to ``OUT/examples``.
         workers: Render worker processes of the oracle (``None``: usable CPU cores).
-        seed: CMA-ES seed.
+        seed: CMA-ES seed, and the seed of the bootstrap resampling.
         timeout_s: Longest one render request may take, seconds.
+        matchering: Run the matchering baseline.
+        matchering_reference: Reference master for matchering: a piece id of
+            the training split or an audio file path; ``None`` picks one with
+            :func:`choose_matchering_reference`.
+        bootstrap_resamples: Bootstrap resamples of the confidence intervals (>= 100).
+        confidence: Coverage of the confidence intervals, on (0, 1).
+        plot: Write ``OUT/summary.png``.
     """
 
-    cmaes_renders: int = 60
+    cmaes_renders: int | list[int] = 60
     cmaes_sigma: float = 0.1
     cmaes_popsize: int | None = None
     excerpt_seconds: float = 10.0
@@ -115,6 +196,40 @@ class EvaluateConfig:
     workers: int | None = None
     seed: int = 0
     timeout_s: float = 120.0
+    matchering: bool = True
+    matchering_reference: str | None = None
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    plot: bool = True
+
+
+def oracle_rows(cmaes_renders: int | Sequence[int]) -> list[tuple[str, int]]:
+    """Oracle rows for a budget setting.
+
+    Args:
+        cmaes_renders: One budget (int) or a list of budgets, renders per track (each >= 1).
+
+    Returns:
+        ``[("oracle_cmaes", n)]`` for one int; ``[("oracle_cmaes_<n>", n), ...]``
+        in increasing budget order for a list (also a list of one).
+
+    Raises:
+        ValueError: an empty list, a budget below 1, a non-integer or a repeated budget.
+    """
+    single = not isinstance(cmaes_renders, (list, tuple))
+    values = [cmaes_renders] if single else list(cmaes_renders)
+    if not values:
+        raise ValueError("evaluate.cmaes_renders is an empty list; give one budget (60) or several ([60, 300])")
+    budgets = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
+            raise ValueError(f"evaluate.cmaes_renders: every budget must be an integer >= 1 render, got {v!r}")
+        budgets.append(int(v))
+    if len(set(budgets)) != len(budgets):
+        raise ValueError(f"evaluate.cmaes_renders lists a budget twice: {budgets}")
+    if single:
+        return [("oracle_cmaes", budgets[0])]
+    return [(f"oracle_cmaes_{b}", b) for b in sorted(budgets)]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -171,10 +286,434 @@ def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, ma
     }
 
 
+# --------------------------------------------------------------------------- statistics
+def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, n)`` indices drawn uniformly with replacement from ``range(n)`` (seeded)."""
+    if int(resamples) < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    return np.random.default_rng(int(seed)).integers(0, n, size=(int(resamples), n))
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be on (0, 1), e.g. 0.95, got {level}")
+
+
+def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of bootstrap statistics."""
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def _values(values: Any, name: str = "values") -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError(f"{name}: a bootstrap interval needs at least one value")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} holds NaN/Inf; drop the pieces a method failed on first")
+    return v
+
+
+def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a mean.
+
+    Draws ``resamples`` samples of ``n`` values with replacement, takes each
+    one's mean and returns the ``(1 − level)/2`` and ``(1 + level)/2``
+    quantiles of those means. See B. Efron and R. J. Tibshirani, *An
+    Introduction to the Bootstrap*, Chapman & Hall, 1993, ch. 13 (the
+    percentile interval). For a given ``n`` and ``seed`` the resampled index
+    sets are the same whatever the values, so intervals of different methods
+    and metrics over the same pieces use the same resamples.
+
+    Args:
+        values: ``(n,)`` per-piece values (finite).
+        resamples: Bootstrap resamples (>= 1). Default 2,000.
+        seed: Seed of the resampling (``numpy.random.default_rng``).
+        level: Coverage on (0, 1). Default 0.95.
+
+    Returns:
+        ``(low, high)``, in the unit of ``values``; ``(v, v)`` for one value.
+
+    Raises:
+        ValueError: no values, NaN/Inf, ``resamples < 1`` or ``level`` outside (0, 1).
+    """
+    _check_level(level)
+    v = _values(values)
+    if v.size == 1:
+        return float(v[0]), float(v[0])
+    means = v[_resample_indices(v.size, resamples, seed)].mean(axis=1)
+    return _interval(means, level)
+
+
+def paired_bootstrap_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-piece differences ``a − b`` and its paired percentile bootstrap interval.
+
+    Pieces are resampled as pairs (the interval of the mean difference,
+    Efron & Tibshirani, 1993, ch. 13), so what the two methods share on a
+    piece (a hard piece is hard for both) cancels.
+
+    Args:
+        a: ``(n,)`` per-piece values of one method (finite).
+        b: ``(n,)`` the other method's values on the same pieces.
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        level: Coverage on (0, 1).
+
+    Returns:
+        ``(mean_difference, low, high)`` in the unit of the values.
+
+    Raises:
+        ValueError: different lengths, no values or NaN/Inf.
+    """
+    x, y = _values(a, "a"), _values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
+    d = x - y
+    lo, hi = bootstrap_ci(d, resamples, seed, level)
+    return float(d.mean()), lo, hi
+
+
+def bootstrap_ratio_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """Ratio of means ``mean(a) / mean(b)`` over the same pieces and its paired percentile bootstrap interval.
+
+    Args:
+        a: ``(n,)`` per-piece values (finite).
+        b: ``(n,)`` values on the same pieces (finite, positive mean).
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        level: Coverage on (0, 1).
+
+    Returns:
+        ``(ratio, low, high)``, unitless.
+
+    Raises:
+        ValueError: different lengths, no values, NaN/Inf or ``mean(b) <= 0``.
+    """
+    _check_level(level)
+    x, y = _values(a, "a"), _values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
+    if not y.mean() > 0:
+        raise ValueError(f"the ratio's denominator has mean {y.mean()}; it must be positive")
+    ratio = float(x.mean() / y.mean())
+    if x.size == 1:
+        return ratio, ratio, ratio
+    idx = _resample_indices(x.size, resamples, seed)
+    den = y[idx].mean(axis=1)
+    ratios = x[idx].mean(axis=1) / np.where(den > 0, den, np.nan)
+    lo, hi = _interval(ratios[np.isfinite(ratios)], level)
+    return ratio, lo, hi
+
+
+# --------------------------------------------------------------------------- loudness over time
+def short_term_loudness(audio: np.ndarray, sample_rate: float, window_seconds: float = 3.0,
+                        hop_seconds: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Short-term loudness over time (ITU-R BS.1770-4 / EBU Tech 3341), LUFS.
+
+    The channels are K-weighted with pyloudnorm's BS.1770 filters (its
+    ``Meter``'s pre-filter and RLB high-pass, designed for ``sample_rate``),
+    and for each window of ``window_seconds`` ending at ``t``::
+
+        L(t) = -0.691 + 10 log10( sum_c G_c * mean_{window} z_c^2 )
+
+    with channel weights ``G_c`` = 1 (left, right), ungated. The EBU's
+    short-term loudness is ``window_seconds`` = 3 s, updated at least every
+    100 ms. See `ITU-R BS.1770-4 <https://www.itu.int/rec/R-REC-BS.1770>`_ and
+    EBU Tech 3341, "Loudness metering: 'EBU mode' metering", 2016.
+
+    Args:
+        audio: ``(channels, samples)`` or ``(samples,)``, full scale 1.0 (at most 5 channels).
+        sample_rate: Hz.
+        window_seconds: Window length, seconds (> 0). Default 3 s.
+        hop_seconds: Time between values, seconds (> 0). Default 0.1 s.
+
+    Returns:
+        ``(times_s, loudness_lufs)``, each ``(frames,)``: the end time of each
+        window in seconds and its loudness in LUFS (``-inf`` for a silent
+        window). Audio shorter than one window gives one value over all of it.
+
+    Raises:
+        ValueError: bad shape, NaN/Inf, more than 5 channels or bad settings.
+    """
+    import pyloudnorm
+
+    a = np.asarray(audio, dtype=np.float64)
+    a = a[None] if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[1] == 0 or not np.all(np.isfinite(a)):
+        raise ValueError(f"audio must be finite (channels, samples), got shape {np.shape(audio)}")
+    if a.shape[0] > 5:
+        raise ValueError(f"short_term_loudness supports up to 5 channels (BS.1770 weights), got {a.shape[0]}")
+    if not (window_seconds > 0 and hop_seconds > 0 and sample_rate > 0):
+        raise ValueError(f"need window_seconds, hop_seconds and sample_rate > 0, got {window_seconds}, "
+                         f"{hop_seconds}, {sample_rate}")
+    meter = pyloudnorm.Meter(float(sample_rate))
+    z = a.copy()
+    for stage in meter._filters.values():  # pyloudnorm's K-weighting stages (no public accessor)
+        z = np.stack([stage.apply_filter(ch) for ch in z])
+    weights = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: z.shape[0]]
+    power = np.einsum("c,cn->n", weights, z**2)
+    cum = np.concatenate([[0.0], np.cumsum(power)])
+    n = power.size
+    win = min(n, max(1, int(round(window_seconds * sample_rate))))
+    hop = max(1, int(round(hop_seconds * sample_rate)))
+    ends = np.arange(win, n + 1, hop)
+    ms = (cum[ends] - cum[ends - win]) / win
+    with np.errstate(divide="ignore"):
+        loud = -0.691 + 10.0 * np.log10(np.maximum(ms, 0.0))
+    return ends / float(sample_rate), loud
+
+
+# --------------------------------------------------------------------------- matchering
+@contextlib.contextmanager
+def _quiet():
+    """Silence Python-level console output and warnings (matchering, numba, statsmodels)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def matchering_master(audio: np.ndarray, sample_rate: float, reference: str | Path) -> np.ndarray:
+    """Master ``audio`` with matchering against one reference master.
+
+    Matchering (Sergree, https://github.com/sergree/matchering, GPL-3.0)
+    matches the input's RMS level, average spectrum and peak level to the
+    reference's and applies its brickwall limiter (defaults of
+    ``matchering.Config``; internal rate 44.1 kHz, resampling other rates).
+    It works on files: the input is written as 32-bit float WAV into a
+    temporary folder, processed into a 24-bit PCM WAV (``matchering.pcm24``,
+    the format its users get), read back and the folder removed. Its console
+    output is silenced.
+
+    Args:
+        audio: ``(2, samples)`` input (matchering needs stereo), full scale 1.0.
+        sample_rate: Hz.
+        reference: Reference master file (any format matchering reads).
+
+    Returns:
+        ``(2, samples_out)`` float32 at ``sample_rate`` (resampled with soxr
+        when matchering's rate differs).
+
+    Raises:
+        ImportError: matchering is not installed (``pip install matchering``).
+        Exception: matchering's own errors (``ModuleError`` with its
+            explanation, e.g. a reference equal to the input).
+    """
+    with _quiet():  # its import warns about scipy namespaces
+        import matchering as mg
+
+    with tempfile.TemporaryDirectory(prefix="deepafx-matchering-") as tmp:
+        src, dst = Path(tmp) / "target.wav", Path(tmp) / "result.wav"
+        sf.write(str(src), np.asarray(audio, np.float32).T, int(round(sample_rate)), subtype="FLOAT")
+        with _quiet():
+            mg.process(target=str(src), reference=str(reference), results=[mg.pcm24(str(dst))],
+                       config=mg.Config(temp_folder=tmp))
+        out, out_sr = sf.read(str(dst), dtype="float32", always_2d=True)
+    out = np.ascontiguousarray(out.T)
+    if float(out_sr) != float(sample_rate):
+        out = np.ascontiguousarray(soxr.resample(out.T, float(out_sr), float(sample_rate), quality="VHQ").T,
+                                   dtype=np.float32)
+    return out
+
+
+def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -> dict[str, Any]:
+    """The one reference master matchering gets: the most typical training master by spectrum.
+
+    For each target (master) of ``split``, its long-term average spectrum in
+    1/3-octave bands from 31.5 Hz to 16 kHz
+    (:func:`deepafx.recipes.mastering.engineer.long_term_spectrum_db`: Welch
+    PSD, dB) minus its mean over bands (so the level does not count) is
+    compared with the band-wise median of all of them; the piece with the
+    smallest mean absolute difference (dB) is chosen, the first in manifest
+    order on a tie. Every target of the recipe's engineer sits at −14 LUFS
+    (within 0.03 LU on the quick data), so loudness cannot tell references
+    apart; the spectrum, which matchering copies, can.
+
+    Args:
+        dataset_dir: Dataset folder (``manifest.json``, ``<split>/<piece>_target.wav``).
+        split: The split the reference comes from (default ``"train"``: never a test piece).
+
+    Returns:
+        ``{"piece", "path", "split", "rule", "spectral_distance_db",
+        "lufs", "true_peak_dbtp", "seconds", "candidates"}``.
+
+    Raises:
+        ValueError: an empty split.
+        FileNotFoundError: a listed target is missing.
+    """
+    from deepafx.recipes.mastering.engineer import long_term_spectrum_db
+
+    ddir = Path(dataset_dir)
+    pieces = _split_pieces(ddir, split)
+    if not pieces:
+        raise ValueError(f"split {split!r} of {ddir} has no pieces to take a matchering reference from")
+    spectra, info = [], []
+    for pid in pieces:
+        path = ddir / split / f"{pid}_target.wav"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} listed in {ddir / 'manifest.json'} is missing; rebuild with --force")
+        y, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        _, level_db = long_term_spectrum_db(y.T, rate)
+        spectra.append(level_db - level_db.mean())
+        info.append((path, y.T, rate))
+    spectra = np.stack(spectra)
+    dist = np.mean(np.abs(spectra - np.median(spectra, axis=0)), axis=1)
+    k = int(np.argmin(dist))
+    path, y, rate = info[k]
+    return {
+        "piece": pieces[k], "path": str(path), "split": split,
+        "rule": (f"the {split} master whose 1/3-octave long-term spectrum (31.5 Hz-16 kHz, level removed) is "
+                 f"closest (mean absolute dB) to the band-wise median over all {len(pieces)} {split} masters"),
+        "spectral_distance_db": float(dist[k]), "lufs": metrics.lufs(y, rate),
+        "true_peak_dbtp": metrics.true_peak_dbtp(y, rate), "seconds": y.shape[1] / rate,
+        "candidates": len(pieces),
+    }
+
+
+def _resolve_reference(ec: EvaluateConfig, ddir: Path) -> dict[str, Any]:
+    """The matchering reference of ``ec.matchering_reference`` (piece id, file or automatic)."""
+    ref = ec.matchering_reference
+    if ref is None:
+        return choose_matchering_reference(ddir, "train")
+    as_piece = ddir / "train" / f"{ref}_target.wav"
+    path = as_piece if as_piece.is_file() else Path(ref).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate.matchering_reference {ref!r} is neither a training piece of {ddir} "
+                                f"nor an audio file; give a piece id from its train split or a file path")
+    y, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return {"piece": ref if as_piece.is_file() else None, "path": str(path),
+            "split": "train" if as_piece.is_file() else None, "rule": "given by evaluate.matchering_reference",
+            "spectral_distance_db": None, "lufs": metrics.lufs(y.T, rate),
+            "true_peak_dbtp": metrics.true_peak_dbtp(y.T, rate), "seconds": y.shape[0] / rate, "candidates": None}
+
+
 # --------------------------------------------------------------------------- data
 def _split_pieces(dataset_dir: Path, split: str) -> list[str]:
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     return list(manifest["splits"][split]["pieces"])
+
+
+# --------------------------------------------------------------------------- figure
+def _method_color(method: str, oracle_index: int = 0) -> str:
+    fixed = {"unprocessed": "0.55", "default": "0.78", "matchering": "tab:green", "model": "tab:blue"}
+    if method in fixed:
+        return fixed[method]
+    return ("tab:orange", "tab:red", "tab:brown", "tab:purple")[oracle_index % 4]
+
+
+def plot_summary(dest: str | Path | io.BytesIO, results: Mapping[str, Any], example: Mapping[str, Any] | None,
+                 split: str = "test", dpi: int = 100) -> None:
+    """Save the evaluation figure as PNG (matplotlib, Agg backend).
+
+    Top row: one bar per method for MFCC cosine, LUFS error, true peak and
+    MR-STFT — the mean over pieces with its bootstrap interval as a whisker;
+    the true-peak panel also marks each method's highest true peak over pieces
+    (triangles) and the −1 dBTP ceiling (dashed line). Middle row: the
+    example piece's log spectrograms (channel mean, FFT 2048, hop 512, a
+    log-frequency axis and one colour scale over the top 90 dB:
+    :func:`deepafx.automation.plots.log_spectrogram_db`) for input, model and
+    target. Bottom row: its short-term loudness (:func:`short_term_loudness`,
+    3 s windows every 0.1 s) for input, model, target and matchering.
+
+    Args:
+        dest: File path or binary file object.
+        results: The results dict of :func:`evaluate_from_config`.
+        example: ``{"piece": id, "sample_rate": Hz, "audio": {"input", "model",
+            "target", "matchering"?: (channels, samples)}}``, or ``None`` for
+            the bars alone.
+        split: Split name in the title.
+        dpi: Dots per inch; the figure is 16 x 13 inches (9 with no example).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from deepafx.automation.plots import _display_grid, log_spectrogram_db
+
+    s = results["settings"]
+    rows = list(s.get("methods", METHODS))
+    summary = results[split]
+    fig = plt.figure(figsize=(16, 13 if example else 5), dpi=dpi)
+    grid = fig.add_gridspec(3 if example else 1, 12, height_ratios=[1.0, 1.1, 0.9] if example else [1.0],
+                            hspace=0.55, wspace=1.2)
+    panels = (("mfcc_cosine", "MFCC cosine ↓"), ("lufs_error", "LUFS error [LU] ↓"),
+              ("true_peak_dbtp", "true peak [dBTP]"), ("mrstft", "MR-STFT ↓"))
+    colors = []
+    k_oracle = 0
+    for m in rows:
+        colors.append(_method_color(m, k_oracle))
+        k_oracle += m.startswith("oracle_cmaes")
+    xs = np.arange(len(rows))
+    for p, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, 3 * p: 3 * p + 3])
+        for i, m in enumerate(rows):
+            row = summary.get(m, {})
+            v, ci = row.get(key), row.get(f"{key}_ci")
+            if v is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                continue
+            err = None if ci is None else [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
+            ax.bar(i, v, color=colors[i], edgecolor="black", linewidth=0.5)
+            if err is not None:
+                ax.errorbar(i, v, yerr=err, color="black", capsize=3, linewidth=1)
+            if key == "true_peak_dbtp" and row.get("true_peak_dbtp_max") is not None:
+                ax.scatter(i, row["true_peak_dbtp_max"], marker="^", color="black", zorder=3)
+        if key == "true_peak_dbtp":
+            ax.axhline(TARGETS[1][2], color="red", linestyle="--", linewidth=1)
+            label += "\n▲ max over pieces, red: −1 dBTP ceiling"
+        ax.set_xticks(xs)
+        ax.set_xticklabels(rows, rotation=40, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+    conf = s.get("bootstrap", {}).get("confidence", 0.95)
+    title = (f"mastering evaluation, split {split}: {s['num_tracks']} pieces; bars: mean, whiskers: "
+             f"{conf * 100:g} % bootstrap interval over pieces")
+    if example:
+        sr = float(example["sample_rate"])
+        audio = example["audio"]
+        specs = {name: log_spectrogram_db(audio[name]) for name in ("input", "model", "target")}
+        vmax = max(float(v.max()) for v in specs.values())
+        freqs = np.linspace(0, sr / 2, next(iter(specs.values())).shape[0])
+        log_f = np.geomspace(20.0, sr / 2, 193)
+        for c, (name, spec) in enumerate(specs.items()):
+            ax = fig.add_subplot(grid[1, 4 * c: 4 * c + 4])
+            shown = _display_grid(spec, freqs, log_f, max_columns=600)
+            duration = audio[name].shape[-1] / sr
+            mesh = ax.pcolormesh(np.linspace(0, duration, shown.shape[1] + 1), log_f, shown, shading="flat",
+                                 cmap="magma", vmin=vmax - 90.0, vmax=vmax, rasterized=True)
+            ax.set_yscale("log")
+            ax.set_ylim(20.0, sr / 2)
+            ax.set_title(f"{name}: log spectrogram", fontsize=10)
+            ax.set_xlabel("time [s]", fontsize=8)
+            ax.tick_params(labelsize=8)
+            if c == 0:
+                ax.set_ylabel("frequency [Hz]", fontsize=8)
+            if c == 2:
+                fig.colorbar(mesh, ax=ax, pad=0.01, label="level [dB]")
+        ax = fig.add_subplot(grid[2, :])
+        styles = {"input": ("0.6", "-", 2.6), "target": ("black", "--", 1.4), "matchering": ("tab:green", "-", 1.4),
+                  "model": ("tab:blue", "-", 1.4)}
+        for name, (color, ls, width) in styles.items():
+            if audio.get(name) is None:
+                continue
+            t, loud = short_term_loudness(audio[name], sr)
+            ax.plot(t, loud, color=color, linestyle=ls, linewidth=width,
+                    label=f"{name} ({metrics.lufs(audio[name], sr):.1f} LUFS integrated)")
+        ax.set_xlabel("time [s] (end of each 3 s window)", fontsize=9)
+        ax.set_ylabel("short-term loudness [LUFS]", fontsize=9)
+        ax.set_title(f"example piece {example['piece']}: short-term loudness (BS.1770, 3 s windows)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.06, right=0.96, top=0.93 if example else 0.85, bottom=0.06 if example else 0.25)
+    fig.savefig(dest, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- report
@@ -183,16 +722,35 @@ def _fmt(v: Any, key: str) -> str:
         return "–"
     if key == "realtime_factor":
         return f"{v:.1f}"
-    if key in ("true_peak_dbtp", "lufs_error"):
+    if key in ("true_peak_dbtp", "true_peak_dbtp_max", "lufs_error", "seconds_per_track"):
         return f"{v:.2f}"
-    if key == "seconds_per_track":
-        return f"{v:.2f}"
+    if key == "mrstft":
+        return f"{v:.3f}"
     return f"{v:.4f}"
 
 
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    text = _fmt(row.get(key), key)
+    ci = row.get(f"{key}_ci")
+    if ci is not None and row.get(key) is not None:
+        text += f" [{_fmt(ci[0], key)}, {_fmt(ci[1], key)}]"
+    return text
+
+
 def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
-    """Markdown report: one row per method, one column per metric (units, ↓ lower / ↑ higher is better)."""
+    """Markdown report: methods × metrics (mean [CI]), paired differences, targets, settings in words.
+
+    Args:
+        results: The results dict of :func:`evaluate_from_config` (results
+            written before these keys existed are read too).
+        split: The split key of ``results``.
+
+    Returns:
+        The report text.
+    """
     s = results["settings"]
+    rows = list(s.get("methods", [m for m in METHODS if m in results[split]]))
+    conf = s.get("bootstrap", {}).get("confidence", 0.95)
     heads = []
     for key, name, unit, lower in METRICS:
         arrow = "" if lower is None else (" ↓" if lower else " ↑")
@@ -206,21 +764,85 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "| method | " + " | ".join(heads) + " |",
         "|---|" + "---:|" * len(heads),
     ]
-    for m in METHODS:
+    for m in rows:
         row = results[split][m]
-        lines.append(f"| {m} | " + " | ".join(_fmt(row.get(k), k) for k, *_ in METRICS) + " |")
+        name = f"**{m}**" if m == "model" else m
+        n, missing = row.get("num_tracks"), row.get("failed_tracks")
+        if missing:
+            name += f" ({n} of {n + missing} pieces)"
+        lines.append(f"| {name} | " + " | ".join(_cell(row, k) for k, *_ in METRICS) + " |")
+    lines += ["", f"Mean over pieces [{conf * 100:g} % percentile bootstrap interval over pieces]; "
+              "`true peak` is the mean output true peak, `true peak max` the highest over pieces."]
+    paired = results.get("paired") or {}
+    if paired:
+        lines += ["", f"## Paired differences ({conf * 100:g} % paired bootstrap interval; < 0: the first is better)",
+                  "", "| difference | metric | mean | interval | pieces | interval excludes 0 |",
+                  "|---|---|---:|---:|---:|---|"]
+        for name, per in paired.items():
+            for key, d in per.items():
+                if d.get("mean") is None:
+                    lines.append(f"| {name.replace('_minus_', ' − ')} | {key} | – | – | 0 | – |")
+                    continue
+                ex = "yes" if d["ci"][0] > 0 or d["ci"][1] < 0 else "no"
+                lines.append(f"| {name.replace('_minus_', ' − ')} | {key} | {d['mean']:+.3g} | "
+                             f"[{d['ci'][0]:+.3g}, {d['ci'][1]:+.3g}] | {d['num_tracks']} | {ex} |")
+    targets = results.get("targets") or {}
+    if targets:
+        heads = [f"{desc} ≤ {thr:g} {unit}" for _, desc, thr, unit in TARGETS]
+        lines += ["", "## Targets (the reference engineer's)", "",
+                  "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+        order = ["model"] + [m for m in rows if m not in ("model", "unprocessed")]
+        for m in order:
+            t = targets["methods"].get(m)
+            if t is None:
+                continue
+            cells = []
+            for key, _, _, unit in TARGETS:
+                c = t[key]
+                if c["value"] is None:
+                    cells.append("–")
+                    continue
+                text = f"{'yes' if c['met'] else 'no'}: {c['value']:.2f} {unit}"
+                if c.get("ci") is not None:
+                    text += f" [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]"
+                if c.get("tracks_over") is not None:
+                    text += f", {c['tracks_over']} of {c['num_tracks']} pieces over"
+                cells.append(text)
+            lines.append(f"| {'**model**' if m == 'model' else m} | " + " | ".join(cells) + " |")
+        lines += ["", "yes/no: whether the value is within the target; loudness error and MFCC ratio are means "
+                  f"(MFCC ratio: mean model distance / mean unprocessed distance) with {conf * 100:g} % "
+                  "bootstrap intervals; the true peak is the highest over pieces."]
     lines += [
         "",
         f"Targets: mean loudness {s['target_mean_lufs']:.2f} LUFS, highest true peak {s['target_max_true_peak_dbtp']:.2f} dBTP "
-        "(mastered to a −1 dBTP ceiling); `true peak` is the output's mean true peak.",
-        f"Oracle: CMA-ES, {s['oracle']['renders']} renders per track on a {s['oracle']['excerpt_seconds']:g} s excerpt "
-        f"(objective MR-STFT + {s['oracle']['loudness_weight']:g} x LU error), "
-        f"{s['oracle']['mean_renders_per_second']:.2f} renders/s; it sees the target, so it bounds the chain.",
+        "(mastered to a −1 dBTP ceiling).",
+    ]
+    mg = s.get("matchering")
+    if mg and mg.get("reference"):
+        r = mg["reference"]
+        lines.append(f"Matchering {mg.get('version', '')}: one reference master for every piece, `{r['piece'] or r['path']}` "
+                     f"({r['rule']}; {r['lufs']:.2f} LUFS, {r['true_peak_dbtp']:.2f} dBTP, {r['seconds']:.1f} s); "
+                     f"failed on {mg['failures']} of {s['num_tracks']} pieces.")
+    elif mg and mg.get("error"):
+        lines.append(f"Matchering: not run ({mg['error']}).")
+    o = s["oracle"]
+    budgets = o.get("budgets") or {}
+    if budgets:
+        costs = "; ".join(f"{b['renders']} renders: {b['mean_seconds_per_track']:.1f} s/track "
+                          f"({b['mean_renders_per_second']:.2f} renders/s)" for b in budgets.values())
+    else:
+        costs = f"{o['renders']} renders, {o['mean_renders_per_second']:.2f} renders/s"
+    lines += [
+        f"Oracle: CMA-ES per track on a {o['excerpt_seconds']:g} s excerpt (objective MR-STFT + "
+        f"{o['loudness_weight']:g} x LU error), one run per budget with the same seed; {costs}. "
+        "It sees the target, so it bounds the chain.",
         f"Alignment: output vs target by cross-correlation within ±{s['max_delay_ms']:g} ms before MFCC and MR-STFT.",
         "Speed is audio seconds per wall-clock second on this machine "
         f"({s['cpu_count']} CPU cores); model time includes starting its render worker.",
-        "",
     ]
+    if s.get("summary_png"):
+        lines += ["", f"![summary]({s['summary_png']})"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -230,6 +852,8 @@ def _finite(obj: Any) -> Any:
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, np.integer):
@@ -242,10 +866,98 @@ def _mean(values: list) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+# --------------------------------------------------------------------------- summary
+def _summarize(per_track: list[dict], rows: Sequence[str], total_seconds: float,
+               ec: EvaluateConfig) -> dict[str, dict[str, Any]]:
+    """Per-method means, bootstrap intervals, maximum true peak and time over the tracks."""
+    boot = dict(resamples=ec.bootstrap_resamples, seed=ec.seed, level=ec.confidence)
+    summary: dict[str, dict[str, Any]] = {}
+    for m in rows:
+        track_rows = [t["methods"][m] for t in per_track]
+        s: dict[str, Any] = {}
+        for key in SCORED:
+            vals = [r[key] for r in track_rows if r.get(key) is not None]
+            s[key] = float(np.mean(vals)) if vals else None
+            finite = bool(vals) and all(math.isfinite(v) for v in vals)
+            s[f"{key}_ci"] = list(bootstrap_ci(vals, **boot)) if finite else None
+        peaks = [r["true_peak_dbtp"] for r in track_rows if r.get("true_peak_dbtp") is not None]
+        s["true_peak_dbtp_max"] = float(np.max(peaks)) if peaks else None
+        done = [(t["seconds"], r) for t, r in zip(per_track, track_rows) if r.get("mfcc_cosine") is not None]
+        s["num_tracks"] = len(done)
+        s["failed_tracks"] = len(track_rows) - len(done)
+        timed = [(sec, r["seconds"]) for sec, r in done if r.get("seconds") is not None]
+        if timed:
+            s["seconds_per_track"] = float(np.mean([w for _, w in timed]))
+            s["realtime_factor"] = float(sum(a for a, _ in timed)) / max(float(sum(w for _, w in timed)), 1e-9)
+        else:
+            s["seconds_per_track"], s["realtime_factor"] = None, None
+        summary[m] = s
+    return summary
+
+
+def _common(per_track: list[dict], a: str, b: str, key: str) -> tuple[list[float], list[float]]:
+    """Values of ``key`` for methods ``a`` and ``b`` on the pieces where both are finite."""
+    xs, ys = [], []
+    for t in per_track:
+        va, vb = t["methods"][a].get(key), t["methods"][b].get(key)
+        if va is not None and vb is not None and math.isfinite(va) and math.isfinite(vb):
+            xs.append(va)
+            ys.append(vb)
+    return xs, ys
+
+
+def _paired(per_track: list[dict], rows: Sequence[str], ec: EvaluateConfig) -> dict[str, Any]:
+    """Paired bootstrap intervals of the differences in :data:`PAIRED` for :data:`PAIRED_METRICS`."""
+    out: dict[str, Any] = {}
+    for a, b in PAIRED:
+        if a not in rows or b not in rows:
+            continue
+        per = {}
+        for key in PAIRED_METRICS:
+            xs, ys = _common(per_track, a, b, key)
+            if xs:
+                mean, lo, hi = paired_bootstrap_ci(xs, ys, ec.bootstrap_resamples, ec.seed, ec.confidence)
+                per[key] = {"mean": mean, "ci": [lo, hi], "num_tracks": len(xs)}
+            else:
+                per[key] = {"mean": None, "ci": None, "num_tracks": 0}
+        out[f"{a}_minus_{b}"] = per
+    return out
+
+
+def _targets(per_track: list[dict], summary: Mapping[str, Mapping[str, Any]], rows: Sequence[str],
+             ec: EvaluateConfig) -> dict[str, Any]:
+    """Whether each method meets each of :data:`TARGETS` (value, interval, met, met by the whole interval)."""
+    (k_lufs, _, lufs_max, _), (k_peak, _, peak_max, _), (k_ratio, _, ratio_max, _) = TARGETS
+    out: dict[str, Any] = {
+        "definitions": {k: {"description": d, "threshold": thr, "unit": u} for k, d, thr, u in TARGETS},
+        "methods": {},
+    }
+    for m in rows:
+        s = summary[m]
+        cells: dict[str, Any] = {}
+        v, ci = s.get("lufs_error"), s.get("lufs_error_ci")
+        cells[k_lufs] = {"value": v, "ci": ci, "met": None if v is None else bool(v <= lufs_max),
+                         "met_by_interval": None if ci is None else bool(ci[1] <= lufs_max)}
+        peaks = [t["methods"][m]["true_peak_dbtp"] for t in per_track if t["methods"][m].get("true_peak_dbtp") is not None]
+        v = s.get("true_peak_dbtp_max")
+        cells[k_peak] = {"value": v, "ci": None, "met": None if v is None else bool(v <= peak_max),
+                         "met_by_interval": None, "tracks_over": int(sum(p > peak_max for p in peaks)),
+                         "num_tracks": len(peaks)}
+        cells[k_ratio] = {"value": None, "ci": None, "met": None, "met_by_interval": None}
+        if "unprocessed" in rows:
+            xs, ys = _common(per_track, m, "unprocessed", "mfcc_cosine")
+            if xs and np.mean(ys) > 0:
+                r, lo, hi = bootstrap_ratio_ci(xs, ys, ec.bootstrap_resamples, ec.seed, ec.confidence)
+                cells[k_ratio] = {"value": r, "ci": [lo, hi], "met": bool(r <= ratio_max),
+                                  "met_by_interval": bool(hi <= ratio_max), "num_tracks": len(xs)}
+        out["methods"][m] = cells
+    return out
+
+
 # --------------------------------------------------------------------------- main
 def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "test",
                          data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a mastering checkpoint on one split and write ``results.json`` / ``results.md``.
+    """Evaluate a mastering checkpoint on one split; write ``results.json``, ``results.md`` and ``summary.png``.
 
     Args:
         config: Bound mastering config (:class:`~deepafx.recipes.RecipeConfig`) or a raw mapping.
@@ -265,6 +977,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     """
     from tqdm import tqdm
 
+    from deepafx.audio import write_files_atomic
     from deepafx.recipes.mastering.music import build_dataset, load_split
     from deepafx.automation.oracle import CmaesOracle
     from deepafx.automation.process import load_automation_checkpoint, apply_automation
@@ -279,6 +992,12 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     if config.recipe != "mastering":
         raise ValueError(f"config recipe is {config.recipe!r}; this evaluator handles 'mastering'")
     ec = config.evaluate
+    budgets = oracle_rows(ec.cmaes_renders)
+    if int(ec.bootstrap_resamples) < 100:
+        raise ValueError(f"evaluate.bootstrap_resamples must be >= 100 (2000 is usual), got {ec.bootstrap_resamples}")
+    if not 0.0 < float(ec.confidence) < 1.0:
+        raise ValueError(f"evaluate.confidence must be on (0, 1), e.g. 0.95, got {ec.confidence}")
+    rows = ["unprocessed", "default"] + (["matchering"] if ec.matchering else []) + [r for r, _ in budgets] + ["model"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "mastering")
@@ -295,11 +1014,26 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     if not tracks:
         raise ValueError(f"split {split!r} of {ddir} has no pieces; raise data.test_fraction or the dataset size")
 
+    mg_settings: dict[str, Any] = {"enabled": bool(ec.matchering)}
+    reference = None
+    if ec.matchering:
+        from importlib.metadata import version
+
+        mg_settings["config"] = "matchering.Config() defaults; result written as 24-bit PCM (matchering.pcm24)"
+        try:
+            mg_settings["version"] = version("matchering")
+            reference = _resolve_reference(ec, ddir)
+            mg_settings["reference"] = reference
+        except Exception as exc:  # no train split, unreadable reference, matchering not installed
+            mg_settings["error"] = f"{type(exc).__name__}: {exc}"
+            log.warning("matchering baseline not run: %s", mg_settings["error"])
+
     table = chain.param_table
     defaults = table.defaults_normalized()
     per_track: list[dict[str, Any]] = []
     examples_dir = out_dir / "examples"
-    with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
+    example: dict[str, Any] | None = None
+    with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
                      num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s) as oracle:
@@ -310,54 +1044,99 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
             n = min(x.shape[1], y.shape[1])
             x, y = np.ascontiguousarray(x[:, :n]), np.ascontiguousarray(y[:, :n])
             seconds = n / sr
-            outputs: dict[str, tuple[np.ndarray, float | None]] = {"unprocessed": (x, None)}
-            t0 = time.perf_counter()
-            outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            res = oracle.fit(x, y)
-            outputs["oracle_cmaes"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
-            mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
-                                    smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
-            outputs["model"] = (mastered.audio, mastered.process_seconds)
             entry: dict[str, Any] = {
                 "piece": pid, "seconds": seconds,
                 "target_lufs": metrics.lufs(y, sr), "target_true_peak_dbtp": metrics.true_peak_dbtp(y, sr),
                 "methods": {},
             }
-            for m in METHODS:
+            outputs: dict[str, tuple[np.ndarray | None, float | None]] = {"unprocessed": (x, None)}
+            t0 = time.perf_counter()
+            outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
+            if ec.matchering:
+                if reference is None:
+                    outputs["matchering"] = (None, None)
+                    entry["matchering_error"] = mg_settings.get("error", "no reference")
+                else:
+                    t0 = time.perf_counter()
+                    try:
+                        out = matchering_master(x, sr, reference["path"])
+                        if out.shape[0] != y.shape[0]:  # matchering makes mono stereo
+                            out = out.mean(axis=0, keepdims=True)
+                        outputs["matchering"] = (out, time.perf_counter() - t0)
+                    except Exception as exc:  # matchering's ModuleError and anything else it raises
+                        outputs["matchering"] = (None, None)
+                        entry["matchering_error"] = f"{type(exc).__name__}: {exc}"
+                        log.warning("matchering failed on %s: %s", pid, entry["matchering_error"])
+            entry["oracles"] = {}
+            for row, renders in budgets:
+                oracle.renders = renders  # one pool for every budget; fit() reads the budget from here
+                t0 = time.perf_counter()
+                res = oracle.fit(x, y)
+                outputs[row] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
+                info = res.to_dict()
+                info["values"] = {p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}
+                entry["oracles"][row] = info
+            entry["oracle"] = entry["oracles"][budgets[-1][0]]
+            mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
+                                        smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
+            outputs["model"] = (mastered.audio, mastered.process_seconds)
+            for m in rows:
                 audio, secs = outputs[m]
-                row = track_metrics(audio, y, sr, ec.max_delay_ms)
+                if audio is None:
+                    row = {key: None for key in (*SCORED, "lag_samples")}
+                else:
+                    row = track_metrics(audio, y, sr, ec.max_delay_ms)
                 row["seconds"] = secs
                 row["realtime_factor"] = None if secs is None else seconds / max(secs, 1e-9)
                 entry["methods"][m] = row
-            oracle_info = res.to_dict()
-            oracle_info["values"] = {p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}
-            entry["oracle"] = oracle_info
+            if len(budgets) > 1 or budgets[0][0] != "oracle_cmaes":
+                entry["methods"]["oracle_cmaes"] = dict(entry["methods"][budgets[-1][0]])
             entry["model_automation_frames"] = int(len(mastered.automation.times_s))
             per_track.append(entry)
+            if k == 0:
+                example = {"piece": pid, "sample_rate": sr,
+                           "audio": {"input": x, "model": mastered.audio, "target": y,
+                                     "matchering": outputs.get("matchering", (None, None))[0]}}
             if k < ec.num_examples:
                 d = examples_dir / pid
                 d.mkdir(parents=True, exist_ok=True)
                 sf.write(str(d / "target.wav"), y.T, int(round(sr)), subtype="FLOAT")
-                for m in METHODS:
-                    sf.write(str(d / f"{m}.wav"), outputs[m][0].T, int(round(sr)), subtype="FLOAT")
+                for m in rows:
+                    if outputs[m][0] is not None:
+                        sf.write(str(d / f"{m}.wav"), outputs[m][0].T, int(round(sr)), subtype="FLOAT")
 
     total_seconds = float(sum(t["seconds"] for t in per_track))
-    summary: dict[str, dict[str, Any]] = {}
-    for m in METHODS:
-        rows = [t["methods"][m] for t in per_track]
-        s = {key: _mean([r[key] for r in rows]) for key in ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp")}
-        secs = [r["seconds"] for r in rows]
-        if any(v is None for v in secs):
-            s["seconds_per_track"], s["realtime_factor"] = None, None
-        else:
-            s["seconds_per_track"] = float(np.mean(secs))
-            s["realtime_factor"] = total_seconds / max(float(np.sum(secs)), 1e-9)
-        summary[m] = s
+    summary = _summarize(per_track, rows, total_seconds, ec)
+    alias = None
+    if budgets[-1][0] != "oracle_cmaes":
+        alias = budgets[-1][0]
+        summary["oracle_cmaes"] = dict(summary[alias])
+    for row, renders in budgets:
+        summary[row]["renders"] = renders
+    if alias:
+        summary["oracle_cmaes"]["renders"] = budgets[-1][1]
+    if ec.matchering:
+        errors = {t["piece"]: t["matchering_error"] for t in per_track if "matchering_error" in t}
+        mg_settings.update(failures=len(errors), errors=errors)
+
+    budget_info = {}
+    for row, renders in budgets:
+        infos = [t["oracles"][row] for t in per_track]
+        budget_info[row] = {
+            "renders": renders,
+            "mean_seconds_per_track": summary[row]["seconds_per_track"],
+            "mean_search_seconds": float(np.mean([i["search_seconds"] for i in infos])),
+            "mean_renders_per_second": float(sum(i["renders"] for i in infos)
+                                             / max(sum(i["search_seconds"] for i in infos), 1e-9)),
+            "mean_objective": float(np.mean([i["objective"] for i in infos])),
+            "mean_default_objective": float(np.mean([i["default_objective"] for i in infos])),
+        }
+    all_infos = [i for t in per_track for i in t["oracles"].values()]
     settings = {
         "split": split,
         "num_tracks": len(per_track),
         "total_seconds": total_seconds,
+        "methods": rows,
         "checkpoint": str(ckpt_path),
         "dataset_dir": str(ddir),
         "dataset_sample_rate_hz": data_sr,
@@ -370,31 +1149,52 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         "target_mean_lufs": float(np.mean([t["target_lufs"] for t in per_track])),
         "target_max_true_peak_dbtp": float(np.max([t["target_true_peak_dbtp"] for t in per_track])),
         "oracle": {
-            "renders": ec.cmaes_renders,
+            "renders": budgets[-1][1],
+            "budgets": budget_info,
+            "alias": {"oracle_cmaes": alias} if alias else {},
             "excerpt_seconds": ec.excerpt_seconds,
             "loudness_weight": ec.loudness_weight,
             "popsize": oracle.popsize,
             "render_workers": oracle.num_slots,
-            "mean_renders_per_second": float(np.mean([t["oracle"]["renders_per_second"] for t in per_track])),
+            "mean_renders_per_second": float(sum(i["renders"] for i in all_infos)
+                                             / max(sum(i["search_seconds"] for i in all_infos), 1e-9)),
             "objective": "mean over FFT sizes of L1(|Y|-|T|) + L1(log|Y| - log|T|), plus loudness_weight * |LUFS error|",
+            "budgets_are": "independent CMA-ES runs with the same seed (a larger budget replays the smaller one's "
+                           "full generations exactly)",
+        },
+        "matchering": mg_settings,
+        "bootstrap": {
+            "resamples": int(ec.bootstrap_resamples), "confidence": float(ec.confidence), "seed": int(ec.seed),
+            "method": "percentile bootstrap of the mean over pieces (Efron & Tibshirani 1993, ch. 13); paired "
+                      "differences and the MFCC ratio resample pieces jointly",
         },
         "metrics": {
             "mfcc_cosine": "MFCC cosine distance (librosa: 20 MFCCs, FFT 2048, hop 512, 128 mel bands), aligned",
             "mrstft": "multi-resolution STFT distance, FFT 2048..64, 75% overlap, mean over sizes, aligned",
             "lufs_error": "|integrated loudness(output) - integrated loudness(target)|, LU, BS.1770-4",
-            "true_peak_dbtp": "true peak of the output, dBTP, 4x oversampled",
+            "true_peak_dbtp": "true peak of the output, dBTP, 4x oversampled (mean over pieces; "
+                              "true_peak_dbtp_max: the highest)",
             "seconds_per_track": "wall-clock seconds per track",
             "realtime_factor": "audio seconds per wall-clock second (>1 faster than real time)",
         },
         "alignment": "lag maximising |cross-correlation| of channel sums within ±max_delay_ms; both cut to the overlap",
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "summary_png": None,
     }
-    results = _finite({split: summary, "tracks": per_track, "settings": settings})
-    tmp = out_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    os.replace(tmp, out_dir / "results.json")
-    tmp = out_dir / ".results.md.tmp"
-    tmp.write_text(results_markdown(results, split))
-    os.replace(tmp, out_dir / "results.md")
+    results = _finite({split: summary, "tracks": per_track, "settings": settings,
+                       "paired": _paired(per_track, rows, ec), "targets": _targets(per_track, summary, rows, ec)})
+    files = []
+    if ec.plot:
+        buf = io.BytesIO()
+        try:
+            plot_summary(buf, results, example, split)
+            files.append((out_dir / "summary.png", buf.getvalue()))
+            results["settings"]["summary_png"] = "summary.png"
+        except Exception as exc:  # a figure must not cost the results
+            results["settings"]["summary_png_error"] = f"{type(exc).__name__}: {exc}"
+            log.warning("summary.png not written: %s", results["settings"]["summary_png_error"])
+    files += [(out_dir / "results.json", json.dumps(results, indent=1, allow_nan=False).encode()),
+              (out_dir / "results.md", results_markdown(results, split).encode())]
+    write_files_atomic(files)
     return results
