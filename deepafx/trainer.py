@@ -179,6 +179,9 @@ class TrainSettings:
         early_stop_patience: Epochs without a better validation loss before a
             validating stage stops.
         lr_patience, lr_factor: ReduceLROnPlateau on the validation loss.
+        validate_first: Validate before the first epoch of a validating stage (history
+            epoch −1) and count the starting model as the best so far: a stage whose
+            training never beats its start keeps the start as ``best.pt``.
         max_steps: Stop after this many steps in all (0: run the whole schedule),
             saving ``last.pt``; ``--resume`` continues. Exact inside step-based
             stages; inside an epoch, the resumed epoch restarts its plugin
@@ -193,6 +196,7 @@ class TrainSettings:
     early_stop_patience: int = 3
     lr_patience: int = 1
     lr_factor: float = 0.5
+    validate_first: bool = True
     max_steps: int = 0
 
 
@@ -490,6 +494,23 @@ class Trainer:
         bar.close()
         return self._mean(total / max(n, 1), n)
 
+    def _validate_first(self, stage: Stage) -> None:
+        """Validate the model as the stage starts (history epoch −1): the baseline training must beat.
+
+        The starting model becomes ``best.pt``, so a stage that never improves on
+        its start leaves that model as the best one rather than a worse epoch.
+        """
+        with torch.no_grad():
+            value, count = self.task.validate(stage, -1, self.tb)
+        valid_loss = self._mean(value, count)
+        self.state["best_valid"], self.state["bad_epochs"] = valid_loss, 0
+        self.state["validated_first"].append(stage.name)
+        self._record({"stage": stage.name, "epoch": -1, "step": self.state["global_step"], "valid_loss": valid_loss,
+                      "lr": self.opt.param_groups[0]["lr"], "param_checksums": self._param_checksums()})
+        if self.dist.is_main:
+            tqdm.write(f"{stage.name} before training: valid {valid_loss:.4f}")
+        self.save(best=True)
+
     def fit(self) -> dict[str, Any]:
         """Run (or finish) every stage; returns ``{"history", "best_valid", "seconds"}``."""
         t0 = time.perf_counter()
@@ -501,6 +522,9 @@ class Trainer:
             if self._active_stage != index:
                 self._start_stage(index)
                 self.state.update(stage=index, epoch=0, step_in_epoch=0, bad_epochs=0)
+            if stage.validate and st.validate_first and self.state["epoch"] == 0 and not self.state["step_in_epoch"] \
+                    and stage.name not in self.state.setdefault("validated_first", []):
+                self._validate_first(stage)
             for epoch in range(self.state["epoch"], stage.epochs):
                 train_loss = self._train_epoch(stage, epoch)
                 if train_loss is None:  # max_steps reached inside the epoch (saved)

@@ -33,7 +33,8 @@ def test_train_process_evaluate(tmp_path):
     assert (run / "checkpoints" / "best.pt").exists() and (run / "checkpoints" / "last.pt").exists()
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     epochs = [h for h in history if "valid_loss" in h]
-    assert len(epochs) == 1 and np.isfinite(epochs[0]["valid_loss"])
+    assert [h["epoch"] for h in epochs] == [-1, 0]  # validated before training, then after the epoch
+    assert all(np.isfinite(h["valid_loss"]) for h in epochs)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "recipe: mastering" in (run / "config.yaml").read_text()
 

@@ -258,8 +258,8 @@ class AutomationTask:
         if example is not None and self.dist.is_main:
             sr = self.chain.sample_rate
             for tag, audio in zip(("input", "output", "target"), example):
-                tb.audio(f"valid/{tag}", audio, sr, epoch)
-            tb.figure("valid/spectrograms", _spectrogram_figure(example, sr), epoch)
+                tb.audio(f"valid/{tag}", audio, sr, epoch + 1)
+            tb.figure("valid/spectrograms", _spectrogram_figure(example, sr), epoch + 1)
         return total / max(count, 1), count
 
     # -- state -----------------------------------------------------------------------------

@@ -1,0 +1,329 @@
+"""Amp-emulation recipe: ESR against hand-computed numbers, the DI data, the target amp, the LSTM baseline,
+the engine checks (exact resume, DDP ranks agree) and the real CLI end to end."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from deepafx.config import load_config
+from deepafx.recipes.amp_emulation.data import (AMP_SETTINGS, AmpDataConfig, _piece_order, build_dataset,
+                                                draw_performance, load_split, piece_split, target_chain)
+from deepafx.recipes.amp_emulation.esr import EsrLoss, esr, esr_loss, pre_emphasis
+from deepafx.recipes.amp_emulation.evaluate import bootstrap_ci
+
+QUICK = Path(__file__).resolve().parent.parent / "recipes" / "amp_emulation" / "quick.yaml"
+SR = 44100
+TINY_DATA = ["data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_piece_seconds=3"]
+TINY = TINY_DATA + [
+    "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
+    "model.encoder_kwargs={width_mult: 0.25}",
+    "train.batch_size=2", "train.workers=1", "train.epochs=2", "train.steps_per_epoch=3",
+    "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3",
+]
+
+
+def _soundfont_or_skip():
+    if not Path(AmpDataConfig().soundfont).is_file():
+        pytest.skip("FluidR3_GM SoundFont not installed: apt-get install fluid-soundfont-gm")
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):
+        pytest.skip("pyfluidsynth/libfluidsynth not installed: apt-get install fluidsynth; pip install pyfluidsynth")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    _soundfont_or_skip()
+    out = tmp_path_factory.mktemp("amp_data")
+    cfg = AmpDataConfig.from_dict({"train_minutes": 0.3, "max_piece_seconds": 6, "min_piece_seconds": 3})
+    build_dataset(cfg, out)
+    return cfg, out
+
+
+# --------------------------------------------------------------------------- ESR
+def test_pre_emphasis_by_hand():
+    assert np.allclose(pre_emphasis(np.array([1.0, 2.0, 3.0])), [1.0, 1.05, 1.1])
+    assert np.allclose(pre_emphasis(np.array([[0.5, -0.5]]), 0.5), [[0.5, -0.75]])
+
+
+def test_esr_by_hand():
+    ref, est = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 2.0])
+    assert esr(est, ref) == pytest.approx(1.0 / 14.0, rel=1e-12)
+    # pre-emphasised: ref → [1, 1.05, 1.1], est → [1, 1.05, 0.1]: 1² / (1 + 1.05² + 1.1²)
+    assert esr(est, ref, 0.95) == pytest.approx(1.0 / 3.3125, rel=1e-12)
+    assert esr(ref, ref) == 0.0
+    assert esr(np.zeros(3), ref) == pytest.approx(1.0)
+    assert esr(-ref, ref) == pytest.approx(4.0)
+    assert esr(np.zeros(3), np.zeros(3)) == 0.0 and esr(ref, np.zeros(3)) == float("inf")
+    with pytest.raises(ValueError, match="same shape"):
+        esr(ref[:2], ref)
+
+
+def test_esr_loss_matches_numpy_and_has_gradients():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((3, 1, 500)).astype(np.float32)
+    est = (ref + 0.3 * rng.standard_normal(ref.shape)).astype(np.float32)
+    t_est = torch.from_numpy(est).requires_grad_()
+    loss = esr_loss(t_est, torch.from_numpy(ref), floor=0.0)
+    for i in range(3):
+        assert float(loss[i]) == pytest.approx(esr(est[i], ref[i], 0.95), rel=1e-5)
+        assert float(esr_loss(t_est, torch.from_numpy(ref), None, floor=0.0)[i]) == pytest.approx(esr(est[i], ref[i]),
+                                                                                                   rel=1e-5)
+    EsrLoss(reduction="mean")(t_est, torch.from_numpy(ref)).backward()
+    assert t_est.grad is not None and float(t_est.grad.abs().sum()) > 0
+
+
+def test_bootstrap_interval():
+    assert bootstrap_ci([0.3]) == (0.3, 0.3)
+    assert bootstrap_ci([2.0] * 5) == (2.0, 2.0)
+    v = np.random.default_rng(1).normal(1.0, 0.2, 20)
+    lo, hi = bootstrap_ci(v, 4000, seed=2)
+    assert lo < v.mean() < hi and hi - lo < 0.3
+    assert bootstrap_ci(v, 4000, seed=2) == (lo, hi)
+
+
+# --------------------------------------------------------------------------- data
+def test_levels_spread_over_20_db_and_are_pure_draws():
+    cfg = AmpDataConfig()
+    order = _piece_order(cfg)[:60]
+    levels = [draw_performance(p, cfg).level_dbfs for p in order]
+    assert max(levels) - min(levels) >= 20.0
+    assert all(cfg.level_dbfs_range[0] <= v <= cfg.level_dbfs_range[1] for v in levels)
+    assert [draw_performance(p, cfg).level_dbfs for p in order] == levels
+    assert {p.role for p in order} == {"melody", "chords", "bass"}
+    progs = {draw_performance(p, cfg).program for p in order}
+    assert progs <= set(cfg.guitar_programs) | set(cfg.bass_programs) and len(progs) >= 4
+
+
+def test_split_by_piece(tiny_data):
+    cfg, out = tiny_data
+    manifest = json.loads((out / "manifest.json").read_text())
+    seen = {}
+    for p in manifest["pieces"]:
+        corpus = f"{p['corpus_path']}#{p['number'] or ''}"
+        assert piece_split(corpus, cfg) == p["split"]
+        assert seen.setdefault(corpus, p["split"]) == p["split"]
+    assert all(manifest["splits"][s]["pieces"] for s in ("train", "valid", "test"))
+    assert piece_split("bach/bwv66.6.mxl#", replace(cfg, train_minutes=50.0)) == piece_split("bach/bwv66.6.mxl#", cfg)
+
+
+def test_di_levels_and_targets(tiny_data):
+    cfg, out = tiny_data
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids, pairs = load_split(out, "train")
+    by_id = {p["piece_id"]: p for p in manifest["pieces"]}
+    for pid, (x, y) in zip(ids, pairs):
+        assert x.shape[0] == 1 and x.shape == y.shape
+        assert 20 * np.log10(np.abs(x).max()) == pytest.approx(by_id[pid]["level_dbfs"], abs=0.01)
+        # the target is the DI through the amp: strongly correlated but not a scaled copy
+        g = float(np.dot(x[0], y[0]) / np.dot(x[0], x[0]))
+        assert esr(g * x, y) > 0.2
+    assert manifest["target_chain"]["processors"][0]["options"]["dsp"] == "tube_amp.dsp"
+
+
+def test_dataset_is_deterministic_and_cached(tiny_data, tmp_path):
+    cfg, out = tiny_data
+    again = build_dataset(cfg, tmp_path / "again")
+    for split in ("train", "test"):
+        for f in sorted((out / split).glob("*.wav")):
+            assert (again / split / f.name).read_bytes() == f.read_bytes(), f.name
+    before = (again / "manifest.json").read_text()
+    build_dataset(cfg, again)  # up to date: nothing rewritten
+    assert (again / "manifest.json").read_text() == before
+    clean = replace(cfg, amp="clean")
+    build_dataset(clean, again)  # only the targets change
+    render = json.loads((again / "manifest.json").read_text())["render"]
+    assert render["rendered"] == 0 and render["targets_rendered"] == render["cached"] > 0
+
+
+# --------------------------------------------------------------------------- target amp
+def test_tube_amp_is_non_inverting_and_drive_dependent():
+    spec = target_chain(AmpDataConfig())
+    amp = spec.build()
+    assert len(amp.param_table) == 0  # nothing of the target is learned
+    t = np.arange(SR // 2) / SR
+    thd = []
+    for level in (0.01, 0.3):
+        x = (level * np.sin(2 * np.pi * 110 * t))[None].astype(np.float32)
+        amp.reset()
+        y = amp.process(x)[0, SR // 4 :]
+        mag = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+        k = len(y) * 110 // SR
+        fund = mag[k - 2 : k + 3].max()
+        thd.append(np.sqrt(sum(mag[h * k - 2 : h * k + 3].max() ** 2 for h in (2, 3, 4, 5))) / fund)
+    assert thd[1] > 3 * thd[0]  # louder input, more distortion
+    # polarity: a low-level click comes out with a positive main lobe
+    click = np.zeros((1, SR // 4), np.float32)
+    click[0, 1000:1010] = 0.01
+    amp.reset()
+    y = amp.process(click)[0]
+    assert y[1000:1100].max() > abs(y[1000:1100].min())
+    clean = target_chain(AmpDataConfig(amp="clean")).build()
+    assert not np.allclose(clean.process(click), y)
+    with pytest.raises(ValueError, match="amp preset"):
+        AmpDataConfig(amp="brown")
+    assert set(AMP_SETTINGS) == {"clean", "driven"}
+
+
+def test_builtin_chain_is_mono():
+    cfg = load_config(QUICK)
+    from deepafx.recipes import get_recipe
+
+    chain = get_recipe("amp_emulation").bind(cfg).chain
+    live = chain.build()
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, 4096))).astype(np.float32)
+    y = live.process(x, np.full(len(live.param_table), 0.5))
+    assert y.shape == (1, 4096) and live.latency_samples == 0
+
+
+# --------------------------------------------------------------------------- neural amp
+def test_lstm_residual_and_streaming():
+    from deepafx.recipes.amp_emulation.neural_amp import LstmAmp
+
+    torch.manual_seed(0)
+    m = LstmAmp(8)
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, 3000))).astype(np.float32)
+    assert np.allclose(m.process(x, chunk_samples=700), m.process(x), atol=1e-6)
+    with torch.no_grad():
+        m.out.weight.zero_()
+        m.out.bias.zero_()
+    assert np.array_equal(m.process(x), x)  # residual skip: a zero head is the identity
+    assert m.num_parameters == 4 * (8 * (1 + 8) + 2 * 8) + 8 + 1
+
+
+def test_lstm_training_keeps_its_budget_and_learns():
+    from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
+
+    rng = np.random.default_rng(0)
+    x = (0.2 * rng.standard_normal((1, 3 * 8000))).astype(np.float32)
+    y = np.tanh(4 * x).astype(np.float32) * 0.5
+    cfg = NeuralAmpConfig(hidden_size=8, segment_samples=1200, warmup_samples=200, tbptt_samples=500, batch_size=8,
+                          lr=1e-2)
+    torch.manual_seed(0)
+    before = esr(train_neural_amp([(x, y)], cfg, 1e-3).model.process(x), y)
+    trained = train_neural_amp([(x, y)], cfg, 6.0)
+    assert trained.seconds < 6.0 + 2.0 and trained.updates > 5
+    assert esr(trained.model.process(x), y) < 0.7 * before
+
+
+# --------------------------------------------------------------------------- engine
+@pytest.fixture(scope="module")
+def engine_data(tmp_path_factory):
+    _soundfont_or_skip()
+    return tmp_path_factory.mktemp("amp_engine_data")
+
+
+def _cfg(*extra):
+    return load_config(QUICK, TINY + list(extra))
+
+
+def _epochs(history):
+    return [h for h in history if h["stage"] == "spsa" and h.get("epoch", -1) >= 0]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path, engine_data):
+    from deepafx.recipes.amp_emulation.train import train_from_config
+
+    full = train_from_config(_cfg(), tmp_path / "a", engine_data)
+    first = train_from_config(_cfg("train.epochs=1"), tmp_path / "b", engine_data)
+    assert len(_epochs(first["history"])) == 1
+    resumed = train_from_config(_cfg(), tmp_path / "b", engine_data, resume=True)
+    assert [h["train_loss"] for h in _epochs(resumed["history"])] == [h["train_loss"] for h in _epochs(full["history"])]
+    assert [h["valid_loss"] for h in _epochs(resumed["history"])] == [h["valid_loss"] for h in _epochs(full["history"])]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the training clock adds up over sessions
+    assert b["task"]["train_seconds"] > torch.load(tmp_path / "b" / "checkpoints" / "spsa.pt",
+                                                   weights_only=False)["task"]["train_seconds"] * 0
+    assert 0 < a["task"]["train_seconds"] < 600
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_agree(tmp_path, engine_data):
+    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
+           f"--run-dir {tmp_path / 'ddp'} --data-dir {engine_data} "
+           + " ".join(f"--set '{o}'" for o in TINY + ["train.epochs=1", "train.steps_per_epoch=2"]))
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    sums = _epochs(history)[-1]["param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    last = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["state"]["global_step"] == 2 + 2  # pretrain steps + one epoch of 2 steps
+
+
+# --------------------------------------------------------------------------- CLI
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "deepafx.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"deepafx {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_cli_data_train_process_evaluate(tmp_path):
+    _soundfont_or_skip()
+    extra = ["train.epochs=1", "evaluate.cmaes_renders=8", "evaluate.excerpt_seconds=2",
+             "evaluate.neural_amp={budget_seconds: 4, segment_samples: 4000, batch_size: 4}"]
+    sets = [x for o in TINY + extra for x in ("--set", o)]
+    run, data = tmp_path / "run", tmp_path / "data"
+    _cli("data", "--config", "amp_emulation/quick", "--out", data, *sets)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["recipe"] == "amp_emulation" and manifest["splits"]["test"]["pieces"]
+    _cli("train", "--config", "amp_emulation/quick", "--run-dir", run, "--data-dir", data, *sets)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["recipe"] == "amp_emulation" and ckpt["task"]["train_seconds"] > 0
+
+    # process a held-out DI at another rate, in stereo: converted to the model's mono and back to 48 kHz
+    di = sorted((data / "test").glob("*_input.wav"))[0]
+    x, sr = sf.read(di, dtype="float32")
+    import soxr
+
+    x48 = soxr.resample(x[: 2 * sr], sr, 48000)
+    stereo = tmp_path / "di48.wav"
+    sf.write(stereo, np.stack([x48, x48], 1), 48000)
+    out = tmp_path / "amp.wav"
+    proc = _cli("process", "--checkpoint", run, stereo, out, "--automation", tmp_path / "a.json", "--plot",
+                tmp_path / "a.png")
+    y, sr_out = sf.read(out, always_2d=True)
+    assert sr_out == 48000 and y.shape == (len(x48), 1)
+    assert "48000" in proc.stdout + proc.stderr
+    auto = json.loads((tmp_path / "a.json").read_text())
+    assert "dist.drive_db" in auto["parameters"] and len(auto["time_s"]) >= 2
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bad input: a clear error and no partial output
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunk")
+    proc = subprocess.run([sys.executable, "-m", "deepafx.cli", "process", "--checkpoint", str(run), str(bad),
+                           str(tmp_path / "bad_out.wav")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "bad.wav" in proc.stderr and not (tmp_path / "bad_out.wav").exists()
+
+    _cli("evaluate", "--config", "amp_emulation/quick", "--checkpoint", run, "--data-dir", data, *sets)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    rows = results["test"]
+    assert set(rows) == {"unprocessed", "default", "oracle_cmaes", "model", "neural_amp"}
+    for method, row in rows.items():
+        for key in ("esr", "esr_pre", "mrstft", "mfcc_cosine"):
+            lo, hi = row[key]["ci95"]
+            assert np.isfinite(row[key]["mean"]) and lo <= row[key]["mean"] <= hi, (method, key)
+    assert rows["neural_amp"]["parameters"] == 4 * (32 * 33 + 64) + 33
+    assert results["settings"]["neural_amp"]["budget_seconds"] == 4
+    # the DI row is the DI itself: its ESR is recomputable from the files
+    ids, pairs = load_split(data, "test")
+    assert rows["unprocessed"]["esr"]["per_piece"][0] == pytest.approx(esr(*pairs[0]), rel=1e-9)
+    for png in ("comparison.png", "automation.png"):
+        assert (run / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "eval" / "results.md").read_text().count("| neural_amp |") == 2
