@@ -1,0 +1,179 @@
+"""Hybrid chains: DDSP stages exact by autograd, black boxes by SPSA, one declaration and one parameter vector."""
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from deepafx import ddsp
+from deepafx.assets import plugins_dir
+from deepafx.chain import ChainSpec, chain
+from deepafx.fx import FxLayer
+from deepafx.hybrid import DDSPStage, HybridChain, is_hybrid, split_stages
+from deepafx.params import ParameterError
+
+pytest.importorskip("pedalboard", reason="pedalboard not installed: pip install pedalboard")
+
+SR = 44100
+#: Black boxes first (drive), then differentiable tone shaping: no straight-through estimate needed.
+DRIVE_EQ = chain(
+    {"backend": "pedalboard.Gain", "name": "pre"},
+    {"backend": "pedalboard.Distortion", "name": "dist"},
+    {"backend": "ddsp.peq", "name": "eq", "options": {"num_peaks": 2}},
+    {"backend": "ddsp.gain", "name": "out"},
+    sample_rate=SR, name="drive_eq",
+)
+
+
+@pytest.fixture(scope="module")
+def drive_eq():
+    with HybridChain(DRIVE_EQ, batch_size=2, num_workers=1, num_perturbations=8, seed=5) as h:
+        yield h
+
+
+def _audio(seed=0, batch=2, samples=4096):
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / SR
+    x = 0.3 * np.sin(2 * np.pi * 110 * t) * np.exp(-3 * t) + 0.02 * rng.standard_normal((batch, 1, samples))
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def _params(h, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return 0.2 + 0.6 * torch.rand(2, h.num_params, generator=g)
+
+
+def test_one_vector_split_by_stage_tables_renders_like_the_in_process_chain(drive_eq):
+    assert [type(s) for s in drive_eq.stages] == [FxLayer, DDSPStage, DDSPStage]
+    assert drive_eq.stage_sizes == [2, 12, 1]
+    assert drive_eq.param_names == DRIVE_EQ.param_table.names  # the chain's own flat table, in order
+    assert drive_eq.param_table == DRIVE_EQ.param_table
+    assert [s.input_grad for s in drive_eq.fx_layers] == ["none"]
+    x, p = _audio(), _params(drive_eq)
+    y = drive_eq.render(x, p)
+    ref = DRIVE_EQ.build()  # the same entries through the host interface (DDSP stages as numpy backends)
+    for i in range(2):
+        np.testing.assert_allclose(y[i].numpy(), ref.process(x[i].numpy(), p[i].double().numpy()), atol=2e-5)
+        ref.reset()
+    with pytest.raises(ParameterError, match="num_params=15"):
+        drive_eq(x, p[:, :14])
+
+
+def test_differentiable_stages_get_exact_gradients(drive_eq):
+    """The EQ and gain gradients equal plain autograd through fresh torch modules on the black box's output."""
+    x, p, target = _audio(), _params(drive_eq), _audio(seed=9)
+    drive_eq.train()
+    drive_eq.reset()
+    pp = p.clone().requires_grad_(True)
+    (drive_eq(x, pp) - target).square().mean().backward()
+    eq = ddsp.ParametricEQ(SR, num_peaks=2)
+    gain = ddsp.Gain(SR)
+    q = p.clone().requires_grad_(True)
+    drive = drive_eq.fx_layers[0].render(x, p[:, :2])  # main instances: the same audio the chain fed the EQ
+    (gain(eq(drive, q[:, 2:14]), q[:, 14:]) - target).square().mean().backward()
+    torch.testing.assert_close(pp.grad[:, 2:], q.grad[:, 2:], rtol=1e-5, atol=1e-9)
+    assert q.grad[:, 2:].abs().min() > 0
+
+
+def test_black_box_spsa_gradient_agrees_with_finite_differences(drive_eq):
+    """Averaged SPSA (with dy exact through the DDSP EQ) against central differences of the whole chain's loss."""
+    x, p, target = _audio(), _params(drive_eq), _audio(seed=9)
+
+    def loss(params):
+        drive_eq.reset()
+        return (drive_eq.render(x, params).double() - target).square().mean(dim=(1, 2))  # per item
+
+    fd = torch.zeros(2, 2)
+    h = 1e-3
+    for j in range(2):
+        step = torch.zeros_like(p)
+        step[:, j] = h
+        fd[:, j] = ((loss(p + step) - loss(p - step)) / (2 * h)).float()
+    drive_eq.train()
+    draws = []
+    for _ in range(12):  # 12 calls × K = 8 draws
+        drive_eq.reset()
+        pp = p.clone().requires_grad_(True)
+        (drive_eq(x, pp) - target).square().mean(dim=(1, 2)).sum().backward()
+        draws.append(pp.grad[:, :2])
+    g = torch.stack(draws).mean(0)
+    cos = torch.nn.functional.cosine_similarity(g.flatten(), fd.flatten(), dim=0).item()
+    assert cos >= 0.95, (g, fd)
+
+
+def test_black_box_after_a_differentiable_stage_passes_the_straight_through_estimate():
+    spec = chain({"backend": "ddsp.gain", "name": "pre"}, {"backend": "pedalboard.Distortion", "name": "dist"},
+                 {"backend": "ddsp.gain", "name": "post"}, sample_rate=SR, name="st")
+    x, target = _audio(), _audio(seed=9)
+    p = torch.tensor([[0.4, 0.3, 0.6], [0.55, 0.5, 0.45]])
+    with HybridChain(spec, batch_size=2, num_workers=1, seed=2) as h:
+        assert [s.input_grad for s in h.fx_layers] == ["straight_through"]
+        h.train()
+        pp = p.clone().requires_grad_(True)
+        (h(x, pp) - target).square().sum().backward()
+        # the documented estimate: dL/d(input of the black box) := dL/d(its output)
+        pre, post = ddsp.Gain(SR), ddsp.Gain(SR)
+        q = p.clone().requires_grad_(True)
+        z = pre(x, q[:, :1])
+        y_bb = h.fx_layers[0].render(z.detach(), p[:, 1:2])
+        (post(z + (y_bb - z).detach(), q[:, 2:]) - target).square().sum().backward()
+        torch.testing.assert_close(pp.grad[:, [0, 2]], q.grad[:, [0, 2]], rtol=1e-4, atol=1e-6)
+        h.fx_layers[0].input_grad = "none"  # what HybridChain(input_grad="none") builds, without new workers
+        pp = p.clone().requires_grad_(True)
+        (h(x, pp) - target).square().sum().backward()
+        assert torch.all(pp.grad[:, 0] == 0) and torch.all(pp.grad[:, 2] != 0)
+
+
+def test_ddsp_state_streams_per_slot_and_resets():
+    spec = chain({"backend": "pedalboard.Gain", "name": "g"},
+                 {"backend": "ddsp.reverb", "name": "verb", "options": {"ir_seconds": 0.1}, "fixed": {"mix": 0.5}},
+                 sample_rate=SR, name="verb")
+    x = _audio(samples=3000)
+    p = torch.tensor([[0.5, 0.6], [0.55, 0.2]])
+    with HybridChain(spec, batch_size=2, num_workers=1) as h:
+        assert h.param_names == ["g.gain_db", "verb.decay_s"]
+        h.eval()
+        one = h(x, p)
+        h.reset()
+        chunks = torch.cat([h(x[..., a:b], p) for a, b in ((0, 1000), (1000, 1001), (1001, 3000))], -1)
+        torch.testing.assert_close(chunks, one, rtol=0, atol=2e-6)
+        again = h(x[..., :1000], p)  # without reset: the reverb tail of the last block is added
+        assert (again - one[..., :1000]).abs().max() > 1e-4
+        h.reset([0])
+        torch.testing.assert_close(h(x[:1, :, :1000], p[:1]), one[:1, :, :1000], rtol=0, atol=2e-6)
+
+
+def test_yaml_declaration_learn_fixed_ranges_and_errors(tmp_path):
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(textwrap.dedent("""
+        name: tone
+        sample_rate: 22050
+        processors:
+          - {backend: ddsp.gain, name: trim, ranges: {gain_db: [-6, 6]}}
+          - {backend: ddsp.peq, name: eq, options: {num_peaks: 1, shelves: false},
+             learn: [peak1_gain_db, peak1_freq_hz], fixed: {peak1_q: 2.0}}
+          - {backend: ddsp.reverb, name: verb, options: {ir_seconds: 0.1}}
+    """))
+    spec = ChainSpec.from_file(path)
+    assert is_hybrid(spec) and [d for d, _ in split_stages(spec)] == [True, True, True]
+    h = HybridChain(path, batch_size=1)  # no black box: no worker is started
+    assert h.fx_layers == [] and h.current_epsilon() == 0.0
+    assert h.param_names == ["trim.gain_db", "eq.peak1_gain_db", "eq.peak1_freq_hz", "verb.decay_s", "verb.mix"]
+    assert h.param_table["trim.gain_db"].min == -6.0 and h.param_table == spec.param_table
+    v = h.stages[1].values(torch.tensor([[1.0, 0.0]]))
+    assert v.tolist() == [[18.0, 30.0, 2.0]]  # learned gain and frequency, fixed Q
+    x = torch.randn(1, 1, 256)
+    y = h(x, torch.tensor([[1.0, 0.5, 0.5, 0.1, 0.0]]))  # +6 dB trim, reverb fully dry
+    v = h.stages[1].values(torch.tensor([[0.5, 0.5]]))
+    eq = ddsp.ParametricEQ(22050, num_peaks=1, shelves=False).render(x * 10 ** (6 / 20), v.float())[..., :256]
+    torch.testing.assert_close(y, eq, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ddsp.peq"):
+        HybridChain(chain({"backend": "ddsp.eq", "name": "e"}), batch_size=1)
+    with pytest.raises(ParameterError, match="both learned and fixed"):
+        HybridChain(chain({"backend": "ddsp.gain", "name": "g", "learn": ["gain_db"], "fixed": {"gain_db": 1}}), 1)
+    with pytest.raises(ParameterError, match="'trim.gain_db'"):
+        h(x, torch.tensor([[1.5, 0.5, 0.5, 0.1, 0.0]]))
+    # the packaged chain files declare no DDSP stage and stay plain
+    for f in sorted((plugins_dir() / "chains").glob("*.yaml")):
+        assert not is_hybrid(ChainSpec.from_file(f)), f.name
