@@ -9,7 +9,7 @@ import yaml
 from torch.autograd import gradcheck
 
 from deepafx.assets import resolve_config
-from deepafx.automation.twin import ChainTwin, iir_filter, limiter_gain, peak_ballistics
+from deepafx.automation.twin import ChainTwin, brickwall_limiter, iir_filter, juce_compressor
 from deepafx.chain import ChainSpec, chain
 from deepafx.losses import build_loss
 from deepafx.recipes.mastering import music
@@ -56,11 +56,11 @@ def _stage_errors(spec: ChainSpec, audio: np.ndarray, thetas: np.ndarray,
             x = block
             for k, proc in enumerate(live.processors):
                 ref = proc.process(x, values[k])
-                out = twin.process_stage(k, torch.from_numpy(x)[None], params)[0].numpy()
+                out = twin.process_stage(k, torch.from_numpy(x)[None], params)[0].double().numpy()
                 errors[k] = max(errors[k], np.abs(out - ref).max())
                 peaks[k] = max(peaks[k], np.abs(ref).max())
                 x = ref
-            y = whole(torch.from_numpy(block)[None].double(), params)[0].numpy()
+            y = whole(torch.from_numpy(block)[None], params)[0].double().numpy()
             chain_error = max(chain_error, float(np.abs(y - x).max()))
     finally:
         live.close()
@@ -126,26 +126,28 @@ def test_state_carries_across_calls_and_reset_restores_a_fresh_instance(real_mus
 
 
 def test_adjoints_equal_numerical_derivatives():
+    """The hand-written backward passes against numerical derivatives (float64 forward)."""
     g = torch.Generator().manual_seed(0)
     f64 = dict(dtype=torch.float64)
     x = torch.randn(2, 2, 48, generator=g, **f64).requires_grad_()
     b = torch.tensor([[0.3, 0.2, 0.1], [0.5, -0.1, 0.05]], **f64).requires_grad_()
     a = torch.tensor([[-0.5, 0.2], [0.3, -0.1]], **f64).requires_grad_()
     zi = torch.randn(2, 2, 2, generator=g, **f64)
-    assert gradcheck(lambda x, b, a: iir_filter(x, b, torch.cat([torch.ones(2, 1, **f64), a], 1), zi, False)[0], (x, b, a))
+    ones = torch.ones(2, 1, **f64)
+    assert gradcheck(lambda x, b, a: iir_filter(x, b, torch.cat([ones, a], 1), zi, False)[0], (x, b, a))
     b1, a1 = b[:, :2].detach().requires_grad_(), a[:, :1].detach().requires_grad_()  # first order
-    assert gradcheck(lambda x, b, a: iir_filter(x, b, torch.cat([torch.ones(2, 1, **f64), a], 1), zi[..., :1], False)[0],
-                     (x, b1, a1))
-    level = torch.rand(4, 48, generator=g, **f64).requires_grad_()
-    c_att = torch.full((4,), 0.7, **f64).requires_grad_()
-    c_rel = torch.full((4,), 0.95, **f64).requires_grad_()
-    y0 = torch.rand(4, generator=g, **f64)
-    assert gradcheck(lambda v, ca, cr: peak_ballistics(v, ca, cr, y0, False), (level, c_att, c_rel))
-    peak = (1.5 * torch.rand(2, 48, generator=g, **f64)).requires_grad_()
+    assert gradcheck(lambda x, b, a: iir_filter(x, b, torch.cat([ones, a], 1), zi[..., :1], False)[0], (x, b1, a1))
+    threshold = torch.tensor([0.3, 0.5], **f64).requires_grad_()
+    exponent = torch.tensor([-0.6, -0.3], **f64).requires_grad_()
+    c_att = torch.tensor([0.7, 0.5], **f64).requires_grad_()
+    c_rel = torch.tensor([0.95, 0.9], **f64).requires_grad_()
+    env0 = torch.rand(2, 2, generator=g, **f64)
+    assert gradcheck(lambda *args: juce_compressor(*args, env0, False)[0], (x, threshold, exponent, c_att, c_rel))
     ceiling = torch.tensor([0.8, 0.6], **f64).requires_grad_()
     release = torch.tensor([0.9, 0.8], **f64).requires_grad_()
+    line0 = torch.randn(2, 2, 3, generator=g, **f64)
     g0, hold0 = torch.tensor([0.9, 1.0], **f64), torch.tensor([0, 2])
-    assert gradcheck(lambda p, c, r: limiter_gain(p, c, r, g0, hold0, 3, False)[0], (peak, ceiling, release), atol=1e-5)
+    assert gradcheck(lambda x, c, r: brickwall_limiter(x, c, r, line0, g0, hold0, False)[0], (x, ceiling, release))
 
 
 def _fd_cosines(spec: ChainSpec, pair, loss, trials: int, seed: int, epsilon: float = 0.01) -> list[float]:

@@ -28,13 +28,12 @@ processors of the embedded mastering chain
   ``±ceiling``. Latency: the look-ahead, 220 samples at 44.1 kHz (like the
   black box's reported latency).
 
-Recursions are exact: IIR sections run with :func:`scipy.signal.lfilter`
-(direct form II transposed, like JUCE's ``IIR::Filter``) inside a
-:class:`torch.autograd.Function` whose backward pass is the adjoint
-(time-reversed) filter; the compressor's ballistics and the limiter's gain run
-as compiled numba loops with hand-written adjoint loops that replay the
-recorded branches (attack/release, attack/hold/release). The twin computes in
-float64; the plugins compute in float32.
+Recursions are exact and run as compiled (numba) loops inside
+``torch.autograd.Function`` subclasses with hand-written adjoint loops: IIR
+sections in direct form II transposed like JUCE's ``IIR::Filter`` (backward:
+the all-pole part run backwards in time), the compressor's detector and gain
+computer, and the limiter's gain recursion and delay line; the adjoints replay
+the branches recorded in the forward pass (attack/release, attack/hold/release).
 
 State: like a stateful plugin instance, every section keeps its state per
 batch slot across calls (filter memories, detector envelopes, limiter gain, hold
@@ -84,7 +83,7 @@ from torch import nn
 from deepafx.chain import ChainSpec
 from deepafx.hosts.builtin import OCTAVE_BANDS_HZ
 
-__all__ = ["ChainTwin", "TWIN_BACKENDS", "iir_filter", "peak_ballistics", "limiter_gain"]
+__all__ = ["ChainTwin", "TWIN_BACKENDS", "brickwall_limiter", "iir_filter", "juce_compressor"]
 
 
 def _work_dtype(plugin_precision: bool) -> type:
@@ -93,6 +92,11 @@ def _work_dtype(plugin_precision: bool) -> type:
 
 def _np(t: torch.Tensor, dtype=np.float64) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype, copy=False))
+
+
+def _rows(t: torch.Tensor, channels: int, dtype) -> np.ndarray:
+    """Per-item values ``(batch,)`` → one per (item, channel) row ``(batch · channels,)``."""
+    return _np(t, dtype).repeat(channels)
 
 
 # --------------------------------------------------------------------------- IIR sections
@@ -117,6 +121,34 @@ def _df2t_forward(x, b, a, z):  # pragma: no cover - compiled
     return y, zf
 
 
+@numba.njit(cache=True)
+def _df2t_adjoint(grad, x, y, b, a):  # pragma: no cover - compiled
+    # float64. y = (1/A)(B x + e), e from the entering state (a constant). With u = (1/A)ᵀ grad
+    # (the all-pole part run backwards: u[t] = grad[t] − a1 u[t+1] − a2 u[t+2]):
+    # ∂L/∂x[t] = Σ_k b_k u[t+k], ∂L/∂b_k = Σ_t u[t] x[t−k], ∂L/∂a_k = −Σ_t u[t] y[t−k].
+    rows, n = x.shape
+    gx = np.empty_like(x)
+    gb = np.zeros((rows, 3))
+    ga = np.zeros((rows, 3))
+    for r in range(rows):
+        b0, b1, b2, a1, a2 = b[r, 0], b[r, 1], b[r, 2], a[r, 1], a[r, 2]
+        u1 = 0.0  # u[t+1]
+        u2 = 0.0  # u[t+2]
+        for t in range(n - 1, -1, -1):
+            u = grad[r, t] - a1 * u1 - a2 * u2
+            gx[r, t] = b0 * u + b1 * u1 + b2 * u2
+            gb[r, 0] += u * x[r, t]
+            if t >= 1:
+                gb[r, 1] += u * x[r, t - 1]
+                ga[r, 1] -= u * y[r, t - 1]
+            if t >= 2:
+                gb[r, 2] += u * x[r, t - 2]
+                ga[r, 2] -= u * y[r, t - 2]
+            u2 = u1
+            u1 = u
+    return gx, gb, ga
+
+
 class _IIR(torch.autograd.Function):
     """``y = lfilter(b, a, x, zi)`` per item; backward is the adjoint (time-reversed) filter."""
 
@@ -125,35 +157,23 @@ class _IIR(torch.autograd.Function):
         bsz, ch, n = x.shape
         order = b.shape[-1] - 1
         w = _work_dtype(plugin_precision)
-        pad = lambda t: np.pad(_np(t, w), ((0, 0), (0, 2 - order))).repeat(ch, axis=0)  # noqa: E731
+        pad = lambda t, dtype: np.pad(_np(t, dtype), ((0, 0), (0, 2 - order))).repeat(ch, axis=0)  # noqa: E731
         z = np.pad(_np(zi, w).reshape(bsz * ch, order), ((0, 0), (0, 2 - order)))
-        y, zf = _df2t_forward(_np(x, w).reshape(bsz * ch, n), pad(b), pad(a), z)
-        y_t = torch.from_numpy(y.astype(np.float64).reshape(bsz, ch, n))
-        zf_t = torch.from_numpy(zf[:, :order].astype(np.float64).reshape(zi.shape))
-        ctx.save_for_backward(x, b, a, y_t)
+        xs = _np(x, w).reshape(bsz * ch, n)
+        y, zf = _df2t_forward(xs, pad(b, w), pad(a, w), z)
+        ctx.arrays = (xs, y, pad(b, np.float64), pad(a, np.float64))
+        ctx.meta = (x.shape, x.dtype, order)
+        zf_t = torch.from_numpy(zf[:, :order].reshape(zi.shape)).to(zi.dtype)
         ctx.mark_non_differentiable(zf_t)
-        return y_t, zf_t
+        return torch.from_numpy(y.reshape(bsz, ch, n)).to(x.dtype), zf_t
 
     @staticmethod
     def backward(ctx, grad_y, grad_zf):
-        x, b, a, y = ctx.saved_tensors
-        gn = _np(grad_y)
-        xn, bn, an, yn = (_np(t) for t in (x, b, a, y))
-        n, order = xn.shape[-1], bn.shape[-1] - 1
-        gx = np.empty_like(xn) if ctx.needs_input_grad[0] else None
-        gb = np.zeros_like(bn)
-        ga = np.zeros_like(an)
-        one = np.ones(1)
-        for i in range(xn.shape[0]):
-            # u = (1/A)ᵀ g: the all-pole part run backwards in time from zero state
-            u = lfilter(one, an[i], gn[i, :, ::-1], axis=-1)[:, ::-1]
-            if gx is not None:
-                gx[i] = lfilter(bn[i], one, u[:, ::-1], axis=-1)[:, ::-1]
-            for k in range(order + 1):
-                gb[i, k] = np.sum(u[:, k:] * xn[i, :, : n - k])
-                if k:
-                    ga[i, k] = -np.sum(u[:, k:] * yn[i, :, : n - k])
-        return (None if gx is None else torch.from_numpy(gx), torch.from_numpy(gb), torch.from_numpy(ga), None, None)
+        xs, y, b, a = ctx.arrays
+        (bsz, ch, n), dtype, order = ctx.meta
+        gx, gb, ga = _df2t_adjoint(_np(grad_y).reshape(bsz * ch, n), xs.astype(np.float64), y.astype(np.float64), b, a)
+        per_item = lambda g: torch.from_numpy(g[:, : order + 1].reshape(bsz, ch, -1).sum(1))  # noqa: E731
+        return torch.from_numpy(gx.reshape(bsz, ch, n)).to(dtype), per_item(gb), per_item(ga), None, None
 
 
 def iir_filter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, zi: torch.Tensor,
@@ -162,230 +182,292 @@ def iir_filter(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, zi: torch.Tens
 
     Direct form II transposed in the order of operations of JUCE's
     ``IIR::Filter`` (the black box's filters); the backward pass is the exact
-    adjoint in float64 (:func:`scipy.signal.lfilter` run backwards in time).
+    adjoint in float64 (the all-pole part run backwards in time, one compiled pass).
     The state ``zi`` entering the call is a constant (no gradient flows to or
     through it), exactly as a plugin keeps its filter memory when its
     coefficients change between blocks.
 
     Args:
-        x: ``(batch, channels, samples)`` float64.
-        b: Numerator ``(batch, order + 1)`` float64, order 1 or 2.
-        a: Denominator ``(batch, order + 1)`` float64 with ``a[:, 0] == 1``.
-        zi: State ``(batch, channels, order)`` float64 (zeros after a reset).
+        x: ``(batch, channels, samples)`` float32 or float64.
+        b: Numerator ``(batch, order + 1)``, order 1 or 2.
+        a: Denominator ``(batch, order + 1)`` with ``a[:, 0] == 1``.
+        zi: State ``(batch, channels, order)`` (zeros after a reset).
         plugin_precision: Run the forward pass in float32 like the plugin
             (its output then agrees to the last bit when the coefficients do);
             False: float64.
 
     Returns:
-        ``(y (batch, channels, samples), zf (batch, channels, order))`` float64:
-        the output (differentiable w.r.t. ``x``, ``b``, ``a``) and the final
-        state (not differentiable).
+        ``(y (batch, channels, samples), zf (batch, channels, order))`` in the
+        dtypes of ``x`` and ``zi``: the output (differentiable w.r.t. ``x``,
+        ``b``, ``a``) and the final state (not differentiable).
     """
     return _IIR.apply(x, b, a, zi, plugin_precision)
 
 
-# --------------------------------------------------------------------------- compressor ballistics
+# --------------------------------------------------------------------------- compressor
 @numba.njit(cache=True)
-def _ballistics_forward(level, c_att, c_rel, y0):  # pragma: no cover - compiled
-    rows, n = level.shape
-    env = np.empty_like(level)
+def _compressor_forward(x, threshold, exponent, c_att, c_rel, y0, one):  # pragma: no cover - compiled
+    # JUCE dsp::Compressor::processSample per row, in x's precision:
+    # env = |x| + c (env − |x|) (attack c when |x| > env), gain = env < T ? 1 : (env · (1/T))^(1/R − 1)
+    rows, n = x.shape
+    out = np.empty_like(x)
+    env = np.empty_like(x)
+    gain = np.empty_like(x)
     attack = np.zeros((rows, n), dtype=np.uint8)
     for r in range(rows):
-        y, ca, cr = y0[r], c_att[r], c_rel[r]
+        e, thr, expo, ca, cr = y0[r], threshold[r], exponent[r], c_att[r], c_rel[r]
+        inv = one / thr
         for t in range(n):
-            v = level[r, t]
-            if v > y:
+            v = x[r, t]
+            lv = abs(v)
+            if lv > e:
                 c = ca
                 attack[r, t] = 1
             else:
                 c = cr
-            y = v + c * (y - v)
-            env[r, t] = y
-    return env, attack
+            e = lv + c * (e - lv)
+            g = one if e < thr else (e * inv) ** expo
+            env[r, t] = e
+            gain[r, t] = g
+            out[r, t] = g * v
+    return out, env, gain, attack
 
 
 @numba.njit(cache=True)
-def _ballistics_adjoint(grad, level, env, attack, c_att, c_rel, y0):  # pragma: no cover - compiled
-    # e[t] = c[t] e[t−1] + (1 − c[t]) v[t]: λ[t] = grad[t] + c[t+1] λ[t+1]
-    rows, n = level.shape
-    g_level = np.empty_like(level)
+def _compressor_adjoint(grad, x, env, gain, attack, threshold, exponent, c_att, c_rel, y0):  # pragma: no cover - compiled
+    # float64; per row the gradients of the output w.r.t. x, threshold (linear), exponent, c_att, c_rel.
+    # env[t] = c[t] env[t−1] + (1 − c[t]) |x[t]|: λ[t] = ∂L/∂env[t] + c[t+1] λ[t+1]
+    rows, n = x.shape
+    gx = np.empty_like(x)
+    g_thr = np.zeros(rows)
+    g_expo = np.zeros(rows)
     g_att = np.zeros(rows)
     g_rel = np.zeros(rows)
     for r in range(rows):
+        thr, expo = threshold[r], exponent[r]
         lam = 0.0
         c_next = 0.0
         for t in range(n - 1, -1, -1):
-            lam = grad[r, t] + c_next * lam
+            v, e, g = x[r, t], env[r, t], gain[r, t]
+            d_gain = grad[r, t] * v
+            d_env = 0.0
+            if e >= thr:  # g = (e / T)^expo
+                d_env = d_gain * g * expo / e
+                g_thr[r] -= d_gain * g * expo / thr
+                g_expo[r] += d_gain * g * np.log(e / thr)
+            lam = d_env + c_next * lam
             c = c_att[r] if attack[r, t] else c_rel[r]
-            g_level[r, t] = (1.0 - c) * lam
             prev = env[r, t - 1] if t > 0 else y0[r]
             if attack[r, t]:
-                g_att[r] += lam * (prev - level[r, t])
+                g_att[r] += lam * (prev - abs(v))
             else:
-                g_rel[r] += lam * (prev - level[r, t])
+                g_rel[r] += lam * (prev - abs(v))
+            sign = 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
+            gx[r, t] = grad[r, t] * g + (1.0 - c) * lam * sign
             c_next = c
-    return g_level, g_att, g_rel
+    return gx, g_thr, g_expo, g_att, g_rel
 
 
-class _Ballistics(torch.autograd.Function):
+class _Compressor(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, level, c_att, c_rel, y0, plugin_precision):
+    def forward(ctx, x, threshold, exponent, c_att, c_rel, env0, plugin_precision):
+        bsz, ch, n = x.shape
         w = _work_dtype(plugin_precision)
-        shape = level.shape
-        args = [_np(t.reshape(-1, shape[-1]) if t is level else t.reshape(-1), w) for t in (level, c_att, c_rel, y0)]
-        env, attack = _ballistics_forward(*args)
-        env = env.astype(np.float64)
-        ctx.arrays = ([a.astype(np.float64) for a in args], env, attack)
-        ctx.shapes = (shape, c_att.shape, c_rel.shape)
-        return torch.from_numpy(env).reshape(shape)
+        args = (_np(x, w).reshape(bsz * ch, n), *(_rows(t, ch, w) for t in (threshold, exponent, c_att, c_rel)),
+                _np(env0, w).reshape(-1))
+        out, env, gain, attack = _compressor_forward(*args, w(1.0))
+        ctx.arrays = (*(a.astype(np.float64) for a in (args[0], env, gain)), attack,
+                      *(a.astype(np.float64) for a in args[1:]))
+        ctx.meta = (x.shape, x.dtype)
+        env_end = torch.from_numpy(env[:, -1].astype(np.float64).reshape(bsz, ch)).to(env0.dtype)
+        ctx.mark_non_differentiable(env_end)
+        return torch.from_numpy(out.reshape(bsz, ch, n)).to(x.dtype), env_end
 
     @staticmethod
-    def backward(ctx, grad_env):
-        (lv, ca, cr, y0n), env, attack = ctx.arrays
-        g_level, g_att, g_rel = _ballistics_adjoint(_np(grad_env).reshape(lv.shape), lv, env, attack, ca, cr, y0n)
-        shape, att_shape, rel_shape = ctx.shapes
-        return (torch.from_numpy(g_level).reshape(shape), torch.from_numpy(g_att).reshape(att_shape),
-                torch.from_numpy(g_rel).reshape(rel_shape), None, None)
+    def backward(ctx, grad_out, _grad_env):
+        (bsz, ch, n), dtype = ctx.meta
+        xs, env, gain, attack, thr, expo, ca, cr, y0 = ctx.arrays
+        gx, *per_row = _compressor_adjoint(_np(grad_out).reshape(bsz * ch, n), xs, env, gain, attack, thr, expo, ca, cr, y0)
+        g_thr, g_expo, g_att, g_rel = (torch.from_numpy(g.reshape(bsz, ch).sum(1)) for g in per_row)
+        return torch.from_numpy(gx.reshape(bsz, ch, n)).to(dtype), g_thr, g_expo, g_att, g_rel, None, None
 
 
-def peak_ballistics(level: torch.Tensor, c_att: torch.Tensor, c_rel: torch.Tensor, y0: torch.Tensor,
-                    plugin_precision: bool = True) -> torch.Tensor:
-    """Branching peak detector of JUCE's ``dsp::BallisticsFilter`` (peak mode), differentiable.
+def juce_compressor(x: torch.Tensor, threshold: torch.Tensor, exponent: torch.Tensor, c_att: torch.Tensor,
+                    c_rel: torch.Tensor, env0: torch.Tensor,
+                    plugin_precision: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """JUCE's ``dsp::Compressor`` (pedalboard ``Compressor``), differentiable.
 
-    ``e[t] = v[t] + c[t] (e[t−1] − v[t])`` with ``c[t] = c_att`` when
-    ``v[t] > e[t−1]`` and ``c_rel`` otherwise (Giannoulis, Massberg and Reiss,
-    "Digital dynamic range compressor design — a tutorial and analysis", JAES
-    2012, the branching peak detector). A compiled loop records the branch of
-    every sample; the backward pass replays them in reverse (the recursion is
-    linear given the branches; the branch switch itself is continuous since
-    both branches give ``e = v`` at ``v = e[t−1]``).
+    Per channel, a branching peak detector on ``|x|`` (``e[t] = |x[t]| + c (e[t−1] − |x[t]|)``,
+    ``c = c_att`` when ``|x[t]| > e[t−1]``, else ``c_rel``) feeds a hard-knee gain
+    computer in the linear domain, ``g = (e / T)^(1/R − 1)`` for ``e ≥ T``, else 1:
+    the "smooth, then compute the gain" topology of Giannoulis, Massberg and Reiss,
+    "Digital dynamic range compressor design — a tutorial and analysis", JAES 2012
+    (branching peak detector, Eq. 17; hard knee). A compiled loop runs the
+    recursion and records every sample's branch; the backward pass replays them
+    in reverse (given the branches the recursion is linear; the switch itself is
+    continuous, both branches giving ``e = |x|`` at ``|x| = e[t−1]``).
 
     Args:
-        level: Rectified input ``|x|`` ``(..., samples)`` float64, ≥ 0.
-        c_att: Attack coefficients on [0, 1), shape ``level.shape[:-1]`` float64.
-        c_rel: Release coefficients on [0, 1), same shape.
-        y0: Envelope entering the call, same shape (a constant: no gradient).
+        x: Band signal ``(batch, channels, samples)``.
+        threshold: Linear threshold ``T`` ``(batch,)`` (> 0).
+        exponent: ``1/R − 1`` ``(batch,)`` on (−1, 0] for ratios ``R ≥ 1``.
+        c_att: Attack coefficients ``(batch,)`` on [0, 1).
+        c_rel: Release coefficients ``(batch,)`` on [0, 1).
+        env0: Envelope entering the call ``(batch, channels)`` (0 after a reset; constant).
         plugin_precision: Forward pass in float32 like the plugin (False: float64).
 
     Returns:
-        The envelope ``(..., samples)`` float64, differentiable w.r.t. ``level``,
-        ``c_att`` and ``c_rel``; its last sample is the next call's ``y0``.
+        ``(y (batch, channels, samples), env_end (batch, channels))``: the
+        compressed signal (differentiable w.r.t. every argument but ``env0``)
+        and the envelope to carry into the next call.
     """
-    return _Ballistics.apply(level, c_att, c_rel, y0, plugin_precision)
+    return _Compressor.apply(x, threshold, exponent, c_att, c_rel, env0, plugin_precision)
 
 
-# --------------------------------------------------------------------------- limiter gain
+# --------------------------------------------------------------------------- brickwall limiter
 _ATTACK, _HOLD, _RELEASE = 0, 1, 2
 
 
 @numba.njit(cache=True)
-def _limiter_forward(peak, ceiling, release, g0, hold0, hold_samples, one, tiny):  # pragma: no cover - compiled
-    rows, n = peak.shape
-    gain = np.empty_like(peak)
-    branch = np.empty((rows, n), dtype=np.uint8)
-    g_end = np.empty_like(g0)
-    hold_end = np.empty(rows, dtype=np.int64)
-    for r in range(rows):
-        g = g0[r]
-        hold = hold0[r]
-        c = ceiling[r]
-        k = one - release[r]
+def _limiter_forward(x, line0, ceiling, release, g0, hold0, one, tiny):  # pragma: no cover - compiled
+    # pedalboard BrickwallLimiter::process per item, in x's precision: channel-linked sample peak,
+    # instant attack / hold for the look-ahead / release, gain on the input delayed by the look-ahead,
+    # then clipped to ±ceiling. x: (items, channels, n); line0: (items, channels, lag) delay-line contents.
+    items, channels, n = x.shape
+    lag = line0.shape[2]
+    out = np.empty_like(x)
+    gain = np.empty((items, n), dtype=x.dtype)
+    branch = np.empty((items, n), dtype=np.uint8)
+    arg = np.zeros((items, n), dtype=np.int64)
+    g_end = np.empty(items, dtype=x.dtype)
+    hold_end = np.empty(items, dtype=np.int64)
+    for i in range(items):
+        g, hold, c = g0[i], hold0[i], ceiling[i]
+        k = one - release[i]
         for t in range(n):
-            p = peak[r, t]
+            p = abs(x[i, 0, t])
+            for ch in range(1, channels):
+                if abs(x[i, ch, t]) > p:
+                    p = abs(x[i, ch, t])
+                    arg[i, t] = ch
             target = c / max(p, tiny) if p > c else one
             if target < g:  # instant attack, restart the hold
                 g = target
-                hold = hold_samples
-                branch[r, t] = _ATTACK
+                hold = lag
+                branch[i, t] = _ATTACK
             elif target < one:  # still above the ceiling: restart the hold
-                hold = hold_samples
-                branch[r, t] = _HOLD
+                hold = lag
+                branch[i, t] = _HOLD
             elif hold > 0:
                 hold -= 1
-                branch[r, t] = _HOLD
+                branch[i, t] = _HOLD
             else:
                 g += k * (one - g)
-                branch[r, t] = _RELEASE
-            gain[r, t] = g
-        g_end[r] = g
-        hold_end[r] = hold
-    return gain, branch, g_end, hold_end
+                branch[i, t] = _RELEASE
+            gain[i, t] = g
+            for ch in range(channels):
+                d = line0[i, ch, t] if t < lag else x[i, ch, t - lag]
+                out[i, ch, t] = min(max(d * g, -c), c)
+        g_end[i], hold_end[i] = g, hold
+    return out, gain, branch, arg, g_end, hold_end
 
 
 @numba.njit(cache=True)
-def _limiter_adjoint(grad, peak, gain, branch, ceiling, release, g0):  # pragma: no cover - compiled
-    # g[t] = α[t] g[t−1] + β[t]: attack α = 0, β = c/p; hold α = 1, β = 0; release α = r, β = 1 − r
-    rows, n = peak.shape
-    g_peak = np.zeros_like(peak)
-    g_ceiling = np.zeros(rows)
-    g_release = np.zeros(rows)
-    for r in range(rows):
+def _limiter_adjoint(grad, x, line0, gain, branch, arg, ceiling, release, g0):  # pragma: no cover - compiled
+    # float64; g[t] = α[t] g[t−1] + β[t]: attack α = 0, β = c/p; hold α = 1, β = 0; release α = r, β = 1 − r
+    items, channels, n = x.shape
+    lag = line0.shape[2]
+    gx = np.zeros_like(x)
+    g_ceiling = np.zeros(items)
+    g_release = np.zeros(items)
+    for i in range(items):
+        c = ceiling[i]
         lam = 0.0
         alpha_next = 0.0
         for t in range(n - 1, -1, -1):
-            lam = grad[r, t] + alpha_next * lam
-            b = branch[r, t]
+            g = gain[i, t]
+            d_gain = 0.0
+            for ch in range(channels):
+                d = line0[i, ch, t] if t < lag else x[i, ch, t - lag]
+                y = d * g
+                if y > c:
+                    g_ceiling[i] += grad[i, ch, t]
+                elif y < -c:
+                    g_ceiling[i] -= grad[i, ch, t]
+                else:
+                    d_gain += grad[i, ch, t] * d
+                    if t >= lag:
+                        gx[i, ch, t - lag] += grad[i, ch, t] * g
+            lam = d_gain + alpha_next * lam
+            b = branch[i, t]
             if b == _ATTACK:
-                p = max(peak[r, t], 1e-30)
-                g_ceiling[r] += lam / p
-                g_peak[r, t] = -lam * ceiling[r] / (p * p)
+                ch = arg[i, t]
+                v = x[i, ch, t]
+                p = max(abs(v), 1e-30)
+                g_ceiling[i] += lam / p
+                gx[i, ch, t] -= lam * c / (p * p) * (1.0 if v > 0 else -1.0)
                 alpha_next = 0.0
             elif b == _HOLD:
                 alpha_next = 1.0
             else:
-                prev = gain[r, t - 1] if t > 0 else g0[r]
-                g_release[r] += lam * (prev - 1.0)
-                alpha_next = release[r]
-    return g_peak, g_ceiling, g_release
+                prev = gain[i, t - 1] if t > 0 else g0[i]
+                g_release[i] += lam * (prev - 1.0)
+                alpha_next = release[i]
+    return gx, g_ceiling, g_release
 
 
-class _LimiterGain(torch.autograd.Function):
+class _Limiter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, peak, ceiling, release, g0, hold0, hold_samples, plugin_precision):
+    def forward(ctx, x, ceiling, release, line0, g0, hold0, plugin_precision):
         w = _work_dtype(plugin_precision)
-        args = [_np(t, w) for t in (peak, ceiling, release, g0)]
-        gain, branch, g_end, hold_end = _limiter_forward(*args, _np(hold0, np.int64), int(hold_samples), w(1.0), w(1e-30))
-        gain = gain.astype(np.float64)
-        pk, c, r, g0n = (a.astype(np.float64) for a in args)
-        ctx.arrays = (pk, gain, branch, c, r, g0n)
-        g_end_t, hold_end_t = torch.from_numpy(g_end.astype(np.float64)), torch.from_numpy(hold_end)
+        args = [_np(x, w), _np(line0, w), _np(ceiling, w), _np(release, w), _np(g0, w)]
+        out, gain, branch, arg, g_end, hold_end = _limiter_forward(*args, _np(hold0, np.int64), w(1.0), w(1e-30))
+        xs, ls, cs, rs, gs = (a.astype(np.float64) for a in args)
+        ctx.arrays = (xs, ls, gain.astype(np.float64), branch, arg, cs, rs, gs)
+        ctx.dtype = x.dtype
+        g_end_t = torch.from_numpy(g_end.astype(np.float64)).to(g0.dtype)
+        hold_end_t = torch.from_numpy(hold_end)
         ctx.mark_non_differentiable(g_end_t, hold_end_t)
-        return torch.from_numpy(gain), g_end_t, hold_end_t
+        return torch.from_numpy(out).to(x.dtype), g_end_t, hold_end_t
 
     @staticmethod
-    def backward(ctx, grad_gain, _g_end, _hold_end):
-        pk, gain, branch, c, r, g0n = ctx.arrays
-        g_peak, g_c, g_r = _limiter_adjoint(_np(grad_gain), pk, gain, branch, c, r, g0n)
-        return torch.from_numpy(g_peak), torch.from_numpy(g_c), torch.from_numpy(g_r), None, None, None, None
+    def backward(ctx, grad_out, _g_end, _hold_end):
+        xs, ls, gain, branch, arg, cs, rs, gs = ctx.arrays
+        gx, g_c, g_r = _limiter_adjoint(_np(grad_out), xs, ls, gain, branch, arg, cs, rs, gs)
+        return torch.from_numpy(gx).to(ctx.dtype), torch.from_numpy(g_c), torch.from_numpy(g_r), None, None, None, None
 
 
-def limiter_gain(peak: torch.Tensor, ceiling: torch.Tensor, release: torch.Tensor, g0: torch.Tensor,
-                 hold0: torch.Tensor, hold_samples: int,
-                 plugin_precision: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gain envelope of pedalboard's ``BrickwallLimiter``: instant attack, hold, exponential release.
+def brickwall_limiter(x: torch.Tensor, ceiling: torch.Tensor, release: torch.Tensor, line0: torch.Tensor,
+                      g0: torch.Tensor, hold0: torch.Tensor,
+                      plugin_precision: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pedalboard's ``BrickwallLimiter`` (sample peak), differentiable.
 
-    Per sample: target ``c / p`` when the peak ``p`` exceeds the ceiling ``c``,
-    else 1; a target below the current gain is taken at once and restarts the
-    hold counter (``hold_samples``); a target below 1 restarts the hold; else
-    the hold counts down, and once it is 0 the gain releases toward 1 as
-    ``g += (1 − r)(1 − g)``. Differentiable between branch changes; a peak
-    that crosses the ceiling during a release restarts the hold, a jump the
-    gradient does not see (see the module docstring).
+    Per sample: target ``c / p`` when the channel-linked peak ``p`` exceeds the
+    ceiling ``c``, else 1; a target below the current gain is taken at once and
+    restarts the hold counter (the look-ahead length); a target below 1
+    restarts the hold; else the hold counts down, and once it is 0 the gain
+    releases toward 1 as ``g += (1 − r)(1 − g)``. The gain multiplies the input
+    delayed by the look-ahead; the product is clipped to ``±c``. Differentiable
+    between branch changes; a peak that crosses the ceiling during a release
+    restarts the hold, a jump the gradient does not see (module docstring).
 
     Args:
-        peak: Channel-linked sample peak ``(batch, samples)`` float64.
-        ceiling: Linear ceiling ``(batch,)`` float64, > 0.
-        release: Release coefficient ``r`` ``(batch,)`` float64 on [0, 1).
+        x: ``(batch, channels, samples)``.
+        ceiling: Linear ceiling ``c`` ``(batch,)``, > 0.
+        release: Release coefficient ``r`` ``(batch,)`` on [0, 1).
+        line0: Delay line entering the call ``(batch, channels, lookahead)``:
+            the last ``lookahead`` input samples (zeros after a reset; constant).
         g0: Gain entering the call ``(batch,)`` (1 after a reset; constant).
         hold0: Hold counter entering the call ``(batch,)`` int64 (0 after a reset).
-        hold_samples: Hold length = look-ahead in samples.
         plugin_precision: Forward pass in float32 like the plugin (False: float64).
 
     Returns:
-        ``(gain (batch, samples), g_end (batch,), hold_end (batch,))``; the gain
-        is differentiable w.r.t. ``peak``, ``ceiling`` and ``release``.
+        ``(y (batch, channels, samples), g_end (batch,), hold_end (batch,))``;
+        ``y`` is differentiable w.r.t. ``x``, ``ceiling`` and ``release``. The
+        next call's delay line is the last ``lookahead`` samples of
+        ``cat(line0, x)``.
     """
-    return _LimiterGain.apply(peak, ceiling, release, g0, hold0, hold_samples, plugin_precision)
+    return _Limiter.apply(x, ceiling, release, line0, g0, hold0, plugin_precision)
 
 
 # --------------------------------------------------------------------------- stages
@@ -397,12 +479,7 @@ def _juce_values(exact: torch.Tensor, juce: Callable[[], np.ndarray], plugin_pre
     and ``exact``'s gradient (straight through)."""
     if not plugin_precision:
         return exact
-    return exact + (torch.as_tensor(np.asarray(juce(), dtype=np.float64)) - exact).detach()
-
-
-def _round32(t: torch.Tensor, plugin_precision: bool) -> torch.Tensor:
-    """``t`` rounded to float32 in the forward pass (the plugins hand float32 buffers on), gradient straight through."""
-    return t + (t.detach().float().double() - t.detach()) if plugin_precision else t
+    return exact + (torch.as_tensor(np.asarray(juce(), dtype=np.float64), dtype=exact.dtype) - exact).detach()
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -414,14 +491,11 @@ def _libm32(name: str, x) -> np.ndarray:
     return getattr(torch, name)(torch.as_tensor(np.asarray(x, dtype=_F))).numpy()
 
 
-def _db_to_gain32(db: torch.Tensor) -> np.ndarray:
-    """JUCE ``Decibels::decibelsToGain<float>``: ``powf(10, dB · 0.05)``."""
-    return torch.pow(torch.tensor(10.0), torch.as_tensor(_f32(db) * _F(0.05))).numpy()
-
-
 def _db_to_gain(db: torch.Tensor, plugin_precision: bool) -> torch.Tensor:
-    """``10^(dB/20)`` (JUCE ``Decibels::decibelsToGain<float>``)."""
-    return _juce_values(torch.pow(10.0, db / 20.0), lambda: _db_to_gain32(db), plugin_precision)
+    """``10^(dB/20)`` (JUCE ``Decibels::decibelsToGain<float>``: ``powf(10, dB · 0.05)``)."""
+    return _juce_values(torch.pow(10.0, db / 20.0),
+                        lambda: torch.pow(torch.tensor(10.0), torch.as_tensor(_f32(db) * _F(0.05))).numpy(),
+                        plugin_precision)
 
 
 def _ms_coefficient(time_ms: torch.Tensor, sample_rate: float, plugin_precision: bool) -> torch.Tensor:
@@ -436,83 +510,16 @@ def _ms_coefficient(time_ms: torch.Tensor, sample_rate: float, plugin_precision:
     return _juce_values(exact, juce, plugin_precision)
 
 
-class _Section:
-    """One IIR section with a DF2T state per batch slot."""
-
-    def __init__(self, order: int, slots: int, plugin_precision: bool):
-        self.order, self.slots, self.plugin_precision = order, slots, plugin_precision
-        self.state: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        n_items, channels = x.shape[:2]
-        if self.state is None or self.state.shape[1] != channels:
-            self.state = torch.zeros(self.slots, channels, self.order, dtype=torch.float64)
-        y, zf = iir_filter(x, b, a, self.state[:n_items], self.plugin_precision)
-        self.state[:n_items] = zf
-        return y
-
-    def reset(self, slots: Sequence[int]) -> None:
-        if self.state is not None:
-            self.state[list(slots)] = 0.0
-
-
-class _Stage:
-    """A stateful twin of one processor: ``(batch, channels, samples)`` float64 in and out."""
-
-    latency_samples = 0
-
-    def __init__(self, options: Mapping, sample_rate: float, slots: int, plugin_precision: bool):
-        self.sample_rate, self.slots, self.plugin_precision = float(sample_rate), int(slots), plugin_precision
-
-    def __call__(self, x: torch.Tensor, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reset(self, slots: Sequence[int]) -> None:
-        pass
-
-
-class _Compressor:
-    """JUCE ``dsp::Compressor``: per-channel peak ballistics + hard-knee gain computer."""
-
-    def __init__(self, slots: int, sample_rate: float, plugin_precision: bool):
-        self.slots, self.sample_rate, self.plugin_precision = slots, sample_rate, plugin_precision
-        self.env: torch.Tensor | None = None
-
-    def __call__(self, x, threshold_db, ratio, attack_ms, release_ms):
-        n_items, channels, _ = x.shape
-        if self.env is None or self.env.shape[1] != channels:
-            self.env = torch.zeros(self.slots, channels, dtype=torch.float64)
-        pp = self.plugin_precision
-        c_att = _ms_coefficient(attack_ms, self.sample_rate, pp)[:, None].expand(-1, channels)
-        c_rel = _ms_coefficient(release_ms, self.sample_rate, pp)[:, None].expand(-1, channels)
-        env = peak_ballistics(x.abs(), c_att, c_rel, self.env[:n_items], pp)
-        self.env[:n_items] = env[..., -1].detach()
-        thr_db = threshold_db[:, None, None]
-        log_over = torch.log(env.clamp_min(1e-30)) - thr_db * (math.log(10.0) / 20.0)
-        gain = torch.where(log_over >= 0, torch.exp((1.0 / ratio[:, None, None] - 1.0) * log_over.clamp_min(0.0)),
-                           torch.ones_like(env))
-
-        def juce():  # env < T ? 1 : (env · (1/T))^(1/R − 1) in float32
-            thr = _db_to_gain32(threshold_db)[:, None, None]
-            exponent = (_F(1) / _f32(ratio) - _F(1))[:, None, None]
-            e = _f32(env)
-            return np.where(e < thr, _F(1), (e * (_F(1) / thr)) ** exponent)
-
-        return _round32(x * _juce_values(gain, juce, pp), pp)
-
-    def reset(self, slots):
-        if self.env is not None:
-            self.env[list(slots)] = 0.0
-
-
 def _first_order_lowpass(cutoff_hz: torch.Tensor, sample_rate: float, pp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """JUCE ``makeFirstOrderLowPass`` (bilinear, pre-warped) → ``(b, a)`` ``(batch, 2)``, normalized by ``a0``."""
     n = torch.tan(math.pi * cutoff_hz / sample_rate)
     b = torch.stack([n, n], -1) / (n + 1)[:, None]
     a = torch.stack([torch.ones_like(n), (n - 1) / (n + 1)], -1)
+    if not pp:
+        return b, a
     # the plugin's float32 computation: n = tan(π f / sr); Coefficients(n, n, n + 1, n − 1)
-    nf = _libm32("tan", _F(math.pi) * _f32(cutoff_hz) / _F(sample_rate)) if pp else None
-    inv = _F(1) / (nf + _F(1)) if pp else None
+    nf = _libm32("tan", _F(math.pi) * _f32(cutoff_hz) / _F(sample_rate))
+    inv = _F(1) / (nf + _F(1))
     return (_juce_values(b, lambda: np.stack([nf * inv, nf * inv], -1), pp),
             _juce_values(a, lambda: np.stack([np.ones_like(nf), (nf - _F(1)) * inv], -1), pp))
 
@@ -531,7 +538,7 @@ def _peak_filter(centre_hz: float, gain_db: torch.Tensor, q: float, sample_rate:
     if not pp:
         return b, a
     # the plugin's float32 computation, operation by operation
-    ampf = np.sqrt(_db_to_gain32(gain_db))
+    ampf = np.sqrt(_db_to_gain(gain_db, True).detach().numpy().astype(_F))
     ff = min(max(_F(centre_hz), _F(1e-2)), _F(sample_rate) / _F(2) - _F(100))
     om = (_F(2) * _F(math.pi) * max(ff, _F(2))) / _F(sample_rate)
     al = _libm32("sin", om) / (_F(q) * _F(2))
@@ -540,6 +547,62 @@ def _peak_filter(centre_hz: float, gain_db: torch.Tensor, q: float, sample_rate:
     bj = np.stack([(_F(1) + al * ampf) * inv, np.full_like(ampf, c2f) * inv, (_F(1) - al * ampf) * inv], -1)
     aj = np.stack([np.ones_like(ampf), np.full_like(ampf, c2f) * inv, (_F(1) - al / ampf) * inv], -1)
     return _juce_values(b, lambda: bj, pp), _juce_values(a, lambda: aj, pp)
+
+
+def _per_item(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` values → ``(batch, 1, 1)`` in ``x``'s dtype (so products stay in the signal's precision)."""
+    return v.to(x.dtype)[:, None, None]
+
+
+class _State:
+    """A state tensor per batch slot, allocated at the first call (its shape depends on the channels)."""
+
+    def __init__(self, slots: int, fill: float = 0.0, dtype=torch.float64):
+        self.slots, self.fill, self.dtype = slots, fill, dtype
+        self.value: torch.Tensor | None = None
+
+    def get(self, n_items: int, *shape: int) -> torch.Tensor:
+        if self.value is None or tuple(self.value.shape[1:]) != shape:
+            self.value = torch.full((self.slots, *shape), self.fill, dtype=self.dtype)
+        return self.value[:n_items]
+
+    def set(self, n_items: int, value: torch.Tensor) -> None:
+        self.value[:n_items] = value.detach()
+
+    def reset(self, slots: Sequence[int]) -> None:
+        if self.value is not None:
+            self.value[list(slots)] = self.fill
+
+
+class _Section:
+    """One IIR section with its direct-form-II-transposed state per batch slot."""
+
+    def __init__(self, order: int, slots: int, plugin_precision: bool):
+        self.order, self.plugin_precision = order, plugin_precision
+        self.state = _State(slots)
+
+    def __call__(self, x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        y, zf = iir_filter(x, b, a, self.state.get(x.shape[0], x.shape[1], self.order), self.plugin_precision)
+        self.state.set(x.shape[0], zf)
+        return y
+
+    def reset(self, slots: Sequence[int]) -> None:
+        self.state.reset(slots)
+
+
+class _Stage:
+    """A stateful twin of one processor: ``(batch, channels, samples)`` in and out (float32 or float64)."""
+
+    latency_samples = 0
+
+    def __init__(self, options: Mapping, sample_rate: float, slots: int, plugin_precision: bool):
+        self.sample_rate, self.slots, self.plugin_precision = float(sample_rate), int(slots), plugin_precision
+
+    def __call__(self, x: torch.Tensor, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self, slots: Sequence[int]) -> None:
+        pass
 
 
 class MultibandCompressorTwin(_Stage):
@@ -551,22 +614,28 @@ class MultibandCompressorTwin(_Stage):
         super().__init__(options, sample_rate, slots, plugin_precision)
         self.lp1 = [_Section(1, slots, plugin_precision) for _ in range(2)]
         self.lp2 = [_Section(1, slots, plugin_precision) for _ in range(2)]
-        self.comps = [_Compressor(slots, self.sample_rate, plugin_precision) for _ in self.BANDS]
+        self.env = [_State(slots) for _ in self.BANDS]
 
     def __call__(self, x, v):
-        pp = self.plugin_precision
-        b1, a1 = _first_order_lowpass(v["low_crossover_hz"], self.sample_rate, pp)
-        b2, a2 = _first_order_lowpass(v["high_crossover_hz"], self.sample_rate, pp)
+        pp, sr = self.plugin_precision, self.sample_rate
+        b1, a1 = _first_order_lowpass(v["low_crossover_hz"], sr, pp)
+        b2, a2 = _first_order_lowpass(v["high_crossover_hz"], sr, pp)
         l1 = self.lp1[1](self.lp1[0](x, b1, a1), b1, a1)
         l2 = self.lp2[1](self.lp2[0](x, b2, a2), b2, a2)
-        out = 0.0
-        for band, split, comp in zip(self.BANDS, (l1, _round32(l2 - l1, pp), _round32(x - l2, pp)), self.comps):
-            y = comp(split, v[f"{band}_threshold_db"], v[f"{band}_ratio"], v[f"{band}_attack_ms"], v[f"{band}_release_ms"])
-            out = _round32(out + _round32(y * _db_to_gain(v[f"{band}_makeup_db"], pp)[:, None, None], pp), pp)
+        out = None
+        for band, split, env in zip(self.BANDS, (l1, l2 - l1, x - l2), self.env):
+            y, env_end = juce_compressor(
+                split, _db_to_gain(v[f"{band}_threshold_db"], pp),
+                _juce_values(1.0 / v[f"{band}_ratio"] - 1.0, lambda: _F(1) / _f32(v[f"{band}_ratio"]) - _F(1), pp),
+                _ms_coefficient(v[f"{band}_attack_ms"], sr, pp), _ms_coefficient(v[f"{band}_release_ms"], sr, pp),
+                env.get(x.shape[0], x.shape[1]), pp)
+            env.set(x.shape[0], env_end)
+            y = y * _per_item(_db_to_gain(v[f"{band}_makeup_db"], pp), y)
+            out = y if out is None else out + y
         return out
 
     def reset(self, slots):
-        for s in (*self.lp1, *self.lp2, *self.comps):
+        for s in (*self.lp1, *self.lp2, *self.env):
             s.reset(slots)
 
 
@@ -595,8 +664,7 @@ class GainTwin(_Stage):
     """Twin of ``pedalboard.Gain``."""
 
     def __call__(self, x, v):
-        pp = self.plugin_precision
-        return _round32(x * _db_to_gain(v["gain_db"], pp)[:, None, None], pp)
+        return x * _per_item(_db_to_gain(v["gain_db"], self.plugin_precision), x)
 
 
 class BrickwallLimiterTwin(_Stage):
@@ -607,33 +675,26 @@ class BrickwallLimiterTwin(_Stage):
     def __init__(self, options, sample_rate, slots, plugin_precision):
         super().__init__(options, sample_rate, slots, plugin_precision)
         self.latency_samples = max(1, int(self.sample_rate * self.LOOKAHEAD_MS / 1000.0))
-        self.delay: torch.Tensor | None = None
-        self.gain = torch.ones(slots, dtype=torch.float64)
-        self.hold = torch.zeros(slots, dtype=torch.int64)
+        self.line = _State(slots)
+        self.gain = _State(slots, fill=1.0)
+        self.hold = _State(slots, dtype=torch.int64)
 
     def __call__(self, x, v):
-        n_items, channels, n = x.shape
-        lag = self.latency_samples
-        if self.delay is None or self.delay.shape[1] != channels:
-            self.delay = torch.zeros(self.slots, channels, lag, dtype=torch.float64)
-        pp = self.plugin_precision
-        ceiling = _db_to_gain(v["ceiling_db"], pp)
+        pp, n_items, lag = self.plugin_precision, x.shape[0], self.latency_samples
         steps = self.sample_rate * v["release_ms"] / 1000.0
         steps = (steps - (steps - torch.floor(steps)).detach()).clamp_min(1.0)  # ⌊·⌋ with a straight-through gradient
         release = _juce_values(torch.exp(-1.0 / steps), lambda: torch.exp(-1.0 / steps.detach().float()), pp)
-        peak = x.abs().amax(dim=1)
-        gain, g_end, hold_end = limiter_gain(peak, ceiling, release, self.gain[:n_items], self.hold[:n_items], lag, pp)
-        self.gain[:n_items], self.hold[:n_items] = g_end, hold_end
-        line = torch.cat([self.delay[:n_items], x], dim=-1)
-        self.delay[:n_items] = line[..., n:].detach()
-        c = ceiling[:, None, None]
-        return torch.minimum(torch.maximum(_round32(line[..., :n] * gain[:, None, :], pp), -c), c)
+        line0 = self.line.get(n_items, x.shape[1], lag)
+        y, g_end, hold_end = brickwall_limiter(x, _db_to_gain(v["ceiling_db"], pp), release, line0,
+                                               self.gain.get(n_items), self.hold.get(n_items), pp)
+        self.line.set(n_items, torch.cat([line0.to(x.dtype), x.detach()], -1)[..., -lag:])
+        self.gain.set(n_items, g_end)
+        self.hold.set(n_items, hold_end)
+        return y
 
     def reset(self, slots):
-        if self.delay is not None:
-            self.delay[list(slots)] = 0.0
-        self.gain[list(slots)] = 1.0
-        self.hold[list(slots)] = 0
+        for s in (self.line, self.gain, self.hold):
+            s.reset(slots)
 
 
 #: Backends the twin covers, by name → stage class.
@@ -709,6 +770,8 @@ class ChainTwin(nn.Module):
         offsets = np.cumsum([0] + [len(n) for n in learned])
         self._learned = [list(zip(range(int(o), int(o) + len(n)), n)) for o, n in zip(offsets, learned)]
         self.plugin_precision = bool(plugin_precision)
+        #: Working dtype of the signals: float32 (the plugins' buffers) or float64.
+        self.dtype = torch.float32 if self.plugin_precision else torch.float64
         self.stages = [TWIN_BACKENDS[ps.backend](ps.options, self.sample_rate, self.batch_size, self.plugin_precision)
                        for ps in chain.processors]
         self.latency_samples = int(sum(s.latency_samples for s in self.stages))
@@ -738,7 +801,7 @@ class ChainTwin(nn.Module):
                              f"got {tuple(audio.shape)} and {tuple(params.shape)}")
         if audio.shape[0] > self.batch_size:
             raise ValueError(f"batch of {audio.shape[0]} items but the twin has {self.batch_size} slots")
-        x = audio.detach().to("cpu", torch.float64)
+        x = audio.detach().to("cpu", self.dtype)
         for stage, v in zip(self.stages, self.stage_values(params.cpu())):
             x = stage(x, v)
         return x.to(device=audio.device, dtype=audio.dtype)
@@ -751,9 +814,9 @@ class ChainTwin(nn.Module):
             audio: ``(batch, channels, samples)``; params: ``(batch, num_params)`` of the whole chain.
 
         Returns:
-            ``(batch, channels, samples)`` float64.
+            ``(batch, channels, samples)`` in the twin's working dtype (:attr:`dtype`).
         """
-        return self.stages[index](audio.detach().to(torch.float64), self.stage_values(params)[index])
+        return self.stages[index](audio.detach().to(self.dtype), self.stage_values(params)[index])
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
         """Clear the state of ``slots`` (default every slot), like a fresh plugin instance."""
