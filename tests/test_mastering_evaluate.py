@@ -405,3 +405,32 @@ def test_short_term_loudness_is_bs1770_over_3_s_windows():
     assert loud2[-1] - loud[-1] == pytest.approx(-6.02, abs=0.02) and loud2[0] == pytest.approx(loud[0], abs=1e-9)
     one_window = short_term_loudness(tone[:, : sr], sr)
     assert len(one_window[0]) == 1 and one_window[0][0] == pytest.approx(1.0)
+
+
+def test_matchering_reference_is_the_most_typical_training_master_by_spectrum(tmp_path):
+    from deepafx.recipes.mastering.evaluate import choose_matchering_reference
+
+    rng = np.random.default_rng(0)
+    n = 3 * 44100
+    spectrum = np.fft.rfftfreq(n, 1 / 44100)
+
+    def tilted(db_per_octave, gain):
+        """Stereo noise with a spectral tilt of `db_per_octave` around 1 kHz, scaled by `gain`."""
+        shape = 10 ** (db_per_octave * np.log2(np.maximum(spectrum, 20.0) / 1000.0) / 20)
+        noise = np.fft.irfft(np.fft.rfft(rng.standard_normal((2, n))) * shape, n)
+        return (gain * 0.1 * noise / np.abs(noise).max()).astype(np.float32)
+
+    masters = {"dark": tilted(-4.5, 1.0), "middle": tilted(-3.0, 0.1), "near": tilted(-2.5, 1.0),
+               "bright": tilted(3.0, 1.0)}
+    (tmp_path / "train").mkdir()
+    for pid, audio in masters.items():
+        sf.write(str(tmp_path / "train" / f"{pid}_target.wav"), audio.T, 44100, subtype="FLOAT")
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"pieces": list(masters)}}}))
+    ref = choose_matchering_reference(tmp_path)
+    # The band-wise median lies between "middle" and "near"; "middle" is 20 dB quieter, which does not count.
+    assert ref["piece"] in ("middle", "near") and ref["candidates"] == 4 and ref["split"] == "train"
+    assert ref["lufs"] == pytest.approx(lufs(masters[ref["piece"]], 44100))
+    assert ref["spectral_distance_db"] < 1.0
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"pieces": []}}}))
+    with pytest.raises(ValueError, match="no pieces"):
+        choose_matchering_reference(tmp_path)

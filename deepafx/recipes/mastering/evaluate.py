@@ -550,7 +550,7 @@ def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -
     pieces = _split_pieces(ddir, split)
     if not pieces:
         raise ValueError(f"split {split!r} of {ddir} has no pieces to take a matchering reference from")
-    spectra, info = [], []
+    spectra, paths = [], []
     for pid in pieces:
         path = ddir / split / f"{pid}_target.wav"
         if not path.is_file():
@@ -558,11 +558,13 @@ def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -
         y, rate = sf.read(str(path), dtype="float32", always_2d=True)
         _, level_db = long_term_spectrum_db(y.T, rate)
         spectra.append(level_db - level_db.mean())
-        info.append((path, y.T, rate))
+        paths.append(path)
     spectra = np.stack(spectra)
     dist = np.mean(np.abs(spectra - np.median(spectra, axis=0)), axis=1)
     k = int(np.argmin(dist))
-    path, y, rate = info[k]
+    path = paths[k]
+    y, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    y = y.T
     return {
         "piece": pieces[k], "path": str(path), "split": split,
         "rule": (f"the {split} master whose 1/3-octave long-term spectrum (31.5 Hz-16 kHz, level removed) is "
@@ -625,7 +627,7 @@ def plot_summary(dest: str | Path | io.BytesIO, results: Mapping[str, Any], exam
             "target", "matchering"?: (channels, samples)}}``, or ``None`` for
             the bars alone.
         split: Split name in the title.
-        dpi: Dots per inch; the figure is 16 x 13 inches (9 with no example).
+        dpi: Dots per inch; the figure is 16 x 13 inches (16 x 5 with no example).
     """
     import matplotlib
 
