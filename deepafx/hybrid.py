@@ -85,7 +85,8 @@ def split_stages(chain: ChainSpec) -> list[tuple[bool, tuple[ProcessorSpec, ...]
 
 
 def _learned_layout(spec: ProcessorSpec, table: ParamTable) -> tuple[list[str], np.ndarray, ParamTable]:
-    """``(learned names, full default/fixed values, learned table narrowed)`` with the rules of :class:`~deepafx.chain.Chain`.
+    """Learned names, full default/fixed values and the narrowed learned table, by the rules of
+    :class:`~deepafx.chain.Chain`.
 
     Raises:
         ParameterError: unknown names, a parameter both learned and fixed, or a range on a parameter not learned.

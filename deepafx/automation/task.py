@@ -4,8 +4,10 @@ Stage ``pretrain`` pulls the encoder toward the chain's default parameters
 (MSE on normalized parameters, no rendering). Stage ``spsa`` trains end to end
 through the black-box chain with SPSA gradients (:class:`deepafx.fx.FxLayer`)
 and a registered loss (:data:`deepafx.losses.LOSSES`, DeepAFx's delay-invariant
-loss by default), validating every epoch. Batches follow the stateful scheme
-(:class:`deepafx.data.stateful.StatefulBatcher`): slot ``i`` sees consecutive
+loss by default), validating every epoch. A chain with differentiable
+(``ddsp.``) entries is run by a :class:`deepafx.hybrid.HybridChain` instead:
+exact gradients for those stages, SPSA for the black-box ones. Batches follow
+the stateful scheme (:class:`deepafx.data.stateful.StatefulBatcher`): slot ``i`` sees consecutive
 frames of one track and owns its plugin instances; a slot's instances are
 reset when it starts a new track.
 
@@ -34,6 +36,7 @@ from deepafx.automation.model import AutomationModel, ModelConfig, pretrain_targ
 from deepafx.chain import ChainSpec
 from deepafx.data.stateful import StatefulBatcher
 from deepafx.fx import ExponentialEpsilon, FxLayer
+from deepafx.hybrid import HybridChain, is_hybrid
 from deepafx.losses import build_loss
 from deepafx.trainer import Stage, TrainSettings
 
@@ -148,7 +151,7 @@ class AutomationTask:
         self.data_dir = Path(data_dir)
         self.settings: AutomationTrainConfig = config.train
         self.mc: ModelConfig = config.model
-        self.fx: FxLayer | None = None
+        self.fx: FxLayer | HybridChain | None = None
 
     def setup(self, ctx) -> None:
         self.dist = ctx.dist
@@ -160,9 +163,10 @@ class AutomationTask:
         usable = len(os.sched_getaffinity(0))
         workers = tc.workers or max(1, usable // self.dist.world_size)
         eps = (ExponentialEpsilon(tc.epsilon, tc.epsilon_end, tc.epsilon_decay_steps) if tc.epsilon_end else tc.epsilon)
-        self.fx = FxLayer(self.chain, tc.batch_size, num_workers=workers, estimator=tc.estimator,
-                          epsilon=eps, num_perturbations=tc.num_perturbations,
-                          seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s)
+        layer = HybridChain if is_hybrid(self.chain) else FxLayer  # ddsp. entries: autograd for them
+        self.fx = layer(self.chain, tc.batch_size, num_workers=workers, estimator=tc.estimator,
+                        epsilon=eps, num_perturbations=tc.num_perturbations,
+                        seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s)
         self.defaults = torch.tensor(pretrain_target(self.chain.param_table.defaults_normalized()), dtype=torch.float32)
         self.loss_fn = build_loss(tc.loss, sample_rate=self.chain.sample_rate, latency_samples=self.fx.latency_samples,
                                   max_delay_ms=tc.max_delay_ms, alpha_time=tc.alpha_time, alpha_freq=tc.alpha_freq,
