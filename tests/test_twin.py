@@ -76,15 +76,14 @@ def test_twin_matches_black_box_at_defaults(real_music):
     assert chain_error < 1e-5
 
 
-@pytest.mark.parametrize("plugin_precision, stage_bound", [(True, 1e-6), (False, 1e-3)])
-def test_twin_matches_black_box_at_random_settings(real_music, plugin_precision, stage_bound):
+@pytest.mark.parametrize("plugin_precision, stage_bound, chain_bound", [(True, 1e-6, 1e-5), (False, 1e-3, 2e-3)])
+def test_twin_matches_black_box_at_random_settings(real_music, plugin_precision, stage_bound, chain_bound):
     """Relative max error per stage and of the whole twin chain.
 
-    In float64 (``plugin_precision=False``) the residual is the plugins' own
-    float32 rounding, largest in the EQ's low-frequency biquads (poles near 1).
-    Chained, the black box's own rounding noise in those biquads (about 1e-4
-    of full scale at 31 Hz, a different realization for every bit pattern of
-    the input) bounds the agreement of the whole chain in either mode.
+    With the plugins' float32 arithmetic the twin agrees to the last bits. In
+    float64 (``plugin_precision=False``) the residual is the plugins' own float32
+    rounding, largest in the EQ's low-frequency biquads (poles near 1; about
+    1e-4 of full scale at 31 Hz).
     """
     spec = _quick_chain()
     rng = np.random.default_rng(0)
@@ -93,7 +92,7 @@ def test_twin_matches_black_box_at_random_settings(real_music, plugin_precision,
         thetas = rng.uniform(0, 1, (6, spec.num_params))
         errors, peaks, chain_error = _stage_errors(spec, real_music[0], thetas, plugin_precision)
         worst = np.maximum(worst, errors / peaks)
-        assert chain_error / peaks[-1] < 2e-3
+        assert chain_error / peaks[-1] < chain_bound
     assert worst.max() < stage_bound, worst  # mbc, geq, gain, limiter
 
 
@@ -104,7 +103,7 @@ def test_full_default_chain_matches_with_every_parameter_learned(real_music):
     rng = np.random.default_rng(1)
     errors, peaks, chain_error = _stage_errors(spec, real_music[0], rng.uniform(0, 1, (6, 30)))
     assert (errors / peaks).max() < 1e-6, errors / peaks
-    assert chain_error / peaks[-1] < 2e-3
+    assert chain_error / peaks[-1] < 1e-5
 
 
 def test_state_carries_across_calls_and_reset_restores_a_fresh_instance(real_music):

@@ -71,6 +71,8 @@ the black box (ε = 0.01): cosine 0.997 (mean of 4 random settings, min 0.99).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from typing import Callable, Mapping, Sequence
 
@@ -486,15 +488,35 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(_F)
 
 
-def _libm32(name: str, x) -> np.ndarray:
-    """A float32 math function as torch computes it (closer to the C library's float functions than numpy's)."""
-    return getattr(torch, name)(torch.as_tensor(np.asarray(x, dtype=_F))).numpy()
+def _load_libm():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:  # no C math library to call: torch's float32 functions (may differ by an ulp)
+        return None
+    for name in ("expf", "powf", "sinf", "cosf", "tanf"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_float
+        fn.argtypes = [ctypes.c_float] * (2 if name == "powf" else 1)
+    return lib
+
+
+_LIBM = _load_libm()
+
+
+def _libm32(name: str, *args) -> np.ndarray:
+    """The C library's float32 function ``name`` (``exp``, ``pow``, ``sin``, ``cos``, ``tan``) elementwise,
+    as the plugins call it (``std::exp(float)`` …); torch's float32 function where no C library is found."""
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=_F) for a in args))
+    if _LIBM is None:
+        return getattr(torch, name)(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)).numpy()
+    fn = getattr(_LIBM, name + "f")
+    out = np.array([fn(*(float(v) for v in vals)) for vals in zip(*(a.ravel() for a in arrays))], dtype=_F)
+    return out.reshape(arrays[0].shape)
 
 
 def _db_to_gain(db: torch.Tensor, plugin_precision: bool) -> torch.Tensor:
     """``10^(dB/20)`` (JUCE ``Decibels::decibelsToGain<float>``: ``powf(10, dB · 0.05)``)."""
-    return _juce_values(torch.pow(10.0, db / 20.0),
-                        lambda: torch.pow(torch.tensor(10.0), torch.as_tensor(_f32(db) * _F(0.05))).numpy(),
+    return _juce_values(torch.pow(10.0, db / 20.0), lambda: _libm32("pow", _F(10), _f32(db) * _F(0.05)),
                         plugin_precision)
 
 
@@ -683,7 +705,12 @@ class BrickwallLimiterTwin(_Stage):
         pp, n_items, lag = self.plugin_precision, x.shape[0], self.latency_samples
         steps = self.sample_rate * v["release_ms"] / 1000.0
         steps = (steps - (steps - torch.floor(steps)).detach()).clamp_min(1.0)  # ⌊·⌋ with a straight-through gradient
-        release = _juce_values(torch.exp(-1.0 / steps), lambda: torch.exp(-1.0 / steps.detach().float()), pp)
+
+        def juce():  # expf(−1 / max(1, (int)(sr · release_ms / 1000)))), release_ms a float
+            ms = torch.from_numpy(_f32(v["release_ms"]).astype(np.float64))
+            return _libm32("exp", _F(-1) / torch.floor(self.sample_rate * ms / 1000.0).clamp_min(1.0).numpy().astype(_F))
+
+        release = _juce_values(torch.exp(-1.0 / steps), juce, pp)
         line0 = self.line.get(n_items, x.shape[1], lag)
         y, g_end, hold_end = brickwall_limiter(x, _db_to_gain(v["ceiling_db"], pp), release, line0,
                                                self.gain.get(n_items), self.hold.get(n_items), pp)
