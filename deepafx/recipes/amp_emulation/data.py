@@ -81,11 +81,11 @@ from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AMP_SETTINGS", "AmpDataConfig", "DiPiece", "build_dataset", "load_split", "piece_split", "render_di",
-           "render_target", "target_chain"]
+__all__ = ["AMP_SETTINGS", "AmpDataConfig", "DiPiece", "Performance", "build_dataset", "draw_performance", "load_split",
+           "piece_split", "render_di", "target_chain"]
 
 #: Version of the DI render code (part of every input cache key).
-DI_VERSION = 1
+DI_VERSION = 2
 #: Version of the target render code (part of every target cache key).
 TARGET_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -357,12 +357,21 @@ def _notes_for_role(piece: DiPiece, score) -> list:
     return score.parts[0].notes
 
 
-def _perform(piece: DiPiece, score, config: AmpDataConfig) -> tuple[list[tuple[int, int, int, int]], int, Performance]:
-    """Timed note events ``(sample, on=1/off=0, pitch, velocity)``, total samples and the drawn performance."""
+def draw_performance(piece: DiPiece, config: AmpDataConfig, pitches: np.ndarray | None = None,
+                     score_tempo_bpm: float | None = None) -> Performance:
+    """Draw how a piece is played: a pure function of the seed, the piece and the settings.
+
+    Args:
+        piece: The piece and its role.
+        config: Dataset settings (programs, velocity and level ranges, dynamics).
+        pitches: MIDI pitches of the notes the role plays (their octave placement); ``None``: no transposition.
+        score_tempo_bpm: The score's metronome mark in quarter notes per minute, if any.
+
+    Returns:
+        :class:`Performance`.
+    """
     rng = _rng(config.seed, piece.piece_id, "performance")
-    sr = config.sample_rate
-    notes = _notes_for_role(piece, score)
-    pitches = np.array([n.pitch for n in notes], dtype=float)
+    pitches = np.array([60.0]) if pitches is None or len(pitches) == 0 else np.asarray(pitches, dtype=float)
     if piece.role == "bass":
         program = int(rng.choice(config.bass_programs))
         transpose = _octave_shift(pitches, 36, 48)
@@ -372,17 +381,28 @@ def _perform(piece: DiPiece, score, config: AmpDataConfig) -> tuple[list[tuple[i
     else:
         program = int(rng.choice(config.guitar_programs))
         transpose = _octave_shift(pitches, 60, 72)
-    if score.tempo_bpm is not None:
-        tempo = float(np.clip(score.tempo_bpm * rng.uniform(0.85, 1.15), 50.0, 180.0))
-    else:
-        tempo = float(rng.uniform(*((60, 100) if piece.source == "bach_chorales" else (80, 140))))
+    lo, hi = (60, 100) if piece.source == "bach_chorales" else (80, 140)
+    tempo = float(rng.uniform(lo, hi))
+    if score_tempo_bpm is not None:
+        tempo = float(np.clip(score_tempo_bpm * (0.85 + 0.3 * (tempo - lo) / (hi - lo)), 50.0, 180.0))
     base_vel = float(rng.uniform(*config.velocity_range))
     legato = float(rng.uniform(0.55, 1.0))
-    strum_ms = float(rng.uniform(4.0, 20.0)) if piece.role == "chords" else 0.0
+    strum = float(rng.uniform(4.0, 20.0))
     level = float(rng.uniform(*config.level_dbfs_range))
     k = int(rng.integers(3, 7))
     curve = [(float(x), float(v)) for x, v in zip(np.linspace(0, 1, k), rng.uniform(-config.dynamics, config.dynamics, k))]
-    perf = Performance(program, tempo, base_vel, legato, strum_ms, transpose, level, curve)
+    return Performance(program, tempo, base_vel, legato, strum if piece.role == "chords" else 0.0, transpose, level,
+                       curve)
+
+
+def _perform(piece: DiPiece, score, config: AmpDataConfig) -> tuple[list[tuple[int, int, int, int]], int, Performance]:
+    """Timed note events ``(sample, on=1/off=0, pitch, velocity)``, total samples and the drawn performance."""
+    sr = config.sample_rate
+    notes = _notes_for_role(piece, score)
+    perf = draw_performance(piece, config, np.array([n.pitch for n in notes], dtype=float), score.tempo_bpm)
+    rng = _rng(config.seed, piece.piece_id, "notes")
+    tempo, base_vel, legato, strum_ms, transpose, curve = (perf.tempo_bpm, perf.base_velocity, perf.legato,
+                                                           perf.strum_ms, perf.transpose, perf.dynamics_curve)
 
     sec_per_q = 60.0 / tempo
     tail_s = 1.5
@@ -504,27 +524,6 @@ def render_di(piece: DiPiece, config: AmpDataConfig) -> RenderedDi:
         raise ValueError(f"{piece.corpus_path}: the DI rendered silent")
     mono *= 10.0 ** (perf.level_dbfs / 20.0) / peak
     return RenderedDi(mono[None].astype(np.float32), perf, total / config.sample_rate)
-
-
-def render_target(di: np.ndarray, chain) -> np.ndarray:
-    """Render a DI through the target chain in one pass from reset state.
-
-    Args:
-        di: ``(1, samples)`` float32 at the chain's rate.
-        chain: The target :class:`~deepafx.chain.ChainSpec` (:func:`target_chain`).
-
-    Returns:
-        ``(channels_out, samples)`` float32 (as many samples as ``di``).
-
-    Raises:
-        deepafx.hosts.base.PluginError: the amp failed to load or rendered NaN/Inf.
-    """
-    live = chain.build()
-    try:
-        live.reset()
-        return live.process(np.ascontiguousarray(di, dtype=np.float32))
-    finally:
-        live.close()
 
 
 # --------------------------------------------------------------------------- dataset

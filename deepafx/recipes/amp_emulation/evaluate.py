@@ -59,7 +59,8 @@ from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "METHODS", "bootstrap_ci", "evaluate_from_config", "results_markdown", "track_metrics"]
+__all__ = ["EvaluateConfig", "METHODS", "bootstrap_ci", "evaluate_from_config", "results_markdown", "run_train_seconds",
+           "track_metrics"]
 
 #: Methods in table order.
 METHODS = ("unprocessed", "default", "oracle_cmaes", "model", "neural_amp")
@@ -92,6 +93,8 @@ class EvaluateConfig:
             ``budget_seconds: null`` = the model's training time).
         plot_piece: Index of the test piece drawn in the figures.
         workers: Render worker processes of the oracle (``None``: usable CPU cores).
+        threads: torch threads of the evaluation process (``None``: torch's default); the
+            render workers run beside it, and on a 2-core machine one thread was fastest.
         seed: Seed of CMA-ES and of the bootstrap.
         timeout_s: Longest one render request may take, seconds.
     """
@@ -112,6 +115,7 @@ class EvaluateConfig:
     neural_amp: dict = field(default_factory=dict)
     plot_piece: int = 0
     workers: int | None = None
+    threads: int | None = 1
     seed: int = 0
     timeout_s: float = 120.0
 
@@ -212,7 +216,7 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "",
         f"Neural amp: LSTM, hidden {na['hidden_size']}, {na['parameters']} weights, trained {na['seconds']:.0f} s "
         f"(budget {na['budget_seconds']:.0f} s = the model's training time) with {na['updates']} updates on "
-        f"{na['segments']} segments.",
+        f"{na['segments']} segments, {na['threads']} torch thread(s).",
         f"Oracle: CMA-ES, {s['oracle']['renders']} renders per piece on a {s['oracle']['excerpt_seconds']:g} s excerpt "
         f"(objective MR-STFT + {s['oracle']['loudness_weight']:g} x LU error); it sees the target.",
         f"Model: {s['model_parameters']} encoder weights predicting {s['num_params']} chain parameters every "
@@ -238,7 +242,23 @@ def _finite(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- main
-def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ddir: Path):
+def run_train_seconds(ckpt: Mapping[str, Any], ckpt_path: Path) -> float | None:
+    """Training wall time of the run a checkpoint belongs to, seconds (``None`` when not recorded).
+
+    The largest ``train_seconds`` of the checkpoint itself and of ``last.pt`` beside
+    it: ``best.pt`` is written at the best epoch, the run went on after it.
+    """
+    values = [(ckpt.get("task") or {}).get("train_seconds")]
+    last = Path(ckpt_path).with_name("last.pt")
+    if last.is_file() and last != Path(ckpt_path):
+        from deepafx.trainer import load_checkpoint
+
+        values.append((load_checkpoint(last).get("task") or {}).get("train_seconds"))
+    values = [float(v) for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, ddir: Path):
     """Train the LSTM baseline for the model's training time; returns ``(model, info)``."""
     from deepafx.config import bind
     from deepafx.recipes.amp_emulation.data import load_split
@@ -247,7 +267,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ddir: Path):
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
     budget = nc.budget_seconds
     if budget is None:
-        budget = (ckpt.get("task") or {}).get("train_seconds")
+        budget = run_train_seconds(ckpt, ckpt_path)
         if budget is None:
             raise ValueError("the checkpoint records no training time (train_seconds); set "
                              "evaluate.neural_amp.budget_seconds to give the neural amp a budget in seconds")
@@ -255,7 +275,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ddir: Path):
     log.info("training the neural amp baseline for %.0f s", budget)
     trained = train_neural_amp(train_tracks, nc, float(budget))
     info = {"hidden_size": nc.hidden_size, "parameters": trained.model.num_parameters, "budget_seconds": float(budget),
-            "seconds": trained.seconds, "updates": trained.updates, "segments": trained.segments,
+            "seconds": trained.seconds, "updates": trained.updates, "threads": nc.threads, "segments": trained.segments,
             "final_train_loss": trained.final_loss, "settings": asdict(nc)}
     return trained.model, info
 
@@ -279,14 +299,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
             checkpoint without a recorded training time and no neural-amp budget set.
         FileNotFoundError: missing checkpoint.
     """
-    from tqdm import tqdm
-
-    from deepafx.automation.oracle import CmaesOracle
-    from deepafx.automation.plots import plot_process
-    from deepafx.automation.process import apply_automation, load_automation_checkpoint
-    from deepafx.recipes import default_data_dir, get_recipe
-    from deepafx.recipes.amp_emulation.data import build_dataset, load_split
-    from deepafx.recipes.amp_emulation.plots import plot_comparison
+    from deepafx.recipes import get_recipe
+    from deepafx.recipes.amp_emulation.neural_amp import torch_threads
 
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
@@ -294,6 +308,21 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         config = get_recipe("amp_emulation").bind(config)
     if config.recipe != "amp_emulation":
         raise ValueError(f"config recipe is {config.recipe!r}; this evaluator handles 'amp_emulation'")
+    threads = config.evaluate.threads or torch.get_num_threads()
+    with torch_threads(threads):
+        return _evaluate(config, checkpoint, out_dir, split, data_dir)
+
+
+def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str | Path | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from deepafx.automation.oracle import CmaesOracle
+    from deepafx.automation.plots import plot_process
+    from deepafx.automation.process import apply_automation, load_automation_checkpoint
+    from deepafx.recipes import default_data_dir
+    from deepafx.recipes.amp_emulation.data import build_dataset, load_split
+    from deepafx.recipes.amp_emulation.plots import plot_comparison
+
     ec: EvaluateConfig = config.evaluate
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +341,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     if not tracks:
         raise ValueError(f"split {split!r} of {ddir} has no pieces; raise data.test_fraction or data.train_minutes")
 
-    lstm, lstm_info = _neural_amp(ec, ckpt, ddir)
+    lstm, lstm_info = _neural_amp(ec, ckpt, ckpt_path, ddir)
     table = chain.param_table
     defaults = table.defaults_normalized()
     per_track: list[dict[str, Any]] = []
