@@ -1,0 +1,160 @@
+"""Amp emulation with the post-drive tone stage as black boxes (plain) or as DDSP stages (hybrid).
+
+Trains ``amp_emulation/quick`` (multiband compressor → distortion → graphic
+EQ → gain, every stage a black box with SPSA gradients) and
+``amp_emulation/quick_hybrid`` (the same compressor and distortion by SPSA,
+then ``ddsp.peq`` → ``ddsp.gain`` with exact gradients, :mod:`deepafx.hybrid`)
+on one dataset with the same seed, model, settings and ``--set`` overrides,
+one ``deepafx train`` after the other. Then scores both best checkpoints on
+the test split with one renderer: per-frame parameters predicted and smoothed
+(``evaluate.smoothing_frames``) as the recipe does, applied per block of
+``--block`` samples (interpolated at each block's centre; state carried
+through the piece) by a :class:`~deepafx.hybrid.HybridChain` in eval mode (for
+the plain chain that is one Fx layer). Metrics as the recipe's evaluation
+(built-in chains have no latency: sample by sample): ESR, pre-emphasised ESR
+(Wright et al., 2019), MFCC cosine distance and multi-resolution STFT distance,
+mean over pieces; plus each chain at its default parameters and the
+unprocessed DI. Both chains at their defaults render the same audio up to
+float rounding (flat EQ, 0 dB gain), which the ``default`` rows check.
+
+Usage:
+    python benchmarks/hybrid_vs_plain.py --out runs/hybrid_vs_plain [--set train.epochs=4] [--skip-train]
+
+Prints a markdown table, then one JSON line (also written to ``OUT/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepafx import metrics
+from deepafx.automation.model import predict_automation
+from deepafx.automation.process import load_automation_checkpoint
+from deepafx.commands.train import load_recipe_config
+from deepafx.hybrid import HybridChain
+from deepafx.recipes.amp_emulation.data import load_split
+from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
+
+CONFIGS = {"plain": "amp_emulation/quick", "hybrid": "amp_emulation/quick_hybrid"}
+METRICS = ("esr", "esr_pre", "mfcc_cosine", "mrstft")
+
+
+@torch.no_grad()
+def render_track(chain: HybridChain, audio: np.ndarray, times_s: np.ndarray, params: np.ndarray,
+                 block_samples: int) -> np.ndarray:
+    """Render ``audio (channels, samples)`` with ``params (frames, P)`` at ``times_s`` interpolated per block.
+
+    Slot 0 of ``chain`` is reset first; its state then runs through the whole piece.
+    """
+    chain.eval()
+    chain.reset()
+    n = audio.shape[-1]
+    starts = np.arange(0, n, block_samples)
+    stops = np.minimum(starts + block_samples, n)
+    centres = (starts + stops) / 2 / chain.sample_rate
+    p = np.stack([np.interp(centres, times_s, params[:, j]) for j in range(params.shape[1])], 1)
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+    outs = [chain(x[..., a:b], torch.from_numpy(p[i : i + 1]).float()) for i, (a, b) in enumerate(zip(starts, stops))]
+    return torch.cat(outs, -1)[0].numpy()
+
+
+def score(output: np.ndarray, target: np.ndarray, sample_rate: float) -> dict[str, float]:
+    """The recipe's metrics of one piece (sample by sample)."""
+    n = min(output.shape[-1], target.shape[-1])
+    out, tgt = output[:, :n], target[:, :n]
+    return {"esr": esr(out, tgt), "esr_pre": esr(out, tgt, PRE_EMPHASIS),
+            "mfcc_cosine": metrics.mfcc_cosine_distance(out, tgt, sample_rate),
+            "mrstft": metrics.mrstft_distance(out, tgt)}
+
+
+def train(name: str, config: str, out: Path, data_dir: Path, sets: list[str]) -> float:
+    """``deepafx train`` of one config into ``out/name``; returns the wall time in seconds."""
+    cmd = [sys.executable, "-m", "deepafx.cli", "train", "--config", config, "--run-dir", str(out / name),
+           "--data-dir", str(data_dir)] + [x for s in sets for x in ("--set", s)]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def evaluate(name: str, config: str, out: Path, data_dir: Path, sets: list[str], block: int,
+             max_pieces: int | None) -> dict:
+    """Score the best checkpoint of ``out/name`` and its chain at defaults on the test split."""
+    _, cfg = load_recipe_config(config, sets)
+    model, ckpt, path = load_automation_checkpoint(out / name, "amp_emulation")
+    pieces, tracks = load_split(data_dir, "test")
+    if max_pieces:
+        pieces, tracks = pieces[:max_pieces], tracks[:max_pieces]
+    sr = model.sample_rate
+    rows: dict[str, list[dict]] = {"model": [], "default": [], "unprocessed": []}
+    with HybridChain(model.chain, batch_size=1, num_workers=1) as chain:
+        defaults = chain.param_table.defaults_normalized()[None]
+        for pid, (x, y) in zip(pieces, tracks):
+            times, params = predict_automation(model, x, smoothing_frames=cfg.evaluate.smoothing_frames)
+            rows["model"].append(score(render_track(chain, x, times, params, block), y, sr))
+            rows["default"].append(score(render_track(chain, x, np.zeros(1), defaults, block), y, sr))
+            rows["unprocessed"].append(score(x, y, sr))
+    history = [h for h in ckpt["state"]["history"] if h.get("stage") == "spsa" and h.get("epoch", -1) >= 0]
+    return {
+        "checkpoint": str(path),
+        "chain": model.chain.name,
+        "num_params": int(ckpt["num_params"]),
+        "pieces": len(pieces),
+        "test_seconds": float(sum(t[0].shape[-1] for t in tracks) / sr),
+        "epochs": len(history),
+        "best_valid_loss": float(ckpt["state"]["best_valid"]),
+        "train_seconds": float(ckpt.get("task", {}).get("train_seconds", float("nan"))),
+        "mean": {m: {k: float(np.mean([r[k] for r in v])) for k in METRICS} for m, v in rows.items()},
+        "per_piece": rows,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = ["| run | chain | learned params | epochs | train s | best valid loss | rendered | "
+             + " | ".join(METRICS) + " |", "|" + "---|" * (6 + len(METRICS) + 1)]
+    for name, r in results.items():
+        for kind in ("model", "default", "unprocessed"):
+            m = r["mean"][kind]
+            lines.append(f"| {name} | {r['chain']} | {r['num_params']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+                         f"{r['best_valid_loss']:.4f} | {kind} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/hybrid_vs_plain"), help="run folders and results")
+    ap.add_argument("--data-dir", type=Path, default=None, help="shared dataset folder (default OUT/data)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override applied to both configs (repeatable)")
+    ap.add_argument("--skip-train", action="store_true", help="score existing runs in OUT only")
+    ap.add_argument("--block", type=int, default=1024, help="render block in samples (the recipe's evaluate default)")
+    ap.add_argument("--max-pieces", type=int, default=None, help="score only the first test pieces")
+    args = ap.parse_args()
+    data_dir = args.data_dir or args.out / "data"
+    wall = {}
+    if not args.skip_train:
+        for name, config in CONFIGS.items():
+            wall[name] = train(name, config, args.out, data_dir, args.set)
+    results = {name: evaluate(name, config, args.out, data_dir, args.set, args.block, args.max_pieces)
+               for name, config in CONFIGS.items()}
+    for name, seconds in wall.items():
+        results[name]["wall_seconds"] = seconds
+    (args.out / "results.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out),
+                                                                                 "data_dir": str(data_dir)},
+                                                       "results": results}, indent=1, default=str))
+    print(markdown(results))
+    summary = {f"{name}_{k}": r["mean"]["model"][k] for name, r in results.items() for k in METRICS}
+    summary.update({f"{name}_train_seconds": r["train_seconds"] for name, r in results.items()})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
