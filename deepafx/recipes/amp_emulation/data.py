@@ -542,8 +542,14 @@ def _target_key(input_key: str, chain_dict: Mapping[str, Any]) -> str:
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """32-bit float WAV, atomically. scipy writes no PEAK chunk: libsndfile's carries a time stamp,
+    which would make identical audio differ in bytes."""
+    from scipy.io import wavfile
+
     tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), np.ascontiguousarray(audio.T), sample_rate, subtype="FLOAT", format="WAV")
+    data = np.ascontiguousarray(audio.T, dtype=np.float32)
+    with open(tmp, "wb") as f:
+        wavfile.write(f, int(sample_rate), data[:, 0] if data.shape[1] == 1 else data)
     os.replace(tmp, path)
 
 
