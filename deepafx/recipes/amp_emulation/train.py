@@ -5,13 +5,14 @@ stage ``spsa`` trains end to end through the black-box chain with SPSA
 gradients (DeepAFx, Ramírez et al., ICASSP 2021) on DI → tube-amp pairs
 (:mod:`deepafx.recipes.amp_emulation.data`).
 
-Loss (``train.loss``): DeepAFx's delay-invariant loss by default, with the lag
-search narrowed by ``train.max_delay_ms`` (0 here: the built-in chain has no
-latency, and a lag the chain cannot make would only hide an error the
-evaluation's ESR sees), or ``"esr"``: the error-to-signal ratio of the
+Loss (``train.loss``): ``"esr"``, the error-to-signal ratio of the
 pre-emphasised frames (Wright, Damskägg & Välimäki, 2019/2020; see
-:func:`deepafx.recipes.amp_emulation.esr.esr_loss`), registered in
-:data:`deepafx.losses.LOSSES` by this module.
+:func:`deepafx.recipes.amp_emulation.esr.esr_loss`; registered in
+:data:`deepafx.losses.LOSSES` by this module), which the recipe's configs use,
+or DeepAFx's delay-invariant loss (the code default), with the lag search
+narrowed by ``train.max_delay_ms`` (0 by default here: the built-in chain has
+no latency, and a lag the chain cannot make would only hide an error the
+evaluation's ESR sees).
 
 The task keeps a training clock: the wall time from the end of its set-up to
 the latest checkpoint, summed over resumed sessions, saved in every checkpoint
