@@ -4,8 +4,9 @@ Trains ``amp_emulation/quick`` (multiband compressor → distortion → graphic
 EQ → gain, every stage a black box with SPSA gradients) and
 ``amp_emulation/quick_hybrid`` (the same compressor and distortion by SPSA,
 then ``ddsp.peq`` → ``ddsp.gain`` with exact gradients, :mod:`deepafx.hybrid`)
-on one dataset with the same seed, model, settings and ``--set`` overrides,
-one ``deepafx train`` after the other. Then scores both best checkpoints on
+on one dataset with the same seeds, model, settings and ``--set`` overrides,
+one ``deepafx train`` after the other (for each seed in ``--seeds``: plain,
+then hybrid). Then scores both best checkpoints on
 the test split with one renderer: per-frame parameters predicted and smoothed
 (``evaluate.smoothing_frames``) as the recipe does, applied per block of
 ``--block`` samples (interpolated at each block's centre; state carried
@@ -18,9 +19,10 @@ unprocessed DI. Both chains at their defaults render the same audio up to
 float rounding (flat EQ, 0 dB gain), which the ``default`` rows check.
 
 Usage:
-    python benchmarks/hybrid_vs_plain.py --out runs/hybrid_vs_plain [--set train.epochs=4] [--skip-train]
+    python benchmarks/hybrid_vs_plain.py --out runs/hybrid_vs_plain [--seeds 0 1] [--set train.epochs=4] [--skip-train]
 
-Prints a markdown table, then one JSON line (also written to ``OUT/results.json``).
+Prints a markdown table (each run, then the mean over seeds), then one JSON
+line of the means (everything in ``OUT/results.json``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from deepafx.commands.train import load_recipe_config
 from deepafx.hybrid import HybridChain
 from deepafx.recipes.amp_emulation.data import load_split
 from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
+from deepafx.trainer import load_checkpoint
 
 CONFIGS = {"plain": "amp_emulation/quick", "hybrid": "amp_emulation/quick_hybrid"}
 METRICS = ("esr", "esr_pre", "mfcc_cosine", "mrstft")
@@ -97,34 +100,44 @@ def evaluate(name: str, config: str, out: Path, data_dir: Path, sets: list[str],
     rows: dict[str, list[dict]] = {"model": [], "default": [], "unprocessed": []}
     with HybridChain(model.chain, batch_size=1, num_workers=1) as chain:
         defaults = chain.param_table.defaults_normalized()[None]
-        for pid, (x, y) in zip(pieces, tracks):
+        for x, y in tracks:
             times, params = predict_automation(model, x, smoothing_frames=cfg.evaluate.smoothing_frames)
             rows["model"].append(score(render_track(chain, x, times, params, block), y, sr))
             rows["default"].append(score(render_track(chain, x, np.zeros(1), defaults, block), y, sr))
             rows["unprocessed"].append(score(x, y, sr))
-    history = [h for h in ckpt["state"]["history"] if h.get("stage") == "spsa" and h.get("epoch", -1) >= 0]
+    run = out / name
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    validated = [h for h in history if h.get("stage") == "spsa" and "valid_loss" in h]
+    epochs = [h for h in validated if h["epoch"] >= 0]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
     return {
         "checkpoint": str(path),
         "chain": model.chain.name,
         "num_params": int(ckpt["num_params"]),
         "pieces": len(pieces),
         "test_seconds": float(sum(t[0].shape[-1] for t in tracks) / sr),
-        "epochs": len(history),
+        "epochs": len(epochs),
+        "best_epoch": min(validated, key=lambda h: h["valid_loss"])["epoch"],  # −1: the model before training
         "best_valid_loss": float(ckpt["state"]["best_valid"]),
-        "train_seconds": float(ckpt.get("task", {}).get("train_seconds", float("nan"))),
+        "train_seconds": float(last.get("task", {}).get("train_seconds", float("nan"))),
+        "steps": int(last["state"]["global_step"]),
         "mean": {m: {k: float(np.mean([r[k] for r in v])) for k in METRICS} for m, v in rows.items()},
         "per_piece": rows,
     }
 
 
-def markdown(results: dict) -> str:
-    lines = ["| run | chain | learned params | epochs | train s | best valid loss | rendered | "
-             + " | ".join(METRICS) + " |", "|" + "---|" * (6 + len(METRICS) + 1)]
-    for name, r in results.items():
+def markdown(results: dict, means: dict) -> str:
+    cols = ["run", "chain", "learned params", "epochs (best)", "steps", "train s", "best valid loss", "rendered"]
+    lines = ["| " + " | ".join(cols + list(METRICS)) + " |", "|" + "---|" * (len(cols) + len(METRICS))]
+    for run, r in results.items():
         for kind in ("model", "default", "unprocessed"):
             m = r["mean"][kind]
-            lines.append(f"| {name} | {r['chain']} | {r['num_params']} | {r['epochs']} | {r['train_seconds']:.0f} | "
-                         f"{r['best_valid_loss']:.4f} | {kind} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+            lines.append(f"| {run} | {r['chain']} | {r['num_params']} | {r['epochs']} ({r['best_epoch']}) | "
+                         f"{r['steps']} | {r['train_seconds']:.0f} | {r['best_valid_loss']:.4f} | {kind} | "
+                         + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    for name, m in means.items():
+        lines.append(f"| **{name}, mean of {m['runs']} seed(s)** | | | | | {m['train_seconds']:.0f} | "
+                     f"{m['best_valid_loss']:.4f} | model | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -134,26 +147,33 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="shared dataset folder (default OUT/data)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override applied to both configs (repeatable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each pair of runs")
     ap.add_argument("--skip-train", action="store_true", help="score existing runs in OUT only")
     ap.add_argument("--block", type=int, default=1024, help="render block in samples (the recipe's evaluate default)")
     ap.add_argument("--max-pieces", type=int, default=None, help="score only the first test pieces")
     args = ap.parse_args()
     data_dir = args.data_dir or args.out / "data"
+    runs = {f"{name}_seed{seed}": (name, config, args.set + [f"train.seed={seed}"])
+            for seed in args.seeds for name, config in CONFIGS.items()}
     wall = {}
     if not args.skip_train:
-        for name, config in CONFIGS.items():
-            wall[name] = train(name, config, args.out, data_dir, args.set)
-    results = {name: evaluate(name, config, args.out, data_dir, args.set, args.block, args.max_pieces)
-               for name, config in CONFIGS.items()}
-    for name, seconds in wall.items():
-        results[name]["wall_seconds"] = seconds
-    (args.out / "results.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out),
-                                                                                 "data_dir": str(data_dir)},
-                                                       "results": results}, indent=1, default=str))
-    print(markdown(results))
-    summary = {f"{name}_{k}": r["mean"]["model"][k] for name, r in results.items() for k in METRICS}
-    summary.update({f"{name}_train_seconds": r["train_seconds"] for name, r in results.items()})
-    print(json.dumps(summary))
+        for run, (_, config, sets) in runs.items():
+            wall[run] = train(run, config, args.out, data_dir, sets)
+    results = {run: evaluate(run, config, args.out, data_dir, sets, args.block, args.max_pieces)
+               for run, (_, config, sets) in runs.items()}
+    for run, seconds in wall.items():
+        results[run]["wall_seconds"] = seconds
+    means = {}
+    for name in CONFIGS:
+        mine = [r for run, r in results.items() if runs[run][0] == name]
+        means[name] = {k: float(np.mean([r["mean"]["model"][k] for r in mine])) for k in METRICS}
+        means[name].update(runs=len(mine), train_seconds=float(np.mean([r["train_seconds"] for r in mine])),
+                           best_valid_loss=float(np.mean([r["best_valid_loss"] for r in mine])))
+    settings = {**vars(args), "out": str(args.out), "data_dir": str(data_dir)}
+    (args.out / "results.json").write_text(json.dumps({"settings": settings, "means": means, "results": results},
+                                                      indent=1, default=str))
+    print(markdown(results, means))
+    print(json.dumps({f"{name}_{k}": v for name, m in means.items() for k, v in m.items()}))
 
 
 if __name__ == "__main__":
