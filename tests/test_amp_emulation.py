@@ -194,6 +194,25 @@ def test_builtin_chain_is_mono():
     assert y.shape == (1, 4096) and live.latency_samples == 0
 
 
+@pytest.mark.parametrize("name", ["quick", "full", "full_zam"])
+def test_configs_bind_and_their_chains_render_mono(name):
+    from deepafx.recipes import get_recipe
+
+    cfg = get_recipe("amp_emulation").bind(load_config(f"amp_emulation/{name}"))
+    assert cfg.model.channels == 1 and cfg.train.loss == "esr" and cfg.data.amp == "driven"
+    missing = [p.options["path"] for p in cfg.chain.processors if "path" in p.options and not Path(p.options["path"]).exists()]
+    if missing:
+        pytest.skip(f"{missing} not installed: apt-get install zam-plugins")
+    live = cfg.chain.build()
+    try:
+        x = (0.05 * np.random.default_rng(0).standard_normal((1, 8192))).astype(np.float32)
+        y = live.process(x, np.full(len(live.param_table), 0.5))
+        assert y.shape == (1, 8192) and np.all(np.isfinite(y))
+        assert len(live.param_table) == {"quick": 23, "full": 29, "full_zam": 22}[name]
+    finally:
+        live.close()
+
+
 # --------------------------------------------------------------------------- neural amp
 def test_lstm_residual_and_streaming():
     from deepafx.recipes.amp_emulation.neural_amp import LstmAmp

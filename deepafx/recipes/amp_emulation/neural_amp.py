@@ -232,7 +232,7 @@ def train_neural_amp(tracks: Sequence[tuple[np.ndarray, np.ndarray]], config: Ne
                 loss.backward()
                 opt.step()
                 updates += 1
-                recent = (recent + [float(loss)])[-20:]
+                recent = (recent + [loss.item()])[-20:]
             batches += 1
     model.eval()
     return TrainedNeuralAmp(model, updates, segments, time.perf_counter() - t0,
