@@ -12,16 +12,16 @@ backend starts with ``"ddsp."`` is differentiable (:func:`is_differentiable`)
 and :class:`deepafx.hybrid.HybridChain` runs it in the torch graph, next to
 black-box stages rendered by an :class:`~deepafx.fx.FxLayer`:
 
-========================= ============================================================ =====================
-backend                   what                                                         parameters
-========================= ============================================================ =====================
-``ddsp.harmonic``         additive synth, harmonics of f0 (instrument)                 f0, amplitude, distribution
-``ddsp.filtered_noise``   white noise through a time-varying FIR (instrument)           band gains (dB)
-``ddsp.harmonic_plus_noise`` the two summed (DDSP's harmonic-plus-noise model)          both tables
-``ddsp.reverb``           exponentially decaying noise IR, wet/dry mix                 RT60 (s), mix
-``ddsp.peq``              low shelf, peaking bands, high shelf (RBJ biquads)            gain dB, centre Hz, Q
-``ddsp.gain``             gain                                                         dB
-========================= ============================================================ =====================
+============================ =================================================== ================================
+backend                      what                                                parameters
+============================ =================================================== ================================
+``ddsp.harmonic``            additive synth, harmonics of f0 (instrument)        f0 (Hz), amplitude, distribution
+``ddsp.filtered_noise``      white noise through a time-varying FIR (instrument) band gains (dB)
+``ddsp.harmonic_plus_noise`` the two summed (DDSP's harmonic-plus-noise model)   both tables
+``ddsp.reverb``              exponentially decaying noise IR, wet/dry mix        RT60 (s), mix
+``ddsp.peq``                 low shelf, peaking bands, high shelf (RBJ biquads)  gain (dB), centre (Hz), Q
+``ddsp.gain``                gain                                                gain (dB)
+============================ =================================================== ================================
 
 Two entry points per processor (pure maps apart from state):
 
@@ -699,7 +699,8 @@ class ParametricEQ(DDSPProcessor):
     part of the infinite impulse response is below that level. Equivalent to
     :func:`scipy.signal.sosfilt` of the same coefficients (tests: within
     ``1e−6`` of full scale). Cost: one rFFT/irFFT pair of size ``nfft`` per
-    channel, whatever the number of bands.
+    channel, and two rFFTs of size ``nfft`` per band for the response
+    (:func:`cascade_response`).
 
     Args:
         sample_rate: Hz.
