@@ -144,6 +144,10 @@ def test_dataset_is_deterministic_and_cached(tiny_data, tmp_path):
     build_dataset(clean, again)  # only the targets change
     render = json.loads((again / "manifest.json").read_text())["render"]
     assert render["rendered"] == 0 and render["targets_rendered"] == render["cached"] > 0
+    _, clean_pairs = load_split(again, "train")
+    build_dataset(replace(clean, invert_target=True), again)  # flipped polarity, targets only
+    _, flipped = load_split(again, "train")
+    assert all(np.array_equal(f[1], -c[1]) and np.array_equal(f[0], c[0]) for f, c in zip(flipped, clean_pairs))
 
 
 # --------------------------------------------------------------------------- target amp
@@ -183,6 +187,16 @@ def test_tube_amp_is_non_inverting_and_drive_dependent():
     assert set(AMP_SETTINGS) == {"clean", "driven"}
 
 
+def test_target_latency_is_removed():
+    from deepafx.recipes.amp_emulation.data import _render_aligned
+
+    lim = {"name": "lim", "processors": [{"backend": "pedalboard.BrickwallLimiter", "name": "lim"}]}
+    live = target_chain(AmpDataConfig(target=lim)).build()
+    assert live.latency_samples == 220  # 5 ms look-ahead at 44.1 kHz
+    x = (0.05 * np.random.default_rng(0).standard_normal((1, 20000))).astype(np.float32)
+    assert np.array_equal(_render_aligned(live, x), x)  # below the ceiling: the DI, sample-aligned
+
+
 def test_builtin_chain_is_mono():
     cfg = load_config(QUICK)
     from deepafx.recipes import get_recipe
@@ -200,7 +214,8 @@ def test_configs_bind_and_their_chains_render_mono(name):
 
     cfg = get_recipe("amp_emulation").bind(load_config(f"amp_emulation/{name}"))
     assert cfg.model.channels == 1 and cfg.train.loss == "esr" and cfg.data.amp == "driven"
-    missing = [p.options["path"] for p in cfg.chain.processors if "path" in p.options and not Path(p.options["path"]).exists()]
+    paths = [p.options["path"] for p in cfg.chain.processors if "path" in p.options]
+    missing = [path for path in paths if not Path(path).exists()]
     if missing:
         pytest.skip(f"{missing} not installed: apt-get install zam-plugins")
     live = cfg.chain.build()

@@ -41,8 +41,11 @@ parameter fixed), e.g. ZamTube through pedalboard::
     target: {name: zamtube, processors: [{backend: vst3, name: tube,
              options: {path: /usr/lib/vst3/ZamTube.vst3}, fixed: {tube_drive: 6}}]}
 
-A target is rendered in one pass over the whole piece from reset state; its
-latency is reported in the manifest, not removed.
+A target is rendered in one pass over the whole piece from reset state, with
+its reported latency removed (so DI and target are sample-aligned), e.g. the
+128 samples of the guitarix amplifier of ``plugins/chains/guitarix_amp.yaml``
+(``target: guitarix_amp``, through LV2, at its default settings; that amp
+inverts polarity, which ``invert_target: true`` undoes).
 
 Splits and caching
 ------------------
@@ -87,7 +90,7 @@ __all__ = ["AMP_SETTINGS", "AmpDataConfig", "DiPiece", "Performance", "build_dat
 #: Version of the DI render code (part of every input cache key).
 DI_VERSION = 2
 #: Version of the target render code (part of every target cache key).
-TARGET_VERSION = 1
+TARGET_VERSION = 2
 SPLITS = ("train", "valid", "test")
 ROLES = ("melody", "chords", "bass")
 
@@ -129,6 +132,8 @@ class AmpDataConfig:
         amp_values: Values replacing the preset's, in plugin units (``{drive_db: 9}``).
         target: A chain replacing the built-in amp (mapping or chain file name; every
             parameter fixed or at its default), or ``None``.
+        invert_target: Flip the target's polarity (for an amp that inverts, such as
+            ``guitarix_amp``: the learned chains cannot invert, and ESR is polarity-sensitive).
         soundfont: General MIDI SoundFont (.sf2).
     """
 
@@ -148,6 +153,7 @@ class AmpDataConfig:
     amp: str = "driven"
     amp_values: dict = field(default_factory=dict)
     target: Any = None
+    invert_target: bool = False
     soundfont: str = DEFAULT_SOUNDFONT
 
     def __post_init__(self) -> None:
@@ -163,7 +169,8 @@ class AmpDataConfig:
                 raise ValueError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
         lo, hi = self.level_dbfs_range
         if not lo <= hi <= 0.0:
-            raise ValueError(f"level_dbfs_range must be (min, max) dBFS with min <= max <= 0, got {self.level_dbfs_range}")
+            raise ValueError(f"level_dbfs_range must be (min, max) dBFS with min <= max <= 0, "
+                             f"got {self.level_dbfs_range}")
         vlo, vhi = self.velocity_range
         if not 1 <= vlo <= vhi <= 127:
             raise ValueError(f"velocity_range must be (min, max) on [1, 127], got {self.velocity_range}")
@@ -176,7 +183,8 @@ class AmpDataConfig:
         if self.target is None and self.amp not in AMP_SETTINGS:
             raise ValueError(f"unknown amp preset {self.amp!r}; choose from {sorted(AMP_SETTINGS)} or set data.target")
         if self.target is not None and not isinstance(self.target, (str, Mapping)):
-            raise ValueError(f"data.target must be a chain mapping or a chain file name, got {type(self.target).__name__}")
+            raise ValueError(f"data.target must be a chain mapping or a chain file name, "
+                             f"got {type(self.target).__name__}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "AmpDataConfig":
@@ -203,7 +211,7 @@ class AmpDataConfig:
     def di_settings(self) -> dict[str, Any]:
         """The settings a DI depends on (its cache key's)."""
         d = self.to_dict()
-        for key in ("amp", "amp_values", "target", "train_minutes", "valid_fraction", "test_fraction"):
+        for key in ("amp", "amp_values", "target", "invert_target", "train_minutes", "valid_fraction", "test_fraction"):
             d.pop(key)
         return d
 
@@ -390,7 +398,8 @@ def draw_performance(piece: DiPiece, config: AmpDataConfig, pitches: np.ndarray 
     strum = float(rng.uniform(4.0, 20.0))
     level = float(rng.uniform(*config.level_dbfs_range))
     k = int(rng.integers(3, 7))
-    curve = [(float(x), float(v)) for x, v in zip(np.linspace(0, 1, k), rng.uniform(-config.dynamics, config.dynamics, k))]
+    offsets = rng.uniform(-config.dynamics, config.dynamics, k)
+    curve = [(float(x), float(v)) for x, v in zip(np.linspace(0, 1, k), offsets)]
     return Performance(program, tempo, base_vel, legato, strum if piece.role == "chords" else 0.0, transpose, level,
                        curve)
 
@@ -526,6 +535,21 @@ def render_di(piece: DiPiece, config: AmpDataConfig) -> RenderedDi:
     return RenderedDi(mono[None].astype(np.float32), perf, total / config.sample_rate)
 
 
+def _render_aligned(live, di: np.ndarray) -> np.ndarray:
+    """Render ``(1, samples)`` through a live target chain from reset state, its reported latency removed.
+
+    The input is extended by ``latency`` samples of silence and the first
+    ``latency`` output samples are dropped, so output sample ``t`` answers input
+    sample ``t`` (0 latency: one plain render).
+    """
+    live.reset()
+    lat = int(live.latency_samples)
+    x = np.ascontiguousarray(di, dtype=np.float32)
+    if lat > 0:
+        x = np.concatenate([x, np.zeros((x.shape[0], lat), np.float32)], axis=1)
+    return np.ascontiguousarray(live.process(x)[:, lat:])
+
+
 # --------------------------------------------------------------------------- dataset
 def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -537,8 +561,8 @@ def _input_key(config: AmpDataConfig, piece: DiPiece) -> str:
                  "soundfont": [sf_path.name, sf_path.stat().st_size if sf_path.is_file() else -1]})
 
 
-def _target_key(input_key: str, chain_dict: Mapping[str, Any]) -> str:
-    return _key({"version": TARGET_VERSION, "input": input_key, "chain": chain_dict})
+def _target_key(input_key: str, chain_dict: Mapping[str, Any], invert: bool) -> str:
+    return _key({"version": TARGET_VERSION, "input": input_key, "chain": chain_dict, "invert": bool(invert)})
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -631,7 +655,7 @@ def build_dataset(config: AmpDataConfig | Mapping[str, Any], out_dir: str | Path
             if have[split] >= want[split] - 1e-6:
                 continue
             in_key = _input_key(cfg, piece)
-            tg_key = _target_key(in_key, chain_dict)
+            tg_key = _target_key(in_key, chain_dict, cfg.invert_target)
             cached = None if force else _find_cached(out_dir, piece.piece_id)
             meta = None
             if cached is not None and cached[1].get("input_key") == in_key:
@@ -663,8 +687,9 @@ def build_dataset(config: AmpDataConfig | Mapping[str, Any], out_dir: str | Path
             if meta.get("target_key") != tg_key or not tg_path.is_file():
                 if di is None:
                     di = sf.read(str(in_path), dtype="float32", always_2d=True)[0].T
-                live.reset()
-                target = live.process(np.ascontiguousarray(di))
+                target = _render_aligned(live, di)
+                if cfg.invert_target:
+                    target = -target
                 _write_wav(tg_path, target, cfg.sample_rate)
                 meta["target_key"] = tg_key
                 meta["target_peak_dbfs"] = float(20 * np.log10(max(float(np.abs(target).max()), 1e-12)))

@@ -202,7 +202,8 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
     for m in METHODS:
         r = rows[m]
         cells = [f"{_fmt(r[k]['mean'])} {_fmt(r[k]['ci95'])}" for k, _, _ in METRICS]
-        cells += [r.get("parameters_text", "–"), _fmt(r.get("seconds_per_track"), 2), _fmt(r.get("realtime_factor"), 1)]
+        cells += [r.get("parameters_text", "–"), _fmt(r.get("seconds_per_track"), 2),
+                  _fmt(r.get("realtime_factor"), 1)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences, model minus the other row (negative: the model is better), mean [95 % CI], "
               "and the pieces on which the model is better:", ""]
