@@ -40,12 +40,15 @@ parameter fixed), e.g. ZamTube through pedalboard::
 
     target: {name: zamtube, processors: [{backend: vst3, name: tube,
              options: {path: /usr/lib/vst3/ZamTube.vst3}, fixed: {tube_drive: 6}}]}
+    invert_target: true
 
 A target is rendered in one pass over the whole piece from reset state, with
 its reported latency removed (so DI and target are sample-aligned), e.g. the
 128 samples of the guitarix amplifier of ``plugins/chains/guitarix_amp.yaml``
-(``target: guitarix_amp``, through LV2, at its default settings; that amp
-inverts polarity, which ``invert_target: true`` undoes).
+(``target: guitarix_amp``, through LV2, at its default settings). ZamTube and
+that guitarix amp invert polarity (measured: band-limited noise comes out
+negatively correlated); the learned chains cannot, so ``invert_target: true``
+flips such a target back.
 
 Splits and caching
 ------------------
