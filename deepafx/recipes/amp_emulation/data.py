@@ -84,6 +84,9 @@ import numpy as np
 import soundfile as sf
 
 from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
+# Seeded draws hashed from (seed, piece, tag), as the mastering corpus does them.
+from deepafx.recipes.mastering.music import _piece_rng as _rng
+from deepafx.recipes.mastering.music import _stable_uniform as _uniform
 
 log = logging.getLogger(__name__)
 
@@ -266,17 +269,6 @@ class DiPiece:
     def corpus_id(self) -> str:
         """The score's identity, shared by every role it is played in (the unit of the split)."""
         return f"{self.corpus_path}#{self.number or ''}"
-
-
-def _uniform(*parts: Any) -> float:
-    """A uniform number in [0, 1) from SHA-256 of the parts (stable across runs and machines)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def _rng(seed: int, piece_id: str, tag: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}\x1f{piece_id}\x1f{tag}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
 
 
 def piece_split(corpus_id: str, config: AmpDataConfig) -> str:

@@ -56,6 +56,7 @@ import torch
 
 from deepafx import metrics
 from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
+from deepafx.recipes.mastering.evaluate import _finite  # non-finite floats → None for strict JSON
 
 log = logging.getLogger(__name__)
 
@@ -228,18 +229,6 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------- main
