@@ -84,8 +84,10 @@ import numpy as np
 import soundfile as sf
 
 from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
-# Seeded draws hashed from (seed, piece, tag), as the mastering corpus does them.
+# Seeded draws hashed from (seed, piece, tag) and the per-piece cache files, as the mastering corpus has them.
+from deepafx.recipes.mastering.music import _find_cached, _move_piece
 from deepafx.recipes.mastering.music import _piece_rng as _rng
+from deepafx.recipes.mastering.music import _read_sidecar as _read_json
 from deepafx.recipes.mastering.music import _stable_uniform as _uniform
 
 log = logging.getLogger(__name__)
@@ -572,21 +574,6 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _find_cached(out_dir: Path, piece_id: str) -> tuple[str, dict[str, Any]] | None:
-    for split in SPLITS:
-        meta = _read_json(out_dir / split / f"{piece_id}.json")
-        if meta is not None:
-            return split, meta
-    return None
-
-
 def _manifest_up_to_date(out_dir: Path, config: AmpDataConfig) -> bool:
     manifest = _read_json(out_dir / "manifest.json")
     if not manifest or manifest.get("recipe") != "amp_emulation" or manifest.get("settings") != config.to_dict():
@@ -656,10 +643,7 @@ def build_dataset(config: AmpDataConfig | Mapping[str, Any], out_dir: str | Path
             if cached is not None and cached[1].get("input_key") == in_key:
                 old, meta = cached
                 if old != split:
-                    for suffix in ("_input.wav", "_target.wav", ".json"):
-                        src = out_dir / old / f"{piece.piece_id}{suffix}"
-                        if src.exists():
-                            os.replace(src, out_dir / split / f"{piece.piece_id}{suffix}")
+                    _move_piece(out_dir, piece.piece_id, old, split)
                 if not (out_dir / split / f"{piece.piece_id}_input.wav").is_file():
                     meta = None
             in_path = out_dir / split / f"{piece.piece_id}_input.wav"
