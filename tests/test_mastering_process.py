@@ -100,7 +100,7 @@ def test_process_end_to_end(checkpoint, clip, tmp_path, capsys):
     doc = json.loads(auto.read_text())
     ckpt = torch.load(checkpoint, weights_only=False)
     table = ChainSpec.from_dict(ckpt["chain"]).param_table
-    assert list(doc["parameters"]) == table.names and len(table) == 18
+    assert list(doc["parameters"]) == table.names and len(table) == 17
     frames = int(np.ceil(src.frames / (0.25 * 44100)))
     assert len(doc["time_s"]) == frames
     assert doc["time_s"][0] == pytest.approx(0.125) and doc["time_s"][1] - doc["time_s"][0] == pytest.approx(0.25)
@@ -132,8 +132,9 @@ def test_csv_automation_has_units_in_header(checkpoint, clip, tmp_path):
     rows = auto.read_text().strip().splitlines()
     header = rows[0].split(",")
     assert header[0] == "time_s"
-    assert "mbc.low_threshold_db [dB]" in header and "lim.ceiling_db [dB]" in header and "gain.gain_db [dB]" in header
-    assert len(header) == 1 + 18 and len(rows) == 1 + len(res.automation.times_s)
+    assert "mbc.low_threshold_db [dB]" in header and "gain.gain_db [dB]" in header
+    assert "lim.ceiling_db [dB]" not in header  # fixed in the quick chain: not automated
+    assert len(header) == 1 + 17 and len(rows) == 1 + len(res.automation.times_s)
     values = np.array([[float(v) for v in r.split(",")] for r in rows[1:]])
     np.testing.assert_allclose(values[:, 1:], res.automation.values, rtol=1e-5)
     info = sf.info(str(out))
@@ -245,6 +246,6 @@ def test_automation_units_and_most_varying():
     p = table[3]
     assert auto.values[0, 3] == pytest.approx(p.min) and auto.values[-1, 3] == pytest.approx(p.max)
     labels = auto.column_labels()
-    assert labels[0] == "mbc.low_threshold_db [dB]" and labels[-1] == "lim.ceiling_db [dB]"
+    assert labels[0] == "mbc.low_threshold_db [dB]" and labels[-1] == "gain.gain_db [dB]"
     with pytest.raises(ValueError, match="shape"):
         Automation(np.arange(4), norm, table)
