@@ -283,7 +283,7 @@ def test_silence_is_processed_with_a_warning(checkpoint, tmp_path, capsys):
     assert np.all(np.isfinite(y)) and np.max(np.abs(y)) == 0.0
     doc = json.loads(auto.read_text())
     values = np.array([p["values"] for p in doc["parameters"].values()])
-    assert values.shape == (18, 3) and np.all(np.isfinite(values))
+    assert values.shape == (17, 3) and np.all(np.isfinite(values))
 
 
 # --------------------------------------------------------------------------- one-line errors
