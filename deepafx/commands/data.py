@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from deepafx.commands.train import load_recipe_config
-from deepafx.recipes import default_data_dir
+from deepafx.recipes import RECIPES, default_data_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,11 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data",
         help="render a recipe's dataset (cached; deterministic)",
         description=(
-            "Render the dataset of a recipe from the 'data:' section of its config. "
-            "mastering: real scores from music21's corpus rendered through FluidSynth (FluidR3_GM) into "
+            "Render the dataset of a recipe from the 'data:' section of its config (recipes: "
+            + ", ".join(RECIPES.names())
+            + "). mastering: real scores from music21's corpus rendered through FluidSynth (FluidR3_GM) into "
             "unmastered 44.1 kHz stereo mixes plus the reference engineer's masters (-14 LUFS, -1 dBTP), "
-            "split by piece into train/valid/test. dexed_matching: Dexed presets and notes. "
-            "Pieces already rendered with the same settings are reused."
+            "split by piece into train/valid/test. dexed_matching: Dexed presets and notes. amp_emulation: "
+            "DI guitar and bass parts and their tube-amp renders. Pieces already rendered with the same "
+            "settings are reused."
         ),
     )
     p.add_argument("--config", required=True, metavar="CONFIG",
