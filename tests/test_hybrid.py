@@ -1,6 +1,7 @@
 """Hybrid chains: DDSP stages exact by autograd, black boxes by SPSA, one declaration and one parameter vector."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,40 @@ def test_yaml_declaration_learn_fixed_ranges_and_errors(tmp_path):
     # the packaged chain files declare no DDSP stage and stay plain
     for f in sorted((plugins_dir() / "chains").glob("*.yaml")):
         assert not is_hybrid(ChainSpec.from_file(f)), f.name
+
+
+# ----------------------------------------------------------------------------- the automation task on a hybrid chain
+TINY_AMP = [
+    "data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_piece_seconds=3",
+    "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
+    "model.encoder_kwargs={width_mult: 0.25}",
+    "train.batch_size=2", "train.workers=1", "train.epochs=2", "train.steps_per_epoch=3",
+    "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3",
+]
+
+
+@pytest.mark.slow
+def test_amp_quick_hybrid_trains_through_a_hybrid_chain_and_resumes_exactly(tmp_path):
+    """``amp_emulation/quick_hybrid``: the task builds a HybridChain; a resumed run equals the uninterrupted one."""
+    from deepafx.config import load_config
+    from deepafx.recipes.amp_emulation.data import AmpDataConfig
+    from deepafx.recipes.amp_emulation.train import train_from_config
+
+    if not Path(AmpDataConfig().soundfont).is_file():
+        pytest.skip("FluidR3_GM SoundFont not installed: apt-get install fluid-soundfont-gm")
+    config = Path(__file__).resolve().parent.parent / "recipes" / "amp_emulation" / "quick_hybrid.yaml"
+    data = tmp_path / "data"
+    full = train_from_config(load_config(config, TINY_AMP), tmp_path / "a", data)
+    train_from_config(load_config(config, TINY_AMP + ["train.epochs=1"]), tmp_path / "b", data)
+    resumed = train_from_config(load_config(config, TINY_AMP), tmp_path / "b", data, resume=True)
+
+    def losses(history):
+        return [(h.get("train_loss"), h.get("valid_loss")) for h in history if h.get("epoch", -1) >= 0]
+
+    assert len(losses(full["history"])) == 2 and losses(resumed["history"]) == losses(full["history"])
+    assert all(np.isfinite(v) for pair in losses(full["history"]) for v in pair)
+    last = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
+    assert [p["backend"] for p in last["chain"]["processors"]] == [
+        "builtin.multiband_compressor", "pedalboard.Distortion", "ddsp.peq", "ddsp.gain"]
+    assert last["param_names"][-16:] == [f"eq.{n}" for n in ddsp.ParametricEQ().param_table.names] + ["gain.gain_db"]
+    assert any(k.startswith("stages.0.") for k in last["task"]["fx"])  # the black-box stage's SPSA generator
