@@ -178,7 +178,6 @@ def _fd_cosines(spec: ChainSpec, pair, loss, trials: int, seed: int, epsilon: fl
     return out
 
 
-@pytest.mark.slow
 def test_gradient_direction_agrees_with_black_box_finite_differences(real_music):
     """Delay-invariant loss (the training loss) through the whole quick chain.
 
