@@ -25,3 +25,19 @@ def music_like(rng, channels=2, samples=44100, sample_rate=44100):
             sig[c] += 0.15 * env * np.sin(2 * np.pi * f * t + 0.7 * c + k)
     sig += 0.01 * rng.standard_normal((channels, samples))
     return sig.astype(np.float32)
+
+
+def torchrun_train(config, run_dir, data_dir, overrides, nproc=2, timeout=600):
+    """Run ``deepafx train`` under ``torchrun --standalone --nproc_per_node nproc`` (gloo on CPU).
+
+    Returns the completed process; the caller asserts on it and on the run folder.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    cmd = (f"{torchrun} --standalone --nproc_per_node {nproc} -m deepafx.cli train --config {config} "
+           f"--run-dir {run_dir} --data-dir {data_dir} " + " ".join(f"--set '{o}'" for o in overrides))
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -2,8 +2,6 @@
 the engine checks (exact resume, DDP ranks agree) and the real CLI end to end."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,6 +17,7 @@ from deepafx.recipes.amp_emulation.data import (AMP_SETTINGS, AmpDataConfig, _pi
                                                 draw_performance, load_split, piece_split, target_chain)
 from deepafx.recipes.amp_emulation.esr import EsrLoss, esr, esr_loss, pre_emphasis
 from deepafx.recipes.amp_emulation.evaluate import bootstrap_ci
+from conftest import torchrun_train
 
 QUICK = Path(__file__).resolve().parent.parent / "recipes" / "amp_emulation" / "quick.yaml"
 SR = 44100
@@ -293,12 +292,7 @@ def test_resume_continues_exactly(tmp_path, engine_data):
 
 @pytest.mark.slow
 def test_ddp_two_processes_agree(tmp_path, engine_data):
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
-           f"--run-dir {tmp_path / 'ddp'} --data-dir {engine_data} "
-           + " ".join(f"--set '{o}'" for o in TINY + ["train.epochs=1", "train.steps_per_epoch=2"]))
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun_train(QUICK, tmp_path / "ddp", engine_data, TINY + ["train.epochs=1", "train.steps_per_epoch=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
     sums = _epochs(history)[-1]["param_checksums"]

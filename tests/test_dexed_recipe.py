@@ -213,15 +213,9 @@ def test_training_is_deterministic_and_resume_equals_the_uninterrupted_run(bank_
 
 
 def test_ddp_two_processes_agree(bank_dir, tiny_data, tmp_path):
-    import os
-    import shutil
+    from conftest import torchrun_train
 
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    sets = " ".join(f"--set '{o}'" for o in TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}"])
-    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
-           f"--run-dir {tmp_path / 'ddp'} --data-dir {tiny_data} {sets}")
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun_train(QUICK, tmp_path / "ddp", tiny_data, TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     import torch
 

@@ -1,10 +1,6 @@
 """Mastering trainer: exact resume, DDP agreement, and the real CLI."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +8,7 @@ import torch
 
 from deepafx.config import load_config
 from deepafx.recipes.mastering.train import train_from_config
+from conftest import torchrun_train
 
 QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
 TINY = [
@@ -55,12 +52,7 @@ def _epochs(history):
 
 
 def test_ddp_two_processes_agree(tmp_path, data_dir):
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    cmd = (f"{torchrun} --standalone --nproc_per_node 2 -m deepafx.cli train --config {QUICK} "
-           f"--run-dir {tmp_path / 'ddp'} --data-dir {data_dir} "
-           + " ".join(f"--set '{o}'" for o in TINY + ["train.epochs=1", "train.steps_per_epoch=2"]))
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun_train(QUICK, tmp_path / "ddp", data_dir, TINY + ["train.epochs=1", "train.steps_per_epoch=2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
     sums = _epochs(history)[-1]["param_checksums"]
