@@ -11,6 +11,10 @@ A :class:`Chain` is the live, stateful instance built from a spec inside one
 process (a render worker). ``Chain.process(audio, x)`` takes the flat normalized
 learned vector ``x`` ``(num_params,)`` on [0, 1], maps each processor's slice to
 plugin units, fills fixed and default values, and renders the processors in order.
+Its fixed cost per render is kept small: the audio is checked once at the chain's
+input, the parameters are mapped in one vector operation, a plugin parameter is
+written only when its value changes, and consecutive pedalboard built-ins render
+in one pedalboard call (:class:`~deepafx.hosts.builtin.FusedBoards`).
 """
 
 from __future__ import annotations
@@ -168,7 +172,14 @@ class Chain:
             tables.append(learned.prefixed(ps.name))
         self.tables = tables
         self.param_table = ParamTable(tuple(p for t in tables for p in t))
-        self._splits = np.cumsum([len(t) for t in tables])[:-1]
+        # One flat vector of every processor's plugin values; the learned entries are scattered into it.
+        sizes = [len(v) for v in self._full_values]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._flat_defaults = np.concatenate(self._full_values) if self._full_values else np.zeros(0)
+        self._flat_learn = np.concatenate([idx + a for idx, a in zip(self._learn_idx, starts)]).astype(np.int64)
+        self._bounds = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
+        self._stages = _stages(self.processors)
+        self._initialised = False
 
     @property
     def latency_samples(self) -> int:
@@ -178,21 +189,36 @@ class Chain:
     def is_instrument(self) -> bool:
         return bool(self.processors) and self.processors[0].is_instrument
 
+    @property
+    def num_render_calls(self) -> int:
+        """Host calls per :meth:`process`: consecutive pedalboard built-ins count once (they render in one call)."""
+        return len(self._stages)
+
     def plugin_values(self, x: np.ndarray) -> list[np.ndarray]:
-        """Normalized learned vector ``(num_params,)`` → per-processor plugin values."""
+        """Normalized learned vector ``(num_params,)`` on [0, 1] → per-processor plugin values.
+
+        Returns:
+            One ``(num_params_of_processor,)`` float64 vector per processor, in
+            plugin units: learned entries from ``x``, fixed and default entries
+            as configured.
+
+        Raises:
+            ParameterError: wrong shape, NaN/Inf, or a value outside [0, 1] (names the parameter).
+        """
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (len(self.param_table),):
             raise ParameterError(f"chain {self.spec.name!r} expects {len(self.param_table)} parameters, got shape {x.shape}")
-        out = []
-        for table, part, full, idx in zip(self.tables, np.split(x, self._splits), self._full_values, self._learn_idx):
-            v = full.copy()
-            if len(idx):
-                v[idx] = table.denormalize(part)
-            out.append(v)
-        return out
+        flat = self._flat_defaults.copy()
+        flat[self._flat_learn] = self.param_table.denormalize(x)
+        return [flat[a:b] for a, b in self._bounds]
 
     def process(self, audio: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
         """Render one block through every processor, continuing their state.
+
+        Consecutive pedalboard built-ins render in one pedalboard call
+        (:class:`~deepafx.hosts.builtin.FusedBoards`; the same output as one call
+        each), and a parameter is written to its plugin only when its value
+        changed since the last call.
 
         Args:
             audio: ``(channels, samples)`` float32 at ``spec.sample_rate`` Hz.
@@ -206,19 +232,26 @@ class Chain:
             AudioError, ParameterError, PluginError: see :meth:`Processor.process`.
         """
         audio = check_audio(audio)
-        values = self.plugin_values(x) if x is not None else [None] * len(self.processors)
-        if x is None and not getattr(self, "_initialised", False):
-            values = self._full_values
+        if x is not None:
+            values: list[np.ndarray | None] = self.plugin_values(x)
+        elif not self._initialised:
+            values = list(self._full_values)
+        else:
+            values = [None] * len(self.processors)
         self._initialised = True
-        for proc, v in zip(self.processors, values):
-            audio = proc.process(audio, v)
+        for stage, idx in self._stages:
+            if len(idx) == 1:
+                audio = stage.render_block(audio, values[idx[0]])
+            else:
+                audio = stage.render_block(audio, [values[i] for i in idx])
         return audio
 
     def reset(self) -> None:
         """Reset every processor's state."""
-        for p in self.processors:
-            p.reset()
-            p.clear_pending()
+        for stage, idx in self._stages:
+            stage.reset()
+            if len(idx) == 1:
+                stage.clear_pending()
 
     def close(self) -> None:
         for p in self.processors:
@@ -232,6 +265,34 @@ class Chain:
             lines.append(f"  [{ps.name}] {ps.backend}: {len(t)} learned parameter(s)")
             lines += ["    " + p.describe() for p in t]
         return "\n".join(lines)
+
+
+def _stages(processors: list[Processor]) -> list[tuple[Any, list[int]]]:
+    """Render stages ``(stage, processor indices)``: single processors, and runs of two or more
+    fusable pedalboard built-ins as one :class:`~deepafx.hosts.builtin.FusedBoards` (a run ends
+    after a processor with latency, so delays are padded where they were)."""
+    stages: list[tuple[Any, list[int]]] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if len(run) >= 2:
+            from deepafx.hosts.builtin import FusedBoards
+
+            stages.append((FusedBoards([processors[i] for i in run]), list(run)))
+        elif run:
+            stages.append((processors[run[0]], list(run)))
+        run.clear()
+
+    for i, proc in enumerate(processors):
+        if proc.fusable_board is not None and proc.num_input_channels is None:
+            run.append(i)
+            if proc.latency_samples:
+                flush()
+        else:
+            flush()
+            stages.append((proc, [i]))
+    flush()
+    return stages
 
 
 def chain(*processors: ProcessorSpec | Mapping[str, Any], sample_rate: float = 44100.0, name: str = "chain") -> ChainSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -117,6 +118,18 @@ class Param:
 
 
 @dataclass(frozen=True)
+class _VectorMap:
+    """Arrays of a :class:`ParamTable`: ``mins``, ``spans`` (max − min), ``log`` mask, ``ratios`` (max / min
+    where log) and ``discrete`` ``(index, allowed values)`` pairs."""
+
+    mins: np.ndarray
+    spans: np.ndarray
+    log: np.ndarray
+    ratios: np.ndarray
+    discrete: tuple[tuple[int, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
 class ParamTable:
     """An ordered table of :class:`Param` for one processor (or a whole chain).
 
@@ -183,10 +196,24 @@ class ParamTable:
             raise ParameterError(
                 f"parameter {self.params[j].name!r}: normalized value {v} is not a finite number in [0, 1]"
             )
-        out = np.empty_like(x)
-        for j, p in enumerate(self.params):
-            out[..., j] = p.from_normalized(x[..., j])
+        m = self._mapping
+        xc = np.clip(x, 0.0, 1.0)
+        out = m.mins + xc * m.spans  # linear parameters, as Param.from_normalized
+        if m.log.any():
+            out[..., m.log] = m.mins[m.log] * m.ratios[m.log] ** xc[..., m.log]
+        for j, vals in m.discrete:
+            out[..., j] = vals[np.rint(xc[..., j] * (len(vals) - 1)).astype(np.int64)]
         return out
+
+    @cached_property
+    def _mapping(self) -> "_VectorMap":
+        """The table's ranges as arrays, so :meth:`denormalize` maps every parameter in a few vector operations."""
+        mins = np.array([p.min for p in self.params], dtype=np.float64)
+        maxs = np.array([p.max for p in self.params], dtype=np.float64)
+        log = np.array([p.scale == "log" and p.values is None for p in self.params], dtype=bool)
+        ratios = np.where(log, maxs / np.where(log, mins, 1.0), 1.0)
+        discrete = tuple((j, np.asarray(p.values, dtype=np.float64)) for j, p in enumerate(self.params) if p.values is not None)
+        return _VectorMap(mins, maxs - mins, log, ratios, discrete)
 
     def normalize(self, values: np.ndarray | Sequence[float]) -> np.ndarray:
         """Plugin values ``(..., num_params)`` → normalized ``(..., num_params)`` on [0, 1].

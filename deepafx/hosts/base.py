@@ -99,6 +99,12 @@ class Processor(abc.ABC):
         latency_samples: Reported latency in samples (0 if unknown). Output
             sample ``t`` reflects input sample ``t - latency_samples``.
         is_instrument: True for synthesizers (input audio only sets length).
+        fusable_board: A pedalboard plugin object (``Pedalboard``, ``Mix`` or one
+            plugin) that renders exactly what :meth:`_render` renders, with this
+            processor's state and parameters, or ``None``. A
+            :class:`~deepafx.chain.Chain` renders consecutive processors that have
+            one in a single pedalboard call (one Python round trip and one buffer
+            conversion instead of one per processor).
     """
 
     param_table: ParamTable
@@ -106,6 +112,7 @@ class Processor(abc.ABC):
     num_input_channels: int | None = None
     latency_samples: int = 0
     is_instrument: bool = False
+    fusable_board: Any = None
 
     def __init__(self) -> None:
         self._pending: np.ndarray | None = None  # output FIFO for plugins that return fewer samples
@@ -149,26 +156,70 @@ class Processor(abc.ABC):
         if values is not None:
             values = np.asarray(values, dtype=np.float64)
             self.param_table.normalize(values)  # validates, names the parameter
+        return self.render_block(audio, values)
+
+    def render_block(self, audio: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`process` for callers that validated ``audio`` and ``values`` already.
+
+        :class:`~deepafx.chain.Chain` checks the audio once at its input and maps
+        normalized parameters into range itself, so it skips the per-processor
+        checks. The channel count, the output length and finite output are still
+        guaranteed here.
+
+        Args:
+            audio: ``(channels, samples)`` contiguous float32 without NaN/Inf.
+            values: ``(num_params,)`` float64 plugin values inside the table's
+                ranges, or ``None`` to keep the current ones.
+
+        Returns:
+            ``(channels_out, samples)`` float32, as :meth:`process`.
+
+        Raises:
+            AudioError: a channel count the plugin cannot take.
+            PluginError: NaN/Inf output.
+        """
+        if self.num_input_channels is not None and audio.shape[0] != self.num_input_channels:
+            raise AudioError(f"processor takes {self.num_input_channels} channel(s), got {audio.shape[0]}")
+        if values is not None:
             self.set_values(values)
-        n = audio.shape[-1]
-        out = np.asarray(self._render(audio), dtype=np.float32)
-        if out.ndim == 1:
-            out = out[None]
-        if self._pending is not None:
-            out = np.concatenate([self._pending, out], axis=-1)
-            self._pending = None
-        if out.shape[-1] < n:
-            pad = np.zeros((out.shape[0], n - out.shape[-1]), dtype=np.float32)
-            out = np.concatenate([pad, out], axis=-1)
-        elif out.shape[-1] > n:
-            self._pending = out[:, n:].copy()
-            out = out[:, :n]
+        out, self._pending = fit_length(self._render(audio), audio.shape[-1], self._pending)
         if not np.all(np.isfinite(out)):
             raise PluginError(f"{type(self).__name__} produced NaN/Inf output")
-        return np.ascontiguousarray(out)
+        return out
 
     def clear_pending(self) -> None:
         self._pending = None
+
+
+def fit_length(out: np.ndarray, num_samples: int, pending: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Give a rendered block exactly ``num_samples`` samples, streaming what a plugin delays.
+
+    A plugin with latency may return fewer samples than it was given: the
+    missing ones come first as zeros, and what it returns beyond a block later is
+    carried to the next call, so consecutive blocks concatenate to the one-shot
+    output.
+
+    Args:
+        out: The plugin's output ``(channels_out, samples_out)`` (or ``(samples_out,)`` for mono).
+        num_samples: Samples of the input block.
+        pending: Samples carried from the previous call ``(channels_out, k)``, or ``None``.
+
+    Returns:
+        ``(block, pending)``: ``(channels_out, num_samples)`` contiguous float32 and what to carry next.
+    """
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 1:
+        out = out[None]
+    if pending is not None:
+        out = np.concatenate([pending, out], axis=-1)
+        pending = None
+    if out.shape[-1] < num_samples:
+        pad = np.zeros((out.shape[0], num_samples - out.shape[-1]), dtype=np.float32)
+        out = np.concatenate([pad, out], axis=-1)
+    elif out.shape[-1] > num_samples:
+        pending = out[:, num_samples:].copy()
+        out = out[:, :num_samples]
+    return np.ascontiguousarray(out), pending
 
 
 def check_audio(audio: np.ndarray, num_channels: int | None = None) -> np.ndarray:
@@ -257,5 +308,6 @@ __all__ = [
     "available_backends",
     "build_processor",
     "check_audio",
+    "fit_length",
     "register_backend",
 ]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pedalboard
 
-from deepafx.hosts.base import Processor, ProcessorSpec, register_backend
+from deepafx.hosts.base import PluginError, Processor, ProcessorSpec, fit_length, register_backend
 from deepafx.params import Param, ParamTable
 
 Setter = Callable[[float], None]
@@ -91,6 +91,13 @@ _ATTR = {"cutoff_frequency_hz": "cutoff_frequency_hz"}
 class PedalboardProcessor(Processor):
     """A pedalboard built-in board with a declared table and one setter list per parameter.
 
+    Parameters are written only when they change: :meth:`set_values` compares
+    with the values written last and calls the setters of the changed ones
+    (writing a property makes pedalboard recompute the effect's coefficients on
+    the next block). The board is the processor's
+    :attr:`~deepafx.hosts.base.Processor.fusable_board`, so a chain renders runs
+    of built-ins in one pedalboard call.
+
     Args:
         board: The pedalboard object (``Pedalboard``, ``Mix`` or a single plugin).
         table: Declared parameters (plugin units).
@@ -102,22 +109,93 @@ class PedalboardProcessor(Processor):
         super().__init__()
         if len(setters) != len(table):
             raise ValueError("one setter list per parameter is required")
-        self.board = board
+        self.board = self.fusable_board = board
         self.param_table = table
         self.sample_rate = float(sample_rate)
         self._setters = [list(s) for s in setters]
+        self._written = np.full(len(table), np.nan)
         self.set_values(table.defaults())
 
     def set_values(self, values: np.ndarray) -> None:
-        for fns, v in zip(self._setters, values):
-            for fn in fns:
-                fn(float(v))
+        """Write plugin values ``(num_params,)``; values equal to the ones written last are skipped."""
+        values = np.asarray(values, dtype=np.float64)
+        for j in np.flatnonzero(values != self._written):
+            v = float(values[j])
+            for fn in self._setters[j]:
+                fn(v)
+            self._written[j] = v
 
     def _render(self, audio: np.ndarray) -> np.ndarray:
         return self.board.process(audio, self.sample_rate, reset=False)
 
     def reset(self) -> None:
+        """Clear the board's state (envelopes, filter memories, look-ahead); parameter values are kept."""
         self.board.reset()
+
+
+class FusedBoards:
+    """Consecutive processors with a :attr:`~deepafx.hosts.base.Processor.fusable_board`, rendered in one call.
+
+    One ``pedalboard.Pedalboard`` holds the processors' own boards, so each
+    processor keeps its state, parameters and setters; only the render is
+    shared. The output equals rendering the processors one after the other
+    (bit for bit, checked in ``tests/test_chain_fusion.py``): pedalboard streams
+    every board in the same blocks either way. Only the last processor may
+    report latency (its delayed output is padded and carried like
+    :meth:`~deepafx.hosts.base.Processor.process` does), so a chain splits runs
+    after a processor with latency.
+
+    Args:
+        processors: Two or more processors sharing one sample rate, all with a
+            ``fusable_board`` and no input channel restriction.
+
+    Raises:
+        ValueError: a processor without a board, with latency before the last
+            position, or a different sample rate.
+    """
+
+    def __init__(self, processors: Sequence[Processor]):
+        procs = list(processors)
+        if any(p.fusable_board is None or p.num_input_channels is not None for p in procs):
+            raise ValueError("FusedBoards takes processors with a fusable_board and any channel count")
+        if any(p.latency_samples for p in procs[:-1]):
+            raise ValueError("only the last fused processor may report latency")
+        if len({p.sample_rate for p in procs}) != 1:
+            raise ValueError("fused processors must share one sample rate")
+        self.processors = procs
+        self.sample_rate = procs[0].sample_rate
+        self.board = pedalboard.Pedalboard([p.fusable_board for p in procs])
+        self._pending: np.ndarray | None = None
+
+    def render_block(self, audio: np.ndarray, values: Sequence[np.ndarray | None]) -> np.ndarray:
+        """Set each processor's values (``None`` keeps them) and render ``audio`` through all of them.
+
+        Args:
+            audio: ``(channels, samples)`` contiguous float32 without NaN/Inf.
+            values: One ``(num_params,)`` plugin-value vector (validated) or ``None`` per processor.
+
+        Returns:
+            ``(channels_out, samples)`` float32, as many samples as ``audio``.
+
+        Raises:
+            PluginError: NaN/Inf output (naming the fused processors).
+        """
+        for proc, v in zip(self.processors, values):
+            if v is not None:
+                proc.set_values(v)
+        out, self._pending = fit_length(self.board.process(audio, self.sample_rate, reset=False),
+                                        audio.shape[-1], self._pending)
+        if not np.all(np.isfinite(out)):
+            names = ", ".join(type(p).__name__ for p in self.processors)
+            raise PluginError(f"pedalboard built-ins ({names}) produced NaN/Inf output")
+        return out
+
+    def reset(self) -> None:
+        """Clear every processor's state and the carried latency samples."""
+        for p in self.processors:
+            p.reset()
+            p.clear_pending()
+        self._pending = None
 
 
 def _attr_setter(obj: Any, attr: str) -> Setter:
