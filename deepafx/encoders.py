@@ -684,7 +684,25 @@ class DiffSynthEstimator(nn.Module):
             ValueError: wrong rank or channel count.
         """
         _check_audio(audio, self.in_channels, type(self).__name__)
-        mel = self.features(audio)  # (B, C, M, T)
+        return self.forward_features(self.features(audio))
+
+    def forward_features(self, mel: torch.Tensor) -> EstimatorOutput:
+        """Estimate parameters from precomputed input features.
+
+        Args:
+            mel: ``(batch, in_channels, n_mels, frames)``: the output of
+                :attr:`features`, or any features of that shape (e.g. cached
+                log-mel or IF-Mel channels, :class:`deepafx.features.IFMel`).
+
+        Returns:
+            As :meth:`forward`.
+
+        Raises:
+            ValueError: wrong rank or channel count.
+        """
+        if mel.dim() != 4 or mel.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects features (batch, {self.in_channels}, n_mels, frames), "
+                             f"got {tuple(mel.shape)}")
         batch, channels, n_mels, frames = mel.shape
         x = mel.permute(0, 3, 1, 2).reshape(batch * frames, channels, n_mels)
         x = self.frame_cnn(x).flatten(1)

@@ -14,6 +14,9 @@ See `Ramírez et al., 2021 <https://arxiv.org/abs/2010.04237>`_ and
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import librosa
 import numpy as np
 import torch
@@ -164,6 +167,16 @@ class LogMel(nn.Module):
 
     def _mel_power(self, audio: torch.Tensor) -> torch.Tensor:
         """Mel power in float32 (or float64 for float64 input); validates ``audio``."""
+        spec, batch, channels = self._stft(audio)
+        return self._project(spec, batch, channels)
+
+    def _project(self, spec: torch.Tensor, batch: int, channels: int) -> torch.Tensor:
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(self.mel_basis.to(device=spec.device, dtype=power.dtype), power) * self.power_scale
+        return mel.reshape(batch, channels, self.n_mels, -1)
+
+    def _stft(self, audio: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Complex STFT ``(batch * channels, n_fft // 2 + 1, frames)`` of validated ``audio``."""
         if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
             shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
             raise ValueError(
@@ -195,9 +208,18 @@ class LogMel(nn.Module):
             pad_mode=self.pad_mode,
             return_complex=True,
         )
-        power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self.mel_basis.to(device=x.device, dtype=x.dtype), power) * self.power_scale
-        return mel.reshape(batch, channels, self.n_mels, -1)
+        return spec, batch, channels
+
+    def _log(self, mel: torch.Tensor) -> torch.Tensor:
+        floor = 10.0 ** (self.floor_db / 10.0)
+        db = 10.0 * torch.log10(torch.clamp(mel, min=floor))
+        if self.normalize == "range":
+            return (db - self.floor_db) / (-self.floor_db)
+        if self.normalize == "standardize":
+            mean = db.mean(dim=(1, 2, 3), keepdim=True)
+            std = db.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+            return (db - mean) / (std + 1e-5)
+        return db
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Log-mel spectrogram.
@@ -213,18 +235,7 @@ class LogMel(nn.Module):
         Raises:
             ValueError: if ``audio`` is not a 3-D floating-point tensor.
         """
-        mel = self._mel_power(audio)
-        floor = 10.0 ** (self.floor_db / 10.0)
-        db = 10.0 * torch.log10(torch.clamp(mel, min=floor))
-        if self.normalize == "range":
-            out = (db - self.floor_db) / (-self.floor_db)
-        elif self.normalize == "standardize":
-            mean = db.mean(dim=(1, 2, 3), keepdim=True)
-            std = db.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-            out = (db - mean) / (std + 1e-5)
-        else:
-            out = db
-        return out.to(audio.dtype)
+        return self._log(self._mel_power(audio)).to(audio.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -232,3 +243,44 @@ class LogMel(nn.Module):
             f"n_mels={self.n_mels}, f_min_hz={self.f_min_hz:g}, f_max_hz={self.f_max_hz:g}, "
             f"floor_db={self.floor_db:g}, normalize={self.normalize!r}, downmix={self.downmix}"
         )
+
+
+class IFMel(LogMel):
+    """GANSynth's IF-Mel input: log-mel magnitude plus mel-scaled instantaneous frequency.
+
+    Engel et al., "GANSynth: Adversarial Neural Audio Synthesis", ICLR 2019:
+    the phase is unwrapped along time, projected on the mel scale, and
+    differentiated in time (the instantaneous frequency, IF). Differencing and
+    the (linear) mel projection commute, so the IF of every STFT bin is the
+    principal value of its frame-to-frame phase difference divided by π (on
+    [−1, 1]; the first frame uses its phase), and the mel-scaled IF is the
+    average of the bins' IF weighted by each mel triangle (rows of the mel
+    filterbank normalized to sum 1). The magnitude channels are exactly
+    :class:`LogMel`'s output with the same arguments.
+
+    Args:
+        Those of :class:`LogMel`.
+
+    Shapes:
+        audio ``(batch, channels, samples)`` → ``(batch, 2 * channels, n_mels,
+        frames)``: channels ``0 .. C-1`` the log-mel magnitude (normalized as
+        ``normalize`` says), channels ``C .. 2C-1`` the mel-scaled IF on [−1, 1].
+
+    Raises:
+        ValueError: as :class:`LogMel`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        w = self.mel_basis / self.mel_basis.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        self.register_buffer("if_basis", w, persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec, batch, channels = self._stft(audio)
+        mag = self._log(self._project(spec, batch, channels))
+        phase = torch.angle(spec)
+        dphi = torch.diff(phase, dim=-1, prepend=torch.zeros_like(phase[..., :1]))
+        inst = torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
+        inst = torch.matmul(self.if_basis.to(device=spec.device, dtype=inst.dtype), inst / math.pi)
+        inst = inst.reshape(batch, channels, self.n_mels, -1)
+        return torch.cat([mag, inst], dim=1).to(audio.dtype)

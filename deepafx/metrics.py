@@ -21,7 +21,7 @@ Multichannel metrics are computed per channel and averaged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import librosa
 import numpy as np
@@ -39,6 +39,12 @@ __all__ = [
     "true_peak_dbtp",
     "sample_peak_dbfs",
     "MRSTFT_FFT_SIZES",
+    "bootstrap_ci",
+    "paired_bootstrap_ci",
+    "bootstrap_ratio_ci",
+    "ndb",
+    "note_pitch_hz",
+    "pitch_error_cents",
 ]
 
 #: FFT sizes of :func:`mrstft_distance` (DDSP's multi-scale spectral loss).
@@ -410,3 +416,223 @@ def sample_peak_dbfs(audio: np.ndarray) -> float:
     a = _as_2d(audio)
     peak = float(np.max(np.abs(a)))
     return float("-inf") if peak == 0.0 else float(20.0 * np.log10(peak))
+
+
+# --------------------------------------------------------------------------- confidence intervals
+
+
+def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, n)`` indices drawn uniformly with replacement from ``range(n)`` (seeded)."""
+    if int(resamples) < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    return np.random.default_rng(int(seed)).integers(0, n, size=(int(resamples), n))
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be on (0, 1), e.g. 0.95, got {level}")
+
+
+def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of bootstrap statistics."""
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def _values(values: Any, name: str = "values") -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError(f"{name}: a bootstrap interval needs at least one value")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} holds NaN/Inf; drop the pieces a method failed on first")
+    return v
+
+
+def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a mean.
+
+    Draws ``resamples`` samples of ``n`` values with replacement, takes each
+    one's mean and returns the ``(1 − level)/2`` and ``(1 + level)/2``
+    quantiles of those means. See B. Efron and R. J. Tibshirani, *An
+    Introduction to the Bootstrap*, Chapman & Hall, 1993, ch. 13 (the
+    percentile interval). For a given ``n`` and ``seed`` the resampled index
+    sets are the same whatever the values, so intervals of different methods
+    and metrics over the same pieces use the same resamples.
+
+    Args:
+        values: ``(n,)`` per-piece values (finite).
+        resamples: Bootstrap resamples (>= 1). Default 2,000.
+        seed: Seed of the resampling (``numpy.random.default_rng``).
+        level: Coverage on (0, 1). Default 0.95.
+
+    Returns:
+        ``(low, high)``, in the unit of ``values``; ``(v, v)`` for one value.
+
+    Raises:
+        ValueError: no values, NaN/Inf, ``resamples < 1`` or ``level`` outside (0, 1).
+    """
+    _check_level(level)
+    v = _values(values)
+    if v.size == 1:
+        return float(v[0]), float(v[0])
+    means = v[_resample_indices(v.size, resamples, seed)].mean(axis=1)
+    return _interval(means, level)
+
+
+def paired_bootstrap_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-piece differences ``a − b`` and its paired percentile bootstrap interval.
+
+    Pieces are resampled as pairs (the interval of the mean difference,
+    Efron & Tibshirani, 1993, ch. 13), so what the two methods share on a
+    piece (a hard piece is hard for both) cancels.
+
+    Args:
+        a: ``(n,)`` per-piece values of one method (finite).
+        b: ``(n,)`` the other method's values on the same pieces.
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        level: Coverage on (0, 1).
+
+    Returns:
+        ``(mean_difference, low, high)`` in the unit of the values.
+
+    Raises:
+        ValueError: different lengths, no values or NaN/Inf.
+    """
+    x, y = _values(a, "a"), _values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
+    d = x - y
+    lo, hi = bootstrap_ci(d, resamples, seed, level)
+    return float(d.mean()), lo, hi
+
+
+def bootstrap_ratio_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """Ratio of means ``mean(a) / mean(b)`` over the same pieces and its paired percentile bootstrap interval.
+
+    Args:
+        a: ``(n,)`` per-piece values (finite).
+        b: ``(n,)`` values on the same pieces (finite, positive mean).
+        resamples: Bootstrap resamples (>= 1).
+        seed: Seed of the resampling.
+        level: Coverage on (0, 1).
+
+    Returns:
+        ``(ratio, low, high)``, unitless.
+
+    Raises:
+        ValueError: different lengths, no values, NaN/Inf or ``mean(b) <= 0``.
+    """
+    _check_level(level)
+    x, y = _values(a, "a"), _values(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
+    if not y.mean() > 0:
+        raise ValueError(f"the ratio's denominator has mean {y.mean()}; it must be positive")
+    ratio = float(x.mean() / y.mean())
+    if x.size == 1:
+        return ratio, ratio, ratio
+    idx = _resample_indices(x.size, resamples, seed)
+    den = y[idx].mean(axis=1)
+    ratios = x[idx].mean(axis=1) / np.where(den > 0, den, np.nan)
+    lo, hi = _interval(ratios[np.isfinite(ratios)], level)
+    return ratio, lo, hi
+
+
+# --------------------------------------------------------------------------- loudness over time
+
+
+# --------------------------------------------------------------------------- NDB, pitch
+
+
+def ndb(reference: np.ndarray, generated: np.ndarray, num_bins: int, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Number of statistically different bins (NDB) between two sets of samples.
+
+    Richardson & Weiss, "On GANs and GMMs", NeurIPS 2018; used by GANSynth
+    (Engel et al., ICLR 2019) on log-spectrograms. The reference samples are
+    clustered into ``num_bins`` bins with k-means (scikit-learn, ``n_init=10``);
+    each generated sample goes to its nearest centroid; per bin, a two-sided
+    two-proportion z-test compares the share of reference and generated samples
+    in it (pooled standard error). A bin is different when ``p < alpha``.
+
+    Args:
+        reference: ``(n, d)`` features of the reference set (e.g. flattened
+            log-mel spectrograms of the targets).
+        generated: ``(m, d)`` features of the generated set (the matches).
+        num_bins: ``K`` on [2, n]; with small sets take ``K`` so that each bin
+            holds several samples (``n / K`` ≳ 5).
+        alpha: Significance level on (0, 1).
+        seed: k-means seed.
+
+    Returns:
+        ``{"ndb": count, "ndb_over_k": count / K, "k": K, "different": [bool] * K,
+        "reference_share": [...], "generated_share": [...]}``.
+
+    Raises:
+        ValueError: bad shapes, ``num_bins`` outside [2, n], NaN/Inf.
+    """
+    from scipy.stats import norm
+    from sklearn.cluster import KMeans
+
+    ref = np.asarray(reference, dtype=np.float64)
+    gen = np.asarray(generated, dtype=np.float64)
+    if ref.ndim != 2 or gen.ndim != 2 or ref.shape[1] != gen.shape[1] or len(gen) < 1:
+        raise ValueError(f"ndb needs (n, d) and (m, d) arrays, got {ref.shape} and {gen.shape}")
+    if not (np.isfinite(ref).all() and np.isfinite(gen).all()):
+        raise ValueError("ndb: features contain NaN or Inf")
+    k = int(num_bins)
+    if not 2 <= k <= len(ref):
+        raise ValueError(f"num_bins must be in [2, {len(ref)}] (the reference count), got {num_bins}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(ref)
+    p_ref = np.bincount(km.labels_, minlength=k) / len(ref)
+    p_gen = np.bincount(km.predict(gen), minlength=k) / len(gen)
+    pooled = (p_ref * len(ref) + p_gen * len(gen)) / (len(ref) + len(gen))
+    se = np.sqrt(pooled * (1 - pooled) * (1 / len(ref) + 1 / len(gen)))
+    z = np.abs(p_ref - p_gen) / np.maximum(se, 1e-12)
+    different = 2 * norm.sf(z) < alpha
+    return {"ndb": int(different.sum()), "ndb_over_k": float(different.sum() / k), "k": k,
+            "different": different.tolist(), "reference_share": p_ref.tolist(), "generated_share": p_gen.tolist()}
+
+
+def note_pitch_hz(audio: np.ndarray, sample_rate: float, start_s: float = 0.25, end_s: float = 2.5,
+                  fmin_hz: float = 30.0, fmax_hz: float = 2000.0) -> float:
+    """Median fundamental frequency (Hz) of one held note, by YIN (``librosa.yin``;
+    de Cheveigné & Kawahara, JASA 2002) over ``[start_s, end_s]`` seconds.
+
+    Args:
+        audio: ``(samples,)`` mono note.
+        sample_rate: Hz. start_s, end_s: Analysed span, seconds. fmin_hz, fmax_hz: YIN's search range, Hz.
+
+    Returns:
+        The median f0 in Hz, or NaN when the span is (near) silent.
+
+    Raises:
+        ValueError: not 1-D, or NaN/Inf.
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim != 1 or not np.isfinite(x).all():
+        raise ValueError(f"note_pitch_hz needs a finite (samples,) array, got shape {x.shape}")
+    seg = x[int(start_s * sample_rate) : int(end_s * sample_rate)]
+    if len(seg) < 4096 or np.sqrt(np.mean(seg**2)) < 1e-4:
+        return float("nan")
+    f0 = librosa.yin(seg, fmin=fmin_hz, fmax=fmax_hz, sr=sample_rate, frame_length=4096)
+    return float(np.median(f0))
+
+
+def pitch_error_cents(est: np.ndarray, ref: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Per-channel pitch error ``|1200 log2(f_est / f_ref)|`` in cents of ``(channels, samples)`` notes
+    (:func:`note_pitch_hz`); NaN where either note has no pitch (silent)."""
+    e = np.atleast_2d(est)
+    r = np.atleast_2d(ref)
+    if e.shape != r.shape:
+        raise ValueError(f"pitch_error_cents: shapes differ, {e.shape} vs {r.shape}")
+    out = []
+    for a, b in zip(e, r):
+        fa, fb = note_pitch_hz(a, sample_rate), note_pitch_hz(b, sample_rate)
+        out.append(abs(1200.0 * np.log2(fa / fb)) if np.isfinite(fa) and np.isfinite(fb) and fa > 0 and fb > 0 else np.nan)
+    return np.asarray(out)

@@ -76,6 +76,14 @@ class DataConfig:
         ood_test_programs, ood_valid_programs: How many programs go to test/valid.
         ood_pitches: MIDI pitches of the out-of-domain notes.
         seed: Random seed of splits and sampling.
+        corpus_size: Presets of the cached corpus (``0``: none; see
+            :mod:`~deepafx.recipes.dexed_matching.corpus`). Needs ``multi_note``.
+        corpus_radii: Perturbation radii of the corpus sampler (normalized units).
+        corpus_random_fraction: Fraction of the corpus drawn from the training
+            voices' per-parameter marginals.
+        corpus_workers: Render processes building the corpus.
+        n_fft, hop_length, n_mels: STFT settings of the cached features (must
+            equal the model's ``n_fft``/``hop_length``/``n_mels``).
     """
 
     sample_rate: float = 16000.0
@@ -100,6 +108,13 @@ class DataConfig:
     ood_valid_programs: int = 8
     ood_pitches: Sequence[int] = (48, 55, 60, 67, 72)
     seed: int = 0
+    corpus_size: int = 0
+    corpus_radii: Sequence[float] = (0.02, 0.05, 0.1, 0.2)
+    corpus_random_fraction: float = 0.25
+    corpus_workers: int = 2
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 64
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "DataConfig":
@@ -128,6 +143,13 @@ class DataConfig:
                 raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
         if self.samples_per_preset < 0:
             raise ValueError(f"samples_per_preset must be >= 0, got {self.samples_per_preset}")
+        if self.corpus_size < 0:
+            raise ValueError(f"corpus_size must be >= 0, got {self.corpus_size}")
+        if self.corpus_size > 0 and not self.multi_note:
+            raise ValueError("a corpus (corpus_size > 0) needs multi_note: true: its presets play the fixed notes "
+                             "with transpose 0 (a single-note network reads one of them, model.input_notes)")
+        if self.corpus_workers < 1:
+            raise ValueError(f"corpus_workers must be >= 1, got {self.corpus_workers}")
         progs = list(self.ood_programs)
         if any(not 0 <= int(p) <= 127 for p in progs):
             raise ValueError("ood_programs must be GM programs in 0..127")
@@ -136,6 +158,19 @@ class DataConfig:
                 f"ood_test_programs + ood_valid_programs ({self.ood_test_programs} + {self.ood_valid_programs}) "
                 f"must leave training programs out of {len(set(progs))}"
             )
+
+    @property
+    def corpus_settings(self) -> dict:
+        """The settings the corpus depends on (a change rebuilds it)."""
+        keys = ("sample_rate", "duration_s", "note_duration_s", "multi_note", "velocity", "banks", "max_factory_presets",
+                "valid_fraction", "test_fraction", "min_level_db", "seed", "corpus_size", "corpus_radii",
+                "corpus_random_fraction", "n_fft", "hop_length", "n_mels")
+        return _jsonable({k: getattr(self, k) for k in keys})
+
+    def feature_settings(self):
+        from deepafx.recipes.dexed_matching.corpus import FeatureSettings
+
+        return FeatureSettings(int(self.n_fft), int(self.hop_length), int(self.n_mels))
 
     @property
     def notes(self) -> tuple[tuple[int, int], ...]:
@@ -200,6 +235,7 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
         if old.get("settings") == settings and old.get("version") == DATASET_VERSION:
             if progress:
                 print(f"dataset in {out} is up to date (use --force to rebuild)")
+            _ensure_corpus(cfg, out, force=False, progress=progress)
             return out
     say = print if progress else (lambda *a, **k: None)
     rng = np.random.default_rng(cfg.seed)
@@ -281,7 +317,32 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
     say(f"dataset written to {out}")
+    _ensure_corpus(cfg, out, force=force, progress=progress)
     return out
+
+
+def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> None:
+    """Build ``out/corpus`` from the training factory voices when ``corpus_size > 0`` and it is missing or stale."""
+    if cfg.corpus_size <= 0:
+        return
+    from deepafx.recipes.dexed_matching.corpus import build_corpus
+
+    meta_path = out / "corpus" / "meta.json"
+    if meta_path.exists() and not force:
+        if json.loads(meta_path.read_text()).get("settings") == cfg.corpus_settings:
+            if progress:
+                print(f"corpus in {out / 'corpus'} is up to date")
+            return
+    ind = np.load(out / "in_domain.npz")
+    factory_train = ind["factory_x"][np.unique(ind["source_train"])]
+    if progress:
+        print(f"rendering a corpus of {cfg.corpus_size} presets from {len(factory_train)} training voices "
+              f"on {cfg.corpus_workers} worker(s)")
+    build_corpus(out / "corpus", factory_train, size=int(cfg.corpus_size), radii=cfg.corpus_radii,
+                 random_fraction=float(cfg.corpus_random_fraction), seed=int(cfg.seed), sample_rate=cfg.sample_rate,
+                 notes=cfg.notes, note_duration_s=cfg.note_duration_s, duration_s=cfg.duration_s,
+                 feature=cfg.feature_settings(), min_level_db=cfg.min_level_db, workers=int(cfg.corpus_workers),
+                 progress=progress, settings=cfg.corpus_settings)
 
 
 def _jsonable(v: Any) -> Any:

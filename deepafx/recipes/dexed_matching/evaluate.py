@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from deepafx.metrics import bootstrap_ci, ndb, paired_bootstrap_ci, pitch_error_cents
 from deepafx.recipes.dexed_matching.data import RecipeData
 from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
 from deepafx.recipes.dexed_matching.presets import set_transpose
@@ -58,6 +59,11 @@ class EvalConfig:
         cmaes_sigma: Initial CMA-ES step size (normalized units).
         workers: Processes running the per-target searches (one torch thread each).
         seed: Seed of the target choice and the searches.
+        refine_methods: Starting points refined (``None``: every method; names
+            such as ``retrieval``, ``retrieval_corpus``, ``ploss``, ``synth``, ``real``).
+        cmaes: Run the CMA-ES reference.
+        ndb_bins: ``K`` of the NDB metric (``None``: one bin per 6 targets, at least 2).
+        pitch_tolerance_cents: A matched note's pitch is right within this many cents.
     """
 
     num_in_domain: int | None = 16
@@ -68,6 +74,10 @@ class EvalConfig:
     cmaes_sigma: float = 0.2
     workers: int = 2
     seed: int = 0
+    refine_methods: list[str] | None = None
+    cmaes: bool = True
+    ndb_bins: int | None = None
+    pitch_tolerance_cents: float = 50.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "EvalConfig":
@@ -209,6 +219,22 @@ def evaluate_from_config(
             xs.append(index.retrieve(a, int(p)))
             ts.append(time.perf_counter() - t0)
         starts["retrieval"][dom], seconds["retrieval"][dom] = np.stack(xs), np.array(ts)
+    corpus_dir = Path(data_dir) if data_dir is not None else default_data_dir(config)
+    if dcfg.corpus_size > 0 and (corpus_dir / "corpus" / "meta.json").exists():
+        from deepafx.recipes.dexed_matching.corpus import Corpus
+        from deepafx.recipes.dexed_matching.search import CorpusIndex
+
+        cindex = CorpusIndex(Corpus(corpus_dir / "corpus"))
+        starts["retrieval_corpus"], seconds["retrieval_corpus"] = {}, {}
+        both = np.concatenate([targets[d]["audio"] for d in DOMAINS])
+        t0 = time.perf_counter()
+        found = cindex.retrieve(both)
+        per = (time.perf_counter() - t0) / max(len(both), 1)
+        n_in = len(targets["in_domain"]["audio"])
+        for dom, part in (("in_domain", found[:n_in]), ("out_of_domain", found[n_in:])):
+            starts["retrieval_corpus"][dom] = set_transpose(part, targets[dom]["pitch"][:, None] - 60)
+            seconds["retrieval_corpus"][dom] = np.full(len(part), per)
+        say(f"corpus retrieval over {len(cindex.corpus.valid_index)} presets: {per:.2f} s per sound")
     layout = None
     notes: list[str] = []
     for stage in MODEL_STAGES:
@@ -235,12 +261,12 @@ def evaluate_from_config(
     mean_x = data.x["train"].mean(axis=0)
     jobs = []
     if ecfg.refine_renders > 0:
-        for method in list(starts):
+        for method in [m for m in starts if ecfg.refine_methods is None or m in ecfg.refine_methods]:
             for dom in DOMAINS:
                 for i, x0 in enumerate(starts[method][dom]):
                     jobs.append(((f"{method}+refine", dom, i), "refine", targets[dom]["audio"][i], x0, ecfg.refine_renders,
                                  ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
-        for dom in DOMAINS:
+        for dom in DOMAINS if ecfg.cmaes else ():
             for i, p in enumerate(targets[dom]["pitch"]):
                 x0 = set_transpose(mean_x, int(p) - 60)
                 jobs.append((("cmaes", dom, i), "cmaes", targets[dom]["audio"][i], x0, ecfg.refine_renders,
@@ -268,25 +294,45 @@ def evaluate_from_config(
             )
 
     # metrics
+    tol = float(ecfg.pitch_tolerance_cents)
     results_json: dict[str, Any] = {"models": {}}
     details: dict[str, Any] = {}
+    renders: dict[str, dict[str, np.ndarray]] = {}
     for method, per_dom in starts.items():
         results_json["models"][method] = {}
         details[method] = {}
+        renders[method] = {}
         for dom, xs in per_dom.items():
             rows = []
-            for i, x in enumerate(xs):
-                y = renderer.render(x)
+            ys = renderer.render_batch(xs)
+            renders[method][dom] = ys
+            for i, (x, y) in enumerate(zip(xs, ys)):
                 m = sound_metrics(y, targets[dom]["audio"][i], dcfg.sample_rate)
                 if dom == "in_domain":
                     m.update(param_metrics(x, targets[dom]["x"][i], layout))
+                cents = pitch_error_cents(y, targets[dom]["audio"][i], dcfg.sample_rate)
+                ok = np.isfinite(cents)
+                m["pitch_correct"] = float(np.mean(cents[ok] <= tol)) if ok.any() else float("nan")
                 m["seconds"] = float(seconds[method][dom][i])
                 rows.append(m)
-            agg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "seconds"}
+            agg = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "seconds"}
+            lsd = [r["lsd"] for r in rows]
+            agg["lsd_ci"] = list(bootstrap_ci(lsd, seed=ecfg.seed))
             agg["seconds_per_sound"] = float(np.mean([r["seconds"] for r in rows]))
             agg["n"] = len(rows)
             results_json["models"][method][dom] = agg
             details[method][dom] = rows
+    # NDB: k-means bins of the targets' log-mel spectrograms, matches assigned to them
+    for dom in DOMAINS:
+        tf = _ndb_features(targets[dom]["audio"], dcfg.sample_rate)
+        k = ecfg.ndb_bins or max(2, len(tf) // 6)
+        if len(tf) < 2 or k > len(tf):
+            continue
+        for method in renders:
+            if dom in renders[method]:
+                r = ndb(tf, _ndb_features(renders[method][dom], dcfg.sample_rate), k, seed=ecfg.seed)
+                results_json["models"][method][dom].update({"ndb": r["ndb"], "ndb_k": r["k"]})
+    results_json["paired"] = _paired_comparisons(details, seed=ecfg.seed)
     results_json["settings"] = {
         "refine_renders": ecfg.refine_renders,
         "refine_learning_rate": ecfg.refine_learning_rate,
@@ -307,8 +353,48 @@ def evaluate_from_config(
     return out / "results.json"
 
 
+def _ndb_features(audio: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Flattened log-mel spectrograms ``(M, D)`` of ``(M, notes, samples)`` audio (32 bands, 2048/1024), the space
+    NDB bins live in."""
+    from deepafx.features import LogMel
+
+    front = LogMel(sample_rate, n_fft=2048, hop_length=1024, n_mels=32, normalize="none")
+    with torch.no_grad():
+        f = front(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))
+    return f.reshape(len(audio), -1).double().numpy()
+
+
+def best_network(details: Mapping[str, Any], suffix: str = "") -> str | None:
+    """The network stage (``ploss``/``synth``/``real`` + ``suffix``) with the lowest mean in-domain LSD."""
+    cands = [m + suffix for m in MODEL_STAGES if m + suffix in details and "in_domain" in details[m + suffix]]
+    if not cands:
+        return None
+    return min(cands, key=lambda m: np.mean([r["lsd"] for r in details[m]["in_domain"]]))
+
+
+def _paired_comparisons(details: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
+    """Per-sound paired LSD differences (network − retrieval) with 95 % bootstrap intervals."""
+    out = []
+    pairs = []
+    for suffix in ("", "+refine"):
+        net = best_network(details, suffix)
+        for base in ("retrieval", "retrieval_corpus"):
+            if net is not None and base + suffix in details:
+                pairs.append((net, base + suffix))
+    for a, b in pairs:
+        for dom in DOMAINS:
+            if dom in details[a] and dom in details[b]:
+                da = np.array([r["lsd"] for r in details[a][dom]])
+                db = np.array([r["lsd"] for r in details[b][dom]])
+                _, lo, hi = paired_bootstrap_ci(da, db, seed=seed)
+                out.append({"a": a, "b": b, "domain": dom, "n": int(len(da)), "mean_diff_lsd": float(np.mean(da - db)),
+                            "ci": [lo, hi], "a_better": bool(hi < 0), "b_better": bool(lo > 0),
+                            "a_wins": int(np.sum(da < db))})
+    return out
+
+
 def _order(methods: list[str]) -> list[str]:
-    base = ["retrieval", "ploss", "synth", "real"]
+    base = ["retrieval", "retrieval_corpus", "ploss", "synth", "real"]
     order = []
     for b in base:
         order += [m for m in (b, f"{b}+refine") if m in methods]
@@ -320,22 +406,43 @@ def results_table(results: Mapping[str, Any]) -> str:
     """Markdown table of ``results.json`` (rows methods; columns in-domain and out-of-domain metrics)."""
     models = results["models"]
     head = (
-        "| method | ID LSD (dB) ↓ | ID MSS ↓ | ID MFCC L1 ↓ | ID param L1 ↓ | ID discrete acc ↑ "
-        "| OOD LSD (dB) ↓ | OOD MSS ↓ | OOD MFCC L1 ↓ | s / sound |"
+        "| method | ID LSD (dB) ↓ [95 % CI] | ID MSS ↓ | ID param L1 ↓ | ID discrete acc ↑ | ID pitch ok ↑ | ID NDB ↓ "
+        "| OOD LSD (dB) ↓ [95 % CI] | OOD MSS ↓ | OOD pitch ok ↑ | OOD NDB ↓ | s / sound |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     for m in _order(list(models)):
         i = models[m].get("in_domain", {})
         o = models[m].get("out_of_domain", {})
 
         def f(d, k, fmt="{:.2f}"):
-            return fmt.format(d[k]) if k in d else "–"
+            return fmt.format(d[k]) if k in d and d[k] == d[k] else "–"
+
+        def lsd(d):
+            if "lsd" not in d:
+                return "–"
+            ci = d.get("lsd_ci")
+            return f"{d['lsd']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+        def nd(d):
+            return f"{d['ndb']}/{d['ndb_k']}" if "ndb" in d else "–"
 
         secs = np.mean([d["seconds_per_sound"] for d in (i, o) if d]) if (i or o) else float("nan")
         lines.append(
-            f"| {m} | {f(i, 'lsd')} | {f(i, 'mss')} | {f(i, 'mfcc_l1')} | {f(i, 'param_l1', '{:.3f}')} | "
-            f"{f(i, 'discrete_accuracy', '{:.3f}')} | {f(o, 'lsd')} | {f(o, 'mss')} | {f(o, 'mfcc_l1')} | {secs:.3f} |"
+            f"| {m} | {lsd(i)} | {f(i, 'mss')} | {f(i, 'param_l1', '{:.3f}')} | {f(i, 'discrete_accuracy', '{:.3f}')} "
+            f"| {f(i, 'pitch_correct')} | {nd(i)} | {lsd(o)} | {f(o, 'mss')} | {f(o, 'pitch_correct')} | {nd(o)} "
+            f"| {secs:.3f} |"
         )
+    n_in = next((d["in_domain"]["n"] for d in models.values() if "in_domain" in d), 0)
+    n_out = next((d["out_of_domain"]["n"] for d in models.values() if "out_of_domain" in d), 0)
+    lines.append("")
+    lines.append(f"{n_in} in-domain (ID) sounds, {n_out} out-of-domain (OOD) sounds; 95 % percentile-bootstrap "
+                 "intervals of the mean; pitch ok: share of notes within the pitch tolerance; NDB: different bins / K.")
+    if results.get("paired"):
+        lines += ["", "| paired LSD difference (a − b) | domain | n | mean (dB) | 95 % CI | a better on |",
+                  "|---|---|---|---|---|---|"]
+        for p in results["paired"]:
+            lines.append(f"| {p['a']} − {p['b']} | {p['domain']} | {p['n']} | {p['mean_diff_lsd']:+.2f} "
+                         f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
     return "\n".join(lines)
 
 

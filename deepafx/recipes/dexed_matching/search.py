@@ -114,6 +114,61 @@ class RetrievalIndex:
         return set_transpose(self.x[idx[0]], int(pitch) - 60)
 
 
+class CorpusIndex:
+    """Nearest neighbour over the whole cached corpus (:mod:`~deepafx.recipes.dexed_matching.corpus`).
+
+    Distance: Euclidean between the cached log-mel features of all notes
+    (``(notes, n_mels, frames)``, "range"-normalized, float16) and the query's,
+    computed in float32 chunks of the memory-mapped array. The corpus plays fixed
+    notes with transpose 0, so this serves multi-note datasets.
+
+    Args:
+        corpus: A :class:`~deepafx.recipes.dexed_matching.corpus.Corpus`.
+        chunk: Corpus rows per distance block.
+    """
+
+    def __init__(self, corpus, chunk: int = 2048):
+        self.corpus = corpus
+        self.chunk = int(chunk)
+        self.front = None
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """Log-mel features ``(Q, notes · n_mels · frames)`` of audio ``(Q, notes, samples)``, as the corpus caches them."""
+        from deepafx.recipes.dexed_matching.corpus import FeatureSettings
+
+        if self.front is None:
+            f = self.corpus.meta["feature"]
+            self.front = FeatureSettings(f["n_fft"], f["hop_length"], f["n_mels"]).module(self.corpus.meta["sample_rate"])
+        c = audio.shape[1]
+        with torch.no_grad():
+            feats = self.front(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))[:, :c].half().float()
+        return feats.reshape(len(audio), -1).numpy()
+
+    def query(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest valid corpus preset for each target ``(Q, notes, samples)``: ``(indices (Q,), distances (Q,))``."""
+        q = torch.from_numpy(self.features(audio))
+        feats = self.corpus.features("logmel")
+        valid = np.zeros(len(self.corpus), bool)
+        valid[self.corpus.valid_index] = True
+        best = torch.full((len(q),), float("inf"))
+        arg = torch.zeros(len(q), dtype=torch.long)
+        qq = (q * q).sum(1, keepdim=True)
+        for a in range(0, len(self.corpus), self.chunk):
+            block = torch.from_numpy(np.asarray(feats[a : a + self.chunk], dtype=np.float32).reshape(-1, q.shape[1]))
+            d = qq - 2.0 * q @ block.T + (block * block).sum(1)[None]
+            d[:, torch.from_numpy(~valid[a : a + len(block)])] = float("inf")
+            m, i = d.min(1)
+            better = m < best
+            best = torch.where(better, m, best)
+            arg = torch.where(better, i + a, arg)
+        return arg.numpy(), best.clamp_min(0).sqrt().numpy()
+
+    def retrieve(self, audio: np.ndarray) -> np.ndarray:
+        """Nearest corpus presets ``(Q, 145)`` for targets ``(Q, notes, samples)``."""
+        idx, _ = self.query(audio)
+        return self.corpus.params[idx].astype(np.float64)
+
+
 def spsa_refine(
     target: np.ndarray,
     x0: np.ndarray,

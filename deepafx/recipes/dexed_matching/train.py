@@ -243,6 +243,14 @@ class DexedTask:
             dist.barrier()
         self.data = ensure_dataset(self.config, self.data_dir, progress=ctx.dist.is_main)
         self.dcfg = self.data.config
+        self.corpus = None
+        if self.dcfg.corpus_size > 0:
+            from deepafx.recipes.dexed_matching.corpus import Corpus, FeatureSettings
+
+            self.corpus = Corpus(self.data_dir / "corpus")
+            m = self.config.model
+            self.corpus.check_feature(FeatureSettings(int(m.n_fft), int(m.hop_length), int(m.n_mels)))
+            self.feature_kinds = ["logmel", "ifmel"] if m.features == "ifmel" else ["logmel"]
         self.renderer = self.dcfg.renderer()
         tc = self.settings
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
@@ -302,6 +310,17 @@ class DexedTask:
             pitch = torch.from_numpy(data.ood_pitch["train"][idx]).float()
             audio_in, x_true = target, None
             classes = torch.from_numpy(self.pseudo_classes[idx]).long()
+        elif self.corpus is not None:  # presets of the cached corpus (transpose 0, the fixed notes)
+            idx = rng.choice(self.corpus.valid_index, tc.batch_size)
+            x_np = self.corpus.params[idx].astype(np.float64)
+            x_true = torch.from_numpy(x_np).float()
+            pitch = torch.full((len(idx),), 60.0)
+            classes = None
+            if alpha == 0.0:  # P-loss only: the cached features, nothing rendered
+                audio_in = torch.from_numpy(self.corpus.batch(idx, self.feature_kinds).astype(np.float32))
+                target = None
+            else:
+                audio_in = target = torch.from_numpy(self.renderer.render_batch(x_np))
         else:
             idx = rng.integers(0, len(data.x["train"]), tc.batch_size)
             x_true = torch.from_numpy(data.x["train"][idx]).float()

@@ -107,6 +107,7 @@ import soxr
 import torch
 
 from deepafx import metrics
+from deepafx.metrics import bootstrap_ci, bootstrap_ratio_ci, paired_bootstrap_ci  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -287,128 +288,6 @@ def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, ma
 
 
 # --------------------------------------------------------------------------- statistics
-def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """``(resamples, n)`` indices drawn uniformly with replacement from ``range(n)`` (seeded)."""
-    if int(resamples) < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    return np.random.default_rng(int(seed)).integers(0, n, size=(int(resamples), n))
-
-
-def _check_level(level: float) -> None:
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be on (0, 1), e.g. 0.95, got {level}")
-
-
-def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
-    """The ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of bootstrap statistics."""
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(stats, [a, 1.0 - a])
-    return float(lo), float(hi)
-
-
-def _values(values: Any, name: str = "values") -> np.ndarray:
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if v.size == 0:
-        raise ValueError(f"{name}: a bootstrap interval needs at least one value")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} holds NaN/Inf; drop the pieces a method failed on first")
-    return v
-
-
-def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of a mean.
-
-    Draws ``resamples`` samples of ``n`` values with replacement, takes each
-    one's mean and returns the ``(1 − level)/2`` and ``(1 + level)/2``
-    quantiles of those means. See B. Efron and R. J. Tibshirani, *An
-    Introduction to the Bootstrap*, Chapman & Hall, 1993, ch. 13 (the
-    percentile interval). For a given ``n`` and ``seed`` the resampled index
-    sets are the same whatever the values, so intervals of different methods
-    and metrics over the same pieces use the same resamples.
-
-    Args:
-        values: ``(n,)`` per-piece values (finite).
-        resamples: Bootstrap resamples (>= 1). Default 2,000.
-        seed: Seed of the resampling (``numpy.random.default_rng``).
-        level: Coverage on (0, 1). Default 0.95.
-
-    Returns:
-        ``(low, high)``, in the unit of ``values``; ``(v, v)`` for one value.
-
-    Raises:
-        ValueError: no values, NaN/Inf, ``resamples < 1`` or ``level`` outside (0, 1).
-    """
-    _check_level(level)
-    v = _values(values)
-    if v.size == 1:
-        return float(v[0]), float(v[0])
-    means = v[_resample_indices(v.size, resamples, seed)].mean(axis=1)
-    return _interval(means, level)
-
-
-def paired_bootstrap_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the per-piece differences ``a − b`` and its paired percentile bootstrap interval.
-
-    Pieces are resampled as pairs (the interval of the mean difference,
-    Efron & Tibshirani, 1993, ch. 13), so what the two methods share on a
-    piece (a hard piece is hard for both) cancels.
-
-    Args:
-        a: ``(n,)`` per-piece values of one method (finite).
-        b: ``(n,)`` the other method's values on the same pieces.
-        resamples: Bootstrap resamples (>= 1).
-        seed: Seed of the resampling.
-        level: Coverage on (0, 1).
-
-    Returns:
-        ``(mean_difference, low, high)`` in the unit of the values.
-
-    Raises:
-        ValueError: different lengths, no values or NaN/Inf.
-    """
-    x, y = _values(a, "a"), _values(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
-    d = x - y
-    lo, hi = bootstrap_ci(d, resamples, seed, level)
-    return float(d.mean()), lo, hi
-
-
-def bootstrap_ratio_ci(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float, float]:
-    """Ratio of means ``mean(a) / mean(b)`` over the same pieces and its paired percentile bootstrap interval.
-
-    Args:
-        a: ``(n,)`` per-piece values (finite).
-        b: ``(n,)`` values on the same pieces (finite, positive mean).
-        resamples: Bootstrap resamples (>= 1).
-        seed: Seed of the resampling.
-        level: Coverage on (0, 1).
-
-    Returns:
-        ``(ratio, low, high)``, unitless.
-
-    Raises:
-        ValueError: different lengths, no values, NaN/Inf or ``mean(b) <= 0``.
-    """
-    _check_level(level)
-    x, y = _values(a, "a"), _values(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"paired values need the same pieces, got {x.size} and {y.size} values")
-    if not y.mean() > 0:
-        raise ValueError(f"the ratio's denominator has mean {y.mean()}; it must be positive")
-    ratio = float(x.mean() / y.mean())
-    if x.size == 1:
-        return ratio, ratio, ratio
-    idx = _resample_indices(x.size, resamples, seed)
-    den = y[idx].mean(axis=1)
-    ratios = x[idx].mean(axis=1) / np.where(den > 0, den, np.nan)
-    lo, hi = _interval(ratios[np.isfinite(ratios)], level)
-    return ratio, lo, hi
-
-
-# --------------------------------------------------------------------------- loudness over time
 def short_term_loudness(audio: np.ndarray, sample_rate: float, window_seconds: float = 3.0,
                         hop_seconds: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Short-term loudness over time (ITU-R BS.1770-4 / EBU Tech 3341), LUFS.

@@ -1,0 +1,330 @@
+"""A large cached corpus of in-domain Dexed presets: parameters and input features, memory-mapped.
+
+The network of this recipe learns from presets it can render for free (a 4 s
+note renders in a few ms), so the corpus is big — tens of thousands of presets —
+and rendered once. Everything in it derives from the *training* factory voices
+only (the dataset's split by source voice holds): held-out voices never appear,
+even perturbed.
+
+Sampler (``data.corpus_*`` settings, :func:`sample_corpus`):
+
+* the training factory voices themselves;
+* **perturbations** of each training voice at several radii ``r`` (``corpus_radii``,
+  drawn in turn): continuous values get Gaussian noise of standard deviation
+  ``r`` (normalized units), each discrete value moves one step with probability
+  ``r`` and the algorithm is redrawn with probability ``r``
+  (:func:`~deepafx.recipes.dexed_matching.presets.sample_around`);
+* **marginal draws** (a fraction ``corpus_random_fraction``): every parameter
+  drawn independently from its empirical distribution over the training voices
+  (the value of a uniformly chosen training voice, per parameter) — valid DX7
+  voices with the factory set's per-parameter statistics but new combinations.
+
+Every preset plays the dataset's notes with transpose 0. Presets whose render
+is quieter than ``min_level_db`` are kept in the files but flagged invalid.
+
+Rendering: ``corpus_workers`` processes (one torch thread each) render chunks
+of presets, compute :class:`~deepafx.features.IFMel` features (log-mel and
+mel-scaled instantaneous frequency, float16) and write them straight into the
+memory-mapped arrays; a tqdm bar shows progress. The corpus is written in
+``corpus.tmp/`` and renamed to ``corpus/`` when complete, so an interrupted
+build leaves no partial corpus.
+
+Layout of ``<data dir>/corpus/``::
+
+    meta.json     settings, counts, feature settings, notes, build time
+    params.npy    (N, 145) float32 normalized presets
+    source.npy    (N,) int32 factory voice index (−1: marginal draw)
+    kind.npy      (N,) int8: 0 factory voice, 1 perturbation, 2 marginal draw
+    radius.npy    (N,) float32 perturbation radius (0 for the others)
+    level_db.npy  (N,) float32 RMS level of the render, dBFS
+    logmel.npy    (N, notes, n_mels, frames) float16, :class:`~deepafx.features.LogMel` "range" normalized
+    ifmel.npy     (N, notes, n_mels, frames) float16, mel-scaled IF on [−1, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deepafx.hosts.dexed_host import dexed_param_table, quantize_normalized
+from deepafx.recipes.dexed_matching.presets import sample_around, set_transpose
+
+#: Version of the corpus layout; bump when it changes.
+CORPUS_VERSION = 1
+#: Presets per worker job.
+CHUNK = 128
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """STFT settings of the cached features (must equal the model's).
+
+    Args:
+        n_fft: FFT size, samples. hop_length: Hop, samples. n_mels: Mel bands.
+    """
+
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 64
+
+    def module(self, sample_rate: float):
+        """The :class:`~deepafx.features.IFMel` module computing both feature kinds."""
+        from deepafx.features import IFMel
+
+        return IFMel(sample_rate, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels,
+                     floor_db=-120.0, normalize="range")
+
+
+def sample_corpus(factory_x: np.ndarray, size: int, radii: Sequence[float], random_fraction: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw the corpus presets (see the module docstring).
+
+    Args:
+        factory_x: Training factory voices ``(F, 145)`` normalized.
+        size: Total presets ``N`` (≥ F): the F voices, ``round(N · random_fraction)``
+            marginal draws, perturbations for the rest.
+        radii: Perturbation radii (normalized units, each in (0, 1]).
+        random_fraction: Fraction of marginal draws, on [0, 1).
+        rng: Random generator.
+
+    Returns:
+        ``(x (N, 145), source (N,), kind (N,), radius (N,))``; transpose 0, on the DX7 grid.
+
+    Raises:
+        ValueError: bad sizes, radii or fraction.
+    """
+    f = len(factory_x)
+    if f < 1 or size < f:
+        raise ValueError(f"corpus_size ({size}) must be at least the number of training voices ({f})")
+    if not radii or any(not 0 < r <= 1 for r in radii):
+        raise ValueError(f"corpus_radii must be values in (0, 1], got {list(radii)}")
+    if not 0 <= random_fraction < 1:
+        raise ValueError(f"corpus_random_fraction must be in [0, 1), got {random_fraction}")
+    n_rand = int(round(size * random_fraction))
+    n_pert = size - f - n_rand
+    xs = [np.asarray(factory_x, dtype=np.float64)]
+    src = [np.arange(f)]
+    kind = [np.zeros(f, np.int8)]
+    rad = [np.zeros(f)]
+    if n_pert > 0:
+        who = np.arange(n_pert) % f
+        r = np.asarray(radii, dtype=np.float64)[(np.arange(n_pert) // f) % len(radii)]
+        xs.append(np.stack([sample_around(factory_x[w], rng, float(s), float(s), float(s)) for w, s in zip(who, r)]))
+        src.append(who)
+        kind.append(np.ones(n_pert, np.int8))
+        rad.append(r)
+    if n_rand > 0:
+        pick = rng.integers(0, f, size=(n_rand, factory_x.shape[1]))
+        draws = np.asarray(factory_x)[pick, np.arange(factory_x.shape[1])]
+        xs.append(quantize_normalized(draws))
+        src.append(np.full(n_rand, -1))
+        kind.append(np.full(n_rand, 2, np.int8))
+        rad.append(np.zeros(n_rand))
+    x = set_transpose(np.concatenate(xs), 0)
+    return x.astype(np.float32), np.concatenate(src).astype(np.int32), np.concatenate(kind), np.concatenate(rad).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- workers
+
+_W: dict[str, Any] = {}
+
+
+def _init(path: str, renderer_args: tuple, feat: FeatureSettings, sample_rate: float) -> None:
+    import torch
+
+    from deepafx.hosts.dexed_host import DexedRenderer
+
+    torch.set_num_threads(1)
+    _W["renderer"] = DexedRenderer(*renderer_args)
+    _W["front"] = feat.module(sample_rate)
+    for name in ("logmel", "ifmel"):
+        arr = np.load(os.path.join(path, f"{name}.npy"), mmap_mode="r")
+        # positional writes into the .npy payload: far fewer page faults than writing through a memmap
+        _W[name] = (os.open(os.path.join(path, f"{name}.npy"), os.O_WRONLY), arr.offset,
+                    int(np.prod(arr.shape[1:])) * arr.itemsize)
+        del arr
+    _W["params"] = np.load(os.path.join(path, "params.npy"), mmap_mode="r")
+
+
+def _render_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
+    import torch
+
+    a, b = bounds
+    audio = _W["renderer"].render_batch(np.asarray(_W["params"][a:b], dtype=np.float64))
+    level = 10.0 * np.log10(np.mean(audio.astype(np.float64) ** 2, axis=(1, 2)) + 1e-24)
+    with torch.no_grad():
+        f = _W["front"](torch.from_numpy(audio)).half().numpy()
+    c = audio.shape[1]
+    for name, part in (("logmel", f[:, :c]), ("ifmel", f[:, c:])):
+        fd, offset, item_bytes = _W[name]
+        data = np.ascontiguousarray(part).tobytes()
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + a * item_bytes + done)
+    return a, level.astype(np.float32)
+
+
+def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii: Sequence[float],
+                 random_fraction: float, seed: int, sample_rate: float, notes: Sequence[Sequence[int]],
+                 note_duration_s: float, duration_s: float, feature: FeatureSettings, min_level_db: float,
+                 workers: int = 2, progress: bool = True, settings: dict | None = None) -> Path:
+    """Sample, render and store the corpus in ``out_dir`` (atomically; see the module docstring).
+
+    Args:
+        out_dir: Final folder (``<data dir>/corpus``); replaced only when the new corpus is complete.
+        factory_x: Training factory voices ``(F, 145)``.
+        size, radii, random_fraction: See :func:`sample_corpus`.
+        seed: Seed of the sampler.
+        sample_rate: Hz. notes: ``[(pitch, velocity)]`` played per preset.
+        note_duration_s, duration_s: Note-on time and render length, seconds.
+        feature: STFT settings of the cached features.
+        min_level_db: Presets rendering quieter than this (dBFS RMS) are flagged invalid.
+        workers: Render processes (≥ 1).
+        progress: Show a tqdm bar.
+        settings: Recorded in ``meta.json`` (the data settings the corpus was built from).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: bad settings. Worker errors propagate (the temporary folder is removed).
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        x, src, kind, rad = sample_corpus(factory_x, size, radii, random_fraction, np.random.default_rng(seed))
+        n = len(x)
+        frames = 1 + int(round(duration_s * sample_rate)) // feature.hop_length
+        shape = (n, len(notes), feature.n_mels, frames)
+        np.save(tmp / "params.npy", x)
+        np.save(tmp / "source.npy", src)
+        np.save(tmp / "kind.npy", kind)
+        np.save(tmp / "radius.npy", rad)
+        for name in ("logmel", "ifmel"):
+            np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+        level = np.zeros(n, np.float32)
+        jobs = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
+        rargs = (sample_rate, tuple(tuple(int(v) for v in p) for p in notes), note_duration_s, duration_s)
+        init = (str(tmp), rargs, feature, sample_rate)
+        bar = tqdm(total=n, unit="preset", desc="corpus", disable=not progress, mininterval=5.0)
+        if workers > 1:
+            # a worker that dies breaks the executor (BrokenProcessPool) instead of being respawned forever
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
+                                     initargs=init) as pool:
+                for fut in as_completed([pool.submit(_render_chunk, j) for j in jobs]):
+                    a, lv = fut.result()
+                    level[a : a + len(lv)] = lv
+                    bar.update(len(lv))
+        else:
+            _init(*init)
+            try:
+                for job in jobs:
+                    a, lv = _render_chunk(job)
+                    level[a : a + len(lv)] = lv
+                    bar.update(len(lv))
+            finally:
+                for name in ("logmel", "ifmel"):
+                    os.close(_W[name][0])
+                _W.clear()
+        bar.close()
+        np.save(tmp / "level_db.npy", level)
+        valid = level >= min_level_db
+        meta = {
+            "version": CORPUS_VERSION,
+            "size": n,
+            "valid": int(valid.sum()),
+            "counts": {"factory": int((kind == 0).sum()), "perturbation": int((kind == 1).sum()),
+                       "marginal": int((kind == 2).sum())},
+            "radii": [float(r) for r in radii],
+            "random_fraction": float(random_fraction),
+            "seed": int(seed),
+            "sample_rate": float(sample_rate),
+            "notes": [list(map(int, p)) for p in notes],
+            "note_duration_s": float(note_duration_s),
+            "duration_s": float(duration_s),
+            "feature": {"n_fft": feature.n_fft, "hop_length": feature.hop_length, "n_mels": feature.n_mels},
+            "frames": frames,
+            "min_level_db": float(min_level_db),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "settings": settings or {},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+class Corpus:
+    """A built corpus, memory-mapped (nothing but the small arrays is read up front).
+
+    Attributes:
+        meta: ``meta.json``. params: ``(N, 145)`` float32. source, kind, level_db: ``(N,)``.
+        valid_index: Indices of the presets above the level floor.
+
+    Raises:
+        FileNotFoundError: no corpus in the folder (names the command that builds it).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        if not (p / "meta.json").exists():
+            raise FileNotFoundError(f"no Dexed corpus in {p}; build it with `deepafx data --config CONFIG` "
+                                    "(data.corpus_size > 0)")
+        self.path = p
+        self.meta = json.loads((p / "meta.json").read_text())
+        self.params = np.load(p / "params.npy")
+        self.source = np.load(p / "source.npy")
+        self.kind = np.load(p / "kind.npy")
+        self.level_db = np.load(p / "level_db.npy")
+        self.valid_index = np.flatnonzero(self.level_db >= self.meta["min_level_db"])
+        self._feats: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def features(self, kind: str) -> np.ndarray:
+        """Memory-mapped ``(N, notes, n_mels, frames)`` float16 array: ``"logmel"`` or ``"ifmel"``."""
+        if kind not in ("logmel", "ifmel"):
+            raise ValueError(f"feature kind must be 'logmel' or 'ifmel', got {kind!r}")
+        if kind not in self._feats:
+            self._feats[kind] = np.load(self.path / f"{kind}.npy", mmap_mode="r")
+        return self._feats[kind]
+
+    def batch(self, index: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
+        """Features of ``index`` concatenated on the channel axis in ``kinds`` order, float16
+        ``(len(index), notes * len(kinds), n_mels, frames)`` (the layout :meth:`DexedEstimator.features` returns)."""
+        order = np.argsort(index)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        srt = np.asarray(index)[order]
+        parts = [self.features(k)[srt][inv] for k in kinds]
+        return np.concatenate(parts, axis=1)
+
+    def check_feature(self, feature: FeatureSettings) -> None:
+        """Raise ``ValueError`` if the cached features were computed with other STFT settings than ``feature``."""
+        have = self.meta["feature"]
+        want = {"n_fft": feature.n_fft, "hop_length": feature.hop_length, "n_mels": feature.n_mels}
+        if have != want:
+            raise ValueError(f"the corpus in {self.path} caches features {have} but the model uses {want}; "
+                             "rebuild the corpus (`deepafx data --force`) or match model.n_fft/hop_length/n_mels")
+
+
+__all__ = ["CORPUS_VERSION", "Corpus", "FeatureSettings", "build_corpus", "sample_corpus"]
