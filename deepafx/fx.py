@@ -1,9 +1,10 @@
 """The Fx layer: black-box plugin chains inside a torch graph, and their gradient estimators.
 
-:class:`FxLayer` renders a :class:`~deepafx.chain.ChainSpec` in render worker
-processes (:class:`~deepafx.workers.RenderPool`). Three estimators give
-gradients for the normalized parameters; all draw, mask and clip their
-perturbations and divide by the actual steps through one implementation,
+:class:`FxLayer` renders a :class:`~deepafx.chain.ChainSpec` in render workers
+(a :mod:`deepafx.workers` render engine: processes on this machine, or Ray
+actors on a cluster). Three estimators give gradients for the normalized
+parameters; all draw, mask and clip their perturbations and divide by the
+actual steps through one implementation,
 :mod:`deepafx.spsa` (so a clipped step ``θ⁺_i − θ⁻_i``, ``2εΔ_i`` away from the
 edges of [0, 1], is the denominator everywhere, and a zero step gives a zero
 gradient):
@@ -69,7 +70,7 @@ from deepafx.hosts.base import AudioError
 from deepafx.params import ParameterError
 from deepafx.registry import Registry
 from deepafx.spsa import Perturbation, gradient_from_differences, perturb
-from deepafx.workers import RenderPool, RenderRequest
+from deepafx.workers import RenderConfig, RenderEngine, RenderPool, RenderRequest
 
 INPUT_GRADS = ("none", "straight_through")
 
@@ -190,7 +191,9 @@ class FxLayer(nn.Module):
             names are looked up in ``plugins/``).
         batch_size: Number of batch slots ``M``. Slot ``i`` keeps its own chain
             instances, so feed it consecutive frames of one stream.
-        num_workers: Render worker processes (default: usable CPU cores).
+        num_workers: Render workers (default: ``render.num_workers``, else
+            usable CPU cores for the process engine and the cluster's CPUs for
+            Ray, divided by ``worker_share``).
         estimator: Name in :data:`ESTIMATORS`: ``"spsa"`` (default, VJP-SPSA) or
             ``"fd"`` (finite differences); see the module docstring.
         epsilon: Perturbation ε on normalized parameters (default 0.01, DeepAFx),
@@ -201,6 +204,10 @@ class FxLayer(nn.Module):
         timeout_s: Longest one render request may take before the worker is
             considered hung, killed and restarted.
         max_retries: Retries after a worker crash/hang before raising.
+        render: Where the renders run (:class:`~deepafx.workers.RenderConfig`:
+            engine ``"process"`` by default, or ``"ray"`` with a cluster address).
+        worker_share: Layers started at once by cooperating processes (DDP
+            ranks): the default worker count is divided by it.
 
     Shapes:
         ``forward(audio (batch, channels, samples), params (batch, num_params))``
@@ -211,7 +218,8 @@ class FxLayer(nn.Module):
     slot (main and perturbed renders see the same input block, so the
     perturbation instances follow the main instance's history). In eval mode
     only the main instances render; call :meth:`reset` before resuming training
-    on a new stream. Latency: :attr:`latency_samples` is the chain's reported
+    on a new stream. A reset travels with the slot's next render (one message
+    per worker and step, whatever is reset). Latency: :attr:`latency_samples` is the chain's reported
     latency; output length always equals input length.
 
     Raises:
@@ -235,9 +243,12 @@ class FxLayer(nn.Module):
         seed: int = 0,
         timeout_s: float = 120.0,
         max_retries: int = 1,
+        render: RenderConfig | None = None,
+        worker_share: int = 1,
     ):
         super().__init__()
         spec = chain if isinstance(chain, ChainSpec) else ChainSpec.from_file(chain)
+        render = render if render is not None else RenderConfig()
         make_estimator = ESTIMATORS.get(estimator)
         if input_grad not in INPUT_GRADS:
             raise ValueError(f"input_grad must be one of {INPUT_GRADS}, got {input_grad!r}")
@@ -252,10 +263,10 @@ class FxLayer(nn.Module):
         # Only estimators whose render count depends on P pay for building the chain once first.
         probe = _num_params(spec) if self.estimator.needs_num_params else 0
         self.num_renders = self.estimator.num_renders(probe)
-        self.pool = RenderPool(
-            spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
-            timeout_s=timeout_s, max_retries=max_retries,
-        )
+        self.render_config = render
+        self.pool: RenderEngine = render.build(spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
+                                               share=worker_share, timeout_s=timeout_s, max_retries=max_retries)
+        self._pending_resets: set[int] = set()
         self.num_params = self.pool.num_params
         self.param_names = self.pool.param_names
         self.latency_samples = self.pool.latency_samples
@@ -289,8 +300,6 @@ class FxLayer(nn.Module):
             raise AudioError(f"batch of {audio.shape[0]} items but the layer has {self.batch_size} slots")
         if params.shape[1] != self.num_params:
             raise ParameterError(f"chain {self.spec.name!r} has {self.num_params} learned parameters, got {params.shape[1]}")
-        if not torch.isfinite(audio).all():
-            raise AudioError("audio contains NaN or Inf")
         bad = ~torch.isfinite(params) | (params < -1e-5) | (params > 1 + 1e-5)
         if bad.any():
             b, j = (int(v) for v in bad.nonzero()[0])
@@ -302,6 +311,9 @@ class FxLayer(nn.Module):
     def _render(self, audio: torch.Tensor, params: torch.Tensor, need_grad: bool):
         self._check(audio, params)
         x = audio.detach().to("cpu", torch.float32).numpy()
+        if not np.isfinite(x).all():
+            item = int(np.flatnonzero(~np.isfinite(x).reshape(x.shape[0], -1).all(1))[0])
+            raise AudioError(f"audio contains NaN or Inf (item {item})")
         theta = params.detach().to("cpu", torch.float64).clamp(0, 1)
         diffs = pert = None
         if need_grad or self.training:
@@ -313,7 +325,13 @@ class FxLayer(nn.Module):
             rows = torch.cat([theta[:, None], plus, minus], dim=1).numpy()  # (B, 1 + 2R, P)
         else:
             rows = theta[:, None].numpy()
-        outs = self.pool.render([RenderRequest(i, x[i], rows[i]) for i in range(x.shape[0])])
+        resets = self._pending_resets
+        requests = [RenderRequest(i, x[i], rows[i], reset=i in resets) for i in range(x.shape[0])]
+        try:
+            # views of the engine's buffers: the main renders and differences below are the only copies
+            outs = self.pool.render(requests, copy=False)
+        finally:
+            resets.difference_update(range(x.shape[0]))  # sent (a failed worker is rebuilt fresh anyway)
         y = torch.from_numpy(np.stack([o[0] for o in outs]))
         if self.keep_last_renders:
             self.last_renders = np.stack(outs)
@@ -321,6 +339,7 @@ class FxLayer(nn.Module):
             r = self.num_renders
             diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))  # (B, R, C, N)
             self.step += 1
+        del outs
         if need_grad or self.training:
             self.last_render_params = rows
         if self.input_grad == "straight_through" and y.shape != audio.shape:
@@ -338,8 +357,19 @@ class FxLayer(nn.Module):
             self.train(was)
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
-        """Reset all instances of ``slots`` (default every slot)."""
-        self.pool.reset(slots)
+        """Reset all instances of ``slots`` (default every slot) before their next render.
+
+        The reset travels with that render's message (:attr:`deepafx.workers.RenderRequest.reset`),
+        so it costs no round trip of its own; a slot that is not rendered again keeps it pending.
+
+        Raises:
+            ValueError: a slot outside ``[0, batch_size)``.
+        """
+        slots = range(self.batch_size) if slots is None else [int(s) for s in slots]
+        for s in slots:
+            if not 0 <= s < self.batch_size:
+                raise ValueError(f"slot {s} outside [0, {self.batch_size})")
+        self._pending_resets.update(slots)
 
     def close(self) -> None:
         """Shut the render workers down (also done at interpreter exit)."""
@@ -360,7 +390,7 @@ class FxLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"chain={self.spec.name!r}, params={self.num_params}, slots={self.batch_size}, "
-                f"workers={self.pool.num_workers}, estimator={self.estimator_name}, renders/item={1 + 2 * self.num_renders}")
+                f"workers={self.pool.num_workers}, engine={self.render_config.engine}, estimator={self.estimator_name}, renders/item={1 + 2 * self.num_renders}")
 
 
 def spsa_loss_gradient(

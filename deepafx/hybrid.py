@@ -59,6 +59,7 @@ from deepafx.ddsp import TailState, build_ddsp, denormalize, is_differentiable
 from deepafx.fx import FxLayer
 from deepafx.hosts.base import AudioError, ProcessorSpec
 from deepafx.params import ParamTable, ParameterError
+from deepafx.workers import RenderConfig
 
 #: Seeds of the black-box stages: stage ``k`` (counting black-box stages) uses ``seed + k · SEED_STRIDE``.
 SEED_STRIDE = 1_000_003
@@ -164,7 +165,7 @@ class HybridChain(nn.Module):
             or a chain file / packaged chain name.
         batch_size: Batch slots ``M`` (item ``i`` uses slot ``i`` of every stage).
         num_workers: Render workers of *each* black-box stage (default: usable CPU cores).
-        estimator, epsilon, num_perturbations, seed, timeout_s, max_retries:
+        estimator, epsilon, num_perturbations, seed, timeout_s, max_retries, render, worker_share:
             As :class:`~deepafx.fx.FxLayer`, for every black-box stage; black-box
             stage ``k`` is seeded ``seed + k · SEED_STRIDE`` (the first gets ``seed``).
         input_grad: ``"auto"`` (default): straight-through input gradients for
@@ -201,6 +202,8 @@ class HybridChain(nn.Module):
         seed: int = 0,
         timeout_s: float = 120.0,
         max_retries: int = 1,
+        render: RenderConfig | None = None,
+        worker_share: int = 1,
     ):
         super().__init__()
         if isinstance(chain, ChainSpec):
@@ -225,7 +228,7 @@ class HybridChain(nn.Module):
                 fx = FxLayer(segment, self.batch_size, num_workers=num_workers, estimator=estimator,
                              epsilon=epsilon, num_perturbations=num_perturbations, input_grad=grad,
                              seed=seed + len(self.fx_layers) * SEED_STRIDE, timeout_s=timeout_s,
-                             max_retries=max_retries)
+                             max_retries=max_retries, render=render, worker_share=worker_share)
                 self.fx_layers.append(fx)
                 self.stages.append(fx)
         except BaseException:

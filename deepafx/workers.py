@@ -1,4 +1,4 @@
-"""Render worker processes owning per-slot stateful chain instances.
+"""Render engines: workers owning per-slot stateful chain instances.
 
 DeepAFx's stateful training scheme: batch slot ``i`` is fed consecutive frames
 of one file, and owns its own chain instances — the *main* instance (forward
@@ -7,23 +7,35 @@ K perturbations, ``2P`` for finite differences) — so every instance keeps a
 coherent history. See Ramírez et al., "Differentiable signal processing with
 black-box audio effects", ICASSP 2021.
 
-Instances live in worker processes (crash isolation; a segfaulting or hanging
-plugin cannot take the training process down). Slot ``s`` belongs to worker
-``s % num_workers``. One :meth:`RenderPool.render` call sends *one message per
-worker* carrying every item that worker owns and all the renders each item
-needs, and waits for all workers in parallel.
+Instances live in workers (crash isolation; a segfaulting or hanging plugin
+cannot take the training process down). Slot ``s`` belongs to worker
+``s % num_workers``. One :meth:`RenderEngine.render` call sends *one message per
+worker* carrying every item that worker owns, all the renders each item needs
+and the slots to reset first (:attr:`RenderRequest.reset`), and waits for all
+workers in parallel.
+
+Two engines share that layout, the :class:`RenderRequest` API and the fault
+semantics; :data:`ENGINES` holds them by name and :class:`RenderConfig` (the
+``render:`` config section) chooses one:
+
+* ``"process"`` (:class:`RenderPool`, the embedded default): worker processes
+  on this machine, audio through shared memory.
+* ``"ray"`` (:class:`deepafx.ray_pool.RayRenderPool`): one Ray actor per
+  worker, on any machine of a Ray cluster, audio through Ray's object store.
 
 Fault handling: a worker that dies (signal, abort) or exceeds ``timeout_s`` is
 killed and restarted; its slots' instances are rebuilt fresh (their state is
 lost, which is reported in the warning) and the request is retried up to
-``max_retries`` times before :class:`WorkerError` is raised. Workers die with
-their parent (``PR_SET_PDEATHSIG``), ignore Ctrl-C (the parent decides), and are
-shut down by :meth:`RenderPool.close`, a context manager exit, or at interpreter
-exit — no worker process is left behind.
+``max_retries`` times before :class:`WorkerError` is raised. A Python exception
+in a worker (bad input, a plugin error) is re-raised with its class and not
+retried. Worker processes die with their parent (``PR_SET_PDEATHSIG``), ignore
+Ctrl-C (the parent decides), and are shut down by :meth:`RenderEngine.close`, a
+context manager exit, or at interpreter exit — no worker is left behind.
 """
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import ctypes
@@ -39,13 +51,14 @@ import weakref
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from deepafx.chain import ChainSpec
 from deepafx.hosts.base import AudioError, PluginError
 from deepafx.params import ParameterError
+from deepafx.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +78,83 @@ class RenderRequest:
         audio: ``(channels, samples)`` float32 input block (the same for every instance).
         params: Normalized learned parameters ``(num_renders, num_params)``; row ``r``
             is rendered by instance ``r`` of the slot.
+        reset: Reset every instance of the slot before rendering (as
+            :meth:`RenderEngine.reset` would, without a message of its own).
     """
 
     slot: int
     audio: np.ndarray
     params: np.ndarray
+    reset: bool = False
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# -- worker side ------------------------------------------------------------------------------
+class SlotInstances:
+    """Worker side: the chain instances of the slots one worker owns (a process or a Ray actor).
+
+    Builds ``instances_per_slot`` instances per slot, serially on the calling
+    thread (VST3 and dawdreamer plugins must load on a process's main thread).
+
+    Args:
+        spec: The chain every instance is built from.
+        slots: The slots this worker owns.
+        instances_per_slot: Instances per slot.
+
+    Raises:
+        PluginError, ParameterError: the chain cannot be built.
+    """
+
+    def __init__(self, spec: ChainSpec, slots: Sequence[int], instances_per_slot: int):
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        self.chains = {s: [spec.build() for _ in range(instances_per_slot)] for s in slots}
+        first = next(iter(self.chains.values()))[0] if self.chains else spec.build()
+        self.info = {"num_params": len(first.param_table), "latency_samples": first.latency_samples,
+                     "names": first.param_table.names}
+
+    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool, int]], out: np.ndarray | None) -> list:
+        """Render items ``(slot, audio (C, N), params (R, P), reset, out_offset)``.
+
+        Outputs with the input's shape are written into the flat float32 buffer
+        ``out`` at ``out_offset`` (in samples; ``(R, C, N)`` there) and reported as
+        ``None``; an output with another channel count is returned as an
+        ``(R, C_out, N)`` array.
+        """
+        res: list[np.ndarray | None] = []
+        for slot, audio, params, reset, off in items:
+            insts = self.chains[slot]
+            if reset:
+                for inst in insts:
+                    inst.reset()
+            ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
+            if out is not None and ys[0].shape == audio.shape:
+                target = out[off : off + len(ys) * audio.size].reshape(len(ys), *audio.shape)
+                for r, y in enumerate(ys):
+                    target[r] = y
+                res.append(None)
+            else:
+                res.append(np.stack(ys))
+        return res
+
+    def reset(self, slots: Sequence[int]) -> None:
+        for slot in slots:
+            for inst in self.chains[slot]:
+                inst.reset()
+
+    def close(self) -> None:
+        for insts in self.chains.values():
+            for inst in insts:
+                inst.close()
+
+
+def remote_error(exc: BaseException) -> tuple[str, str, str, str]:
+    """``("error", class name, message, traceback)``: how a worker reports a Python exception."""
+    return ("error", type(exc).__name__, str(exc), traceback.format_exc())
 
 
 def _set_pdeathsig() -> None:
@@ -88,15 +173,10 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
     if os.getppid() != parent_pid:  # parent died before prctl took effect
         os._exit(1)
     try:
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
-        # Build serially on this process's main thread (VST3 and dawdreamer need it).
-        chains = {s: [spec.build() for _ in range(instances_per_slot)] for s in slots}
-        first = next(iter(chains.values()))[0] if chains else spec.build()
-        conn.send(("ready", {"num_params": len(first.param_table), "latency_samples": first.latency_samples,
-                             "names": first.param_table.names}))
+        owned = SlotInstances(spec, slots, instances_per_slot)
+        conn.send(("ready", owned.info))
     except BaseException as exc:  # report load failures to the parent, then exit
-        conn.send(("error", type(exc).__name__, f"{exc}", traceback.format_exc()))
+        conn.send(remote_error(exc))
         return
     shm = _SharedBuffers()
     while True:
@@ -108,36 +188,25 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
         try:
             if op == "render":
                 in_buf, out_buf = shm.attach(msg[1]), shm.attach(msg[2])
-                out = []
-                for slot, in_off, shape, params, out_off in msg[3]:
-                    audio = np.ndarray(shape, np.float32, in_buf.buf, in_off)
-                    insts = chains[slot]
-                    ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
-                    dest = (len(ys), *ys[0].shape)
-                    if dest == (len(params), *shape):  # written in place; only a flag goes back
-                        target = np.ndarray(dest, np.float32, out_buf.buf, out_off)
-                        for r, y in enumerate(ys):
-                            target[r] = y
-                        out.append(None)
-                    else:  # channel count changed: send the arrays themselves
-                        out.append(np.stack(ys))
-                conn.send(("ok", out))
+                flat_in = np.ndarray((in_buf.size // 4,), np.float32, in_buf.buf)
+                flat_out = np.ndarray((out_buf.size // 4,), np.float32, out_buf.buf)
+                items = [(slot, flat_in[i_off : i_off + int(np.prod(shape))].reshape(shape), params, reset, o_off)
+                         for slot, i_off, shape, params, reset, o_off in msg[3]]
+                res = owned.render(items, flat_out)
+                del items, flat_in, flat_out  # release the buffer views before a later close()
+                conn.send(("ok", res))
             elif op == "reset":
-                for slot in msg[1]:
-                    for inst in chains[slot]:
-                        inst.reset()
+                owned.reset(msg[1])
                 conn.send(("ok", None))
             elif op == "close":
                 shm.close()
-                for insts in chains.values():
-                    for inst in insts:
-                        inst.close()
+                owned.close()
                 conn.send(("ok", None))
                 return
             else:
                 conn.send(("error", "PluginError", f"unknown worker op {op!r}", ""))
         except Exception as exc:
-            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            conn.send(remote_error(exc))
 
 
 @contextlib.contextmanager
@@ -191,7 +260,10 @@ class _Block:
 
     def release(self) -> None:
         if self.shm is not None:
-            self.shm.close()
+            try:
+                self.shm.close()
+            except BufferError:  # a caller still holds a view (render(copy=False)): unmapped when it is freed
+                pass
             try:
                 self.shm.unlink()
             except FileNotFoundError:
@@ -199,93 +271,103 @@ class _Block:
             self.shm = None
 
 
-class _Worker:
-    def __init__(self, ctx, spec: ChainSpec, slots: list[int], instances_per_slot: int, index: int):
-        self.spec, self.slots, self.ips, self.index = spec, slots, instances_per_slot, index
-        self.ctx = ctx
-        self.in_block, self.out_block = _Block(), _Block()
-        self.start()
-
-    def start(self) -> None:
-        self.conn, child = self.ctx.Pipe()
-        with _main_module_hidden():
-            self.proc = self.ctx.Process(
-                target=_worker_main,
-                args=(child, self.spec, self.slots, self.ips, os.getpid()),
-                name=f"deepafx-render-{self.index}",
-                daemon=True,
-            )
-            self.proc.start()
-        child.close()
-        self.info: dict | None = None
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
+# -- parent side: the engine interface ---------------------------------------------------------
+class _Failure(Exception):
+    """Internal: a worker died or timed out."""
 
 
-_LIVE_POOLS: "weakref.WeakSet[RenderPool]" = weakref.WeakSet()
+class WorkerHandle(abc.ABC):
+    """Parent side of one worker, as :class:`RenderEngine` drives it.
 
-
-@atexit.register
-def _close_all_pools() -> None:
-    for pool in list(_LIVE_POOLS):
-        pool.close()
-
-
-class RenderPool:
-    """Worker processes holding ``instances_per_slot`` chain instances for each of ``num_slots`` slots.
-
-    Args:
-        spec: The chain every instance is built from.
-        num_slots: Batch slots (the batch size ``M``).
-        instances_per_slot: Instances per slot: ``1 + 2K`` for SPSA with K
-            perturbations, ``1 + 2P`` for finite differences.
-        num_workers: Worker processes (default: usable CPU cores, at most ``num_slots``).
-        timeout_s: Longest a worker may take for one render/reset request.
-        start_timeout_s: Longest a worker may take to start and build its
-            instances (default ``max(timeout_s, 120)``).
-        max_retries: Restarts + retries of a failed request before giving up.
-        start_method: multiprocessing start method (``"spawn"`` default: plugins
-            must be loaded on the main thread of a clean process).
-
-    Raises:
-        WorkerError / PluginError / ParameterError: if the chain cannot be built
-            (the worker's error is re-raised with its message).
+    Attributes:
+        index: Worker index ``w``; it owns the slots ``s`` with ``s % num_workers == w``.
+        slots: Those slots.
+        info: What the worker reported when ready (``num_params``, ``latency_samples``, ``names``).
     """
 
-    def __init__(
-        self,
-        spec: ChainSpec,
-        num_slots: int,
-        instances_per_slot: int = 3,
-        num_workers: int | None = None,
-        timeout_s: float = 120.0,
-        max_retries: int = 1,
-        start_method: str = "spawn",
-        start_timeout_s: float | None = None,
-    ):
+    index: int
+    slots: list[int]
+    info: dict | None = None
+
+    @abc.abstractmethod
+    def submit(self, msg: tuple) -> None:
+        """Start request ``msg`` (``(op, *args)``) without waiting; a dead worker is detected by :meth:`result`."""
+
+    @abc.abstractmethod
+    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+        """The reply to the last :meth:`submit`: ``("ok", payload)`` or ``("error", class, message, traceback)``.
+
+        Args:
+            timeout: Seconds left to wait.
+            what: The request, for messages (``"render request"``).
+            limit_s: The request's time limit, for messages (default ``timeout``).
+
+        Raises:
+            _Failure: the worker died or did not answer within ``timeout`` seconds.
+        """
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the worker (it builds its slots' instances) without waiting for it."""
+
+    @abc.abstractmethod
+    def kill(self, grace_s: float = 0.0) -> None:
+        """Stop the worker: wait up to ``grace_s`` seconds for it to exit by itself, then kill it."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Ask the worker to close its instances and exit (no waiting); :meth:`kill` follows."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """``"worker 1 (pid 1234)"``, for messages."""
+
+
+class RenderEngine(abc.ABC):
+    """Workers holding ``instances_per_slot`` chain instances for each of ``num_slots`` slots.
+
+    The common API of :data:`ENGINES`: the instance layout, :class:`RenderRequest`,
+    :meth:`render`, :meth:`reset`, :meth:`close`, and the fault semantics of the
+    module docstring. Subclasses create the :class:`WorkerHandle` objects and
+    turn requests into messages.
+
+    Attributes:
+        num_params, latency_samples, param_names: Of the chain, as the workers built it.
+        restarts: Workers restarted after a crash or hang so far.
+        num_workers: Workers.
+    """
+
+    spec: ChainSpec
+    num_slots: int
+    instances_per_slot: int
+    num_workers: int
+    timeout_s: float
+    start_timeout_s: float
+    max_retries: int
+    _workers: list[WorkerHandle]
+
+    def _setup(self, spec: ChainSpec, num_slots: int, instances_per_slot: int, timeout_s: float, max_retries: int,
+               start_timeout_s: float | None) -> None:
         if num_slots < 1 or instances_per_slot < 1:
             raise ValueError("num_slots and instances_per_slot must be ≥ 1")
+        if timeout_s <= 0 or max_retries < 0:
+            raise ValueError(f"timeout_s must be > 0 and max_retries ≥ 0, got {timeout_s} and {max_retries}")
         self.spec = spec
-        self.num_slots = num_slots
-        self.instances_per_slot = instances_per_slot
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_workers = max(1, min(num_workers or usable, num_slots))
+        self.num_slots = int(num_slots)
+        self.instances_per_slot = int(instances_per_slot)
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0))
         self.max_retries = int(max_retries)
         self.restarts = 0
         self._lock = threading.Lock()
         self._closed = False
-        ctx = mp.get_context(start_method)
-        self._workers = [
-            _Worker(ctx, spec, [s for s in range(num_slots) if s % self.num_workers == w], instances_per_slot, w)
-            for w in range(self.num_workers)
-        ]
-        _LIVE_POOLS.add(self)
+
+    def _slots_of(self, w: int) -> list[int]:
+        return [s for s in range(self.num_slots) if s % self.num_workers == w]
+
+    def _start_all(self) -> None:
+        """Await every started worker's ready message; on failure close everything and raise."""
+        _LIVE_ENGINES.add(self)
         try:
             for w in self._workers:
                 self._await_ready(w)
@@ -298,37 +380,23 @@ class RenderPool:
         self.param_names: list[str] = info.get("names", [])
 
     # -- lifecycle ------------------------------------------------------------
-    def _await_ready(self, w: _Worker) -> None:
+    def _await_ready(self, w: WorkerHandle) -> None:
         try:
-            reply = self._recv(w, self.start_timeout_s, what="start")
+            reply = w.result(self.start_timeout_s, what="start")
         except _Failure as f:
             raise WorkerError(f"{f}: could not build chain {self.spec.name!r}") from None
         if reply[0] == "error":
             self._raise_remote(reply, w)
         w.info = reply[1]
 
-    def _recv(self, w: _Worker, timeout: float, what: str):
-        ready = wait([w.conn, w.proc.sentinel], timeout=timeout)
-        if w.conn in ready:
-            try:
-                return w.conn.recv()
-            except (EOFError, OSError):
-                pass
-        if not ready:
-            raise _Failure(f"worker {w.index} (pid {w.proc.pid}) timed out after {timeout:g} s during {what}")
-        w.proc.join(timeout=1)
-        code = w.proc.exitcode
-        sig = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        raise _Failure(f"worker {w.index} (pid {w.proc.pid}) died with {sig} during {what}")
-
-    def _raise_remote(self, reply, w: _Worker) -> None:
+    def _raise_remote(self, reply, w: WorkerHandle) -> None:
         _, name, msg, tb = reply
         cls = _ERRORS.get(name, PluginError)
         if tb:
-            log.debug("worker %d traceback:\n%s", w.index, tb)
-        raise cls(f"{msg} [in render worker {w.index}, chain {self.spec.name!r}; {name}]")
+            log.debug("%s traceback:\n%s", w.describe(), tb)
+        raise cls(f"{msg} [in render {w.describe()}, chain {self.spec.name!r}; {name}]")
 
-    def _restart(self, w: _Worker, reason: str) -> None:
+    def _restart(self, w: WorkerHandle, reason: str) -> None:
         log.warning("%s; restarting it and rebuilding slots %s (their plugin state is reset)", reason, w.slots)
         w.kill()
         w.start()
@@ -341,50 +409,43 @@ class RenderPool:
             return
         self._closed = True
         for w in self._workers:
-            try:
-                if w.proc.is_alive():
-                    w.conn.send(("close",))
-            except (OSError, BrokenPipeError):
-                pass
+            with contextlib.suppress(Exception):
+                w.shutdown()
         deadline = time.monotonic() + 5
         for w in self._workers:
-            w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
-            w.kill()
-            w.in_block.release()
-            w.out_block.release()
-        _LIVE_POOLS.discard(self)
+            with contextlib.suppress(Exception):
+                w.kill(grace_s=max(0.0, deadline - time.monotonic()))
+        self._release()
+        _LIVE_ENGINES.discard(self)
 
-    def __enter__(self) -> "RenderPool":
+    def _release(self) -> None:
+        """Engine resources beyond the workers (shared memory, a cluster connection)."""
+
+    def __enter__(self) -> "RenderEngine":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers]
-
     # -- requests -------------------------------------------------------------
-    def _call(self, payloads: dict[int, tuple]) -> dict[int, object]:
+    def _call(self, payloads: dict[int, tuple]) -> dict[int, Any]:
         """Send ``payloads[worker_index]`` to each worker, gather replies, handle faults."""
         if self._closed:
-            raise WorkerError("render pool is closed")
+            raise WorkerError("render engine is closed")
         with self._lock:
-            results: dict[int, object] = {}
+            results: dict[int, Any] = {}
             pending = dict(payloads)
             attempts = {i: 0 for i in pending}
             while pending:
                 for i, msg in pending.items():
-                    try:
-                        self._workers[i].conn.send(msg)
-                    except (OSError, BrokenPipeError):
-                        pass  # detected as a dead worker below
+                    self._workers[i].submit(msg)
                 failed: dict[int, str] = {}
                 deadline = time.monotonic() + self.timeout_s
                 for i in list(pending):
                     w = self._workers[i]
                     try:
-                        reply = self._recv(w, max(0.0, deadline - time.monotonic()), what=f"{msg[0]} request")
+                        reply = w.result(max(0.0, deadline - time.monotonic()), what=f"{pending[i][0]} request",
+                                         limit_s=self.timeout_s)
                     except _Failure as f:
                         failed[i] = str(f)
                         continue
@@ -393,7 +454,7 @@ class RenderPool:
                         for j in pending:
                             if j != i and j not in failed and j not in results:
                                 try:
-                                    self._recv(self._workers[j], self.timeout_s, what="drain")
+                                    self._workers[j].result(self.timeout_s, what="drain")
                                 except _Failure as f:
                                     self._restart(self._workers[j], str(f))
                         self._raise_remote(reply, w)
@@ -411,50 +472,62 @@ class RenderPool:
                     self._restart(self._workers[i], reason)
             return results
 
-    def render(self, requests: Sequence[RenderRequest]) -> list[np.ndarray]:
-        """Render every request; returns one ``(num_renders, channels_out, samples)`` array per request.
+    def _group(self, requests: Sequence[RenderRequest]) -> dict[int, list[int]]:
+        """Request indices by worker, after checking slots, render counts and audio rank.
+
+        Raises:
+            ValueError: a slot outside ``[0, num_slots)`` or too many renders for a slot.
+            AudioError: audio that is not ``(channels, samples)``.
+        """
+        by_worker: dict[int, list[int]] = {}
+        for k, req in enumerate(requests):
+            if not 0 <= req.slot < self.num_slots:
+                raise ValueError(f"slot {req.slot} outside [0, {self.num_slots})")
+            if len(req.params) > self.instances_per_slot:
+                raise ValueError(f"{len(req.params)} renders requested for slot {req.slot}, but it owns {self.instances_per_slot} instances")
+            if np.ndim(req.audio) != 2:
+                raise AudioError(f"audio must be (channels, samples), got shape {np.shape(req.audio)}")
+            by_worker.setdefault(req.slot % self.num_workers, []).append(k)
+        return by_worker
+
+    def render(self, requests: Sequence[RenderRequest], copy: bool = True) -> list[np.ndarray]:
+        """Render every request; returns one ``(num_renders, channels_out, samples)`` float32 array per request.
+
+        Row ``r`` of request ``k``'s array is instance ``r`` of its slot rendering
+        ``requests[k].audio`` with ``requests[k].params[r]``, continuing that
+        instance's state (reset first if ``requests[k].reset``).
+
+        Args:
+            requests: At most one request per slot is usual; several for one slot
+                render one after the other.
+            copy: ``True`` (default): arrays the caller owns. ``False``: read-only
+                views of the engine's transfer buffers, valid until the next
+                :meth:`render` call (saves one copy of every output sample).
 
         Raises:
             ValueError: a slot outside ``[0, num_slots)`` or too many renders for a slot.
             ParameterError / AudioError / PluginError: raised in a worker (not retried).
             WorkerError: a worker crashed or hung beyond ``max_retries``.
         """
-        by_worker: dict[int, list[tuple[int, int]]] = {}
-        for k, req in enumerate(requests):
-            if not 0 <= req.slot < self.num_slots:
-                raise ValueError(f"slot {req.slot} outside [0, {self.num_slots})")
-            if len(req.params) > self.instances_per_slot:
-                raise ValueError(f"{len(req.params)} renders requested for slot {req.slot}, but it owns {self.instances_per_slot} instances")
-            by_worker.setdefault(req.slot % self.num_workers, []).append((k, req.slot))
-        payloads, layouts = {}, {}
-        for i, items in by_worker.items():
-            w = self._workers[i]
-            audios = [np.ascontiguousarray(requests[k].audio, dtype=np.float32) for k, _ in items]
-            for a in audios:
-                if a.ndim != 2:
-                    raise AudioError(f"audio must be (channels, samples), got shape {a.shape}")
-            in_sizes = [a.nbytes for a in audios]
-            out_sizes = [a.nbytes * len(requests[k].params) for a, (k, _) in zip(audios, items)]
-            in_shm = w.in_block.ensure(sum(in_sizes))
-            out_shm = w.out_block.ensure(sum(out_sizes))
-            entries, in_off, out_off = [], 0, 0
-            for a, (k, slot), n_in, n_out in zip(audios, items, in_sizes, out_sizes):
-                np.ndarray(a.shape, np.float32, in_shm.buf, in_off)[...] = a
-                entries.append((slot, in_off, a.shape, np.asarray(requests[k].params, dtype=np.float64), out_off))
-                in_off += n_in
-                out_off += n_out
-            payloads[i] = ("render", in_shm.name, out_shm.name, entries)
-            layouts[i] = entries
-        replies = self._call(payloads)
-        out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
-        for i, items in by_worker.items():
-            buf = self._workers[i].out_block.shm.buf  # type: ignore[union-attr]
-            for (k, _), (_, _, shape, params, off), arr in zip(items, layouts[i], replies[i]):  # type: ignore[arg-type]
-                out[k] = arr if arr is not None else np.ndarray((len(params), *shape), np.float32, buf, off).copy()
-        return out
+        by_worker = self._group(requests)
+        outs = self._render(requests, by_worker)
+        if copy:
+            return [np.array(o) for o in outs]
+        for o in outs:
+            o.flags.writeable = False
+        return outs
+
+    @abc.abstractmethod
+    def _render(self, requests: Sequence[RenderRequest], by_worker: dict[int, list[int]]) -> list[np.ndarray]:
+        """Engine part of :meth:`render`: messages out, replies in, one (view) array per request."""
 
     def reset(self, slots: Sequence[int] | None = None) -> None:
-        """Reset every instance of ``slots`` (default: all slots)."""
+        """Reset every instance of ``slots`` (default: all slots), one message per worker.
+
+        Raises:
+            ValueError: a slot outside ``[0, num_slots)``.
+            WorkerError: a worker crashed or hung beyond ``max_retries``.
+        """
         slots = list(range(self.num_slots)) if slots is None else [int(s) for s in slots]
         by_worker: dict[int, list[int]] = {}
         for s in slots:
@@ -464,5 +537,227 @@ class RenderPool:
         self._call({i: ("reset", ss) for i, ss in by_worker.items()})
 
 
-class _Failure(Exception):
-    """Internal: a worker died or timed out."""
+_LIVE_ENGINES: "weakref.WeakSet[RenderEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_engines() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
+
+
+# -- the multiprocessing engine ----------------------------------------------------------------
+class _ProcessWorker(WorkerHandle):
+    def __init__(self, ctx, spec: ChainSpec, slots: list[int], instances_per_slot: int, index: int):
+        self.spec, self.slots, self.ips, self.index = spec, slots, instances_per_slot, index
+        self.ctx = ctx
+        self.in_block, self.out_block = _Block(), _Block()
+        self.start()
+
+    def start(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        with _main_module_hidden():
+            self.proc = self.ctx.Process(
+                target=_worker_main,
+                args=(child, self.spec, self.slots, self.ips, os.getpid()),
+                name=f"deepafx-render-{self.index}",
+                daemon=True,
+            )
+            self.proc.start()
+        child.close()
+        self.info = None
+
+    def submit(self, msg: tuple) -> None:
+        try:
+            self.conn.send(msg)
+        except (OSError, BrokenPipeError):
+            pass  # detected as a dead worker by result()
+
+    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+        ready = wait([self.conn, self.proc.sentinel], timeout=timeout)
+        if self.conn in ready:
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):
+                pass
+        if not ready:
+            raise _Failure(f"{self.describe()} timed out after {limit_s or timeout:g} s during {what}")
+        self.proc.join(timeout=1)
+        code = self.proc.exitcode
+        sig = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        raise _Failure(f"{self.describe()} died with {sig} during {what}")
+
+    def shutdown(self) -> None:
+        if self.proc.is_alive():
+            self.conn.send(("close",))
+
+    def kill(self, grace_s: float = 0.0) -> None:
+        if grace_s > 0:
+            self.proc.join(timeout=grace_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+    def describe(self) -> str:
+        return f"worker {self.index} (pid {self.proc.pid})"
+
+
+class RenderPool(RenderEngine):
+    """Render engine ``"process"``: worker processes on this machine (the embedded default).
+
+    Audio travels through shared memory: each worker has an input and an output
+    block that grow as needed; a render message carries only offsets, shapes and
+    parameters, and an output with the input's shape is written in place.
+
+    Args:
+        spec: The chain every instance is built from.
+        num_slots: Batch slots (the batch size ``M``).
+        instances_per_slot: Instances per slot: ``1 + 2K`` for SPSA with K
+            perturbations, ``1 + 2P`` for finite differences.
+        num_workers: Worker processes (default: usable CPU cores, at most ``num_slots``).
+        timeout_s: Longest a worker may take for one render/reset request.
+        start_timeout_s: Longest a worker may take to start and build its
+            instances (default ``max(timeout_s, 120)``).
+        max_retries: Restarts + retries of a failed request before giving up.
+        start_method: multiprocessing start method (``"spawn"`` default: plugins
+            must be loaded on the main thread of a clean process).
+
+    Raises:
+        ValueError: ``num_slots`` or ``instances_per_slot`` below 1.
+        WorkerError / PluginError / ParameterError: if the chain cannot be built
+            (the worker's error is re-raised with its message).
+    """
+
+    def __init__(
+        self,
+        spec: ChainSpec,
+        num_slots: int,
+        instances_per_slot: int = 3,
+        num_workers: int | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 1,
+        start_method: str = "spawn",
+        start_timeout_s: float | None = None,
+    ):
+        self._setup(spec, num_slots, instances_per_slot, timeout_s, max_retries, start_timeout_s)
+        self.num_workers = max(1, min(num_workers or usable_cpus(), self.num_slots))
+        ctx = mp.get_context(start_method)
+        self._workers = []
+        try:
+            for w in range(self.num_workers):
+                self._workers.append(_ProcessWorker(ctx, spec, self._slots_of(w), instances_per_slot, w))
+        except BaseException:
+            self.close()
+            raise
+        self._start_all()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers (they change when a worker is restarted)."""
+        return [w.proc.pid for w in self._workers]
+
+    def _release(self) -> None:
+        for w in self._workers:
+            w.in_block.release()
+            w.out_block.release()
+
+    def _render(self, requests: Sequence[RenderRequest], by_worker: dict[int, list[int]]) -> list[np.ndarray]:
+        payloads, layouts = {}, {}
+        for i, ks in by_worker.items():
+            w = self._workers[i]
+            audios = [np.ascontiguousarray(requests[k].audio, dtype=np.float32) for k in ks]
+            in_shm = w.in_block.ensure(4 * sum(a.size for a in audios))
+            out_shm = w.out_block.ensure(4 * sum(a.size * len(requests[k].params) for a, k in zip(audios, ks)))
+            flat_in = np.ndarray((in_shm.size // 4,), np.float32, in_shm.buf)
+            entries, in_off, out_off = [], 0, 0
+            for a, k in zip(audios, ks):
+                flat_in[in_off : in_off + a.size] = a.reshape(-1)
+                req = requests[k]
+                entries.append((req.slot, in_off, a.shape, np.asarray(req.params, dtype=np.float64), bool(req.reset), out_off))
+                in_off += a.size
+                out_off += a.size * len(req.params)
+            del flat_in
+            payloads[i] = ("render", in_shm.name, out_shm.name, entries)
+            layouts[i] = entries
+        replies = self._call(payloads)
+        out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
+        for i, ks in by_worker.items():
+            shm = self._workers[i].out_block.shm
+            flat_out = np.ndarray((shm.size // 4,), np.float32, shm.buf)  # type: ignore[union-attr]
+            for k, (_, _, shape, params, _, off), arr in zip(ks, layouts[i], replies[i]):
+                n = len(params) * int(np.prod(shape))
+                out[k] = arr if arr is not None else flat_out[off : off + n].reshape(len(params), *shape)
+        return out
+
+
+# -- choosing an engine ---------------------------------------------------------------------------
+#: Render engines by name: ``"process"`` (:class:`RenderPool`) and ``"ray"`` (:class:`deepafx.ray_pool.RayRenderPool`).
+ENGINES: Registry[type[RenderEngine]] = Registry("render engine")
+ENGINES.register("process", RenderPool)
+ENGINES.register("ray", "deepafx.ray_pool:RayRenderPool")
+
+
+@dataclass
+class RenderConfig:
+    """Where renders run: the ``render:`` section of a training config.
+
+    Attributes:
+        engine: Name in :data:`ENGINES`: ``"process"`` (worker processes on this
+            machine, the default) or ``"ray"`` (Ray actors on a Ray cluster).
+        address: Ray only: ``"auto"`` (the cluster this machine joined with
+            ``ray start``), ``"ray://HOST:10001"`` (Ray Client), ``"HOST:6379"``,
+            or ``None`` (a private local Ray instance started and stopped with
+            the engine). Must be ``None`` for ``"process"``.
+        num_workers: Workers of one engine (``None``: usable CPU cores for
+            ``"process"``, the cluster's CPUs for ``"ray"``; divided among DDP
+            ranks; never more than the batch slots).
+
+    Raises:
+        ValueError: an unknown engine (the known ones are listed), an address
+            for the process engine, or ``num_workers`` below 1.
+    """
+
+    engine: str = "process"
+    address: str | None = None
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:  # checked by name: the ray engine is imported only when started
+            raise ValueError(f"unknown render engine {self.engine!r}; known: {', '.join(ENGINES.names())}")
+        if self.engine == "process" and self.address is not None:
+            raise ValueError(f"render.address ({self.address!r}) applies to engine 'ray' only; "
+                             "set render.engine=ray or remove the address")
+        if self.num_workers is not None and int(self.num_workers) < 1:
+            raise ValueError(f"render.num_workers must be ≥ 1, got {self.num_workers}")
+
+    def build(self, spec: ChainSpec, num_slots: int, instances_per_slot: int, *, num_workers: int | None = None,
+              share: int = 1, **options: Any) -> RenderEngine:
+        """Start this engine for ``spec``.
+
+        Args:
+            spec: The chain.
+            num_slots, instances_per_slot: The instance layout.
+            num_workers: Overrides :attr:`num_workers` when given.
+            share: Engines started at once by cooperating processes (DDP ranks):
+                the default worker count is divided by it.
+            **options: ``timeout_s``, ``max_retries``, ``start_timeout_s``.
+
+        Returns:
+            A started :class:`RenderEngine`.
+
+        Raises:
+            WorkerError, PluginError, ParameterError: as the engine's constructor.
+            ImportError: ``"ray"`` without the ``ray`` package.
+        """
+        cls = ENGINES.get(self.engine)
+        workers = num_workers if num_workers is not None else self.num_workers
+        if self.engine == "ray":
+            options.update(address=self.address, share=share)
+        elif workers is None:
+            workers = max(1, usable_cpus() // max(1, share))
+        return cls(spec, num_slots, instances_per_slot, num_workers=workers, **options)
+
+
+__all__ = ["ENGINES", "RenderConfig", "RenderEngine", "RenderPool", "RenderRequest", "SlotInstances", "WorkerError",
+           "WorkerHandle", "usable_cpus"]

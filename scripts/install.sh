@@ -34,6 +34,7 @@ else
 fi
 
 # torch first and pinned: the CPU build 2.13.0 (a looser range pulls several GB of CUDA wheels).
+# The package pulls in the rest, ray (the multi-machine render engine) included.
 python -m pip install -q "torch==2.13.0"
 extra=""
 if [ "${1:-}" = "--test" ]; then extra="[test]"; fi

@@ -15,7 +15,8 @@ Each epoch builds its batcher from a seed derived from ``(seed, epoch, rank)``
 and starts from freshly reset plugin instances, so a run resumed from an
 epoch checkpoint produces exactly the same next losses as an uninterrupted run.
 Under ``torchrun`` each rank renders its own share of the tracks with its own
-workers; gradients of the encoder are averaged by DDP; every rank runs the same
+workers (its own processes, or its own actors on a Ray cluster: the optional
+``render:`` section, :class:`deepafx.workers.RenderConfig`); gradients of the encoder are averaged by DDP; every rank runs the same
 number of steps per epoch; rank 0 alone writes files (the engine,
 :class:`deepafx.trainer.Trainer`).
 """
@@ -23,7 +24,6 @@ number of steps per epoch; rank 0 alone writes files (the engine,
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +39,7 @@ from deepafx.fx import ExponentialEpsilon, FxLayer
 from deepafx.hybrid import HybridChain, is_hybrid
 from deepafx.losses import build_loss
 from deepafx.trainer import Stage, TrainSettings
+from deepafx.workers import RenderConfig
 
 
 @dataclass
@@ -48,7 +49,10 @@ class AutomationTrainConfig(TrainSettings):
 
     Attributes:
         batch_size: Batch slots M (stateful streams).
-        workers: Render worker processes (``None``: usable CPU cores ÷ ranks).
+        workers: Render workers (``None``: the ``render:`` section's
+            ``num_workers``, else usable CPU cores ÷ ranks for the process
+            engine or the Ray cluster's CPUs ÷ ranks); ``render.num_workers``
+            takes precedence when both are set.
         epochs: Maximum epochs of stage 2.
         steps_per_epoch: Cap on steps per epoch (``None``: one pass over the tracks).
         pretrain_steps: Stage-1 steps toward the default parameters (0 skips it).
@@ -140,7 +144,8 @@ class AutomationTask:
 
     Args:
         config: The bound recipe config (sections ``chain``, ``model``, ``train`` at least;
-            ``train`` an :class:`AutomationTrainConfig`).
+            ``train`` an :class:`AutomationTrainConfig`; an optional ``render``
+            :class:`~deepafx.workers.RenderConfig` chooses the render engine).
         data_dir: Dataset folder.
     """
 
@@ -160,13 +165,14 @@ class AutomationTask:
         self.train_tracks, self.valid_tracks = self.load_tracks()
         self.train_tracks = self.train_tracks[self.dist.rank :: self.dist.world_size] or self.train_tracks
         tc = self.settings
-        usable = len(os.sched_getaffinity(0))
-        workers = tc.workers or max(1, usable // self.dist.world_size)
+        render: RenderConfig = self.config.sections.get("render") or RenderConfig()
+        workers = render.num_workers or tc.workers  # None: the engine's default, shared by the ranks
         eps = (ExponentialEpsilon(tc.epsilon, tc.epsilon_end, tc.epsilon_decay_steps) if tc.epsilon_end else tc.epsilon)
         layer = HybridChain if is_hybrid(self.chain) else FxLayer  # ddsp. entries: autograd for them
         self.fx = layer(self.chain, tc.batch_size, num_workers=workers, estimator=tc.estimator,
                         epsilon=eps, num_perturbations=tc.num_perturbations,
-                        seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s)
+                        seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s,
+                        render=render, worker_share=self.dist.world_size)
         self.defaults = torch.tensor(pretrain_target(self.chain.param_table.defaults_normalized()), dtype=torch.float32)
         self.loss_fn = build_loss(tc.loss, sample_rate=self.chain.sample_rate, latency_samples=self.fx.latency_samples,
                                   max_delay_ms=tc.max_delay_ms, alpha_time=tc.alpha_time, alpha_freq=tc.alpha_freq,

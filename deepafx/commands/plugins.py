@@ -14,6 +14,12 @@ URI), Faust file, chain config or backend and prints its parameter table (plugin
 in a child process with a time limit (``--timeout``), so a plugin that hangs or
 crashes while loading (ZamVerb.vst3 hangs) is reported instead of stopping the
 command.
+
+``deepafx plugins --cluster ADDRESS`` runs the listing on every machine of a Ray
+cluster (``auto`` for the cluster this machine joined) and reports what each
+machine lacks; with ``--details NAME`` it loads that plugin or chain on every
+machine. Exit status 1 when a machine lacks something or fails to load it:
+check a render cluster before training with ``render: {engine: ray}``.
 """
 
 from __future__ import annotations
@@ -206,7 +212,102 @@ def _child(spec_json: str, sample_rate: str) -> None:
     os._exit(0)  # skip plugin destructors (some print warnings or hang at exit)
 
 
+def cluster_plugins(address: str | None) -> dict[str, dict[str, list[str]]]:
+    """:func:`find_plugins` on every machine of a Ray cluster.
+
+    Args:
+        address: The cluster (:func:`deepafx.ray_pool.connect`: ``"auto"``,
+            ``"HOST:PORT"``, ``"ray://HOST:10001"``; ``None`` for the connection
+            this process already has, else a private local instance).
+
+    Returns:
+        ``{"HOST (IP)": find_plugins() there}``; a machine that failed maps to
+        ``{"error": [message]}``.
+
+    Raises:
+        ConnectionError: no cluster at ``address``.
+        ImportError: ray is not installed.
+    """
+    return _on_cluster(address, find_plugins)
+
+
+def cluster_details(address: str | None, target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0,
+                    param_map: str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`details` of ``target`` on every machine of a Ray cluster (each loads it in a child process).
+
+    Returns:
+        ``{"HOST (IP)": details}``, or ``{"error": message}`` for a machine that failed.
+
+    Raises:
+        ConnectionError: no cluster at ``address``.
+    """
+    return _on_cluster(address, details, target, sample_rate, timeout_s, param_map)
+
+
+def _on_cluster(address: str | None, fn, *args) -> dict[str, Any]:
+    from deepafx.ray_pool import connect, disconnect, on_every_node
+
+    connect(address)
+    try:
+        results = on_every_node(fn, *args)
+    finally:
+        disconnect()
+    return {host: {"error": f"{type(r).__name__}: {r}"} if isinstance(r, BaseException) else r
+            for host, r in results.items()}
+
+
+def _name(kind: str, item: str) -> str:
+    """What to compare across machines: URIs and backends as they are, files by name (install paths differ)."""
+    return item if kind in ("lv2", "backends") else Path(item).name
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    if args.details:
+        report = cluster_details(args.cluster, args.details, args.sample_rate, args.timeout, args.param_map)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        failed = 0
+        for host, info in sorted(report.items()):
+            if "error" in info:
+                failed += 1
+                print(f"{host}: FAILED: {info['error']}")
+            else:
+                print(f"{host}: ok, {info['num_params']} parameter(s), latency {info['latency_samples']} samples")
+        counts = {info["num_params"] for info in report.values() if "error" not in info}
+        if len(counts) > 1:
+            print(f"machines disagree on the parameter count ({sorted(counts)}): install the same plugin versions")
+            failed += 1
+        print(f"{args.details}: loads on {len(report) - failed} of {len(report)} machine(s)")
+        return 1 if failed else 0
+    report = cluster_plugins(args.cluster)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    errors = {h: r["error"] for h, r in report.items() if "error" in r}
+    listed = {h: r for h, r in report.items() if "error" not in r}
+    union = {k: {_name(k, i) for r in listed.values() for i in r.get(k, [])}
+             for k in ("lv2", "vst3", "vst2", "faust", "chains", "backends")}
+    missing = 0
+    for host, found in sorted(listed.items()):
+        counts = ", ".join(f"{len(found.get(k, []))} {k}" for k in union)
+        print(f"{host}: {counts}")
+        for kind, names in union.items():
+            lacks = sorted(names - {_name(kind, i) for i in found.get(kind, [])})
+            if lacks:
+                missing += 1
+                print(f"  lacks {len(lacks)} {kind}: {', '.join(lacks[:20])}{' …' if len(lacks) > 20 else ''}")
+    for host, err in sorted(errors.items()):
+        print(f"{host}: FAILED: {err}")
+    if missing or errors:
+        print("install the missing plugins on those machines (scripts/install.sh there installs the Debian packages)")
+        return 1
+    print(f"every machine ({len(listed)}) has the same plugins")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _run_cluster(args)
     if args.details:
         try:
             info = details(args.details, args.sample_rate, args.timeout, args.param_map)
@@ -269,6 +370,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-rate", type=float, default=44100.0, help="rate in Hz for --details (default 44100)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds allowed for loading with --details (default 60)")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="run on every machine of a Ray cluster (auto, HOST:6379 or ray://HOST:10001) and report "
+                        "what each lacks; with --details, load it on every machine; exit status 1 on a difference")
     p.set_defaults(func=run)
 
 

@@ -24,6 +24,7 @@ from deepafx.recipes import Recipe
 from deepafx.recipes.amp_emulation.data import AmpDataConfig
 from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig
 from deepafx.recipes.amp_emulation.train import ChainConfig, TrainConfig
+from deepafx.workers import RenderConfig
 
 
 def _data(config, out_dir: Path, force: bool = False) -> Path:
@@ -54,7 +55,7 @@ RECIPE = Recipe(
     name="amp_emulation",
     summary="amp emulation: an encoder drives ordinary plugins to sound like a tube amplifier (DeepAFx)",
     sections={"data": AmpDataConfig, "chain": ChainConfig, "model": ModelConfig, "train": TrainConfig,
-              "evaluate": EvaluateConfig},
+              "evaluate": EvaluateConfig, "render": RenderConfig},
     data=_data,
     task=_task,
     evaluate=_evaluate,

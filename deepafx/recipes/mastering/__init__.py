@@ -17,6 +17,7 @@ from deepafx.recipes.mastering.evaluate import EvaluateConfig
 from deepafx.automation.model import ModelConfig
 from deepafx.recipes.mastering.music import MusicDataConfig
 from deepafx.recipes.mastering.train import ChainConfig, TrainConfig
+from deepafx.workers import RenderConfig
 
 
 def _data(config, out_dir: Path, force: bool = False) -> Path:
@@ -47,7 +48,7 @@ RECIPE = Recipe(
     name="mastering",
     summary="automatic mastering: an encoder drives a real mastering chain (DeepAFx)",
     sections={"data": MusicDataConfig, "chain": ChainConfig, "model": ModelConfig, "train": TrainConfig,
-              "evaluate": EvaluateConfig},
+              "evaluate": EvaluateConfig, "render": RenderConfig},
     data=_data,
     task=_task,
     evaluate=_evaluate,

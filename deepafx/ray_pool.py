@@ -1,0 +1,345 @@
+"""Render engine ``"ray"``: one Ray actor per render worker, on any machine of a Ray cluster.
+
+:class:`RayRenderPool` keeps the layout, API and fault semantics of
+:class:`deepafx.workers.RenderPool` (see :mod:`deepafx.workers`): worker ``w`` is
+one actor that owns slots ``s % num_workers == w`` and builds all their chain
+instances in its own process (:class:`~deepafx.workers.SlotInstances`, the same
+code as a worker process). A render call is one actor method call per worker,
+carrying that worker's items and resets; the actors run in parallel.
+
+Audio travels through Ray's object store: the driver's input blocks become one
+object per worker call (written once by Ray), an actor reads them without a
+copy on its own machine (or after one transfer from another), and it returns
+one flat float32 array holding every render of its items, which the driver
+reads in place (on the same machine) or after one transfer. With
+``render(copy=False)`` (what :class:`deepafx.fx.FxLayer` uses) no further copy
+is made. Measured in ``benchmarks/spsa_step.py --engine ray``.
+
+Faults: a call that raises ``RayActorError`` (the actor's process died: abort,
+segfault, lost node) or does not finish within ``timeout_s`` (then the actor is
+killed with ``ray.kill``) restarts the worker as a new actor — its instances
+rebuilt fresh — and retries the request, up to ``max_retries``, then raises
+:class:`~deepafx.workers.WorkerError`. Actors are created with
+``max_restarts=0``: restarts are the engine's, so a hang is handled like a crash.
+
+Cluster connection (:func:`connect`): ``address=None`` starts a private local
+Ray instance (stopped when the last engine using it closes, at the latest at
+interpreter exit); ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:10001"``
+connect to a running cluster (disconnected the same way; the cluster keeps
+running). A process that called ``ray.init`` itself keeps its connection: the
+engines use it and never shut it down. Each actor reserves ``cpus_per_worker``
+CPUs of the cluster, and actors are spread over its machines (Ray's ``SPREAD``
+strategy). See the README's "Rendering on a Ray cluster" for the multi-machine
+set-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import ray
+
+from deepafx.chain import ChainSpec
+from deepafx.workers import (RenderEngine, RenderRequest, SlotInstances, WorkerError, WorkerHandle, _Failure,
+                             remote_error, usable_cpus)
+
+log = logging.getLogger(__name__)
+
+#: Logical CPUs of a private local Ray instance. They are scheduling slots, not cores: like the
+#: process engine, the embedded instance lets ``num_workers`` decide how many workers run (Ray
+#: still starts worker processes only as actors need them).
+LOCAL_LOGICAL_CPUS = 1024
+
+
+class _RenderActor:
+    """The actor behind one Ray render worker (created through ``ray.remote``; see :class:`RayRenderPool`)."""
+
+    def __init__(self, spec: ChainSpec, slots: Sequence[int], instances_per_slot: int):
+        self.owned: SlotInstances | None = None
+        self.error: tuple | None = None
+        try:
+            self.owned = SlotInstances(spec, slots, instances_per_slot)
+        except BaseException as exc:  # reported by ready(), as a worker process reports it
+            self.error = remote_error(exc)
+
+    def ready(self) -> tuple:
+        if self.error is not None:
+            return self.error
+        return ("ready", {**self.owned.info, "pid": os.getpid(), "host": socket.gethostname()})  # type: ignore[union-attr]
+
+    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool]]) -> tuple:
+        """Items ``(slot, audio (C, N), params (R, P), reset)`` → ``("ok", (per-item results, flat renders))``."""
+        try:
+            offsets = np.cumsum([0] + [a.size * len(p) for _, a, p, _ in items])
+            out = np.empty(int(offsets[-1]), np.float32)
+            res = self.owned.render([(*item, int(off)) for item, off in zip(items, offsets)], out)  # type: ignore[union-attr]
+            return ("ok", (res, out))
+        except Exception as exc:
+            return remote_error(exc)
+
+    def reset(self, slots: Sequence[int]) -> tuple:
+        try:
+            self.owned.reset(slots)  # type: ignore[union-attr]
+            return ("ok", None)
+        except Exception as exc:
+            return remote_error(exc)
+
+    def close(self) -> tuple:
+        if self.owned is not None:
+            self.owned.close()
+        return ("ok", None)
+
+
+# -- the cluster connection ----------------------------------------------------------------------
+_CONN_LOCK = threading.Lock()
+_CONN = {"users": 0, "owned": False}
+
+
+def connect(address: str | None) -> None:
+    """Connect this process to a Ray cluster (or start a private local instance), counting users.
+
+    Args:
+        address: ``None`` or ``"local"``: a private local instance (logical CPUs
+            :data:`LOCAL_LOGICAL_CPUS`); ``"auto"``: the cluster this machine
+            joined (``ray start``); ``"HOST:PORT"``; ``"ray://HOST:10001"`` (Ray Client).
+            Ignored when this process is already connected (``ray.init`` called
+            before, by the user or another engine).
+
+    Raises:
+        ConnectionError: no cluster at ``address`` (the message says how to start one).
+    """
+    with _CONN_LOCK:
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "logging_level": logging.WARNING}
+            try:
+                if address in (None, "local"):
+                    ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, **kwargs)
+                else:
+                    ray.init(address=address, **kwargs)
+            except ConnectionError as exc:
+                raise ConnectionError(
+                    f"no Ray cluster at render.address={address!r} ({exc}). Start one with `ray start --head` on "
+                    "the head machine and `ray start --address HEAD:6379` on each render machine, or leave "
+                    "render.address empty for a private local instance"
+                ) from None
+            _CONN["owned"] = True
+        elif address not in (None, "local", "auto"):
+            log.debug("already connected to Ray; render.address=%r is not used", address)
+        _CONN["users"] += 1
+
+
+def disconnect() -> None:
+    """Release one :func:`connect`; the last one shuts down a connection (or local instance) this module made."""
+    with _CONN_LOCK:
+        _CONN["users"] = max(0, _CONN["users"] - 1)
+        if _CONN["users"] == 0 and _CONN["owned"]:
+            _CONN["owned"] = False
+            ray.shutdown()
+
+
+def cluster_cpus() -> float:
+    """CPUs of the connected cluster (every alive machine together)."""
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Run ``fn(*args)`` once on every alive machine of the connected cluster.
+
+    Each call is a Ray task pinned to its machine (no CPU reserved, so busy
+    render workers do not block it).
+
+    Args:
+        fn: A picklable function (importable on every machine).
+        timeout_s: Longest wait for all machines.
+
+    Returns:
+        ``{"HOST (IP)": result}``, or the exception a machine raised as its value.
+
+    Raises:
+        TimeoutError: not every machine answered within ``timeout_s``.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(fn)
+    refs = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            label = f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')})"
+            refs[label] = task.options(scheduling_strategy=strategy).remote(*args)
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    if len(ready) < len(refs):
+        raise TimeoutError(f"only {len(ready)} of {len(refs)} machines answered within {timeout_s:g} s")
+    out = {}
+    for label, ref in refs.items():
+        try:
+            out[label] = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            out[label] = exc.cause if isinstance(exc.cause, BaseException) else exc
+    return out
+
+
+# -- the engine ----------------------------------------------------------------------------------
+class _RayWorker(WorkerHandle):
+    def __init__(self, actor_cls, spec: ChainSpec, slots: list[int], instances_per_slot: int, index: int):
+        self.actor_cls, self.spec, self.slots, self.ips, self.index = actor_cls, spec, slots, instances_per_slot, index
+        self.actor = None
+        self.start()
+
+    def start(self) -> None:
+        self.info = None
+        self.actor = self.actor_cls.remote(self.spec, self.slots, self.ips)
+        self.future = self.actor.ready.remote()
+
+    def submit(self, msg: tuple) -> None:
+        op, *args = msg
+        self.future = getattr(self.actor, op).remote(*args)
+
+    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+        try:
+            return ray.get(self.future, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise _Failure(f"{self.describe()} timed out after {limit_s or timeout:g} s during {what}") from None
+        except ray.exceptions.RayActorError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _Failure(f"{self.describe()} died during {what} ({type(exc).__name__}: {reason})") from None
+        except ray.exceptions.RayTaskError as exc:  # the actor method raised outside its own handler
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            return ("error", type(cause).__name__, str(cause), str(exc))
+
+    def shutdown(self) -> None:
+        if self.actor is not None:
+            self.future = self.actor.close.remote()
+
+    def kill(self, grace_s: float = 0.0) -> None:
+        if self.actor is None:
+            return
+        if grace_s > 0:
+            with contextlib.suppress(Exception):
+                ray.wait([self.future], timeout=grace_s)
+        with contextlib.suppress(Exception):
+            ray.kill(self.actor, no_restart=True)
+        self.actor = None
+
+    def describe(self) -> str:
+        where = f"pid {self.info['pid']} on {self.info['host']}" if self.info else "starting"
+        return f"worker {self.index} (Ray actor, {where})"
+
+
+class RayRenderPool(RenderEngine):
+    """Render engine ``"ray"``: Ray actors holding ``instances_per_slot`` chain instances per slot.
+
+    Args:
+        spec: The chain every instance is built from (every render machine
+            needs its plugins: check with ``deepafx plugins --cluster ADDRESS``).
+        num_slots: Batch slots (the batch size ``M``).
+        instances_per_slot: Instances per slot (``1 + 2K`` for SPSA).
+        num_workers: Actors (default: the cluster's CPUs ÷ ``cpus_per_worker`` ÷
+            ``share``; at most ``num_slots``).
+        timeout_s: Longest one render/reset call may take before the actor is
+            considered hung, killed and restarted.
+        max_retries: Restarts + retries of a failed request before giving up.
+        start_timeout_s: Longest an actor may take to be placed and build its
+            instances (default ``max(timeout_s, 120)``).
+        address: The cluster (see :func:`connect`); ``None``: a private local instance.
+        share: Engines started at once by cooperating processes (DDP ranks);
+            divides the default ``num_workers``.
+        cpus_per_worker: CPUs each actor reserves (default 1).
+
+    Raises:
+        ValueError: ``num_slots`` or ``instances_per_slot`` below 1.
+        ConnectionError: no cluster at ``address``.
+        WorkerError: the cluster has fewer CPUs than the actors need, or an
+            actor could not start in time.
+        PluginError / ParameterError: the chain cannot be built on a render
+            machine (its error, with the machine named).
+    """
+
+    def __init__(
+        self,
+        spec: ChainSpec,
+        num_slots: int,
+        instances_per_slot: int = 3,
+        num_workers: int | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 1,
+        start_timeout_s: float | None = None,
+        *,
+        address: str | None = None,
+        share: int = 1,
+        cpus_per_worker: float = 1.0,
+    ):
+        self._setup(spec, num_slots, instances_per_slot, timeout_s, max_retries, start_timeout_s)
+        self._workers = []
+        self.address = address
+        connect(address)
+        self._connected = True
+        try:
+            cpus = cluster_cpus()
+            if num_workers is None:
+                num_workers = max(1, int(cpus // cpus_per_worker) // max(1, int(share)))
+            self.num_workers = max(1, min(int(num_workers), self.num_slots))
+            if self.num_workers * cpus_per_worker > cpus:
+                raise WorkerError(
+                    f"the Ray cluster has {cpus:g} CPUs, {self.num_workers} render workers need "
+                    f"{self.num_workers * cpus_per_worker:g}: add render machines (`ray start --address HEAD:6379`) "
+                    "or lower render.num_workers"
+                )
+            actor_cls = ray.remote(_RenderActor).options(
+                num_cpus=cpus_per_worker, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
+            for w in range(self.num_workers):
+                self._workers.append(_RayWorker(actor_cls, spec, self._slots_of(w), instances_per_slot, w))
+        except BaseException:
+            self.close()
+            raise
+        self._start_all()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the actors (on their machines; they change when a worker is restarted)."""
+        return [w.info["pid"] if w.info else -1 for w in self._workers]
+
+    @property
+    def hosts(self) -> list[str]:
+        """Host name of each actor's machine."""
+        return [w.info["host"] if w.info else "?" for w in self._workers]
+
+    def _release(self) -> None:
+        if self._connected:
+            self._connected = False
+            disconnect()
+
+    def _render(self, requests: Sequence[RenderRequest], by_worker: dict[int, list[int]]) -> list[np.ndarray]:
+        payloads = {}
+        for i, ks in by_worker.items():
+            items = [(requests[k].slot, np.ascontiguousarray(requests[k].audio, dtype=np.float32),
+                      np.asarray(requests[k].params, dtype=np.float64), bool(requests[k].reset)) for k in ks]
+            payloads[i] = ("render", items)
+        replies = self._call(payloads)
+        out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
+        for i, ks in by_worker.items():
+            res, flat = replies[i]
+            off = 0
+            for k, arr in zip(ks, res):
+                shape = (len(requests[k].params), *np.shape(requests[k].audio))
+                n = int(np.prod(shape))
+                out[k] = arr if arr is not None else flat[off : off + n].reshape(shape)
+                off += n
+        return out
+
+
+def _node_summary() -> dict[str, Any]:
+    """This machine's host name, usable CPUs and deepafx location (run on every node by ``deepafx plugins``)."""
+    import deepafx
+
+    return {"host": socket.gethostname(), "cpus": usable_cpus(), "deepafx": os.path.dirname(deepafx.__file__)}
+
+
+__all__ = ["LOCAL_LOGICAL_CPUS", "RayRenderPool", "cluster_cpus", "connect", "disconnect", "on_every_node"]
