@@ -88,6 +88,26 @@ class RenderRequest:
     reset: bool = False
 
 
+#: glibc ``mallopt`` settings of render workers: blocks up to 32 MiB (glibc's largest threshold) come
+#: from the heap and freed memory is kept, instead of a fresh ``mmap`` per output block whose pages
+#: fault in one by one. Measured on 2 cores: 12 renders of 1 s stereo through an identity chain
+#: 3.1 → 1.8 ms, the cheap 7-plugin chain 4.3 → 3.7 ms per render.
+MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20), "M_TRIM_THRESHOLD": (-1, 256 << 20), "M_TOP_PAD": (-2, 64 << 20)}
+
+
+def tune_allocator() -> bool:
+    """Apply :data:`MALLOC_SETTINGS` to this process (glibc only); True if applied.
+
+    Render workers call it at start. A benchmark calls it before timing plugins
+    alone, so that its render-bound ideal pays the same allocation costs.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return all(libc.mallopt(code, value) == 1 for code, value in MALLOC_SETTINGS.values())
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def usable_cpus() -> int:
     """CPU cores this process may run on (its affinity mask), at least 1."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -98,7 +118,8 @@ class SlotInstances:
     """Worker side: the chain instances of the slots one worker owns (a process or a Ray actor).
 
     Builds ``instances_per_slot`` instances per slot, serially on the calling
-    thread (VST3 and dawdreamer plugins must load on a process's main thread).
+    thread (VST3 and dawdreamer plugins must load on a process's main thread),
+    after :func:`tune_allocator`.
 
     Args:
         spec: The chain every instance is built from.
@@ -112,6 +133,7 @@ class SlotInstances:
     def __init__(self, spec: ChainSpec, slots: Sequence[int], instances_per_slot: int):
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
+        tune_allocator()
         self.chains = {s: [spec.build() for _ in range(instances_per_slot)] for s in slots}
         first = next(iter(self.chains.values()))[0] if self.chains else spec.build()
         self.info = {"num_params": len(first.param_table), "latency_samples": first.latency_samples,
@@ -759,5 +781,5 @@ class RenderConfig:
         return cls(spec, num_slots, instances_per_slot, num_workers=workers, **options)
 
 
-__all__ = ["ENGINES", "RenderConfig", "RenderEngine", "RenderPool", "RenderRequest", "SlotInstances", "WorkerError",
-           "WorkerHandle", "usable_cpus"]
+__all__ = ["ENGINES", "MALLOC_SETTINGS", "RenderConfig", "RenderEngine", "RenderPool", "RenderRequest", "SlotInstances",
+           "WorkerError", "WorkerHandle", "tune_allocator", "usable_cpus"]
