@@ -176,7 +176,8 @@ def _render_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
 def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii: Sequence[float],
                  random_fraction: float, seed: int, sample_rate: float, notes: Sequence[Sequence[int]],
                  note_duration_s: float, duration_s: float, feature: FeatureSettings, min_level_db: float,
-                 workers: int = 2, progress: bool = True, settings: dict | None = None) -> Path:
+                 workers: int = 2, progress: bool = True, settings: dict | None = None,
+                 source_ids: np.ndarray | None = None) -> Path:
     """Sample, render and store the corpus in ``out_dir`` (atomically; see the module docstring).
 
     Args:
@@ -191,6 +192,8 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
         workers: Render processes (≥ 1).
         progress: Show a tqdm bar.
         settings: Recorded in ``meta.json`` (the data settings the corpus was built from).
+        source_ids: Index of each row of ``factory_x`` in the dataset's factory list (``source.npy``
+            stores these; default the row numbers).
 
     Returns:
         ``out_dir``.
@@ -207,6 +210,9 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
     t0 = time.perf_counter()
     try:
         x, src, kind, rad = sample_corpus(factory_x, size, radii, random_fraction, np.random.default_rng(seed))
+        if source_ids is not None:
+            ids = np.asarray(source_ids, dtype=np.int32)
+            src = np.where(src >= 0, ids[np.maximum(src, 0)], -1).astype(np.int32)
         n = len(x)
         frames = 1 + int(round(duration_s * sample_rate)) // feature.hop_length
         shape = (n, len(notes), feature.n_mels, frames)

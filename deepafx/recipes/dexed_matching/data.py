@@ -334,7 +334,8 @@ def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> N
                 print(f"corpus in {out / 'corpus'} is up to date")
             return
     ind = np.load(out / "in_domain.npz")
-    factory_train = ind["factory_x"][np.unique(ind["source_train"])]
+    train_ids = np.unique(ind["source_train"])
+    factory_train = ind["factory_x"][train_ids]
     if progress:
         print(f"rendering a corpus of {cfg.corpus_size} presets from {len(factory_train)} training voices "
               f"on {cfg.corpus_workers} worker(s)")
@@ -342,7 +343,7 @@ def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> N
                  random_fraction=float(cfg.corpus_random_fraction), seed=int(cfg.seed), sample_rate=cfg.sample_rate,
                  notes=cfg.notes, note_duration_s=cfg.note_duration_s, duration_s=cfg.duration_s,
                  feature=cfg.feature_settings(), min_level_db=cfg.min_level_db, workers=int(cfg.corpus_workers),
-                 progress=progress, settings=cfg.corpus_settings)
+                 progress=progress, settings=cfg.corpus_settings, source_ids=train_ids)
 
 
 def _jsonable(v: Any) -> Any:

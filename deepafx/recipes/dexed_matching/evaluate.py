@@ -232,7 +232,7 @@ def evaluate_from_config(
         per = (time.perf_counter() - t0) / max(len(both), 1)
         n_in = len(targets["in_domain"]["audio"])
         for dom, part in (("in_domain", found[:n_in]), ("out_of_domain", found[n_in:])):
-            starts["retrieval_corpus"][dom] = set_transpose(part, targets[dom]["pitch"][:, None] - 60)
+            starts["retrieval_corpus"][dom] = set_transpose(part, targets[dom]["pitch"] - 60)
             seconds["retrieval_corpus"][dom] = np.full(len(part), per)
         say(f"corpus retrieval over {len(cindex.corpus.valid_index)} presets: {per:.2f} s per sound")
     layout = None

@@ -1,0 +1,173 @@
+"""Dexed corpus: the sampler, the cached store (bit-equal to the on-the-fly features, atomic), the IF-Mel input,
+training from cached features and the evaluation rows built on the corpus (corpus retrieval, CIs, NDB, pitch)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepafx.recipes.dexed_matching.data import DEFAULT_SOUNDFONT, build_dataset
+from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks, load_factory_presets
+
+REPO = Path(__file__).resolve().parent.parent
+MEDIUM = REPO / "recipes" / "dexed_matching" / "medium.yaml"
+
+TINY = [
+    "data.max_factory_presets=14",
+    "data.ood_programs=[0, 24, 40, 56, 71, 73]",
+    "data.ood_test_programs=2",
+    "data.ood_valid_programs=1",
+    "data.test_fraction=0.2",
+    "data.corpus_size=40",
+    "data.corpus_workers=1",
+    "model.cnn_channels=[8, 16]",
+    "model.hidden=32",
+    "train.batch_size=4",
+    "train.ploss_steps=3",
+    "train.crossfade_steps=1",
+    "train.synth_steps=1",
+    "train.real_steps=1",
+    "train.render_workers=1",
+    "train.num_threads=1",
+    "train.log_every=1",
+    "evaluate.num_in_domain=3",
+    "evaluate.num_out_of_domain=2",
+    "evaluate.refine_renders=4",
+    "evaluate.refine_methods=[retrieval_corpus, ploss]",
+    "evaluate.workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    if not Path(DEFAULT_SOUNDFONT).exists():
+        pytest.skip(f"General MIDI SoundFont {DEFAULT_SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
+    try:
+        return fetch_hexter_banks(tmp_path_factory.mktemp("hexter"))
+    except RuntimeError as exc:
+        pytest.skip(f"DX7 factory banks unavailable: {exc}")
+
+
+def _cfg(bank_dir, *extra):
+    from deepafx.config import load_config
+    from deepafx.recipes import get_recipe
+
+    return get_recipe("dexed_matching").bind(load_config(MEDIUM, TINY + [f"data.hexter_dir={bank_dir}", *extra]))
+
+
+@pytest.fixture(scope="module")
+def tiny(bank_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dexed_corpus")
+    build_dataset({"data": _cfg(bank_dir).to_dict()["data"]}, d, progress=False)
+    return d
+
+
+def test_sampler_uses_training_voices_only(bank_dir):
+    from deepafx.hosts.dexed_host import quantize_normalized
+    from deepafx.recipes.dexed_matching.corpus import sample_corpus
+
+    fx = np.stack([v.x for v in load_factory_presets(bank_dir)[:10]])
+    x, src, kind, rad = sample_corpus(fx, 100, [0.02, 0.2], 0.3, np.random.default_rng(0))
+    assert x.shape == (100, 145) and (kind == 0).sum() == 10 and (kind == 2).sum() == 30 and (kind == 1).sum() == 60
+    np.testing.assert_allclose(quantize_normalized(x), x, atol=1e-6)  # on the DX7 grid (stored as float32)
+    assert set(src[kind != 2]) <= set(range(10)) and (src[kind == 2] == -1).all()
+    assert set(np.round(rad[kind == 1].astype(float), 3).tolist()) == {0.02, 0.2}
+    # a marginal draw takes every parameter's value from some training voice
+    t = __import__("deepafx.hosts.dexed_host", fromlist=["x"]).dexed_param_table().index("transpose_semitones")
+    for row in x[kind == 2]:
+        for j in range(145):
+            if j != t:
+                assert np.isclose(row[j], fx[:, j]).any()
+    # larger radii move further from the source voice
+    d = np.abs(x[kind == 1] - fx[src[kind == 1]]).mean(1)
+    assert d[rad[kind == 1] > 0.1].mean() > 2 * d[rad[kind == 1] < 0.1].mean()
+    with pytest.raises(ValueError, match="corpus_size"):
+        sample_corpus(fx, 5, [0.1], 0.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="corpus_radii"):
+        sample_corpus(fx, 20, [0.0], 0.0, np.random.default_rng(0))
+
+
+def test_corpus_features_equal_the_models_and_split_holds(bank_dir, tiny):
+    from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+    from deepafx.recipes.dexed_matching.model import DexedEstimator
+
+    c = Corpus(tiny / "corpus")
+    meta = json.loads((tiny / "corpus" / "meta.json").read_text())
+    assert len(c) == 40 and meta["notes"] == [list(n) for n in MULTI_NOTES] and c.features("ifmel").shape[1] == 6
+    ind = np.load(tiny / "in_domain.npz")
+    held_out = set(ind["source_test"]) | set(ind["source_valid"])
+    assert not held_out & set(c.source[c.source >= 0])  # split by source voice
+    idx = np.array([7, 0, 39])
+    audio = torch.from_numpy(DexedRenderer(16000.0, MULTI_NOTES, 3.0, 4.0).render_batch(c.params[idx].astype(np.float64)))
+    model = DexedEstimator(6, 16000.0, n_mels=64, hop_length=512, features="ifmel")
+    np.testing.assert_array_equal(model.features(audio).numpy(), c.batch(idx, ["logmel", "ifmel"]).astype(np.float32))
+    # up to date: a second build does not render again; changed settings rebuild
+    mtime = (tiny / "corpus" / "params.npy").stat().st_mtime_ns
+    build_dataset({"data": _cfg(bank_dir).to_dict()["data"]}, tiny, progress=False)
+    assert (tiny / "corpus" / "params.npy").stat().st_mtime_ns == mtime
+
+
+def test_interrupted_build_leaves_no_corpus(bank_dir, tmp_path, monkeypatch):
+    from deepafx.recipes.dexed_matching import corpus as corpus_mod
+
+    def boom(bounds):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(corpus_mod, "_render_chunk", boom)
+    fx = np.stack([v.x for v in load_factory_presets(bank_dir)[:4]])
+    with pytest.raises(RuntimeError, match="render failed"):
+        corpus_mod.build_corpus(tmp_path / "corpus", fx, size=8, radii=[0.05], random_fraction=0.0, seed=0,
+                                sample_rate=16000.0, notes=[(60, 85)], note_duration_s=0.5, duration_s=1.0,
+                                feature=corpus_mod.FeatureSettings(), min_level_db=-60, workers=1, progress=False)
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "corpus.tmp").exists()
+
+
+def test_ifmel_channels():
+    from deepafx.features import IFMel, LogMel
+
+    t = torch.arange(32000) / 16000.0
+    x = torch.stack([torch.sin(2 * math.pi * 1000 * t), 0.1 * torch.randn(32000)])[None]
+    front = IFMel(16000.0, n_fft=1024, hop_length=512, n_mels=64)
+    f = front(x)
+    assert f.shape == (1, 4, 64, 63)
+    torch.testing.assert_close(f[:, :2], LogMel(16000.0, n_fft=1024, hop_length=512, n_mels=64)(x), rtol=0, atol=0)
+    assert f[:, 2:].abs().max() <= 1.0
+    # GANSynth's construction, computed independently: unwrap the phase along time, project on the mel scale
+    # (triangles normalized to sum 1), differentiate in time, divide by π
+    import librosa
+
+    spec = torch.stft(x.reshape(2, -1), 1024, 512, window=front.window, center=True, pad_mode="constant",
+                      return_complex=True)
+    phase = np.unwrap(np.angle(spec.numpy()).astype(np.float64), axis=-1)
+    fb = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, norm=None)
+    fb = fb / fb.sum(1, keepdims=True)
+    mel_phase = np.einsum("mf,cft->cmt", fb, phase)
+    ref = np.diff(mel_phase, axis=-1, prepend=0.0) / math.pi
+    np.testing.assert_allclose(f[0, 2:].numpy(), ref, atol=1e-4)
+
+
+def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
+    from deepafx.recipes.dexed_matching.evaluate import evaluate_from_config, results_table
+    from deepafx.recipes.dexed_matching.train import train_from_config
+
+    cfg = _cfg(bank_dir)
+    out = train_from_config(cfg, tmp_path / "run", tiny)
+    assert [h["stage"] for h in out["history"]] == ["ploss"] * 3 + ["crossfade", "synth", "real"]
+    res = json.loads(evaluate_from_config(cfg, tmp_path / "run", tmp_path / "eval", data_dir=tiny, progress=False)
+                     .read_text())
+    m = res["models"]
+    assert {"retrieval", "retrieval_corpus", "ploss", "synth", "real", "retrieval_corpus+refine", "ploss+refine"} == set(m)
+    for method in m:
+        i = m[method]["in_domain"]
+        assert i["n"] == 3 and i["lsd_ci"][0] <= i["lsd"] <= i["lsd_ci"][1]
+        assert 0 <= i["pitch_correct"] <= 1 and i["ndb_k"] == 2 and 0 <= i["ndb"] <= 2
+    # the corpus holds the training voices, so corpus retrieval is at least as close as factory retrieval in its metric
+    assert res["paired"] and {p["b"] for p in res["paired"]} >= {"retrieval", "retrieval_corpus"}
+    table = results_table(res)
+    assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
