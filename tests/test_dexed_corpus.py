@@ -28,6 +28,7 @@ TINY = [
     "model.cnn_channels=[8, 16]",
     "model.hidden=32",
     "train.batch_size=4",
+    "train.spectral_batch_size=2",
     "train.ploss_steps=3",
     "train.crossfade_steps=1",
     "train.synth_steps=1",

@@ -95,6 +95,8 @@ class TrainConfig(TrainSettings):
             (:func:`deepafx.fx.spsa_loss_gradient`); ``"vjp"``: the Fx layer's
             audio-linearized estimator. See the module docstring.
         render_workers: Render worker processes for the Fx layer (shared by the ranks).
+        spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
+            steps on cached features afford far larger batches than steps that render every item.
     """
 
     batch_size: int = 8
@@ -113,6 +115,7 @@ class TrainConfig(TrainSettings):
     spsa_perturbations: int = 2
     spsa_mode: str = "loss"
     render_workers: int = 2
+    spectral_batch_size: int | None = None
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -137,10 +140,17 @@ class TrainConfig(TrainSettings):
             )
         if cfg.spsa_mode not in ("loss", "vjp"):
             raise ValueError(f"spsa_mode must be 'loss' or 'vjp', got {cfg.spsa_mode!r}")
+        if cfg.spectral_batch_size is not None and cfg.spectral_batch_size < 1:
+            raise ValueError(f"spectral_batch_size must be >= 1, got {cfg.spectral_batch_size}")
         if cfg.spsa_perturbations < 1:
             raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
         build_loss(cfg.spectral_loss, sample_rate=16000.0)  # unknown names fail here, listing the known ones
         return cfg
+
+    @property
+    def spectral_batch(self) -> int:
+        """Items per spectral-stage step."""
+        return int(self.spectral_batch_size or self.batch_size)
 
     @property
     def total_steps(self) -> int:
@@ -279,7 +289,8 @@ class DexedTask:
         if self.fx is None:
             from deepafx.chain import chain as make_chain
 
-            slots = tc.batch_size * (1 + 2 * tc.spsa_perturbations) if tc.spsa_mode == "loss" else tc.batch_size
+            b = tc.spectral_batch
+            slots = b * (1 + 2 * tc.spsa_perturbations) if tc.spsa_mode == "loss" else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
             self.fx = FxLayer(spec, slots, num_workers=max(1, tc.render_workers // self.ctx.dist.world_size),
@@ -303,15 +314,16 @@ class DexedTask:
         tc = self.settings
         rng = np.random.default_rng(self._step_seed(gstep))
         alpha = {"ploss": 0.0, "crossfade": (i + 1) / max(tc.crossfade_steps, 1)}.get(stage.name, 1.0)
+        batch_size = tc.batch_size if stage.name == "ploss" else tc.spectral_batch
         data = self.data
         if stage.name == "real":
-            idx = rng.integers(0, len(data.ood_audio["train"]), tc.batch_size)
+            idx = rng.integers(0, len(data.ood_audio["train"]), batch_size)
             target = torch.from_numpy(data.ood_audio["train"][idx])
             pitch = torch.from_numpy(data.ood_pitch["train"][idx]).float()
             audio_in, x_true = target, None
             classes = torch.from_numpy(self.pseudo_classes[idx]).long()
         elif self.corpus is not None:  # presets of the cached corpus (transpose 0, the fixed notes)
-            idx = rng.choice(self.corpus.valid_index, tc.batch_size)
+            idx = rng.choice(self.corpus.valid_index, batch_size)
             x_np = self.corpus.params[idx].astype(np.float64)
             x_true = torch.from_numpy(x_np).float()
             pitch = torch.full((len(idx),), 60.0)
@@ -322,7 +334,7 @@ class DexedTask:
             else:
                 audio_in = target = torch.from_numpy(self.renderer.render_batch(x_np))
         else:
-            idx = rng.integers(0, len(data.x["train"]), tc.batch_size)
+            idx = rng.integers(0, len(data.x["train"]), batch_size)
             x_true = torch.from_numpy(data.x["train"][idx]).float()
             audio_in = target = torch.from_numpy(self.renderer.render_batch(data.x["train"][idx]))
             pitch = torch.from_numpy(data.pitch["train"][idx]).float()
