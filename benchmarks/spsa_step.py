@@ -12,6 +12,11 @@ For each chain:
   their ratio, the fixed cost per render.
 * ``ideal_s = 3·M·t_plugins / W``: 3 renders per item for SPSA (main, ``+``,
   ``−``), spread over W workers with no other cost.
+* ``parallel_floor_s``: W processes rendering ``3·M/W`` blocks each through the
+  plugins alone, at the same time: what a perfect engine would take on this
+  machine, where cores running at once slow each other down;
+  ``floor_over_ideal`` shows by how much, ``over_floor = fx_step_s / parallel_floor_s``
+  the engine's own overhead.
 * ``fx_step_s``: the measured forward+backward of :class:`deepafx.fx.FxLayer`
   (multiprocessing engine, the embedded default); ``overhead_ratio = fx_step_s / ideal_s``.
 * ``peer_step_s``: the same step through a DeepAFx-ST-style SPSA channel
@@ -32,8 +37,14 @@ the step's output bytes in the driver.
 All figures come from one run (machines are noisy). Stop other work on the
 machine first.
 
+Machines are noisy (here one plugin render varies by ±15 % from second to
+second), so the plugins-alone time and every runner's steps are timed
+interleaved, one step at a time, in rounds that start only once the machine is
+idle (:func:`wait_quiet`; the seconds waited are reported): every ratio is
+taken within a round, and the median over rounds is reported.
+
 Usage: python benchmarks/spsa_step.py [--batch-size 8] [--workers 2] [--block-samples 44100]
-       [--steps 10] [--fd-steps 2] [--engine process|ray] [--chains cheap,mastering,zam] [--no-peer]
+       [--steps 8] [--rounds 5] [--fd-steps 2] [--engine process|ray] [--chains cheap,mastering,zam] [--no-peer]
 Prints one JSON line per chain and, last, one JSON line with all results.
 """
 
@@ -112,15 +123,48 @@ def _plugin_objects(inst) -> list | None:
     return objs
 
 
-def _t_render(spec: ChainSpec, audio: np.ndarray, reps: int) -> tuple[float, float]:
-    """``(t_render, t_plugins)``: one Chain.process call, and its plugins in one pedalboard call,
-    timed in a fresh process prepared as a render worker is."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_t_render_here, (spec, audio, reps))
+class _RenderTimer:
+    """W fresh processes prepared as render workers are (:func:`deepafx.workers.tune_allocator` where it
+    exists), each holding the chain, that time on request:
+
+    * ``serial(reps)``: ``(t_render, t_plugins)`` in one process: one Chain.process call, and the
+      chain's plugins in one pedalboard call;
+    * ``floor(n)``: all W processes render ``n`` blocks through the plugins alone at the same time
+      (started together at a barrier); the slowest one's time. With ``n = 3·M/W`` this is the step
+      time of a perfect engine on this machine: cores that slow each other down (shared caches,
+      memory, a hypervisor's hyper-threads) raise it above ``3·M·t_plugins/W``.
+    """
+
+    def __init__(self, spec: ChainSpec, audio: np.ndarray, workers: int):
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(workers)
+        self.conns, self.procs = [], []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_timer_main, args=(child, spec, audio, barrier), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for c in self.conns:
+            c.recv()
+
+    def serial(self, reps: int) -> tuple[float, float]:
+        self.conns[0].send(("serial", reps))
+        return self.conns[0].recv()
+
+    def floor(self, n: int) -> float:
+        for c in self.conns:
+            c.send(("floor", n))
+        return max(c.recv() for c in self.conns)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.send(("close", 0))
+        for p in self.procs:
+            p.join(timeout=5)
 
 
-def _t_render_here(spec: ChainSpec, audio: np.ndarray, reps: int) -> tuple[float, float]:
+def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier) -> None:
     try:
         from deepafx.workers import tune_allocator
     except ImportError:  # older deepafx: workers ran with the default allocator
@@ -130,28 +174,58 @@ def _t_render_here(spec: ChainSpec, audio: np.ndarray, reps: int) -> tuple[float
     torch.set_num_threads(1)
     inst = spec.build()
     x = np.full(len(inst.param_table), 0.5)
-    t_render = _timed(lambda: inst.process(audio, x), reps)
+    inst.process(audio, x)
     objs = _plugin_objects(inst)
-    if objs is None:
-        return t_render, t_render
-    board = pedalboard.Pedalboard(objs)
-    t_plugins = _timed(lambda: board.process(audio, spec.sample_rate, reset=False), reps)
-    inst.close()
-    return t_render, t_plugins
+    board = pedalboard.Pedalboard(objs) if objs is not None else None
+    plugins = (lambda: board.process(audio, spec.sample_rate, reset=False)) if board else (lambda: inst.process(audio, x))
+    conn.send("ready")
+    while True:
+        op, arg = conn.recv()
+        if op == "serial":
+            conn.send((_timed(lambda: inst.process(audio, x), arg), _timed(plugins, arg)))
+        elif op == "floor":
+            barrier.wait()
+            t0 = time.perf_counter()
+            for _ in range(arg):
+                plugins()
+            conn.send(time.perf_counter() - t0)
+        else:
+            return
 
 
-def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int) -> float:
+def wait_quiet(max_busy: float = 0.15, timeout_s: float = 120.0) -> float:
+    """Wait until the machine is idle (other processes use under ``max_busy`` of all cores over 0.5 s).
+
+    Returns:
+        Seconds waited (``timeout_s`` if it never got quiet: the figures of that round are noisy).
+    """
+    def busy() -> float:
+        def read():
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            return sum(v), v[3] + v[4]
+        (t0, i0), _ = read(), time.sleep(0.5)
+        t1, i1 = read()
+        return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+    start = time.monotonic()
+    while busy() > max_busy and time.monotonic() - start < timeout_s:
+        time.sleep(1.0)
+    return round(time.monotonic() - start - 0.5, 1)
+
+
+def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2) -> float:
     g = torch.Generator().manual_seed(0)
     p = torch.rand(audio.shape[0], num_params, generator=g) * 0.8 + 0.1
     dy = torch.randn(audio.shape, generator=g)
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + warmup):
         pp = p.clone().requires_grad_(num_params > 0)
         t0 = time.perf_counter()
         y = layer(audio, pp)
         if num_params:
             (y * dy).sum().backward()
-        if i >= 2:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -164,35 +238,63 @@ def _layer(spec: ChainSpec, m: int, w: int, engine: str, **kw) -> FxLayer:
     return FxLayer(spec, batch_size=m, render=RenderConfig(engine=engine, num_workers=w), **kw)
 
 
-def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, fd_steps: int, engines: list[str], peer: bool) -> dict:
+def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_steps: int, engines: list[str],
+          peer: bool) -> dict:
+    """Rounds of (wait until quiet; ``steps`` times: the plugins alone, one step of each engine and of the
+    peer); medians within a round, ratios per round, then the median over rounds."""
     audio = _audio(m, n)
-    steps_by_engine = {}
-    for engine in engines:
-        with _layer(spec, m, w, engine) as layer:
-            p = layer.num_params
-            steps_by_engine[engine] = _step_time(layer, audio, steps, p)
-    t_render, t_plugins = _t_render(spec, audio[0].numpy(), reps=max(20, steps))
-    ideal = 3 * m * t_plugins / w
-    fx_step = steps_by_engine["process"]
-    r = {
-        "chain": spec.name, "num_params": p, "batch_size": m, "workers": w, "block_samples": n,
-        "t_plugins_s": round(t_plugins, 6), "t_render_s": round(t_render, 6),
-        "chain_over_plugins": round(t_render / t_plugins, 3),
-        "fx_step_s": round(fx_step, 4), "ideal_s": round(ideal, 4), "overhead_ratio": round(fx_step / ideal, 3),
-    }
-    if "ray" in steps_by_engine:
-        r.update(ray_step_s=round(steps_by_engine["ray"], 4), ray_overhead_ratio=round(steps_by_engine["ray"] / ideal, 3),
-                 ray_over_pool=round(steps_by_engine["ray"] / fx_step, 3))
+    timer = _RenderTimer(spec, audio[0].numpy(), w)
+    runners = {e: _layer(spec, m, w, e) for e in engines}
+    p = runners["process"].num_params
     if peer:
-        with PeerSPSAChannel(spec, m) as ch:
-            peer_step = _step_time(ch, audio, steps, p)
-        r.update(peer_step_s=round(peer_step, 4), peer_overhead_ratio=round(peer_step / ideal, 3))
+        runners["peer"] = PeerSPSAChannel(spec, m)
+    per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "waited_s", *runners]}
+    try:
+        for runner in runners.values():  # warm-up
+            _step_time(runner, audio, 1, p)
+        for _ in range(rounds):
+            per_round["waited_s"].append(wait_quiet())
+            samples: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", *runners]}
+            for _ in range(steps):  # interleaved at step granularity: slow drifts of the machine cancel
+                t_render, t_plugins = timer.serial(reps=5)
+                samples["t_render"].append(t_render)
+                samples["t_plugins"].append(t_plugins)
+                samples["floor"].append(timer.floor(-(-3 * m // w)))
+                for name, runner in runners.items():
+                    samples[name].append(_step_time(runner, audio, 1, p, warmup=0))
+            for k, v in samples.items():
+                per_round[k].append(float(np.median(v)))
+    finally:
+        timer.close()
+        for runner in runners.values():
+            runner.close()
+    ideal = [3 * m * t / w for t in per_round["t_plugins"]]
+    med = lambda v: float(np.median(v))  # noqa: E731
+    ratio = {k: med([s / i for s, i in zip(per_round[k], ideal)]) for k in runners}
+    r = {
+        "chain": spec.name, "num_params": p, "batch_size": m, "workers": w, "block_samples": n, "rounds": rounds,
+        "steps_per_round": steps, "waited_for_quiet_s": per_round["waited_s"],
+        "t_plugins_s": round(med(per_round["t_plugins"]), 6), "t_render_s": round(med(per_round["t_render"]), 6),
+        "chain_over_plugins": round(med([a / b for a, b in zip(per_round["t_render"], per_round["t_plugins"])]), 3),
+        "fx_step_s": round(med(per_round["process"]), 4), "ideal_s": round(med(ideal), 4),
+        "overhead_ratio": round(ratio["process"], 3),
+        "overhead_ratio_rounds": [round(s / i, 3) for s, i in zip(per_round["process"], ideal)],
+        "parallel_floor_s": round(med(per_round["floor"]), 4),
+        "floor_over_ideal": round(med([f / i for f, i in zip(per_round["floor"], ideal)]), 3),
+        "over_floor": round(med([s / f for s, f in zip(per_round["process"], per_round["floor"])]), 3),
+    }
+    if "ray" in runners:
+        r.update(ray_step_s=round(med(per_round["ray"]), 4), ray_overhead_ratio=round(ratio["ray"], 3),
+                 ray_over_pool=round(med([a / b for a, b in zip(per_round["ray"], per_round["process"])]), 3))
+    if peer:
+        r.update(peer_step_s=round(med(per_round["peer"]), 4), peer_overhead_ratio=round(ratio["peer"], 3),
+                 peer_over_floor=round(med([s / f for s, f in zip(per_round["peer"], per_round["floor"])]), 3))
     if fd_steps:
         with FxLayer(spec, batch_size=m, num_workers=w, estimator="fd") as fd:
             fd_step = _step_time(fd, audio, fd_steps, p)
-        fd_ideal = (2 * p + 1) * m * t_plugins / w
+        fd_ideal = (2 * p + 1) * m * r["t_plugins_s"] / w
         r.update(fd_step_s=round(fd_step, 4), fd_ideal_s=round(fd_ideal, 4),
-                 fd_overhead_ratio=round(fd_step / fd_ideal, 3), fd_over_spsa=round(fd_step / fx_step, 2))
+                 fd_overhead_ratio=round(fd_step / fd_ideal, 3), fd_over_spsa=round(fd_step / r["fx_step_s"], 2))
     return r
 
 
@@ -200,7 +302,7 @@ def engine_fixed_cost(m: int, w: int, n: int, steps: int, engines: list[str]) ->
     """Step time of the identity chain per engine (training mode: 3 renders per item), and bytes moved."""
     audio = _audio(m, n)
     out: dict = {"chain": IDENTITY.name, "bytes_in_per_step": int(audio.numel() * 4),
-                 "bytes_out_per_step": int(3 * audio.numel() * 4)}
+                 "bytes_out_per_step": int(3 * audio.numel() * 4), "waited_for_quiet_s": wait_quiet()}
     for engine in engines:
         with _layer(IDENTITY, m, w, engine) as layer:
             layer.train()
@@ -219,7 +321,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="batch slots M")
     ap.add_argument("--workers", type=int, default=2, help="render workers W")
     ap.add_argument("--block-samples", type=int, default=44100, help="samples per rendered block (44100 = 1 s at 44.1 kHz)")
-    ap.add_argument("--steps", type=int, default=10, help="timed SPSA steps (median reported)")
+    ap.add_argument("--steps", type=int, default=8, help="timed SPSA steps per round and runner (median)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of plugins-alone and step timings; ratios are per round, the median reported")
     ap.add_argument("--fd-steps", type=int, default=2, help="timed finite-difference steps (0 skips them)")
     ap.add_argument("--engine", choices=("process", "ray"), default="process",
                     help="ray: also time the Ray engine (a local cluster with W CPUs) against the multiprocessing pool")
@@ -239,8 +343,8 @@ def main() -> None:
             if spec is ZAM and not os.path.exists("/usr/lib/vst3/ZamCompX2.vst3"):
                 print(json.dumps({"chain": spec.name, "skipped": "ZamCompX2.vst3 not installed (apt-get install zam-plugins)"}))
                 continue
-            r = bench(spec, args.batch_size, args.workers, args.block_samples, args.steps, args.fd_steps, engines,
-                      peer=not args.no_peer)
+            r = bench(spec, args.batch_size, args.workers, args.block_samples, args.steps, args.rounds, args.fd_steps,
+                      engines, peer=not args.no_peer)
             print(json.dumps(r), flush=True)
             results.append(r)
         fixed = engine_fixed_cost(args.batch_size, args.workers, args.block_samples, args.steps, engines)

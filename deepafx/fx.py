@@ -326,7 +326,9 @@ class FxLayer(nn.Module):
         else:
             rows = theta[:, None].numpy()
         resets = self._pending_resets
-        requests = [RenderRequest(i, x[i], rows[i], reset=i in resets) for i in range(x.shape[0])]
+        differences = rows.shape[1] > 1 and not self.keep_last_renders  # workers subtract y⁺ − y⁻
+        requests = [RenderRequest(i, x[i], rows[i], reset=i in resets, differences=differences)
+                    for i in range(x.shape[0])]
         try:
             # views of the engine's buffers: the main renders and differences below are the only copies
             outs = self.pool.render(requests, copy=False)
@@ -337,7 +339,10 @@ class FxLayer(nn.Module):
             self.last_renders = np.stack(outs)
         if need_grad:
             r = self.num_renders
-            diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))  # (B, R, C, N)
+            if differences:
+                diffs = torch.from_numpy(np.stack([o[1:] for o in outs]))  # (B, R, C, N)
+            else:
+                diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))
             self.step += 1
         del outs
         if need_grad or self.training:

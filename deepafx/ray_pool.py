@@ -73,12 +73,13 @@ class _RenderActor:
             return self.error
         return ("ready", {**self.owned.info, "pid": os.getpid(), "host": socket.gethostname()})  # type: ignore[union-attr]
 
-    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool]]) -> tuple:
-        """Items ``(slot, audio (C, N), params (R, P), reset)`` → ``("ok", (per-item results, flat renders))``."""
+    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool, bool, int]]) -> tuple:
+        """Items ``(slot, audio (C, N), params (R, P), reset, differences, rows out)`` →
+        ``("ok", (per-item results, flat renders))``."""
         try:
-            offsets = np.cumsum([0] + [a.size * len(p) for _, a, p, _ in items])
+            offsets = np.cumsum([0] + [a.size * rows for _, a, _, _, _, rows in items])
             out = np.empty(int(offsets[-1]), np.float32)
-            res = self.owned.render([(*item, int(off)) for item, off in zip(items, offsets)], out)  # type: ignore[union-attr]
+            res = self.owned.render([(*item[:5], int(off)) for item, off in zip(items, offsets)], out)  # type: ignore[union-attr]
             return ("ok", (res, out))
         except Exception as exc:
             return remote_error(exc)
@@ -122,10 +123,11 @@ def connect(address: str | None) -> None:
                 if address in (None, "local"):
                     ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, **kwargs)
                 else:
+                    _probe(address)
                     ray.init(address=address, **kwargs)
             except ConnectionError as exc:
                 raise ConnectionError(
-                    f"no Ray cluster at render.address={address!r} ({exc}). Start one with `ray start --head` on "
+                    f"no Ray cluster at {address!r} ({exc}). Start one with `ray start --head` on "
                     "the head machine and `ray start --address HEAD:6379` on each render machine, or leave "
                     "render.address empty for a private local instance"
                 ) from None
@@ -133,6 +135,22 @@ def connect(address: str | None) -> None:
         elif address not in (None, "local", "auto"):
             log.debug("already connected to Ray; render.address=%r is not used", address)
         _CONN["users"] += 1
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` or ``ray://HOST:PORT`` nobody listens on (Ray itself retries for minutes).
+
+    Raises:
+        ConnectionError: the port does not accept a TCP connection within ``timeout_s``.
+    """
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach {hostport}: {exc}") from None
 
 
 def disconnect() -> None:
@@ -320,7 +338,8 @@ class RayRenderPool(RenderEngine):
         payloads = {}
         for i, ks in by_worker.items():
             items = [(requests[k].slot, np.ascontiguousarray(requests[k].audio, dtype=np.float32),
-                      np.asarray(requests[k].params, dtype=np.float64), bool(requests[k].reset)) for k in ks]
+                      np.asarray(requests[k].params, dtype=np.float64), bool(requests[k].reset),
+                      bool(requests[k].differences), requests[k].num_outputs) for k in ks]
             payloads[i] = ("render", items)
         replies = self._call(payloads)
         out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
@@ -328,7 +347,7 @@ class RayRenderPool(RenderEngine):
             res, flat = replies[i]
             off = 0
             for k, arr in zip(ks, res):
-                shape = (len(requests[k].params), *np.shape(requests[k].audio))
+                shape = (requests[k].num_outputs, *np.shape(requests[k].audio))
                 n = int(np.prod(shape))
                 out[k] = arr if arr is not None else flat[off : off + n].reshape(shape)
                 off += n

@@ -80,12 +80,23 @@ class RenderRequest:
             is rendered by instance ``r`` of the slot.
         reset: Reset every instance of the slot before rendering (as
             :meth:`RenderEngine.reset` would, without a message of its own).
+        differences: Return SPSA differences instead of the perturbed renders:
+            with ``num_renders = 1 + 2R`` (main, R ``+``, R ``−``), the result has
+            ``1 + R`` rows: the main render, then ``y⁺_k − y⁻_k`` for each k. The
+            worker subtracts, so a third less audio travels back and the caller
+            skips a pass over it.
     """
 
     slot: int
     audio: np.ndarray
     params: np.ndarray
     reset: bool = False
+    differences: bool = False
+
+    @property
+    def num_outputs(self) -> int:
+        """Rows of the result: ``num_renders``, or ``1 + R`` with :attr:`differences`."""
+        return 1 + (len(self.params) - 1) // 2 if self.differences else len(self.params)
 
 
 #: glibc ``mallopt`` settings of render workers: blocks up to 32 MiB (glibc's largest threshold) come
@@ -139,21 +150,24 @@ class SlotInstances:
         self.info = {"num_params": len(first.param_table), "latency_samples": first.latency_samples,
                      "names": first.param_table.names}
 
-    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool, int]], out: np.ndarray | None) -> list:
-        """Render items ``(slot, audio (C, N), params (R, P), reset, out_offset)``.
+    def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool, bool, int]], out: np.ndarray | None) -> list:
+        """Render items ``(slot, audio (C, N), params (R, P), reset, differences, out_offset)``.
 
-        Outputs with the input's shape are written into the flat float32 buffer
-        ``out`` at ``out_offset`` (in samples; ``(R, C, N)`` there) and reported as
-        ``None``; an output with another channel count is returned as an
-        ``(R, C_out, N)`` array.
+        Outputs (:attr:`RenderRequest.num_outputs` rows) with the input's shape
+        are written into the flat float32 buffer ``out`` at ``out_offset`` (in
+        samples) and reported as ``None``; an output with another channel count
+        is returned as an array.
         """
         res: list[np.ndarray | None] = []
-        for slot, audio, params, reset, off in items:
+        for slot, audio, params, reset, differences, off in items:
             insts = self.chains[slot]
             if reset:
                 for inst in insts:
                     inst.reset()
             ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
+            if differences:
+                k = (len(ys) - 1) // 2
+                ys = [ys[0]] + [ys[1 + j] - ys[1 + k + j] for j in range(k)]
             if out is not None and ys[0].shape == audio.shape:
                 target = out[off : off + len(ys) * audio.size].reshape(len(ys), *audio.shape)
                 for r, y in enumerate(ys):
@@ -212,8 +226,8 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
                 in_buf, out_buf = shm.attach(msg[1]), shm.attach(msg[2])
                 flat_in = np.ndarray((in_buf.size // 4,), np.float32, in_buf.buf)
                 flat_out = np.ndarray((out_buf.size // 4,), np.float32, out_buf.buf)
-                items = [(slot, flat_in[i_off : i_off + int(np.prod(shape))].reshape(shape), params, reset, o_off)
-                         for slot, i_off, shape, params, reset, o_off in msg[3]]
+                items = [(slot, flat_in[i_off : i_off + int(np.prod(shape))].reshape(shape), params, reset, diff, o_off)
+                         for slot, i_off, shape, params, reset, diff, o_off in msg[3]]
                 res = owned.render(items, flat_out)
                 del items, flat_in, flat_out  # release the buffer views before a later close()
                 conn.send(("ok", res))
@@ -509,6 +523,8 @@ class RenderEngine(abc.ABC):
                 raise ValueError(f"{len(req.params)} renders requested for slot {req.slot}, but it owns {self.instances_per_slot} instances")
             if np.ndim(req.audio) != 2:
                 raise AudioError(f"audio must be (channels, samples), got shape {np.shape(req.audio)}")
+            if req.differences and (len(req.params) < 3 or len(req.params) % 2 == 0):
+                raise ValueError(f"differences need 1 + 2R renders (main, R plus, R minus), got {len(req.params)}")
             by_worker.setdefault(req.slot % self.num_workers, []).append(k)
         return by_worker
 
@@ -517,7 +533,9 @@ class RenderEngine(abc.ABC):
 
         Row ``r`` of request ``k``'s array is instance ``r`` of its slot rendering
         ``requests[k].audio`` with ``requests[k].params[r]``, continuing that
-        instance's state (reset first if ``requests[k].reset``).
+        instance's state (reset first if ``requests[k].reset``); with
+        ``requests[k].differences`` the perturbed rows are replaced by their
+        differences (:class:`RenderRequest`).
 
         Args:
             requests: At most one request per slot is usual; several for one slot
@@ -527,7 +545,8 @@ class RenderEngine(abc.ABC):
                 :meth:`render` call (saves one copy of every output sample).
 
         Raises:
-            ValueError: a slot outside ``[0, num_slots)`` or too many renders for a slot.
+            ValueError: a slot outside ``[0, num_slots)``, too many renders for a
+                slot, or ``differences`` without ``1 + 2R`` renders.
             ParameterError / AudioError / PluginError: raised in a worker (not retried).
             WorkerError: a worker crashed or hung beyond ``max_retries``.
         """
@@ -690,15 +709,16 @@ class RenderPool(RenderEngine):
             w = self._workers[i]
             audios = [np.ascontiguousarray(requests[k].audio, dtype=np.float32) for k in ks]
             in_shm = w.in_block.ensure(4 * sum(a.size for a in audios))
-            out_shm = w.out_block.ensure(4 * sum(a.size * len(requests[k].params) for a, k in zip(audios, ks)))
+            out_shm = w.out_block.ensure(4 * sum(a.size * requests[k].num_outputs for a, k in zip(audios, ks)))
             flat_in = np.ndarray((in_shm.size // 4,), np.float32, in_shm.buf)
             entries, in_off, out_off = [], 0, 0
             for a, k in zip(audios, ks):
                 flat_in[in_off : in_off + a.size] = a.reshape(-1)
                 req = requests[k]
-                entries.append((req.slot, in_off, a.shape, np.asarray(req.params, dtype=np.float64), bool(req.reset), out_off))
+                entries.append((req.slot, in_off, a.shape, np.asarray(req.params, dtype=np.float64), bool(req.reset),
+                                bool(req.differences), out_off))
                 in_off += a.size
-                out_off += a.size * len(req.params)
+                out_off += a.size * req.num_outputs
             del flat_in
             payloads[i] = ("render", in_shm.name, out_shm.name, entries)
             layouts[i] = entries
@@ -707,9 +727,9 @@ class RenderPool(RenderEngine):
         for i, ks in by_worker.items():
             shm = self._workers[i].out_block.shm
             flat_out = np.ndarray((shm.size // 4,), np.float32, shm.buf)  # type: ignore[union-attr]
-            for k, (_, _, shape, params, _, off), arr in zip(ks, layouts[i], replies[i]):
-                n = len(params) * int(np.prod(shape))
-                out[k] = arr if arr is not None else flat_out[off : off + n].reshape(len(params), *shape)
+            for k, (_, _, shape, _, _, _, off), arr in zip(ks, layouts[i], replies[i]):
+                rows = requests[k].num_outputs
+                out[k] = arr if arr is not None else flat_out[off : off + rows * int(np.prod(shape))].reshape(rows, *shape)
         return out
 
 

@@ -97,6 +97,20 @@ def test_clipped_perturbation_at_boundary(ws_layer):
     assert torch.nn.functional.cosine_similarity(g.flatten(), pt.grad.flatten(), dim=0).item() > 0.95
 
 
+def test_worker_differences_equal_differences_of_the_renders():
+    """The workers' y⁺ − y⁻ (the default path) gives bit for bit the gradient of subtracting returned renders."""
+    x, p, w, _ = _problem()
+    grads = []
+    for keep in (False, True):  # keep_last_renders brings every render back and subtracts here
+        with FxLayer(COMP, batch_size=4, num_workers=2, num_perturbations=2, seed=4) as layer:
+            layer.keep_last_renders = keep
+            pp = torch.rand(4, layer.num_params, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+            (layer(x, pp) * w).sum().backward()
+            grads.append(pp.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_chunked_equals_one_shot_and_slots_isolated(rng):
     a = music_like(rng, 2, 8 * 4096)
     b = music_like(np.random.default_rng(5), 2, 8 * 4096) * 3.0

@@ -59,19 +59,20 @@ def test_outputs_and_spsa_gradients_bit_identical_to_process_pool():
     for name, render in (("process", None), ("ray", RAY)):
         with FxLayer(CHEAP, batch_size=4, num_workers=2, seed=7, render=render) as layer:
             assert layer.pool.num_workers == 2 and layer.num_params == len(CHEAP.param_table)
-            layer.keep_last_renders = True
             renders, grads, ys = [], [], []
             for k in range(3):
+                layer.keep_last_renders = k < 2  # all renders back; then the workers' differences (the default)
                 if k == 2:
                     layer.reset([1])
                 pp = p.clone().requires_grad_(True)
                 y = layer(torch.from_numpy(x[..., k * 4096 : (k + 1) * 4096]), pp)
                 (y * w).sum().backward()
-                renders.append(layer.last_renders)
+                if k < 2:
+                    renders.append(layer.last_renders)
                 grads.append(pp.grad)
                 ys.append(y.detach())
             res[name] = (np.stack(renders), torch.stack(grads), torch.stack(ys))
-    assert res["ray"][0].shape == (3, 4, 3, 2, 4096)  # blocks, slots, renders, channels, samples
+    assert res["ray"][0].shape == (2, 4, 3, 2, 4096)  # blocks, slots, renders, channels, samples
     np.testing.assert_array_equal(res["ray"][0], res["process"][0])
     assert torch.equal(res["ray"][2], res["process"][2])
     assert torch.equal(res["ray"][1], res["process"][1])
@@ -88,10 +89,12 @@ def test_render_requests_with_resets_match_the_process_pool(rng):
             got = []
             for k in range(2):
                 blk = audio[:, k * 2048 : (k + 1) * 2048]
-                reqs = [RenderRequest(s, blk * (1 + s), draws[k, s], reset=(k == 1 and s == 0)) for s in range(2)]
+                reqs = [RenderRequest(s, blk * (1 + s), draws[k, s], reset=(k == 1 and s == 0),
+                                      differences=(s == 1)) for s in range(2)]
                 views = pool.render(reqs, copy=False)
                 assert not views[0].flags.writeable
-                got.append(np.stack(views))
+                assert views[0].shape == (3, 2, 2048) and views[1].shape == (2, 2, 2048)  # main, then y⁺ − y⁻
+                got.append(np.concatenate(views))
             outs[name] = np.stack(got)
     np.testing.assert_array_equal(outs["ray"], outs["process"])
 
