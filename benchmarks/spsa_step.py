@@ -29,8 +29,9 @@ For each chain:
 
 Also, once per run, ``engine_fixed_cost``: the step time of an identity chain
 (one ``pedalboard.Gain`` at 0 dB, about 0.1 ms per render) per engine, i.e. the
-per-step cost of moving ``M·C·N`` samples in and ``3·M·C·N`` out (messages,
-shared memory or Ray's object store, copies), with the bytes moved per step;
+per-step cost of moving ``M·C·N`` samples in and ``2·M·C·N`` out (the main
+renders and the workers' SPSA differences: messages, shared memory or Ray's
+object store, copies), with the bytes moved per step;
 with ``--engine ray`` also ``ray_put_get_s``, one ``ray.put`` + ``ray.get`` of
 the step's output bytes in the driver.
 
@@ -301,8 +302,11 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
 def engine_fixed_cost(m: int, w: int, n: int, steps: int, engines: list[str]) -> dict:
     """Step time of the identity chain per engine (training mode: 3 renders per item), and bytes moved."""
     audio = _audio(m, n)
+    from deepafx.workers import RenderRequest
+
+    rows_back = 2 if hasattr(RenderRequest, "differences") else 3  # main + (y⁺ − y⁻), or main, y⁺, y⁻
     out: dict = {"chain": IDENTITY.name, "bytes_in_per_step": int(audio.numel() * 4),
-                 "bytes_out_per_step": int(3 * audio.numel() * 4), "waited_for_quiet_s": wait_quiet()}
+                 "bytes_out_per_step": int(rows_back * audio.numel() * 4), "waited_for_quiet_s": wait_quiet()}
     for engine in engines:
         with _layer(IDENTITY, m, w, engine) as layer:
             layer.train()
