@@ -77,16 +77,7 @@ BUILTIN_MASTERING = chain(
 ZAM = chain({"backend": "vst3", "name": "comp", "options": {"path": "/usr/lib/vst3/ZamCompX2.vst3"}},
             sample_rate=44100, name="ZamCompX2.vst3")
 #: The cheap chain of the fixed-cost target: compressor → shelves → 3 peaks → limiter (about 3 ms per second of stereo).
-CHEAP = chain(
-    {"backend": "pedalboard.Compressor", "name": "comp"},
-    {"backend": "pedalboard.LowShelfFilter", "name": "low"},
-    {"backend": "pedalboard.HighShelfFilter", "name": "high"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak1"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak2"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak3"},
-    {"backend": "pedalboard.Limiter", "name": "lim"},
-    sample_rate=44100, name="cheap",
-)
+CHEAP = ChainSpec.from_file("builtin_channel")
 IDENTITY = chain({"backend": "pedalboard.Gain", "name": "gain", "learn": []}, sample_rate=44100, name="identity")
 CHAINS = {"cheap": CHEAP, "mastering": BUILTIN_MASTERING, "zam": ZAM}
 #: Targets of the issue: step / render-bound ideal at W = 2, and Ray against the multiprocessing pool.

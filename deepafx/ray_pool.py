@@ -312,12 +312,10 @@ class RayRenderPool(RenderEngine):
                 )
             actor_cls = ray.remote(_RenderActor).options(
                 num_cpus=cpus_per_worker, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
-            for w in range(self.num_workers):
-                self._workers.append(_RayWorker(actor_cls, spec, self._slots_of(w), instances_per_slot, w))
         except BaseException:
             self.close()
             raise
-        self._start_all()
+        self._launch(lambda w, slots: _RayWorker(actor_cls, spec, slots, instances_per_slot, w))
 
     @property
     def pids(self) -> list[int]:

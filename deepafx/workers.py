@@ -51,7 +51,7 @@ import weakref
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -401,6 +401,20 @@ class RenderEngine(abc.ABC):
     def _slots_of(self, w: int) -> list[int]:
         return [s for s in range(self.num_slots) if s % self.num_workers == w]
 
+    def _launch(self, make: Callable[[int, list[int]], WorkerHandle]) -> None:
+        """Start worker ``w`` with ``make(w, its slots)`` for every ``w``, then await them all.
+
+        Raises:
+            WorkerError, PluginError, ParameterError: a worker could not start (everything is closed first).
+        """
+        try:
+            for w in range(self.num_workers):
+                self._workers.append(make(w, self._slots_of(w)))
+        except BaseException:
+            self.close()
+            raise
+        self._start_all()
+
     def _start_all(self) -> None:
         """Await every started worker's ready message; on failure close everything and raise."""
         _LIVE_ENGINES.add(self)
@@ -685,13 +699,7 @@ class RenderPool(RenderEngine):
         self.num_workers = max(1, min(num_workers or usable_cpus(), self.num_slots))
         ctx = mp.get_context(start_method)
         self._workers = []
-        try:
-            for w in range(self.num_workers):
-                self._workers.append(_ProcessWorker(ctx, spec, self._slots_of(w), instances_per_slot, w))
-        except BaseException:
-            self.close()
-            raise
-        self._start_all()
+        self._launch(lambda w, slots: _ProcessWorker(ctx, spec, slots, instances_per_slot, w))
 
     @property
     def pids(self) -> list[int]:

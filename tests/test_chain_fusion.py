@@ -3,19 +3,10 @@
 import numpy as np
 import pytest
 
-from deepafx.chain import chain
-from tests.conftest import music_like
+from deepafx.chain import ChainSpec, chain
+from conftest import music_like
 
-CHEAP = chain(
-    {"backend": "pedalboard.Compressor", "name": "comp"},
-    {"backend": "pedalboard.LowShelfFilter", "name": "low"},
-    {"backend": "pedalboard.HighShelfFilter", "name": "high"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak1"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak2"},
-    {"backend": "pedalboard.PeakFilter", "name": "peak3"},
-    {"backend": "pedalboard.Limiter", "name": "lim"},
-    sample_rate=44100, name="cheap",
-)
+CHEAP = ChainSpec.from_file("builtin_channel")  # compressor → shelves → 3 peaks → limiter
 MASTERING = chain(
     {"backend": "builtin.multiband_compressor", "name": "mbc"},
     {"backend": "builtin.graphic_eq", "name": "geq"},

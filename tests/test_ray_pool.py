@@ -18,7 +18,7 @@ from deepafx.chain import chain  # noqa: E402
 from deepafx.fx import FxLayer  # noqa: E402
 from deepafx.workers import RenderConfig, RenderPool, RenderRequest, WorkerError  # noqa: E402
 
-from conftest import music_like  # noqa: E402
+from conftest import music_like, torchrun_train  # noqa: E402
 
 RAY = RenderConfig(engine="ray")  # no address: the cluster this module started
 CHEAP = chain(
@@ -167,6 +167,27 @@ def test_plugins_listed_on_every_machine():
     (found,) = report.values()
     assert found == here.result()
     assert len(found["backends"]) > 10
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_render_on_the_cluster(tmp_path, ray_cluster):
+    """`deepafx train` under torchrun (2 ranks, gloo) with render.engine=ray: each rank connects to this
+    module's cluster and owns its own actor (1 CPU each); the ranks' models agree as with processes."""
+    import json
+    from pathlib import Path
+
+    quick = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
+    tiny = ["data.train_minutes=0.4", "data.max_piece_seconds=12", "data.min_piece_seconds=6",
+            "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
+            "model.encoder_kwargs={width_mult: 0.25}", "train.batch_size=2", "train.epochs=1",
+            "train.steps_per_epoch=2", "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1",
+            "train.seed=3", "render.engine=ray", f"render.address={ray_cluster}", "render.num_workers=1"]
+    proc = torchrun_train(quick, tmp_path / "run", tmp_path / "data", tiny)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    sums = [h for h in history if h["stage"] == "spsa"][-1]["param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert ray.available_resources().get("CPU") == 2  # both ranks' actors are gone
 
 
 # -- no Ray process left over ------------------------------------------------------------------
