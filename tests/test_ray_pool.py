@@ -200,7 +200,7 @@ SCRIPT = textwrap.dedent("""
     mode = sys.argv[1]
     spec = chain({"backend": "testing.fault", "name": "f",
                   "options": {"mode": "hang", "on_render": 1 if mode == "sigint" else 99}})
-    layer = FxLayer(spec, batch_size=2, num_workers=2, render=RenderConfig(engine="ray"))  # a private local Ray
+    layer = FxLayer(spec, batch_size=1, num_workers=1, render=RenderConfig(engine="ray"))  # a private local Ray
     print("ready", flush=True)
     if mode != "sigint":
         sys.stdin.readline()  # the test looks at the process tree first
@@ -208,7 +208,7 @@ SCRIPT = textwrap.dedent("""
         raise RuntimeError("boom")
     if mode == "sigint":
         layer.eval()
-        layer(torch.ones(2, 1, 64), torch.full((2, 1), 0.5))  # hangs until Ctrl-C
+        layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))  # hangs until Ctrl-C
     layer.close()
 """)
 
