@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help=f"train a recipe ({', '.join(RECIPES.names())}) from its config",
         description="Train a recipe from its YAML config on the shared training engine. Runs plain or under "
                     "`torchrun --nproc_per_node N deepafx train ...` (DDP: gloo on CPU, NCCL on GPU; rank 0 writes files). "
+                    "Automation recipes render in worker processes on this machine, or on a Ray cluster with "
+                    "--set render.engine=ray --set render.address=auto (README: Rendering on a Ray cluster). "
                     "Run folder: config.yaml, checkpoints/{last,best,<stage>}.pt, history.jsonl, tensorboard/.",
     )
     p.add_argument("--config", required=True,
