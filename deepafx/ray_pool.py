@@ -99,7 +99,7 @@ class _RenderActor:
 
 # -- the cluster connection ----------------------------------------------------------------------
 _CONN_LOCK = threading.Lock()
-_CONN = {"users": 0, "owned": False}
+_CONN = {"users": 0, "owned": False, "private": False}
 
 
 def connect(address: str | None) -> None:
@@ -122,6 +122,7 @@ def connect(address: str | None) -> None:
             try:
                 if address in (None, "local"):
                     ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, **kwargs)
+                    _CONN["private"] = True
                 else:
                     _probe(address)
                     ray.init(address=address, **kwargs)
@@ -158,7 +159,7 @@ def disconnect() -> None:
     with _CONN_LOCK:
         _CONN["users"] = max(0, _CONN["users"] - 1)
         if _CONN["users"] == 0 and _CONN["owned"]:
-            _CONN["owned"] = False
+            _CONN["owned"] = _CONN["private"] = False
             ray.shutdown()
 
 
@@ -260,7 +261,8 @@ class RayRenderPool(RenderEngine):
         num_slots: Batch slots (the batch size ``M``).
         instances_per_slot: Instances per slot (``1 + 2K`` for SPSA).
         num_workers: Actors (default: the cluster's CPUs ÷ ``cpus_per_worker`` ÷
-            ``share``; at most ``num_slots``).
+            ``share``, or this machine's usable cores ÷ ``share`` on a private
+            local instance; at most ``num_slots``).
         timeout_s: Longest one render/reset call may take before the actor is
             considered hung, killed and restarted.
         max_retries: Restarts + retries of a failed request before giving up.
@@ -301,8 +303,9 @@ class RayRenderPool(RenderEngine):
         self._connected = True
         try:
             cpus = cluster_cpus()
-            if num_workers is None:
-                num_workers = max(1, int(cpus // cpus_per_worker) // max(1, int(share)))
+            if num_workers is None:  # a private instance's CPUs are logical: count this machine's cores
+                usable = usable_cpus() if _CONN["private"] else int(cpus // cpus_per_worker)
+                num_workers = max(1, usable // max(1, int(share)))
             self.num_workers = max(1, min(int(num_workers), self.num_slots))
             if self.num_workers * cpus_per_worker > cpus:
                 raise WorkerError(
@@ -350,13 +353,6 @@ class RayRenderPool(RenderEngine):
                 out[k] = arr if arr is not None else flat[off : off + n].reshape(shape)
                 off += n
         return out
-
-
-def _node_summary() -> dict[str, Any]:
-    """This machine's host name, usable CPUs and deepafx location (run on every node by ``deepafx plugins``)."""
-    import deepafx
-
-    return {"host": socket.gethostname(), "cpus": usable_cpus(), "deepafx": os.path.dirname(deepafx.__file__)}
 
 
 __all__ = ["LOCAL_LOGICAL_CPUS", "RayRenderPool", "cluster_cpus", "connect", "disconnect", "on_every_node"]
