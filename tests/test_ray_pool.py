@@ -165,8 +165,11 @@ def test_plugins_listed_on_every_machine():
         report = cluster_plugins(address=None)
     assert len(report) == 1  # one machine in this cluster
     (found,) = report.values()
-    assert found == here.result()
-    assert len(found["backends"]) > 10
+    local = here.result()
+    # backends: the remote process registers those of the host modules; this one may have more (deepafx.ddsp)
+    assert {k: v for k, v in found.items() if k != "backends"} == {k: v for k, v in local.items() if k != "backends"}
+    assert set(found["backends"]) <= set(local["backends"]) and "pedalboard.Compressor" in found["backends"]
+    assert len(found["lv2"]) == len(local["lv2"]) and len(found["vst3"]) == len(local["vst3"])
 
 
 @pytest.mark.slow

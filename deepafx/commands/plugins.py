@@ -306,7 +306,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cluster:
+    if getattr(args, "cluster", None):
         return _run_cluster(args)
     if args.details:
         try:
