@@ -101,8 +101,9 @@ class RenderRequest:
 
 #: glibc ``mallopt`` settings of render workers: blocks up to 32 MiB (glibc's largest threshold) come
 #: from the heap and freed memory is kept, instead of a fresh ``mmap`` per output block whose pages
-#: fault in one by one. Measured on 2 cores: 12 renders of 1 s stereo through an identity chain
-#: 3.1 → 1.8 ms, the cheap 7-plugin chain 4.3 → 3.7 ms per render.
+#: fault in one by one. Measured once on the project's 2-core machine (not idle): 12 renders of 1 s
+#: stereo through an identity chain 3.1 → 1.8 ms, the benchmark's cheap 7-plugin chain 4.3 → 3.7 ms
+#: per render; the identity chain's SPSA step (benchmarks/spsa_step.py, idle machine) 6.8 → 5.0 ms.
 MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20), "M_TRIM_THRESHOLD": (-1, 256 << 20), "M_TOP_PAD": (-2, 64 << 20)}
 
 
