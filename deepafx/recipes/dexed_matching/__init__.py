@@ -16,6 +16,7 @@ from deepafx.recipes.dexed_matching.data import DataConfig
 from deepafx.recipes.dexed_matching.evaluate import EvalConfig
 from deepafx.recipes.dexed_matching.model import ModelConfig
 from deepafx.recipes.dexed_matching.train import SynthConfig, TrainConfig
+from deepafx.workers import RenderConfig
 
 
 def _data(config, out_dir: Path, force: bool = False) -> Path:
@@ -50,7 +51,7 @@ RECIPE = Recipe(
     name="dexed_matching",
     summary="DX7 sound matching: estimate Dexed presets from audio (DiffSynth schedule, SPSA through Dexed)",
     sections={"data": DataConfig, "synth": SynthConfig, "model": ModelConfig, "train": TrainConfig,
-              "evaluate": EvalConfig},
+              "evaluate": EvalConfig, "render": RenderConfig},
     data=_data,
     task=_task,
     evaluate=_evaluate,

@@ -293,10 +293,14 @@ class DexedTask:
             slots = b * (1 + 2 * tc.spsa_perturbations) if tc.spsa_mode == "loss" else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
-            self.fx = FxLayer(spec, slots, num_workers=max(1, tc.render_workers // self.ctx.dist.world_size),
+            from deepafx.workers import RenderConfig
+
+            render = self.config.sections.get("render") or RenderConfig()
+            world = self.ctx.dist.world_size
+            self.fx = FxLayer(spec, slots, num_workers=render.num_workers or max(1, tc.render_workers // world),
                               estimator="spsa", epsilon=tc.spsa_epsilon,
                               num_perturbations=tc.spsa_perturbations if tc.spsa_mode == "vjp" else 1,
-                              seed=tc.seed + self.ctx.dist.rank)
+                              seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=world)
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
 
