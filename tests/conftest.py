@@ -41,3 +41,19 @@ def torchrun_train(config, run_dir, data_dir, overrides, nproc=2, timeout=600):
            f"--run-dir {run_dir} --data-dir {data_dir} " + " ".join(f"--set '{o}'" for o in overrides))
     return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def bank_dir(tmp_path_factory):
+    """The real DX7 factory banks (Debian hexter), fetched once; skips when they or the GM SoundFont are absent."""
+    from pathlib import Path
+
+    from deepafx.recipes.dexed_matching.data import DEFAULT_SOUNDFONT
+    from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks
+
+    if not Path(DEFAULT_SOUNDFONT).exists():
+        pytest.skip(f"General MIDI SoundFont {DEFAULT_SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
+    try:
+        return fetch_hexter_banks(tmp_path_factory.mktemp("hexter"))
+    except RuntimeError as exc:
+        pytest.skip(f"DX7 factory banks unavailable: {exc}")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepafx.recipes.dexed_matching.data import DEFAULT_SOUNDFONT, build_dataset
-from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks, load_factory_presets
+from deepafx.recipes.dexed_matching.data import build_dataset
+from deepafx.recipes.dexed_matching.presets import load_factory_presets
 
 REPO = Path(__file__).resolve().parent.parent
 MEDIUM = REPO / "recipes" / "dexed_matching" / "medium.yaml"
@@ -44,16 +44,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bank_dir(tmp_path_factory):
-    if not Path(DEFAULT_SOUNDFONT).exists():
-        pytest.skip(f"General MIDI SoundFont {DEFAULT_SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
-    try:
-        return fetch_hexter_banks(tmp_path_factory.mktemp("hexter"))
-    except RuntimeError as exc:
-        pytest.skip(f"DX7 factory banks unavailable: {exc}")
-
-
 def _cfg(bank_dir, *extra):
     from deepafx.config import load_config
     from deepafx.recipes import get_recipe
@@ -69,7 +59,7 @@ def tiny(bank_dir, tmp_path_factory):
 
 
 def test_sampler_uses_training_voices_only(bank_dir):
-    from deepafx.hosts.dexed_host import quantize_normalized
+    from deepafx.hosts.dexed_host import dexed_param_table, quantize_normalized
     from deepafx.recipes.dexed_matching.corpus import sample_corpus
 
     fx = np.stack([v.x for v in load_factory_presets(bank_dir)[:10]])
@@ -79,7 +69,7 @@ def test_sampler_uses_training_voices_only(bank_dir):
     assert set(src[kind != 2]) <= set(range(10)) and (src[kind == 2] == -1).all()
     assert set(np.round(rad[kind == 1].astype(float), 3).tolist()) == {0.02, 0.2}
     # a marginal draw takes every parameter's value from some training voice
-    t = __import__("deepafx.hosts.dexed_host", fromlist=["x"]).dexed_param_table().index("transpose_semitones")
+    t = dexed_param_table().index("transpose_semitones")
     for row in x[kind == 2]:
         for j in range(145):
             if j != t:

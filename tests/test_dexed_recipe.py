@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from deepafx.recipes.dexed_matching.data import DEFAULT_SOUNDFONT, build_dataset, load_dataset, rms_db
-from deepafx.recipes.dexed_matching.presets import fetch_hexter_banks, read_voices
+from deepafx.recipes.dexed_matching.presets import read_voices
 from deepafx.hosts.dexed_host import DexedRenderer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,16 +46,6 @@ TINY_TRAIN = [
     "evaluate.refine_renders=6",
     "evaluate.workers=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def bank_dir(tmp_path_factory):
-    if not Path(DEFAULT_SOUNDFONT).exists():
-        pytest.skip(f"General MIDI SoundFont {DEFAULT_SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
-    try:
-        return fetch_hexter_banks(tmp_path_factory.mktemp("hexter"))
-    except RuntimeError as exc:
-        pytest.skip(f"DX7 factory banks unavailable: {exc}")
 
 
 def _overrides(items):

@@ -55,7 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from deepafx.hosts.dexed_host import dexed_param_table, quantize_normalized
+from deepafx.hosts.dexed_host import quantize_normalized
 from deepafx.recipes.dexed_matching.presets import sample_around, set_transpose
 
 #: Version of the corpus layout; bump when it changes.
