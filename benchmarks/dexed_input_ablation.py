@@ -13,7 +13,12 @@ paired per-sound difference of every variant against ``logmel6``.
 
 Variants: ``logmel6`` (log-mel, six notes), ``ifmel6`` (IF-Mel, six notes;
 Engel et al., GANSynth, ICLR 2019), ``logmel1`` and ``ifmel1`` (the single note
-(60, 85) only, the input most sound-matching work uses).
+(60, 85) only, the input most sound-matching work uses). Output decoding, on
+``logmel6``: ``cat100`` (``model.max_categories: 100``: every DX7 parameter a
+softmax head decoded by argmax, the mode, instead of NumCat++'s sigmoid heads
+for the 0..99 parameters) and ``proto`` (:class:`PrototypeHead`: a classifier
+over the training voices plus a residual; scored as ``proto``, the argmax voice,
+and ``proto+residual``).
 
 The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
 ``in_domain.npz`` must exist: ``deepafx data --config dexed_matching/medium``).
@@ -21,7 +26,7 @@ The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
 Usage:
     python benchmarks/dexed_input_ablation.py --config dexed_matching/medium \\
         [--data-dir data/dexed_matching/medium] [--steps 3000] [--batch-size 64] \\
-        [--device cpu|cuda] [--variants logmel6,ifmel6,logmel1,ifmel1] [--corpus-workers 2]
+        [--device cpu|cuda] [--variants logmel6,ifmel6,logmel1,ifmel1,cat100,proto] [--corpus-workers 2]
 Prints one line per variant and, last, one JSON line with every figure.
 """
 
@@ -41,7 +46,31 @@ VARIANTS = {
     "ifmel6": {"features": "ifmel", "input_notes": None},
     "logmel1": {"features": "logmel", "input_notes": [3]},
     "ifmel1": {"features": "ifmel", "input_notes": [3]},
+    "cat100": {"features": "logmel", "input_notes": None, "max_categories": 100},
+    "proto": {"features": "logmel", "input_notes": None},
 }
+
+
+class PrototypeHead(torch.nn.Module):
+    """``proto`` variant: the estimator's CNN body with a softmax over the V training voices (the prototypes)
+    and a bounded residual on every parameter (±0.5). Trained on the corpus items derived from a voice
+    (the voice itself and its perturbations) with the cross-entropy of the source voice plus the L1 of
+    ``clip(prototype[source] + residual)`` against the true preset (continuous parameters, transpose excluded).
+    Decoded as the argmax voice (``proto``: a learned retrieval) and that voice plus the residual on the
+    continuous parameters (``proto+residual``)."""
+
+    def __init__(self, estimator, prototypes: torch.Tensor):
+        super().__init__()
+        self.estimator = estimator
+        self.register_buffer("prototypes", prototypes)
+        width = estimator.net.fc[1].out_features
+        self.cls = torch.nn.Linear(width, len(prototypes))
+        self.residual = torch.nn.Linear(width, prototypes.shape[1])
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.estimator.net
+        h = net.fc(net.body(self.estimator.select(feats)))
+        return self.cls(h), 0.5 * torch.tanh(self.residual(h))
 
 
 def main() -> None:
@@ -66,7 +95,7 @@ def main() -> None:
     from deepafx.recipes.dexed_matching.corpus import Corpus
     from deepafx.recipes.dexed_matching.data import _ensure_corpus
     from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
-    from deepafx.recipes.dexed_matching.search import CorpusIndex, RetrievalIndex
+    from deepafx.recipes.dexed_matching.search import CorpusIndex, RetrievalIndex, numeric_free_mask
 
     config = get_recipe("dexed_matching").bind(load_config(args.config))
     dcfg = config.data
@@ -93,7 +122,15 @@ def main() -> None:
     rows["retrieval"] = score(np.stack([rindex.retrieve(t, 60) for t in targets]))
     rows["retrieval_corpus"] = score(CorpusIndex(corpus).retrieve(targets))
     device = torch.device(args.device)
+    free = torch.from_numpy(numeric_free_mask()).to(device)
     for name in args.variants.split(","):
+        if name == "proto":
+            train_s, final, rows["proto"], rows["proto+residual"] = train_prototype_head(
+                config, corpus, dcfg, args, device, free, targets, score)
+            info["proto"] = {"train_seconds": round(train_s, 1), "final_loss": final}
+            print(f"proto: LSD {rows['proto'].mean():.2f} dB, +residual {rows['proto+residual'].mean():.2f} dB, "
+                  f"{train_s:.0f} s", flush=True)
+            continue
         settings = {**dataclasses.asdict(config.model), **VARIANTS[name]}
         torch.manual_seed(args.seed)
         model = DexedEstimator(len(dcfg.notes), sr, **settings).to(device)
@@ -137,6 +174,51 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out))
+
+
+def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score):
+    """Train and score the ``proto`` variant (:class:`PrototypeHead`); returns
+    ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual)``."""
+    from deepafx.recipes.dexed_matching.model import DexedEstimator
+    from deepafx.recipes.dexed_matching.presets import set_transpose
+
+    protos = np.flatnonzero(corpus.kind == 0)  # the training voices themselves
+    label_of = {int(s): i for i, s in enumerate(corpus.source[protos])}
+    labels = np.array([label_of.get(int(s), -1) for s in corpus.source])
+    usable = np.intersect1d(corpus.valid_index, np.flatnonzero(labels >= 0))
+    settings = {**dataclasses.asdict(config.model), **VARIANTS["proto"]}
+    torch.manual_seed(args.seed)
+    est = DexedEstimator(len(dcfg.notes), dcfg.sample_rate, **settings)
+    if settings["architecture"] != "cnn2d":
+        raise SystemExit("the proto variant needs model.architecture: cnn2d")
+    model = PrototypeHead(est, torch.from_numpy(corpus.params[protos]).float()).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    rng = np.random.default_rng(args.seed)
+    model.train()
+    t1 = time.perf_counter()
+    losses = []
+    for _ in range(args.steps):
+        idx = rng.choice(usable, args.batch_size)
+        feats = torch.from_numpy(corpus.batch(idx, ["logmel"]).astype(np.float32)).to(device)
+        x_true = torch.from_numpy(corpus.params[idx]).float().to(device)
+        y = torch.from_numpy(labels[idx]).long().to(device)
+        logits, res = model(feats)
+        est_x = (model.prototypes[y] + res).clamp(0, 1)
+        loss = torch.nn.functional.cross_entropy(logits, y) + (est_x - x_true).abs()[:, free].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    train_s = time.perf_counter() - t1
+    model = model.cpu().eval()
+    with torch.no_grad():
+        logits, res = model(est.features(torch.from_numpy(np.asarray(targets, dtype=np.float32))))
+    voice = model.prototypes[logits.argmax(1)].double().numpy()
+    fm = free.cpu().numpy()
+    refined = voice.copy()
+    refined[:, fm] = np.clip(voice[:, fm] + res.double().numpy()[:, fm], 0, 1)
+    return (train_s, float(np.mean(losses[-100:])), score(set_transpose(voice, 0)), score(set_transpose(refined, 0)))
 
 
 if __name__ == "__main__":

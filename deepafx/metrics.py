@@ -624,15 +624,23 @@ def note_pitch_hz(audio: np.ndarray, sample_rate: float, start_s: float = 0.25, 
     return float(np.median(f0))
 
 
-def pitch_error_cents(est: np.ndarray, ref: np.ndarray, sample_rate: float) -> np.ndarray:
+def pitch_error_cents(est: np.ndarray, ref: np.ndarray, sample_rate: float,
+                      ref_hz: np.ndarray | None = None) -> np.ndarray:
     """Per-channel pitch error ``|1200 log2(f_est / f_ref)|`` in cents of ``(channels, samples)`` notes
-    (:func:`note_pitch_hz`); NaN where either note has no pitch (silent)."""
+    (:func:`note_pitch_hz`); NaN where either note has no pitch (silent).
+
+    ``ref_hz`` ``(channels,)``: the reference's pitches if already known (``note_pitch_hz`` of each
+    channel of ``ref``), to score many estimates against one reference without recomputing them."""
     e = np.atleast_2d(est)
     r = np.atleast_2d(ref)
     if e.shape != r.shape:
         raise ValueError(f"pitch_error_cents: shapes differ, {e.shape} vs {r.shape}")
+    if ref_hz is None:
+        ref_hz = np.array([note_pitch_hz(b, sample_rate) for b in r])
+    elif np.shape(ref_hz) != (len(r),):
+        raise ValueError(f"ref_hz must have one pitch per channel ({len(r)}), got shape {np.shape(ref_hz)}")
     out = []
-    for a, b in zip(e, r):
-        fa, fb = note_pitch_hz(a, sample_rate), note_pitch_hz(b, sample_rate)
+    for a, fb in zip(e, ref_hz):
+        fa = note_pitch_hz(a, sample_rate)
         out.append(abs(1200.0 * np.log2(fa / fb)) if np.isfinite(fa) and np.isfinite(fb) and fa > 0 and fb > 0 else np.nan)
     return np.asarray(out)

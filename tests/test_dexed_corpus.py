@@ -162,3 +162,46 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     assert res["paired"] and {p["b"] for p in res["paired"]} >= {"retrieval", "retrieval_corpus"}
     table = results_table(res)
     assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
+
+
+def test_all_categorical_heads_decode_modes_on_the_dx7_grid():
+    from deepafx.hosts.dexed_host import dexed_param_table
+    from deepafx.recipes.dexed_matching.model import DexedEstimator
+
+    table = dexed_param_table()
+    kw = dict(architecture="cnn2d", n_mels=16, hop_length=512, cnn_channels=[4, 8], hidden=16)
+    nc = DexedEstimator(6, 16000.0, **kw)
+    assert nc.layout.num_numeric == 91  # NumCat++: the 0..99 parameters (and the 49-value transpose) are numeric
+    model = DexedEstimator(6, 16000.0, max_categories=100, **kw)
+    assert model.layout.num_numeric == 0 and len(model.layout.discrete_counts) == len(table)
+    torch.manual_seed(0)
+    out = model(torch.randn(3, 6, 16, 20))
+    x_true = torch.rand(3, len(table))
+    loss, parts = model.p_loss(out, x_true)
+    assert torch.isfinite(loss) and parts["l1"] == 0.0
+    # the transpose head is not trained: changing its target leaves the loss unchanged
+    t = table.index("transpose_semitones")
+    x2 = x_true.clone()
+    x2[:, t] = 1.0 - x2[:, t]
+    torch.testing.assert_close(model.p_loss(out, x2)[0], loss)
+    x = model.to_normalized(out, torch.tensor([60.0, 62.0, 48.0])).numpy()
+    levels = np.array([p.num_values or 100 for p in table])
+    np.testing.assert_allclose(x * (levels - 1), np.rint(x * (levels - 1)), atol=1e-4)  # on the integer grid
+    with pytest.raises(ValueError, match="max_categories"):
+        DexedEstimator(6, 16000.0, max_categories=1, **kw)
+
+
+def test_all_categorical_model_trains_ploss_and_refuses_spectral_stages(bank_dir, tiny, tmp_path):
+    from deepafx.recipes.dexed_matching.model import predict
+    from deepafx.recipes.dexed_matching.train import load_estimator, train_from_config
+
+    with pytest.raises(ValueError, match="max_categories=100 leaves none"):
+        train_from_config(_cfg(bank_dir, "model.max_categories=100", "train.ploss_steps=1"), tmp_path / "bad", tiny)
+    cfg = _cfg(bank_dir, "model.max_categories=100", "train.crossfade_steps=0", "train.synth_steps=0",
+               "train.real_steps=0")
+    out = train_from_config(cfg, tmp_path / "run", tiny)
+    assert [h["stage"] for h in out["history"]] == ["ploss"] * 3
+    model, _ = load_estimator(tmp_path / "run" / "checkpoints" / "ploss.pt")
+    assert model.layout.num_numeric == 0
+    x = predict(model, np.zeros((1, 6, 64000), np.float32) + 1e-3, np.array([60]))
+    assert x.shape == (1, 145) and np.isfinite(x).all()

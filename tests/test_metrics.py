@@ -155,3 +155,18 @@ def test_input_validation():
         M.mfcc_l1(x, x, 0)
     with pytest.raises(ValueError, match="empty"):
         M.true_peak_dbtp(np.zeros((1, 0)), SR)
+
+
+def test_pitch_error_cents_of_a_semitone_and_a_cached_reference():
+    from deepafx.metrics import note_pitch_hz, pitch_error_cents
+
+    sr = 16000
+    t = np.arange(3 * sr) / sr
+    ref = np.stack([np.sin(2 * np.pi * 220.0 * t), np.zeros_like(t)])  # a note and a silent channel
+    est = np.stack([np.sin(2 * np.pi * 220.0 * 2 ** (1 / 12) * t), np.sin(2 * np.pi * 220.0 * t)])
+    cents = pitch_error_cents(est, ref, sr)
+    assert abs(cents[0] - 100.0) < 5.0 and np.isnan(cents[1])
+    ref_hz = np.array([note_pitch_hz(ch, sr) for ch in ref])
+    np.testing.assert_array_equal(pitch_error_cents(est, ref, sr, ref_hz=ref_hz), cents)
+    with pytest.raises(ValueError, match="one pitch per channel"):
+        pitch_error_cents(est, ref, sr, ref_hz=ref_hz[:1])

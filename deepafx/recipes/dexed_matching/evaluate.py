@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from deepafx.metrics import bootstrap_ci, ndb, paired_bootstrap_ci, pitch_error_cents
+from deepafx.metrics import bootstrap_ci, ndb, note_pitch_hz, paired_bootstrap_ci, pitch_error_cents
 from deepafx.recipes.dexed_matching.data import RecipeData
 from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
 from deepafx.recipes.dexed_matching.presets import set_transpose
@@ -298,6 +298,8 @@ def evaluate_from_config(
     results_json: dict[str, Any] = {"models": {}}
     details: dict[str, Any] = {}
     renders: dict[str, dict[str, np.ndarray]] = {}
+    target_hz = {dom: [np.array([note_pitch_hz(ch, dcfg.sample_rate) for ch in np.atleast_2d(a)])
+                       for a in targets[dom]["audio"]] for dom in DOMAINS}
     for method, per_dom in starts.items():
         results_json["models"][method] = {}
         details[method] = {}
@@ -310,7 +312,7 @@ def evaluate_from_config(
                 m = sound_metrics(y, targets[dom]["audio"][i], dcfg.sample_rate)
                 if dom == "in_domain":
                     m.update(param_metrics(x, targets[dom]["x"][i], layout))
-                cents = pitch_error_cents(y, targets[dom]["audio"][i], dcfg.sample_rate)
+                cents = pitch_error_cents(y, targets[dom]["audio"][i], dcfg.sample_rate, ref_hz=target_hz[dom][i])
                 ok = np.isfinite(cents)
                 m["pitch_correct"] = float(np.mean(cents[ok] <= tol)) if ok.any() else float("nan")
                 m["seconds"] = float(seconds[method][dom][i])

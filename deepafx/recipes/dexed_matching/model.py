@@ -50,6 +50,11 @@ class ModelConfig:
         cnn_channels: Channels of the stride-2 3×3 layers of ``cnn2d``.
         hidden: Width of ``cnn2d``'s fully connected layer.
         dropout: Dropout before ``cnn2d``'s heads.
+        max_categories: Discrete parameters with at most this many values get a
+            softmax head (decoded by argmax, the mode); the others a sigmoid head
+            trained with L1 (the median). Every DX7 parameter is an integer (the
+            levels, rates and depths run 0..99). 32 is NumCat++ (Le Vaillant et
+            al., 2021); 100 makes every parameter categorical.
         input_notes: Indices into the dataset's notes that the network sees
             (``None``: all of them; ``[3]`` with the six notes of Le Vaillant et
             al. is the single note (60, 85)). The rendered preset still plays
@@ -70,6 +75,7 @@ class ModelConfig:
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     hidden: int = 512
     dropout: float = 0.1
+    max_categories: int = MAX_CATEGORIES
 
 
 #: Input feature kinds of the estimator.
@@ -112,14 +118,15 @@ class SpectrogramCNN(nn.Module):
         layers.append(nn.AdaptiveAvgPool2d((4, 8)))
         self.body = nn.Sequential(*layers)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * 32, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(dropout))
-        self.numeric_head = nn.Linear(int(hidden), layout.num_numeric)
+        self.numeric_head = nn.Linear(int(hidden), layout.num_numeric) if layout.num_numeric else None
         self.discrete_heads = nn.ModuleList(nn.Linear(int(hidden), n) for n in layout.discrete_counts)
 
     def forward_features(self, x: torch.Tensor) -> EstimatorOutput:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SpectrogramCNN expects (batch, {self.in_channels}, n_mels, frames), got {tuple(x.shape)}")
         h = self.fc(self.body(x))
-        return EstimatorOutput(numeric=torch.sigmoid(self.numeric_head(h)),
+        numeric = torch.sigmoid(self.numeric_head(h)) if self.numeric_head is not None else h.new_zeros(h.shape[0], 0)
+        return EstimatorOutput(numeric=numeric,
                                discrete_logits=[head(h) for head in self.discrete_heads])
 
 
@@ -157,7 +164,12 @@ class DexedEstimator(nn.Module):
         per_note = 2 if s["features"] == "ifmel" else 1
         self.sample_rate = float(sample_rate)
         table = dexed_param_table()
-        self.layout = ParamLayout.from_table(table, MAX_CATEGORIES)
+        if int(s["max_categories"]) < 2:
+            raise ValueError(f"model.max_categories must be >= 2, got {s['max_categories']}")
+        mc = int(s["max_categories"])
+        # every DX7 parameter is an integer: the 0..99 ones (continuous in the table) have 100 values
+        counts = [p.num_values if p.values is not None else int(p.max - p.min) + 1 for p in table]
+        self.layout = ParamLayout.from_counts([n if n <= mc else None for n in counts])
         self.transpose_index = table.index("transpose_semitones")
         numeric = list(self.layout.numeric_indices)
         #: Columns of the numeric head trained by the P-loss (all but the transpose).
@@ -235,7 +247,7 @@ class DexedEstimator(nn.Module):
         return torch.stack([lg.argmax(1) for lg in out.discrete_logits], dim=1)
 
     def p_loss(self, out: EstimatorOutput, x_true: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Parameter loss: L1 (numeric, transpose excluded) + mean cross-entropy (discrete).
+        """Parameter loss: L1 (numeric) + mean cross-entropy (discrete), the transpose excluded.
 
         Args:
             out: Heads.
@@ -246,7 +258,7 @@ class DexedEstimator(nn.Module):
         """
         numeric, classes = self.layout.split_targets(x_true)
         m = self.numeric_loss_mask
-        l1 = (out.numeric[:, m] - numeric[:, m]).abs().mean()
+        l1 = (out.numeric[:, m] - numeric[:, m]).abs().mean() if bool(m.any()) else out.numeric.new_zeros(())
         ce = self.discrete_ce(out, torch.stack(classes, 1))
         return l1 + ce, {"l1": float(l1.detach()), "ce": float(ce.detach())}
 
@@ -254,7 +266,9 @@ class DexedEstimator(nn.Module):
         """Mean cross-entropy of the discrete heads against ``classes`` ``(batch, num_discrete)``."""
         if not out.discrete_logits:
             return out.numeric.new_zeros(())
-        return torch.stack([F.cross_entropy(lg, classes[:, k]) for k, lg in enumerate(out.discrete_logits)]).mean()
+        terms = [F.cross_entropy(lg, classes[:, k]) for k, lg in enumerate(out.discrete_logits)
+                 if self.layout.discrete_indices[k] != self.transpose_index]
+        return torch.stack(terms).mean()
 
     def describe(self) -> dict[str, Any]:
         """Settings needed to rebuild this estimator (stored in checkpoints)."""

@@ -285,6 +285,10 @@ class DexedTask:
     def begin_stage(self, stage: Stage) -> None:
         if stage.name == "ploss":
             return
+        if self.model.layout.num_numeric == 0 and stage.steps > 0:
+            raise ValueError(f"stage {stage.name!r}: the spectral stages train the numeric heads through SPSA, and "
+                             f"model.max_categories={self.config.model.max_categories} leaves none; set "
+                             "train.crossfade_steps, synth_steps and real_steps to 0 (or max_categories below 100)")
         tc = self.settings
         if self.fx is None:
             from deepafx.chain import chain as make_chain
