@@ -27,6 +27,12 @@ For each chain:
   on a local Ray cluster this run starts with W CPUs), ``ray_overhead_ratio``
   against the ideal and ``ray_over_pool = ray_step_s / fx_step_s``.
 
+``step_phases_ms``: where a multiprocessing step's time goes (medians over its
+timed steps, from the engine's ``last_timeline``): ``before_send``, ``wake``
+(message sent → first worker starts), ``busy_mean`` (a worker on its request),
+``busy_spread`` (first → last worker done), ``reply``, ``after_replies``
+(stacking outputs, loss, backward).
+
 Also, once per run, ``engine_fixed_cost``: the step time of an identity chain
 (one ``pedalboard.Gain`` at 0 dB, about 0.1 ms per render) per engine, i.e. the
 per-step cost of moving ``M·C·N`` samples in and ``2·M·C·N`` out (the main
@@ -206,7 +212,26 @@ def wait_quiet(max_busy: float = 0.15, timeout_s: float = 120.0) -> float:
     return round(time.monotonic() - start - 0.5, 1)
 
 
-def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2) -> float:
+PHASES = ("before_send", "wake", "busy_mean", "busy_spread", "reply", "after_replies")
+
+
+def _phases(t0: float, t_end: float, timeline: dict) -> dict[str, float] | None:
+    """One step's timeline in ms (engines that report worker times): ``before_send`` (checks, perturbations,
+    input copies), ``wake`` (first message sent → the first worker starts: pickling, pipe, wake-up), ``busy_mean`` (a worker's time on the
+    request), ``busy_spread`` (first to last worker done), ``reply`` (last worker done → all replies read),
+    ``after_replies`` (stacking the outputs, the loss and backward)."""
+    ws = list((timeline or {}).get("workers", {}).values())
+    if not ws:
+        return None
+    starts, ends = [a for a, _ in ws], [b for _, b in ws]
+    ms = lambda v: round(1e3 * v, 3)  # noqa: E731
+    return {"before_send": ms(timeline["sent"] - t0), "wake": ms(min(starts) - timeline["sent"]),
+            "busy_mean": ms(float(np.mean([b - a for a, b in ws]))), "busy_spread": ms(max(ends) - min(ends)),
+            "reply": ms(timeline["received"] - max(ends)), "after_replies": ms(t_end - timeline["received"])}
+
+
+def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2,
+               phases: list | None = None) -> float:
     g = torch.Generator().manual_seed(0)
     p = torch.rand(audio.shape[0], num_params, generator=g) * 0.8 + 0.1
     dy = torch.randn(audio.shape, generator=g)
@@ -217,8 +242,12 @@ def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: 
         y = layer(audio, pp)
         if num_params:
             (y * dy).sum().backward()
+        t_end = time.perf_counter()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(t_end - t0)
+            ph = _phases(t0, t_end, getattr(getattr(layer, "pool", None), "last_timeline", None))
+            if phases is not None and ph is not None:
+                phases.append(ph)
     return float(np.median(times))
 
 
@@ -241,6 +270,7 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
     if peer:
         runners["peer"] = PeerSPSAChannel(spec, m)
     per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "waited_s", *runners]}
+    phases: list[dict[str, float]] = []
     try:
         for runner in runners.values():  # warm-up
             _step_time(runner, audio, 1, p)
@@ -253,7 +283,8 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
                 samples["t_plugins"].append(t_plugins)
                 samples["floor"].append(timer.floor(-(-3 * m // w)))
                 for name, runner in runners.items():
-                    samples[name].append(_step_time(runner, audio, 1, p, warmup=0))
+                    samples[name].append(_step_time(runner, audio, 1, p, warmup=0,
+                                                    phases=phases if name == "process" else None))
             for k, v in samples.items():
                 per_round[k].append(float(np.median(v)))
     finally:
@@ -274,6 +305,8 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
         "parallel_floor_s": round(med(per_round["floor"]), 4),
         "floor_over_ideal": round(med([f / i for f, i in zip(per_round["floor"], ideal)]), 3),
         "over_floor": round(med([s / f for s, f in zip(per_round["process"], per_round["floor"])]), 3),
+        # medians over every timed step of the process engine, ms (see _phases)
+        "step_phases_ms": {k: round(med([ph[k] for ph in phases]), 3) for k in PHASES} if phases else None,
     }
     if "ray" in runners:
         r.update(ray_step_s=round(med(per_round["ray"]), 4), ray_overhead_ratio=round(ratio["ray"], 3),

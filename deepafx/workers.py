@@ -224,6 +224,7 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
         op = msg[0]
         try:
             if op == "render":
+                t_in = time.perf_counter()
                 in_buf, out_buf = shm.attach(msg[1]), shm.attach(msg[2])
                 flat_in = np.ndarray((in_buf.size // 4,), np.float32, in_buf.buf)
                 flat_out = np.ndarray((out_buf.size // 4,), np.float32, out_buf.buf)
@@ -231,7 +232,7 @@ def _worker_main(conn: Connection, spec: ChainSpec, slots: Sequence[int], instan
                          for slot, i_off, shape, params, reset, diff, o_off in msg[3]]
                 res = owned.render(items, flat_out)
                 del items, flat_in, flat_out  # release the buffer views before a later close()
-                conn.send(("ok", res))
+                conn.send(("ok", res, (t_in, time.perf_counter())))
             elif op == "reset":
                 owned.reset(msg[1])
                 conn.send(("ok", None))
@@ -396,6 +397,10 @@ class RenderEngine(abc.ABC):
         self.start_timeout_s = float(start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0))
         self.max_retries = int(max_retries)
         self.restarts = 0
+        #: Timeline of the last successful :meth:`render` on this machine's monotonic clock
+        #: (``time.perf_counter``, shared by local processes): ``{"sent": first message sent,
+        #: "received": all replies read, "workers": {index: (request received, reply sent)}}``; engines that cannot tell leave ``workers`` empty.
+        self.last_timeline: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -487,7 +492,9 @@ class RenderEngine(abc.ABC):
             results: dict[int, Any] = {}
             pending = dict(payloads)
             attempts = {i: 0 for i in pending}
+            worker_times: dict[int, tuple[float, float]] = {}
             while pending:
+                sent = time.perf_counter()
                 for i, msg in pending.items():
                     self._workers[i].submit(msg)
                 failed: dict[int, str] = {}
@@ -510,6 +517,8 @@ class RenderEngine(abc.ABC):
                                     self._restart(self._workers[j], str(f))
                         self._raise_remote(reply, w)
                     results[i] = reply[1]
+                    if len(reply) > 2:
+                        worker_times[i] = reply[2]
                     del pending[i]
                 for i, reason in failed.items():
                     attempts[i] += 1
@@ -521,6 +530,7 @@ class RenderEngine(abc.ABC):
                             "(run `deepafx plugins --details PATH`) or raise timeout_s."
                         )
                     self._restart(self._workers[i], reason)
+            self.last_timeline = {"sent": sent, "received": time.perf_counter(), "workers": worker_times}
             return results
 
     def _group(self, requests: Sequence[RenderRequest]) -> dict[int, list[int]]:

@@ -48,6 +48,19 @@ def test_abort_once_is_survived_and_retried(tmp_path):
         assert sum(not _alive(p) for p in pids) == 1
 
 
+def test_last_timeline_orders_send_work_and_replies(tmp_path):
+    spec = _fault(mode="abort", on_render=10**9, once_file=str(tmp_path / "never"))
+    with FxLayer(spec, batch_size=3, num_workers=2, timeout_s=30) as layer:
+        assert layer.pool.last_timeline == {}
+        t0 = time.perf_counter()
+        layer(torch.ones(3, 1, 256), torch.full((3, 1), 0.5, requires_grad=True)).sum().backward()
+        t1 = time.perf_counter()
+        tl = layer.pool.last_timeline
+        assert sorted(tl["workers"]) == [0, 1]
+        for start, end in tl["workers"].values():  # one monotonic clock across the local processes
+            assert t0 <= tl["sent"] <= start <= end <= tl["received"] <= t1
+
+
 def test_always_crashing_plugin_raises_clear_error_and_training_survives():
     spec = _fault(mode="abort", on_render=1)
     with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=30, max_retries=1) as layer:
