@@ -57,6 +57,7 @@ only the black box is estimated.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -157,12 +158,44 @@ class FiniteDifferences:
         return perturb(theta, epsilon, "fd")
 
 
+class _Differences:
+    """Per-item ``y⁺ − y⁻`` blocks ``(R, C, N)`` of one forward, kept for its backward.
+
+    They start as read-only views of the render engine's transfer buffers (no
+    copy). The owning :class:`FxLayer` calls :meth:`reclaim` before its engine's
+    next render: blocks not yet used by a backward are copied out then, and
+    blocks already used are dropped (a second backward through the same forward
+    after a new render raises instead of reading overwritten buffers).
+    """
+
+    __slots__ = ("parts", "used", "__weakref__")
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts: list[np.ndarray] | None = parts
+        self.used = False
+
+    def reclaim(self) -> None:
+        if self.parts is None:
+            return
+        self.parts = None if self.used else [np.array(p) for p in self.parts]
+
+    def vjp(self, dy: np.ndarray) -> torch.Tensor:
+        """``s_br = Σ_cn dy_bcn (y⁺ − y⁻)_brcn`` for ``dy`` ``(B, C, N)`` float32, as a ``(B, R)`` tensor."""
+        if self.parts is None:
+            raise RuntimeError("FxLayer: this forward's SPSA differences were released when the layer rendered again "
+                               "after its first backward; run the second backward (retain_graph=True) before the "
+                               "next forward, or sum the losses and call backward once")
+        self.used = True
+        return torch.from_numpy(np.stack([d.reshape(d.shape[0], -1) @ dy[b].reshape(-1) for b, d in enumerate(self.parts)]))
+
+
 class _FxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, audio: torch.Tensor, params: torch.Tensor, layer: "FxLayer") -> torch.Tensor:
         need_param_grad = ctx.needs_input_grad[1]
         y, diffs, pert = layer._render(audio, params, need_param_grad)
-        ctx.save_for_backward(diffs if diffs is not None else torch.empty(0), pert.step if pert is not None else torch.empty(0))
+        ctx.diffs = diffs
+        ctx.save_for_backward(pert.step if pert is not None else torch.empty(0))
         ctx.num_draws = pert.num_draws if pert is not None else 1
         ctx.input_grad = layer.input_grad
         ctx.audio_meta = (audio.device, audio.dtype, audio.shape)
@@ -171,11 +204,11 @@ class _FxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        diffs, step = ctx.saved_tensors
+        (step,) = ctx.saved_tensors
         grad_audio = grad_params = None
         if ctx.needs_input_grad[1]:
-            dy = grad_out.detach().to("cpu", torch.float32)
-            s = torch.einsum("bcn,brcn->br", dy, diffs)  # (B, R)
+            dy = grad_out.detach().to("cpu", torch.float32).contiguous().numpy()
+            s = ctx.diffs.vjp(dy)  # (B, R)
             g = gradient_from_differences(s.double(), step, ctx.num_draws)
             grad_params = g.to(device=ctx.params_meta[0], dtype=ctx.params_meta[1])
         if ctx.needs_input_grad[0] and ctx.input_grad == "straight_through":
@@ -267,6 +300,8 @@ class FxLayer(nn.Module):
         self.pool: RenderEngine = render.build(spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
                                                share=worker_share, timeout_s=timeout_s, max_retries=max_retries)
         self._pending_resets: set[int] = set()
+        #: Differences of forwards whose views of the engine's buffers may still be read by a backward.
+        self._lent: "weakref.WeakSet[_Differences]" = weakref.WeakSet()
         self.num_params = self.pool.num_params
         self.param_names = self.pool.param_names
         self.latency_samples = self.pool.latency_samples
@@ -329,8 +364,10 @@ class FxLayer(nn.Module):
         differences = rows.shape[1] > 1 and not self.keep_last_renders  # workers subtract y⁺ − y⁻
         requests = [RenderRequest(i, x[i], rows[i], reset=i in resets, differences=differences)
                     for i in range(x.shape[0])]
+        self._reclaim()  # the engine is about to overwrite its buffers
         try:
-            # views of the engine's buffers: the main renders and differences below are the only copies
+            # views of the engine's buffers: the main renders below are the only copy; the differences
+            # stay views until the next render (_Differences)
             outs = self.pool.render(requests, copy=False)
         finally:
             resets.difference_update(range(x.shape[0]))  # sent (a failed worker is rebuilt fresh anyway)
@@ -340,9 +377,10 @@ class FxLayer(nn.Module):
         if need_grad:
             r = self.num_renders
             if differences:
-                diffs = torch.from_numpy(np.stack([o[1:] for o in outs]))  # (B, R, C, N)
+                diffs = _Differences([o[1:] for o in outs])  # B × (R, C, N) views
+                self._lent.add(diffs)
             else:
-                diffs = torch.from_numpy(np.stack([o[1 : 1 + r] - o[1 + r :] for o in outs]))
+                diffs = _Differences([o[1 : 1 + r] - o[1 + r :] for o in outs])  # owned
             self.step += 1
         del outs
         if need_grad or self.training:
@@ -376,8 +414,14 @@ class FxLayer(nn.Module):
                 raise ValueError(f"slot {s} outside [0, {self.batch_size})")
         self._pending_resets.update(slots)
 
+    def _reclaim(self) -> None:
+        for d in list(self._lent):
+            d.reclaim()
+        self._lent.clear()
+
     def close(self) -> None:
         """Shut the render workers down (also done at interpreter exit)."""
+        self._reclaim()
         self.pool.close()
 
     def __enter__(self) -> "FxLayer":

@@ -166,14 +166,20 @@ class SlotInstances:
                 for inst in insts:
                     inst.reset()
             ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
-            if differences:
-                k = (len(ys) - 1) // 2
-                ys = [ys[0]] + [ys[1 + j] - ys[1 + k + j] for j in range(k)]
+            k = (len(ys) - 1) // 2 if differences else 0
+            rows = len(ys) - k
             if out is not None and ys[0].shape == audio.shape:
-                target = out[off : off + len(ys) * audio.size].reshape(len(ys), *audio.shape)
-                for r, y in enumerate(ys):
-                    target[r] = y
+                target = out[off : off + rows * audio.size].reshape(rows, *audio.shape)
+                if differences:  # main, then y⁺ − y⁻ written in place
+                    target[0] = ys[0]
+                    for j in range(k):
+                        np.subtract(ys[1 + j], ys[1 + k + j], out=target[1 + j])
+                else:
+                    for r, y in enumerate(ys):
+                        target[r] = y
                 res.append(None)
+            elif differences:
+                res.append(np.stack([ys[0]] + [ys[1 + j] - ys[1 + k + j] for j in range(k)]))
             else:
                 res.append(np.stack(ys))
         return res

@@ -111,6 +111,33 @@ def test_worker_differences_equal_differences_of_the_renders():
     assert torch.equal(grads[0], grads[1])
 
 
+def test_differences_survive_a_second_forward_and_stale_ones_raise():
+    """The differences stay views of the engine's buffers until the next render: a forward run before the
+    previous one's backward copies them out first (same gradient as without it); a second backward after a new
+    render, whose buffers were overwritten, raises instead of reading them."""
+    x, p, w, _ = _problem()
+    grads = []
+    for second_forward in (False, True):
+        with FxLayer(COMP, batch_size=4, num_workers=2, seed=4) as layer:
+            pa = torch.rand(4, layer.num_params, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+            ya = layer(x, pa)
+            if second_forward:
+                layer(2 * x, torch.full_like(pa, 0.3).requires_grad_(True))  # overwrites the engine's buffers
+            (ya * w).sum().backward()
+            grads.append(pa.grad)
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+    with FxLayer(COMP, batch_size=4, num_workers=2, seed=4) as layer:
+        pa = torch.rand(4, layer.num_params, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        y = layer(x, pa)
+        (y * w).sum().backward(retain_graph=True)
+        g1 = pa.grad.clone()
+        (y * w).sum().backward(retain_graph=True)  # no render in between: the views are still valid
+        torch.testing.assert_close(pa.grad, 2 * g1)
+        layer(x, pa.detach())
+        with pytest.raises(RuntimeError, match="released"):
+            (y * w).sum().backward()
+
+
 def test_chunked_equals_one_shot_and_slots_isolated(rng):
     a = music_like(rng, 2, 8 * 4096)
     b = music_like(np.random.default_rng(5), 2, 8 * 4096) * 3.0
