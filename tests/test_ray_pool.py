@@ -99,6 +99,21 @@ def test_render_requests_with_resets_match_the_process_pool(rng):
     np.testing.assert_array_equal(outs["ray"], outs["process"])
 
 
+def test_cmaes_oracle_on_ray_equals_the_process_pool(rng):
+    """The evaluation oracle (mastering, amp emulation) takes the config's render section too."""
+    from deepafx.automation.oracle import CmaesOracle
+
+    x = music_like(rng, samples=44100)
+    y = (0.5 * x).astype(np.float32)
+    found = {}
+    for name, render in (("process", None), ("ray", RAY)):
+        with CmaesOracle(CHEAP, renders=12, excerpt_seconds=0.5, preroll_seconds=0.0, num_workers=2, seed=1,
+                         render=render) as oracle:
+            assert type(oracle.pool).__name__ == ("RayRenderPool" if render else "RenderPool")
+            found[name] = oracle.fit(x, y)
+    np.testing.assert_array_equal(found["ray"].params, found["process"].params)
+
+
 def test_abort_is_survived_and_retried(tmp_path):
     spec = _fault(mode="abort", on_render=2, once_file=str(tmp_path / "crashed"))
     x = torch.ones(2, 1, 256)

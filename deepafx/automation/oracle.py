@@ -43,8 +43,8 @@ Search (:class:`CmaesOracle`)
   silent render still gets a finite score). The magnitude terms make the
   score insensitive to the few samples of group delay the crossovers add, so
   no alignment is done inside the search.
-* **Crash safety**: renders run in :class:`deepafx.workers.RenderPool`
-  worker processes (one slot per worker, ``ceil(popsize / workers)`` chain
+* **Crash safety**: renders run in a :class:`deepafx.workers.RenderEngine`,
+  worker processes by default or Ray actors (one slot per worker, ``ceil(popsize / workers)`` chain
   instances each). If a render batch fails (a plugin crashes, hangs or
   returns NaN), its candidates are rendered one by one and each one that
   fails again scores ``FAILED_RENDER_SCORE``; the search continues.
@@ -65,7 +65,7 @@ import torch
 from deepafx.chain import ChainSpec
 from deepafx.hosts.base import PluginError
 from deepafx.metrics import lufs
-from deepafx.workers import RenderPool, RenderRequest
+from deepafx.workers import RenderConfig, RenderRequest
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,8 @@ class CmaesOracle:
         num_workers: Render worker processes (``None``: usable CPU cores, at most ``popsize``).
         seed: Seed of CMA-ES sampling (``cma`` seed ``seed + 1``; cma reads 0 as "random").
         timeout_s: Longest one render request may take before its worker is restarted, seconds.
+        render: Render engine (:class:`~deepafx.workers.RenderConfig`, the config's ``render:`` section;
+            default: worker processes on this machine), e.g. ``RenderConfig(engine="ray", address="auto")``.
 
     Raises:
         ValueError: bad settings, or a chain with fewer than 2 learned parameters.
@@ -240,7 +242,7 @@ class CmaesOracle:
     def __init__(self, chain: ChainSpec, renders: int = 60, sigma0: float = 0.1, popsize: int | None = None,
                  excerpt_seconds: float = 10.0, preroll_seconds: float = 1.0, loudness_weight: float = 0.1,
                  fft_sizes: Sequence[int] = (2048, 512, 128), overlap: float = 0.5, num_workers: int | None = None,
-                 seed: int = 0, timeout_s: float = 120.0):
+                 seed: int = 0, timeout_s: float = 120.0, render: RenderConfig | None = None):
         if int(renders) < 1:
             raise ValueError(f"renders must be >= 1 (the render budget per track), got {renders}")
         if not sigma0 > 0:
@@ -266,8 +268,8 @@ class CmaesOracle:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.num_slots = max(1, min(int(num_workers or usable), self.popsize))
         self.instances_per_slot = int(math.ceil(self.popsize / self.num_slots))
-        self.pool = RenderPool(chain, num_slots=self.num_slots, instances_per_slot=self.instances_per_slot,
-                               num_workers=self.num_slots, timeout_s=timeout_s)
+        self.pool = (render or RenderConfig()).build(chain, self.num_slots, self.instances_per_slot,
+                                                     num_workers=self.num_slots, timeout_s=timeout_s)
 
     # -- lifecycle --------------------------------------------------------------
     def close(self) -> None:

@@ -339,7 +339,8 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
     with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s) as oracle:
+                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s,
+                     render=config.sections.get("render")) as oracle:
         latency = int(oracle.pool.latency_samples)
         align = None if latency == 0 else latency / sr * 1e3 + ec.max_delay_ms
         for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):

@@ -917,7 +917,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s) as oracle:
+                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s,
+                     render=config.sections.get("render")) as oracle:
         for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):
             if data_sr != sr:
                 x = soxr.resample(x.T, data_sr, sr, quality="VHQ").T.astype(np.float32)
