@@ -9,9 +9,15 @@ Groups: every global parameter, each per-operator parameter over the six
 operators (``opN_…``), and each operator as a whole (``opK_all``). Gains do not
 add up: DX7 parameters interact (a true level on a wrong ratio can be worse).
 
+With ``--ceiling``, also the best any chooser of a *training voice* can do: the
+LSD of every held-out voice against every training factory voice (transpose 0),
+its minimum per held-out voice (the oracle choice), and how often nearest-preset
+retrieval (the recipe's ``RetrievalIndex``) picks that voice.
+
 Usage:
     python benchmarks/dexed_error_groups.py [--config dexed_matching/medium]
         [--checkpoint runs/dexed_matching/medium/checkpoints/ploss.pt] [--data-dir data/dexed_matching/medium]
+        [--ceiling]
 Prints one line per group and, last, one JSON line.
 """
 
@@ -31,6 +37,7 @@ def main() -> None:
     ap.add_argument("--config", default="dexed_matching/medium")
     ap.add_argument("--checkpoint", default="runs/dexed_matching/medium/checkpoints/ploss.pt")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--ceiling", action="store_true", help="also the oracle choice among the training voices")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -67,9 +74,26 @@ def main() -> None:
         gains[g] = float(base.mean() - lsd(x).mean())
     for g, v in sorted(gains.items(), key=lambda kv: -kv[1]):
         print(f"{g:28s} {v:+.2f} dB", flush=True)
-    print(json.dumps({"benchmark": "dexed_error_groups", "checkpoint": args.checkpoint, "n_test_voices": len(x_true),
-                      "network_lsd": float(base.mean()),
-                      "gain_db": {g: round(v, 3) for g, v in sorted(gains.items(), key=lambda kv: -kv[1])}}))
+    out = {"benchmark": "dexed_error_groups", "checkpoint": args.checkpoint, "n_test_voices": len(x_true),
+           "network_lsd": float(base.mean()),
+           "gain_db": {g: round(v, 3) for g, v in sorted(gains.items(), key=lambda kv: -kv[1])}}
+    if args.ceiling:
+        from deepafx.recipes.dexed_matching.presets import set_transpose
+        from deepafx.recipes.dexed_matching.search import RetrievalIndex
+
+        x_train = np.load(ddir / "in_domain.npz")["x_train"].astype(np.float64)
+        voices = renderer.render_batch(set_transpose(x_train, 0))
+        table = np.array([[lsd_db(v, t) for v in voices] for t in targets])  # (test, train)
+        index = RetrievalIndex(x_train, renderer)
+        picked = np.stack([index.retrieve(t, 60) for t in targets])
+        chosen = [int(np.argmin(np.abs(set_transpose(x_train, 0) - set_transpose(p[None], 0)).sum(1))) for p in picked]
+        ret = table[np.arange(len(targets)), chosen]
+        out["ceiling"] = {"n_training_voices": len(x_train), "oracle_voice_lsd": float(table.min(1).mean()),
+                          "retrieval_lsd": float(ret.mean()),
+                          "retrieval_picks_oracle_voice": int(np.sum(np.isclose(ret, table.min(1))))}
+        print(f"oracle training voice {out['ceiling']['oracle_voice_lsd']:.2f} dB, retrieval {ret.mean():.2f} dB, "
+              f"retrieval picks the oracle voice for {out['ceiling']['retrieval_picks_oracle_voice']} of {len(ret)}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
