@@ -335,6 +335,8 @@ class Trainer:
         if st.num_threads:
             torch.set_num_threads(st.num_threads)
         seed_everything(st.seed + self.dist.rank)
+        if not resume and self.dist.is_main:
+            keep_earlier_run(self.run.root)
         self.ctx = RunContext(self.dist, self.run)
         task.setup(self.ctx)
         torch.manual_seed(st.seed)  # identical initial weights on every rank
@@ -586,6 +588,30 @@ def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = F
         else:
             task.close()
         cleanup_distributed()
+
+
+def keep_earlier_run(root: Path) -> Path | None:
+    """Move a run folder that already holds checkpoints aside before a fresh (not resumed) run reuses its name.
+
+    The earlier run becomes ``<root>.previous-<YYYYmmdd-HHMMSS>`` (``-1``, ``-2`` … when that exists), whole
+    and unchanged, and a warning says where; a folder without checkpoints is reused as it is.
+
+    Returns:
+        The new path of the earlier run, or ``None`` when nothing was moved.
+    """
+    ckpt = root / "checkpoints"
+    if not ckpt.is_dir() or not any(ckpt.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = root.with_name(f"{root.name}.previous-{stamp}")
+    k = 0
+    while dest.exists():
+        k += 1
+        dest = root.with_name(f"{root.name}.previous-{stamp}-{k}")
+    os.replace(root, dest)
+    log.warning("%s held an earlier run's checkpoints: kept it as %s (train with --resume to continue it instead)",
+                root, dest)
+    return dest
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

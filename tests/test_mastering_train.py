@@ -45,6 +45,12 @@ def test_resume_continues_exactly(tmp_path, data_dir):
     assert [h.get("train_loss") for h in lines] == [h.get("train_loss") for h in full["history"]]
     # checkpoints are written atomically: no temporary files are left behind
     assert not [p for p in (tmp_path / "b").rglob("*") if p.name.endswith(".tmp")]
+    # a fresh run into a folder with checkpoints keeps the earlier run whole, beside it
+    before = (tmp_path / "b" / "checkpoints" / "last.pt").read_bytes()
+    train_from_config(_cfg("train.epochs=1"), tmp_path / "b", data_dir)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("b.previous-")]
+    assert len(kept) == 1 and (kept[0] / "checkpoints" / "last.pt").read_bytes() == before
+    assert (kept[0] / "history.jsonl").exists() and (tmp_path / "b" / "checkpoints" / "last.pt").exists()
 
 
 def _epochs(history):
