@@ -41,7 +41,11 @@ Which to pick:
 
 Inside the layer, all renders an item needs (main + perturbed) are requested in
 *one* message per worker during the forward pass, so the backward pass only does
-arithmetic.
+arithmetic. The workers return the main render and the differences
+``y⁺ − y⁻``; the main renders are copied out, the differences are read by the
+backward straight from the engine's transfer buffers (copied only if the layer
+renders again before that backward; a second backward after a new render raises
+``RuntimeError``).
 
 Gradient with respect to the input audio (``input_grad``):
 
