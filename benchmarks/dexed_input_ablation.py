@@ -18,7 +18,8 @@ Engel et al., GANSynth, ICLR 2019), ``logmel1`` and ``ifmel1`` (the single note
 softmax head decoded by argmax, the mode, instead of NumCat++'s sigmoid heads
 for the 0..99 parameters) and ``proto`` (:class:`PrototypeHead`: a classifier
 over the training voices plus a residual; scored as ``proto``, the argmax voice,
-and ``proto+residual``).
+and ``proto+residual``) and ``latent`` (:class:`PresetVAE`: the network regresses
+a preset VAE's latent point and outputs its decoding).
 
 The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
 ``in_domain.npz`` must exist: ``deepafx data --config dexed_matching/medium``).
@@ -26,7 +27,7 @@ The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
 Usage:
     python benchmarks/dexed_input_ablation.py --config dexed_matching/medium \\
         [--data-dir data/dexed_matching/medium] [--steps 3000] [--batch-size 64] \\
-        [--device cpu|cuda] [--variants logmel6,ifmel6,logmel1,ifmel1,cat100,proto] [--corpus-workers 2]
+        [--device cpu|cuda] [--variants logmel6,ifmel6,logmel1,ifmel1,cat100,proto,latent] [--corpus-workers 2]
 Prints one line per variant and, last, one JSON line with every figure.
 """
 
@@ -48,7 +49,34 @@ VARIANTS = {
     "ifmel1": {"features": "ifmel", "input_notes": [3]},
     "cat100": {"features": "logmel", "input_notes": None, "max_categories": 100},
     "proto": {"features": "logmel", "input_notes": None},
+    "latent": {"features": "logmel", "input_notes": None},
 }
+
+
+class PresetVAE(torch.nn.Module):
+    """``latent`` variant: a small VAE over the corpus presets (MLP 145 → 256 → z, decoder z → 256 → 512 →
+    NumCat++ heads), in the spirit of Le Vaillant et al.'s preset-generating VAE: the decoder maps a latent
+    point to a preset on the learned preset manifold. The audio network then regresses the latent point and
+    is trained through the frozen decoder with the P-loss, so its outputs are decoder outputs."""
+
+    def __init__(self, layout, num_params: int, z: int = 32):
+        super().__init__()
+        self.enc = torch.nn.Sequential(torch.nn.Linear(num_params, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2 * z))
+        self.dec = torch.nn.Sequential(torch.nn.Linear(z, 256), torch.nn.ReLU(), torch.nn.Linear(256, 512), torch.nn.ReLU())
+        self.numeric = torch.nn.Linear(512, layout.num_numeric)
+        self.discrete = torch.nn.ModuleList(torch.nn.Linear(512, n) for n in layout.discrete_counts)
+
+    def decode(self, zs: torch.Tensor):
+        from deepafx.encoders import EstimatorOutput
+
+        h = self.dec(zs)
+        return EstimatorOutput(numeric=torch.sigmoid(self.numeric(h)), discrete_logits=[d(h) for d in self.discrete])
+
+    def forward(self, x: torch.Tensor):
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        zs = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        return self.decode(zs), kl
 
 
 class PrototypeHead(torch.nn.Module):
@@ -124,6 +152,11 @@ def main() -> None:
     device = torch.device(args.device)
     free = torch.from_numpy(numeric_free_mask()).to(device)
     for name in args.variants.split(","):
+        if name == "latent":
+            train_s, final, rows["latent"], vae_info = train_latent_head(config, corpus, dcfg, args, device, targets, score)
+            info["latent"] = {"train_seconds": round(train_s, 1), "final_ploss": final, **vae_info}
+            print(f"latent: LSD {rows['latent'].mean():.2f} dB, {train_s:.0f} s", flush=True)
+            continue
         if name == "proto":
             train_s, final, rows["proto"], rows["proto+residual"] = train_prototype_head(
                 config, corpus, dcfg, args, device, free, targets, score)
@@ -174,6 +207,64 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out))
+
+
+def train_latent_head(config, corpus, dcfg, args, device, targets, score, vae_steps: int = 3000, beta: float = 0.01):
+    """Train and score the ``latent`` variant (:class:`PresetVAE`): the VAE first (``vae_steps`` batches of 256
+    corpus presets, P-loss + ``beta`` · KL), then the audio network regressing its latent point through the frozen
+    decoder; returns ``(seconds, final P-loss, LSD per voice, VAE figures)``."""
+    from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
+
+    settings = {**dataclasses.asdict(config.model), **VARIANTS["latent"]}
+    if settings["architecture"] != "cnn2d":
+        raise SystemExit("the latent variant needs model.architecture: cnn2d")
+    torch.manual_seed(args.seed)
+    est = DexedEstimator(len(dcfg.notes), dcfg.sample_rate, **settings).to(device)
+    vae = PresetVAE(est.layout, corpus.params.shape[1]).to(device)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for _ in range(vae_steps):
+        x = torch.from_numpy(corpus.params[rng.choice(corpus.valid_index, 256)]).float().to(device)
+        out, kl = vae(x)
+        loss = est.p_loss(out, x)[0] + beta * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    vae.eval()
+    with torch.no_grad():  # reconstruction P-loss of the held-out-voice-free corpus through the posterior mean
+        x = torch.from_numpy(corpus.params[rng.choice(corpus.valid_index, 1024)]).float().to(device)
+        mu = vae.enc(x).chunk(2, dim=1)[0]
+        recon = float(est.p_loss(vae.decode(mu), x)[0])
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    width = est.net.fc[1].out_features
+    to_z = torch.nn.Linear(width, vae.dec[0].in_features).to(device)
+    net = est.net
+
+    def heads(feats):
+        return vae.decode(to_z(net.fc(net.body(est.select(feats)))))
+
+    params = list(net.body.parameters()) + list(net.fc.parameters()) + list(to_z.parameters())
+    opt = torch.optim.Adam(params, lr=args.lr)
+    est.train()
+    losses = []
+    for _ in range(args.steps):
+        idx = rng.choice(corpus.valid_index, args.batch_size)
+        feats = torch.from_numpy(corpus.batch(idx, ["logmel"]).astype(np.float32)).to(device)
+        x_true = torch.from_numpy(corpus.params[idx]).float().to(device)
+        loss, _ = est.p_loss(heads(feats), x_true)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    train_s = time.perf_counter() - t0
+    est, vae, to_z = est.cpu().eval(), vae.cpu(), to_z.cpu()
+    est.net.forward_features = lambda x: vae.decode(to_z(est.net.fc(est.net.body(x))))  # decoder outputs
+    lsd = score(predict(est, targets, np.full(len(targets), 60)))
+    return train_s, float(np.mean(losses[-100:])), lsd, {"vae_steps": vae_steps, "beta": beta,
+                                                         "vae_reconstruction_ploss": recon}
 
 
 def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score):
