@@ -101,6 +101,33 @@ class PrototypeHead(torch.nn.Module):
         return self.cls(h), 0.5 * torch.tanh(self.residual(h))
 
 
+def corpus_batch(corpus, idx: np.ndarray, kinds: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached features ``(B, notes · k, n_mels, frames)`` and true presets ``(B, 145)`` of corpus rows ``idx``."""
+    feats = torch.from_numpy(corpus.batch(idx, kinds).astype(np.float32)).to(device, non_blocking=True)
+    return feats, torch.from_numpy(corpus.params[idx]).float().to(device)
+
+
+def fit(params, batch_loss, pool: np.ndarray, rng: np.random.Generator, args) -> tuple[float, float]:
+    """Adam (``args.lr``) on ``params`` for ``args.steps`` batches of ``args.batch_size`` rows drawn from ``pool``
+    with ``rng``; ``batch_loss(idx)`` is a batch's loss; gradient norm clipped at 5. Every variant trains here.
+
+    Returns:
+        ``(seconds, mean loss of the last 100 steps)``.
+    """
+    params = list(params)
+    opt = torch.optim.Adam(params, lr=args.lr)
+    t0 = time.perf_counter()
+    losses = []
+    for _ in range(args.steps):
+        loss = batch_loss(rng.choice(pool, args.batch_size))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return time.perf_counter() - t0, float(np.mean(losses[-100:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="dexed_matching/medium")
@@ -168,25 +195,16 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = DexedEstimator(len(dcfg.notes), sr, **settings).to(device)
         kinds = ["logmel", "ifmel"] if settings["features"] == "ifmel" else ["logmel"]
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-        rng = np.random.default_rng(args.seed)
         model.train()
-        t1 = time.perf_counter()
-        losses = []
-        for step in range(args.steps):
-            idx = rng.choice(corpus.valid_index, args.batch_size)
-            feats = torch.from_numpy(corpus.batch(idx, kinds).astype(np.float32)).to(device, non_blocking=True)
-            x_true = torch.from_numpy(corpus.params[idx]).float().to(device)
-            loss, _ = model.p_loss(model(feats), x_true)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-        train_s = time.perf_counter() - t1
+
+        def ploss(idx, model=model, kinds=kinds):
+            feats, x_true = corpus_batch(corpus, idx, kinds, device)
+            return model.p_loss(model(feats), x_true)[0]
+
+        train_s, final = fit(model.parameters(), ploss, corpus.valid_index, np.random.default_rng(args.seed), args)
         model = model.cpu().eval()
         rows[name] = score(predict(model, targets, pitch))
-        info[name] = {"train_seconds": round(train_s, 1), "final_ploss": float(np.mean(losses[-100:]))}
+        info[name] = {"train_seconds": round(train_s, 1), "final_ploss": final}
         print(f"{name}: LSD {rows[name].mean():.2f} dB, P-loss {info[name]['final_ploss']:.3f}, {train_s:.0f} s", flush=True)
 
     summary = {}
@@ -245,26 +263,19 @@ def train_latent_head(config, corpus, dcfg, args, device, targets, score, vae_st
     def heads(feats):
         return vae.decode(to_z(net.fc(net.body(est.select(feats)))))
 
-    params = list(net.body.parameters()) + list(net.fc.parameters()) + list(to_z.parameters())
-    opt = torch.optim.Adam(params, lr=args.lr)
+    def ploss(idx):
+        feats, x_true = corpus_batch(corpus, idx, ["logmel"], device)
+        return est.p_loss(heads(feats), x_true)[0]
+
     est.train()
-    losses = []
-    for _ in range(args.steps):
-        idx = rng.choice(corpus.valid_index, args.batch_size)
-        feats = torch.from_numpy(corpus.batch(idx, ["logmel"]).astype(np.float32)).to(device)
-        x_true = torch.from_numpy(corpus.params[idx]).float().to(device)
-        loss, _ = est.p_loss(heads(feats), x_true)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    train_s = time.perf_counter() - t0
+    vae_s = time.perf_counter() - t0
+    audio_s, final = fit([*net.body.parameters(), *net.fc.parameters(), *to_z.parameters()], ploss,
+                         corpus.valid_index, rng, args)
+    train_s = vae_s + audio_s
     est, vae, to_z = est.cpu().eval(), vae.cpu(), to_z.cpu()
     est.net.forward_features = lambda x: vae.decode(to_z(est.net.fc(est.net.body(x))))  # decoder outputs
     lsd = score(predict(est, targets, np.full(len(targets), 60)))
-    return train_s, float(np.mean(losses[-100:])), lsd, {"vae_steps": vae_steps, "beta": beta,
-                                                         "vae_reconstruction_ploss": recon}
+    return train_s, final, lsd, {"vae_steps": vae_steps, "beta": beta, "vae_reconstruction_ploss": recon}
 
 
 def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score):
@@ -283,25 +294,16 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
     if settings["architecture"] != "cnn2d":
         raise SystemExit("the proto variant needs model.architecture: cnn2d")
     model = PrototypeHead(est, torch.from_numpy(corpus.params[protos]).float()).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    rng = np.random.default_rng(args.seed)
     model.train()
-    t1 = time.perf_counter()
-    losses = []
-    for _ in range(args.steps):
-        idx = rng.choice(usable, args.batch_size)
-        feats = torch.from_numpy(corpus.batch(idx, ["logmel"]).astype(np.float32)).to(device)
-        x_true = torch.from_numpy(corpus.params[idx]).float().to(device)
+
+    def loss(idx):
+        feats, x_true = corpus_batch(corpus, idx, ["logmel"], device)
         y = torch.from_numpy(labels[idx]).long().to(device)
         logits, res = model(feats)
         est_x = (model.prototypes[y] + res).clamp(0, 1)
-        loss = torch.nn.functional.cross_entropy(logits, y) + (est_x - x_true).abs()[:, free].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    train_s = time.perf_counter() - t1
+        return torch.nn.functional.cross_entropy(logits, y) + (est_x - x_true).abs()[:, free].mean()
+
+    train_s, final = fit(model.parameters(), loss, usable, np.random.default_rng(args.seed), args)
     model = model.cpu().eval()
     with torch.no_grad():
         logits, res = model(est.features(torch.from_numpy(np.asarray(targets, dtype=np.float32))))
@@ -309,7 +311,7 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
     fm = free.cpu().numpy()
     refined = voice.copy()
     refined[:, fm] = np.clip(voice[:, fm] + res.double().numpy()[:, fm], 0, 1)
-    return (train_s, float(np.mean(losses[-100:])), score(set_transpose(voice, 0)), score(set_transpose(refined, 0)))
+    return (train_s, final, score(set_transpose(voice, 0)), score(set_transpose(refined, 0)))
 
 
 if __name__ == "__main__":
