@@ -168,20 +168,19 @@ class SlotInstances:
             ys = [insts[r].process(audio, params[r]) for r in range(len(params))]
             k = (len(ys) - 1) // 2 if differences else 0
             rows = len(ys) - k
-            if out is not None and ys[0].shape == audio.shape:
+            if out is not None and ys[0].shape == audio.shape:  # into the shared buffer, reported as None
                 target = out[off : off + rows * audio.size].reshape(rows, *audio.shape)
-                if differences:  # main, then y⁺ − y⁻ written in place
-                    target[0] = ys[0]
-                    for j in range(k):
-                        np.subtract(ys[1 + j], ys[1 + k + j], out=target[1 + j])
-                else:
-                    for r, y in enumerate(ys):
-                        target[r] = y
                 res.append(None)
-            elif differences:
-                res.append(np.stack([ys[0]] + [ys[1 + j] - ys[1 + k + j] for j in range(k)]))
             else:
-                res.append(np.stack(ys))
+                target = np.empty((rows, *ys[0].shape), ys[0].dtype)
+                res.append(target)
+            if differences:  # main, then y⁺ − y⁻ written in place
+                target[0] = ys[0]
+                for j in range(k):
+                    np.subtract(ys[1 + j], ys[1 + k + j], out=target[1 + j])
+            else:
+                for r, y in enumerate(ys):
+                    target[r] = y
         return res
 
     def reset(self, slots: Sequence[int]) -> None:

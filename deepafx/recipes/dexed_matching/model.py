@@ -164,9 +164,9 @@ class DexedEstimator(nn.Module):
         per_note = 2 if s["features"] == "ifmel" else 1
         self.sample_rate = float(sample_rate)
         table = dexed_param_table()
-        if int(s["max_categories"]) < 2:
-            raise ValueError(f"model.max_categories must be >= 2, got {s['max_categories']}")
         mc = int(s["max_categories"])
+        if mc < 2:
+            raise ValueError(f"model.max_categories must be >= 2, got {s['max_categories']}")
         # every DX7 parameter is an integer: the 0..99 ones (continuous in the table) have 100 values
         counts = [p.num_values if p.values is not None else int(p.max - p.min) + 1 for p in table]
         self.layout = ParamLayout.from_counts([n if n <= mc else None for n in counts])
