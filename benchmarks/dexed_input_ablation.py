@@ -18,7 +18,9 @@ Engel et al., GANSynth, ICLR 2019), ``logmel1`` and ``ifmel1`` (the single note
 softmax head decoded by argmax, the mode, instead of NumCat++'s sigmoid heads
 for the 0..99 parameters) and ``proto`` (:class:`PrototypeHead`: a classifier
 over the training voices plus a residual; scored as ``proto``, the argmax voice,
-and ``proto+residual``) and ``latent`` (:class:`PresetVAE`: the network regresses
+and ``proto+residual``), ``proto_nn`` (the same classifier trained on every corpus item, each labelled
+with its nearest training voice by cached log-mel distance, i.e. retrieval's own choice, cross-entropy only:
+a distilled retrieval) and ``latent`` (:class:`PresetVAE`: the network regresses
 a preset VAE's latent point and outputs its decoding).
 
 The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
@@ -49,6 +51,7 @@ VARIANTS = {
     "ifmel1": {"features": "ifmel", "input_notes": [3]},
     "cat100": {"features": "logmel", "input_notes": None, "max_categories": 100},
     "proto": {"features": "logmel", "input_notes": None},
+    "proto_nn": {"features": "logmel", "input_notes": None},
     "latent": {"features": "logmel", "input_notes": None},
 }
 
@@ -191,6 +194,12 @@ def main() -> None:
             print(f"proto: LSD {rows['proto'].mean():.2f} dB, +residual {rows['proto+residual'].mean():.2f} dB, "
                   f"{train_s:.0f} s", flush=True)
             continue
+        if name == "proto_nn":
+            train_s, final, rows["proto_nn"], _ = train_prototype_head(
+                config, corpus, dcfg, args, device, free, targets, score, labels_from="nearest")
+            info["proto_nn"] = {"train_seconds": round(train_s, 1), "final_loss": final}
+            print(f"proto_nn: LSD {rows['proto_nn'].mean():.2f} dB, {train_s:.0f} s", flush=True)
+            continue
         settings = {**dataclasses.asdict(config.model), **VARIANTS[name]}
         torch.manual_seed(args.seed)
         model = DexedEstimator(len(dcfg.notes), sr, **settings).to(device)
@@ -278,16 +287,46 @@ def train_latent_head(config, corpus, dcfg, args, device, targets, score, vae_st
     return train_s, final, lsd, {"vae_steps": vae_steps, "beta": beta, "vae_reconstruction_ploss": recon}
 
 
-def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score):
+def nearest_prototype(corpus, protos: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Index into ``protos`` of the nearest prototype of each corpus row in ``rows`` (Euclidean over the cached
+    log-mel features of all notes, as :class:`CorpusIndex` measures), ``(len(rows),)`` int64."""
+    feats = corpus.features("logmel")
+    p = torch.from_numpy(np.asarray(feats[np.sort(protos)], dtype=np.float32).reshape(len(protos), -1))
+    order = np.argsort(protos)
+    p2 = (p * p).sum(1)
+    out = np.empty(len(rows), np.int64)
+    rows_sorted = np.argsort(rows)
+    for i in range(0, len(rows), chunk):
+        sel = rows_sorted[i : i + chunk]
+        x = torch.from_numpy(np.asarray(feats[rows[sel]], dtype=np.float32).reshape(len(sel), -1))
+        d = p2[None] - 2 * x @ p.T  # + |x|², the same for every prototype
+        out[sel] = order[d.argmin(1).numpy()]
+    return out
+
+
+def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score, labels_from: str = "source"):
     """Train and score the ``proto`` variant (:class:`PrototypeHead`); returns
-    ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual)``."""
+    ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual)``.
+
+    ``labels_from="nearest"`` (``proto_nn``): every valid corpus item is labelled with its nearest training voice
+    (:func:`nearest_prototype`) and only the cross-entropy (label smoothing 0.1) is trained."""
     from deepafx.recipes.dexed_matching.model import DexedEstimator
     from deepafx.recipes.dexed_matching.presets import set_transpose
 
     protos = np.flatnonzero(corpus.kind == 0)  # the training voices themselves
-    label_of = {int(s): i for i, s in enumerate(corpus.source[protos])}
-    labels = np.array([label_of.get(int(s), -1) for s in corpus.source])
-    usable = np.intersect1d(corpus.valid_index, np.flatnonzero(labels >= 0))
+    if labels_from == "nearest":
+        t0 = time.perf_counter()
+        usable = corpus.valid_index
+        labels = np.full(len(corpus), -1)
+        labels[usable] = nearest_prototype(corpus, protos, usable)
+        print(f"proto_nn: nearest-voice labels of {len(usable)} items in {time.perf_counter() - t0:.0f} s; "
+              f"{len(np.unique(labels[usable]))} distinct voices; a perturbation's nearest voice is its source for "
+              f"{np.mean((corpus.source[protos][labels] == corpus.source)[usable][corpus.kind[usable] == 1]):.2f}",
+              flush=True)
+    else:
+        label_of = {int(s): i for i, s in enumerate(corpus.source[protos])}
+        labels = np.array([label_of.get(int(s), -1) for s in corpus.source])
+        usable = np.intersect1d(corpus.valid_index, np.flatnonzero(labels >= 0))
     settings = {**dataclasses.asdict(config.model), **VARIANTS["proto"]}
     torch.manual_seed(args.seed)
     est = DexedEstimator(len(dcfg.notes), dcfg.sample_rate, **settings)
@@ -300,6 +339,8 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
         feats, x_true = corpus_batch(corpus, idx, ["logmel"], device)
         y = torch.from_numpy(labels[idx]).long().to(device)
         logits, res = model(feats)
+        if labels_from == "nearest":
+            return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
         est_x = (model.prototypes[y] + res).clamp(0, 1)
         return torch.nn.functional.cross_entropy(logits, y) + (est_x - x_true).abs()[:, free].mean()
 

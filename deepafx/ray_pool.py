@@ -40,6 +40,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -71,16 +72,18 @@ class _RenderActor:
     def ready(self) -> tuple:
         if self.error is not None:
             return self.error
-        return ("ready", {**self.owned.info, "pid": os.getpid(), "host": socket.gethostname()})  # type: ignore[union-attr]
+        return ("ready", {**self.owned.info, "pid": os.getpid(), "host": socket.gethostname(),  # type: ignore[union-attr]
+                          "node": ray.get_runtime_context().get_node_id(), "clock": _clock_id()})
 
     def render(self, items: Sequence[tuple[int, np.ndarray, np.ndarray, bool, bool, int]]) -> tuple:
         """Items ``(slot, audio (C, N), params (R, P), reset, differences, rows out)`` →
-        ``("ok", (per-item results, flat renders))``."""
+        ``("ok", (per-item results, flat renders), (received, replied))`` (``time.perf_counter`` of this machine)."""
+        t_in = time.perf_counter()
         try:
             offsets = np.cumsum([0] + [a.size * rows for _, a, _, _, _, rows in items])
             out = np.empty(int(offsets[-1]), np.float32)
             res = self.owned.render([(*item[:5], int(off)) for item, off in zip(items, offsets)], out)  # type: ignore[union-attr]
-            return ("ok", (res, out))
+            return ("ok", (res, out), (t_in, time.perf_counter()))
         except Exception as exc:
             return remote_error(exc)
 
@@ -95,6 +98,16 @@ class _RenderActor:
         if self.owned is not None:
             self.owned.close()
         return ("ok", None)
+
+
+def _clock_id() -> str:
+    """Names this machine's monotonic clock: its kernel's boot id (processes that report the same one can
+    compare ``time.perf_counter`` values), else the host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 # -- the cluster connection ----------------------------------------------------------------------
@@ -179,7 +192,9 @@ def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) 
         timeout_s: Longest wait for all machines.
 
     Returns:
-        ``{"HOST (IP)": result}``, or the exception a machine raised as its value.
+        ``{"HOST (IP)": result}``, or the exception a machine raised as its value; machines that share a
+        host name and address (several Ray nodes on one host) are told apart by their node id,
+        ``"HOST (IP) node ID8"``.
 
     Raises:
         TimeoutError: not every machine answered within ``timeout_s``.
@@ -188,11 +203,13 @@ def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) 
 
     task = ray.remote(num_cpus=0)(fn)
     refs = {}
-    for node in ray.nodes():
-        if node.get("Alive"):
-            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            label = f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')})"
-            refs[label] = task.options(scheduling_strategy=strategy).remote(*args)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    labels = [f"{n.get('NodeManagerHostname', '?')} ({n.get('NodeManagerAddress', '?')})" for n in nodes]
+    for node, label in zip(nodes, labels):
+        if labels.count(label) > 1:
+            label = f"{label} node {node['NodeID'][:8]}"
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        refs[label] = task.options(scheduling_strategy=strategy).remote(*args)
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     if len(ready) < len(refs):
         raise TimeoutError(f"only {len(ready)} of {len(refs)} machines answered within {timeout_s:g} s")
@@ -330,6 +347,11 @@ class RayRenderPool(RenderEngine):
         """Host name of each actor's machine."""
         return [w.info["host"] if w.info else "?" for w in self._workers]
 
+    @property
+    def nodes(self) -> list[str]:
+        """Ray node id of each actor's machine (they change when a worker is restarted elsewhere)."""
+        return [w.info["node"] if w.info else "?" for w in self._workers]
+
     def _release(self) -> None:
         if self._connected:
             self._connected = False
@@ -343,6 +365,10 @@ class RayRenderPool(RenderEngine):
                       bool(requests[k].differences), requests[k].num_outputs) for k in ks]
             payloads[i] = ("render", items)
         replies = self._call(payloads)
+        here = _clock_id()  # worker times on another machine's clock are not comparable: left out
+        times = self.last_timeline.get("workers", {})
+        self.last_timeline["workers"] = {i: t for i, t in times.items()
+                                         if self._workers[i].info and self._workers[i].info.get("clock") == here}
         out: list[np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
         for i, ks in by_worker.items():
             res, flat = replies[i]
