@@ -52,8 +52,11 @@ VARIANTS = {
     "cat100": {"features": "logmel", "input_notes": None, "max_categories": 100},
     "proto": {"features": "logmel", "input_notes": None},
     "proto_nn": {"features": "logmel", "input_notes": None},
+    "proto_soft": {"features": "logmel", "input_notes": None},
     "latent": {"features": "logmel", "input_notes": None},
 }
+for _v in VARIANTS.values():  # the recipe's own voice-classifier head is off: each variant builds its own output
+    _v["voice_classifier"] = False
 
 
 class PresetVAE(torch.nn.Module):
@@ -194,11 +197,12 @@ def main() -> None:
             print(f"proto: LSD {rows['proto'].mean():.2f} dB, +residual {rows['proto+residual'].mean():.2f} dB, "
                   f"{train_s:.0f} s", flush=True)
             continue
-        if name == "proto_nn":
-            train_s, final, rows["proto_nn"], _ = train_prototype_head(
-                config, corpus, dcfg, args, device, free, targets, score, labels_from="nearest")
-            info["proto_nn"] = {"train_seconds": round(train_s, 1), "final_loss": final}
-            print(f"proto_nn: LSD {rows['proto_nn'].mean():.2f} dB, {train_s:.0f} s", flush=True)
+        if name in ("proto_nn", "proto_soft"):
+            train_s, final, rows[name], _ = train_prototype_head(
+                config, corpus, dcfg, args, device, free, targets, score,
+                labels_from="nearest" if name == "proto_nn" else "soft")
+            info[name] = {"train_seconds": round(train_s, 1), "final_loss": final}
+            print(f"{name}: LSD {rows[name].mean():.2f} dB, {train_s:.0f} s", flush=True)
             continue
         settings = {**dataclasses.asdict(config.model), **VARIANTS[name]}
         torch.manual_seed(args.seed)
@@ -287,39 +291,31 @@ def train_latent_head(config, corpus, dcfg, args, device, targets, score, vae_st
     return train_s, final, lsd, {"vae_steps": vae_steps, "beta": beta, "vae_reconstruction_ploss": recon}
 
 
-def nearest_prototype(corpus, protos: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Index into ``protos`` of the nearest prototype of each corpus row in ``rows`` (Euclidean over the cached
-    log-mel features of all notes, as :class:`CorpusIndex` measures), ``(len(rows),)`` int64."""
-    feats = corpus.features("logmel")
-    p = torch.from_numpy(np.asarray(feats[np.sort(protos)], dtype=np.float32).reshape(len(protos), -1))
-    order = np.argsort(protos)
-    p2 = (p * p).sum(1)
-    out = np.empty(len(rows), np.int64)
-    rows_sorted = np.argsort(rows)
-    for i in range(0, len(rows), chunk):
-        sel = rows_sorted[i : i + chunk]
-        x = torch.from_numpy(np.asarray(feats[rows[sel]], dtype=np.float32).reshape(len(sel), -1))
-        d = p2[None] - 2 * x @ p.T  # + |x|², the same for every prototype
-        out[sel] = order[d.argmin(1).numpy()]
-    return out
-
-
 def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score, labels_from: str = "source"):
     """Train and score the ``proto`` variant (:class:`PrototypeHead`); returns
     ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual)``.
 
     ``labels_from="nearest"`` (``proto_nn``): every valid corpus item is labelled with its nearest training voice
-    (:func:`nearest_prototype`) and only the cross-entropy (label smoothing 0.1) is trained."""
+    (:meth:`Corpus.nearest_voices`) and only the cross-entropy (label smoothing 0.1) is trained: what
+    ``model.voice_classifier`` adds to the recipe, alone."""
     from deepafx.recipes.dexed_matching.model import DexedEstimator
     from deepafx.recipes.dexed_matching.presets import set_transpose
 
     protos = np.flatnonzero(corpus.kind == 0)  # the training voices themselves
-    if labels_from == "nearest":
+    soft = None
+    if labels_from in ("nearest", "soft"):
         t0 = time.perf_counter()
         usable = corpus.valid_index
-        labels = np.full(len(corpus), -1)
-        labels[usable] = nearest_prototype(corpus, protos, usable)
-        print(f"proto_nn: nearest-voice labels of {len(usable)} items in {time.perf_counter() - t0:.0f} s; "
+        rows, labels, dist = corpus.nearest_voices(distances=True)
+        assert np.array_equal(rows, protos)
+        if labels_from == "soft":  # softmax(−d / τ), τ the median gap between the nearest and second-nearest voice
+            dv = dist[usable]
+            part = np.sort(dv, axis=1)[:, :2]
+            tau = float(np.median(part[:, 1] - part[:, 0]))
+            soft = np.zeros_like(dist)
+            soft[usable] = torch.softmax(torch.from_numpy(-(dv - part[:, :1]) / tau), dim=1).numpy()
+            print(f"proto_soft: tau {tau:.3f}, mean top-1 mass {soft[usable].max(1).mean():.2f}", flush=True)
+        print(f"{labels_from} labels: nearest voices of {len(usable)} items in {time.perf_counter() - t0:.0f} s; "
               f"{len(np.unique(labels[usable]))} distinct voices; a perturbation's nearest voice is its source for "
               f"{np.mean((corpus.source[protos][labels] == corpus.source)[usable][corpus.kind[usable] == 1]):.2f}",
               flush=True)
@@ -341,6 +337,8 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
         logits, res = model(feats)
         if labels_from == "nearest":
             return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+        if labels_from == "soft":
+            return torch.nn.functional.cross_entropy(logits, torch.from_numpy(soft[idx]).to(device))
         est_x = (model.prototypes[y] + res).clamp(0, 1)
         return torch.nn.functional.cross_entropy(logits, y) + (est_x - x_true).abs()[:, free].mean()
 

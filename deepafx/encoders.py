@@ -511,11 +511,14 @@ class EstimatorOutput:
             parameter, in layout order (unnormalized; apply softmax).
         frame_numeric: ``(batch, frames, num_frame_params)`` per-frame sigmoid
             outputs on [0, 1] (time-varying parameters), or ``None``.
+        class_logits: ``(batch, num_classes)`` logits of a classifier over whole
+            presets (a fixed set of voices), or ``None``.
     """
 
     numeric: torch.Tensor
     discrete_logits: list[torch.Tensor]
     frame_numeric: torch.Tensor | None = None
+    class_logits: torch.Tensor | None = None
 
     def concat_logits(self) -> tuple[torch.Tensor, list[int]]:
         """All discrete logits in one ``(batch, sum n_k)`` tensor and the start offset of each."""

@@ -153,7 +153,8 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     res = json.loads(evaluate_from_config(cfg, tmp_path / "run", tmp_path / "eval", data_dir=tiny, progress=False)
                      .read_text())
     m = res["models"]
-    assert {"retrieval", "retrieval_corpus", "ploss", "synth", "real", "retrieval_corpus+refine", "ploss+refine"} == set(m)
+    assert {"retrieval", "retrieval_corpus", "voice", "ploss", "synth", "real", "retrieval_corpus+refine",
+            "ploss+refine"} == set(m)  # the medium config's voice classifier is on
     for method in m:
         i = m[method]["in_domain"]
         assert i["n"] == 3 and i["lsd_ci"][0] <= i["lsd"] <= i["lsd_ci"][1]
@@ -205,3 +206,65 @@ def test_all_categorical_model_trains_ploss_and_refuses_spectral_stages(bank_dir
     assert model.layout.num_numeric == 0
     x = predict(model, np.zeros((1, 6, 64000), np.float32) + 1e-3, np.array([60]))
     assert x.shape == (1, 145) and np.isfinite(x).all()
+
+
+def test_nearest_voice_labels_are_retrievals_choice(tiny):
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+
+    c = Corpus(tiny / "corpus")
+    rows, labels = c.nearest_voices(chunk=7)  # several chunks
+    assert np.array_equal(rows, np.flatnonzero(c.kind == 0)) and labels.shape == (len(c),)
+    feats = np.asarray(c.features("logmel"), dtype=np.float64).reshape(len(c), -1)
+    for i in range(len(c)):
+        if i not in set(c.valid_index):
+            assert labels[i] == -1
+            continue
+        d = np.linalg.norm(feats[rows] - feats[i], axis=1)
+        assert d[labels[i]] <= d.min() + 1e-6 * max(d.min(), 1.0), i
+    assert np.array_equal(labels[rows], np.arange(len(rows)))  # a voice is its own nearest voice
+
+
+def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_row(bank_dir, tiny, tmp_path):
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+    from deepafx.recipes.dexed_matching.evaluate import evaluate_from_config
+    from deepafx.recipes.dexed_matching.model import DexedEstimator, predict_voice
+    from deepafx.recipes.dexed_matching.presets import set_transpose
+    from deepafx.recipes.dexed_matching.train import load_estimator, train_from_config
+
+    kw = dict(architecture="cnn2d", n_mels=64, hop_length=512, cnn_channels=[8, 16], hidden=32, voice_classifier=True)
+    with pytest.raises(ValueError, match="voice_classifier needs"):
+        DexedEstimator(6, 16000.0, 5, **{**kw, "architecture": "gru"})
+    with pytest.raises(ValueError, match="at least 2 voices"):
+        DexedEstimator(6, 16000.0, 0, **kw)
+    # the head learns: the classifier memorizes the nearest-voice labels of the tiny corpus
+    c = Corpus(tiny / "corpus")
+    rows, labels = c.nearest_voices()
+    torch.manual_seed(0)
+    model = DexedEstimator(6, 16000.0, len(rows), **kw)
+    feats = torch.from_numpy(c.batch(c.valid_index, ["logmel"]).astype(np.float32))
+    y = torch.from_numpy(labels[c.valid_index])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        loss = model.voice_ce(model(feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    acc = float((model(feats).class_logits.argmax(1) == y).float().mean())
+    assert acc >= 0.9, acc
+    # in the schedule: trained beside the P-loss, saved with the voices, evaluated as the "voice" row
+    cfg = _cfg(bank_dir, "model.voice_classifier=true", "evaluate.refine_methods=[voice]")
+    out = train_from_config(cfg, tmp_path / "run", tiny)
+    assert all("voice_ce" in h for h in out["history"] if h["stage"] == "ploss")
+    est, ckpt = load_estimator(tmp_path / "run" / "checkpoints" / "ploss.pt")
+    voices = np.asarray(ckpt["voice_x"])
+    assert est.num_voices == len(rows) and np.array_equal(voices, c.params[rows])
+    audio = np.random.default_rng(0).standard_normal((2, 6, 64000)).astype(np.float32) * 0.1
+    x = predict_voice(est, voices, audio, np.array([60, 62]))
+    with torch.no_grad():
+        pick = est(torch.from_numpy(audio)).class_logits.argmax(1).numpy()
+    np.testing.assert_array_equal(x, set_transpose(voices[pick], np.array([0, 2])))
+    res = json.loads(evaluate_from_config(cfg, tmp_path / "run", tmp_path / "eval", data_dir=tiny, progress=False)
+                     .read_text())
+    assert {"voice", "voice+refine"} <= set(res["models"])
+    assert res["models"]["voice"]["in_domain"]["n"] == 3

@@ -324,6 +324,44 @@ class Corpus:
         parts = [self.features(k)[srt][inv] for k in kinds]
         return np.concatenate(parts, axis=1)
 
+    def nearest_voices(self, chunk: int = 1024, distances: bool = False) -> tuple[np.ndarray, ...]:
+        """The corpus's factory voices (``kind`` 0, the training voices) and, for every valid item, the
+        one nearest to it: the classes and labels of the estimator's voice classifier
+        (:class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` with ``voice_classifier``).
+
+        Distance: Euclidean between the cached log-mel features of all notes, as
+        :class:`~deepafx.recipes.dexed_matching.search.CorpusIndex` measures it, so each label is the
+        training voice nearest-preset retrieval would return for that item's sound (for a perturbation
+        of a voice that is not always its source: the medium corpus, 42 %). Reads the feature file
+        once, ``chunk`` rows at a time (float32).
+
+        Returns:
+            ``(voice_rows (V,), labels (N,))``: corpus rows of the V factory voices, sorted; for each
+            corpus item the index into ``voice_rows`` of its nearest voice (int64; −1 for items below the
+            level floor). With ``distances``, a third array ``(N, V)`` float32 of the Euclidean
+            distances (NaN rows for items below the level floor).
+
+        Raises:
+            ValueError: the corpus holds no factory voice.
+        """
+        voice_rows = np.flatnonzero(self.kind == 0)
+        if len(voice_rows) == 0:
+            raise ValueError(f"the corpus in {self.path} holds no factory voice (kind 0) to classify into")
+        feats = self.features("logmel")
+        voices = np.asarray(feats[voice_rows], dtype=np.float32).reshape(len(voice_rows), -1)
+        v2 = np.einsum("ij,ij->i", voices, voices)
+        labels = np.full(len(self), -1, dtype=np.int64)
+        dist = np.full((len(self), len(voice_rows)), np.nan, np.float32) if distances else None
+        rows = self.valid_index  # sorted: contiguous reads of the memory map
+        for i in range(0, len(rows), int(chunk)):
+            sel = rows[i : i + int(chunk)]
+            x = np.asarray(feats[sel], dtype=np.float32).reshape(len(sel), -1)
+            d2 = v2[None, :] - 2.0 * (x @ voices.T)  # + |x|², the same for every voice
+            labels[sel] = np.argmin(d2, axis=1)
+            if dist is not None:
+                dist[sel] = np.sqrt(np.maximum(d2 + np.einsum("ij,ij->i", x, x)[:, None], 0.0))
+        return (voice_rows, labels, dist) if distances else (voice_rows, labels)
+
     def check_feature(self, feature: FeatureSettings) -> None:
         """Raise ``ValueError`` if the cached features were computed with other STFT settings than ``feature``."""
         have = self.meta["feature"]

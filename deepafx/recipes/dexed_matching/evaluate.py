@@ -6,6 +6,8 @@ out-of-domain sampled-instrument notes of held-out GM programs (columns):
 * ``retrieval`` — nearest training preset by log-mel distance, rendered as is;
 * ``ploss``, ``synth``, ``real`` — the estimator after each training stage
   (DiffSynth's P-loss, Synth and Real models);
+* ``voice`` — with ``model.voice_classifier``: the P-loss checkpoint's voice
+  classifier, i.e. the training voice it chooses, intact (network alone);
 * ``<method>+refine`` — each of those followed by test-time SPSA through Dexed
   on the target's multi-scale spectral loss (``refine_renders`` renders, best
   point kept);
@@ -36,13 +38,15 @@ import torch
 
 from deepafx.metrics import bootstrap_ci, ndb, note_pitch_hz, paired_bootstrap_ci, pitch_error_cents
 from deepafx.recipes.dexed_matching.data import RecipeData
-from deepafx.recipes.dexed_matching.model import DexedEstimator, predict
+from deepafx.recipes.dexed_matching.model import DexedEstimator, predict, predict_voice
 from deepafx.recipes.dexed_matching.presets import set_transpose
 from deepafx.recipes.dexed_matching.search import RetrievalIndex, cmaes_search, spsa_refine
 from deepafx.recipes.dexed_matching.train import ensure_dataset, load_estimator
 from deepafx.hosts.dexed_host import DexedRenderer, dexed_param_table
 
 MODEL_STAGES = ("ploss", "synth", "real")
+#: Rows produced by a network alone (compared with retrieval in the paired differences).
+NETWORK_METHODS = ("voice", *MODEL_STAGES)
 DOMAINS = ("in_domain", "out_of_domain")
 
 
@@ -242,16 +246,19 @@ def evaluate_from_config(
         if not path.exists():
             notes.append(f"{stage}: no checkpoint {path}, skipped")
             continue
-        model, _ = load_estimator(path)
+        model, ckpt = load_estimator(path)
         layout = model.layout
-        starts[stage], seconds[stage] = {}, {}
-        for dom in DOMAINS:
-            a, p = targets[dom]["audio"], targets[dom]["pitch"]
-            predict(model, a[:1], p[:1])  # warm-up
-            t0 = time.perf_counter()
-            xs = np.stack([predict(model, a[i : i + 1], p[i : i + 1])[0] for i in range(len(a))])
-            starts[stage][dom] = xs
-            seconds[stage][dom] = np.full(len(a), (time.perf_counter() - t0) / max(len(a), 1))
+        estimators = {stage: lambda a, p, model=model: predict(model, a, p)}
+        if stage == "ploss" and model.num_voices:
+            estimators["voice"] = lambda a, p, model=model, v=ckpt["voice_x"]: predict_voice(model, v, a, p)
+        for method, estimate in estimators.items():
+            starts[method], seconds[method] = {}, {}
+            for dom in DOMAINS:
+                a, p = targets[dom]["audio"], targets[dom]["pitch"]
+                estimate(a[:1], p[:1])  # warm-up
+                t0 = time.perf_counter()
+                starts[method][dom] = np.stack([estimate(a[i : i + 1], p[i : i + 1])[0] for i in range(len(a))])
+                seconds[method][dom] = np.full(len(a), (time.perf_counter() - t0) / max(len(a), 1))
     if layout is None and not any((ckpt_dir / f"{s}.pt").exists() for s in MODEL_STAGES):
         raise FileNotFoundError(f"no checkpoint (ploss.pt, synth.pt, real.pt) in {ckpt_dir}; train first with `deepafx train`")
     if layout is None:
@@ -367,8 +374,8 @@ def _ndb_features(audio: np.ndarray, sample_rate: float) -> np.ndarray:
 
 
 def best_network(details: Mapping[str, Any], suffix: str = "") -> str | None:
-    """The network stage (``ploss``/``synth``/``real`` + ``suffix``) with the lowest mean in-domain LSD."""
-    cands = [m + suffix for m in MODEL_STAGES if m + suffix in details and "in_domain" in details[m + suffix]]
+    """The network row (``voice``/``ploss``/``synth``/``real`` + ``suffix``) with the lowest mean in-domain LSD."""
+    cands = [m + suffix for m in NETWORK_METHODS if m + suffix in details and "in_domain" in details[m + suffix]]
     if not cands:
         return None
     return min(cands, key=lambda m: np.mean([r["lsd"] for r in details[m]["in_domain"]]))
@@ -396,7 +403,7 @@ def _paired_comparisons(details: Mapping[str, Any], seed: int = 0) -> list[dict[
 
 
 def _order(methods: list[str]) -> list[str]:
-    base = ["retrieval", "retrieval_corpus", "ploss", "synth", "real"]
+    base = ["retrieval", "retrieval_corpus", "voice", "ploss", "synth", "real"]
     order = []
     for b in base:
         order += [m for m in (b, f"{b}+refine") if m in methods]

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from deepafx.audio import encode_audio, write_files_atomic
-    from deepafx.recipes.dexed_matching.model import predict
+    from deepafx.recipes.dexed_matching.model import predict, predict_voice
     from deepafx.recipes.dexed_matching.presets import set_transpose, write_bank, write_single_voice
     from deepafx.recipes.dexed_matching.search import RetrievalIndex, spsa_refine
     from deepafx.recipes.dexed_matching.spectral import SpectralTarget
@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     objective = SpectralTarget(target)
     x_net = predict(model, target[None], np.array([pitch]))[0]
     candidates = {"network": x_net}
+    if model.num_voices and ckpt.get("voice_x") is not None:  # the voice classifier's choice
+        candidates["voice"] = predict_voice(model, np.asarray(ckpt["voice_x"]), target[None], np.array([pitch]))[0]
     if ckpt.get("retrieval_x") is not None and not args.no_retrieval:
         index = RetrievalIndex(np.asarray(ckpt["retrieval_x"], dtype=np.float64), renderer)
         candidates["retrieval"] = index.retrieve(target, pitch)

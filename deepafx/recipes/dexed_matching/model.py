@@ -8,6 +8,16 @@ semitones, the note Dexed plays being MIDI 60), which is given.
 
 Parameter loss (P-loss, DiffSynth, Masuda & Saito, ISMIR 2021): L1 on the
 numerical parameters plus the mean cross-entropy of the discrete heads.
+
+Voice classifier (``model.voice_classifier``, ``cnn2d`` only): one more head, a
+softmax over the V training factory voices, trained beside the P-loss on every
+corpus item labelled with its nearest training voice
+(:meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.nearest_voices`); its
+estimate is the argmax voice, intact (:func:`predict_voice`). Regressing the
+145 parameters averages voices into presets whose parameters disagree with each
+other; choosing a whole voice keeps them consistent, and learning the choice
+from 49,000 sounds around the voices generalizes the similarity better than one
+log-mel distance to each voice (``recipes/dexed_matching/README.md``).
 """
 
 from __future__ import annotations
@@ -55,6 +65,9 @@ class ModelConfig:
             trained with L1 (the median). Every DX7 parameter is an integer (the
             levels, rates and depths run 0..99). 32 is NumCat++ (Le Vaillant et
             al., 2021); 100 makes every parameter categorical.
+        voice_classifier: Add the voice-classifier head (module docstring; needs
+            ``architecture: cnn2d`` and a corpus). The number of voices is the
+            data's, given to :class:`DexedEstimator` as ``num_voices``.
         input_notes: Indices into the dataset's notes that the network sees
             (``None``: all of them; ``[3]`` with the six notes of Le Vaillant et
             al. is the single note (60, 85)). The rendered preset still plays
@@ -76,6 +89,7 @@ class ModelConfig:
     hidden: int = 512
     dropout: float = 0.1
     max_categories: int = MAX_CATEGORIES
+    voice_classifier: bool = False
 
 
 #: Input feature kinds of the estimator.
@@ -99,12 +113,15 @@ class SpectrogramCNN(nn.Module):
         in_channels: Input channels (notes × feature kinds).
         channels: Convolution channels. hidden: Width of the fully connected layer.
         dropout: Dropout probability on [0, 1).
+        num_classes: Classes of an extra softmax head over whole presets
+            (:attr:`EstimatorOutput.class_logits`); 0: none.
 
     Shapes:
         features ``(batch, in_channels, n_mels, frames)`` → :class:`EstimatorOutput`.
     """
 
-    def __init__(self, layout, in_channels: int, channels=(32, 64, 128, 256), hidden: int = 512, dropout: float = 0.1):
+    def __init__(self, layout, in_channels: int, channels=(32, 64, 128, 256), hidden: int = 512, dropout: float = 0.1,
+                 num_classes: int = 0):
         super().__init__()
         if not channels or min(channels) < 1 or hidden < 1 or not 0 <= dropout < 1:
             raise ValueError(f"bad cnn2d settings: channels {channels}, hidden {hidden}, dropout {dropout}")
@@ -120,14 +137,15 @@ class SpectrogramCNN(nn.Module):
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * 32, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.numeric_head = nn.Linear(int(hidden), layout.num_numeric) if layout.num_numeric else None
         self.discrete_heads = nn.ModuleList(nn.Linear(int(hidden), n) for n in layout.discrete_counts)
+        self.class_head = nn.Linear(int(hidden), int(num_classes)) if num_classes else None
 
     def forward_features(self, x: torch.Tensor) -> EstimatorOutput:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SpectrogramCNN expects (batch, {self.in_channels}, n_mels, frames), got {tuple(x.shape)}")
         h = self.fc(self.body(x))
         numeric = torch.sigmoid(self.numeric_head(h)) if self.numeric_head is not None else h.new_zeros(h.shape[0], 0)
-        return EstimatorOutput(numeric=numeric,
-                               discrete_logits=[head(h) for head in self.discrete_heads])
+        return EstimatorOutput(numeric=numeric, discrete_logits=[head(h) for head in self.discrete_heads],
+                               class_logits=self.class_head(h) if self.class_head is not None else None)
 
 
 #: Estimator settings a config may set (``model:`` section), with defaults.
@@ -140,14 +158,16 @@ class DexedEstimator(nn.Module):
     Args:
         in_channels: Notes per preset (1, or 6 for the multi-note input).
         sample_rate: Audio rate in Hz.
+        num_voices: Classes of the voice classifier (``voice_classifier: true``: the
+            training voices, at least 2; otherwise 0).
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
     Raises:
-        ValueError: unknown model setting.
+        ValueError: unknown model setting; ``voice_classifier`` without ``cnn2d`` or with fewer than 2 voices.
     """
 
-    def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, **model: Any) -> None:
+    def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0, **model: Any) -> None:
         super().__init__()
         unknown = set(model) - set(MODEL_DEFAULTS)
         if unknown:
@@ -178,9 +198,13 @@ class DexedEstimator(nn.Module):
         )
         if s["architecture"] not in ARCHITECTURES:
             raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {s['architecture']!r}")
+        self.num_voices = int(num_voices) if s["voice_classifier"] else 0
+        if s["voice_classifier"] and (s["architecture"] != "cnn2d" or self.num_voices < 2):
+            raise ValueError(f"model.voice_classifier needs architecture: cnn2d (got {s['architecture']!r}) and at "
+                             f"least 2 voices (got {num_voices}; they come from the corpus: data.corpus_size > 0)")
         if s["architecture"] == "cnn2d":
             self.net = SpectrogramCNN(self.layout, len(notes) * per_note, tuple(int(c) for c in s["cnn_channels"]),
-                                      int(s["hidden"]), float(s["dropout"]))
+                                      int(s["hidden"]), float(s["dropout"]), num_classes=self.num_voices)
         else:
             self.net = DiffSynthEstimator.from_layout(
                 self.layout,
@@ -270,14 +294,25 @@ class DexedEstimator(nn.Module):
                  if self.layout.discrete_indices[k] != self.transpose_index]
         return torch.stack(terms).mean()
 
+    def voice_ce(self, out: EstimatorOutput, labels: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+        """Cross-entropy of the voice classifier against voice indices ``labels`` ``(batch,)``.
+
+        Raises:
+            ValueError: the estimator has no voice classifier.
+        """
+        if out.class_logits is None:
+            raise ValueError("this estimator has no voice classifier (model.voice_classifier: false)")
+        return F.cross_entropy(out.class_logits, labels, label_smoothing=label_smoothing)
+
     def describe(self) -> dict[str, Any]:
         """Settings needed to rebuild this estimator (stored in checkpoints)."""
-        return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, **self.settings}
+        return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, "num_voices": self.num_voices,
+                **self.settings}
 
     @classmethod
     def from_description(cls, d: Mapping[str, Any]) -> "DexedEstimator":
         d = dict(d)
-        return cls(d.pop("in_channels"), d.pop("sample_rate"), **d)
+        return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), **d)
 
 
 @torch.no_grad()
@@ -296,4 +331,34 @@ def predict(model: DexedEstimator, audio: np.ndarray, pitch: np.ndarray, batch_s
     return np.concatenate(outs) if outs else np.zeros((0, len(dexed_param_table())))
 
 
-__all__ = ["DexedEstimator", "MAX_CATEGORIES", "MODEL_DEFAULTS", "predict"]
+@torch.no_grad()
+def predict_voice(model: DexedEstimator, voices: np.ndarray, audio: np.ndarray, pitch: np.ndarray,
+                  batch_size: int = 16) -> np.ndarray:
+    """The voice classifier's estimate: the argmax voice of ``voices`` ``(V, 145)`` (normalized, as stored in
+    the checkpoint's ``voice_x``), intact, with its transpose set from ``pitch`` ``(M,)`` (MIDI), for audio
+    ``(M, notes, samples)``; ``(M, 145)`` float64.
+
+    Raises:
+        ValueError: the estimator has no voice classifier, or ``voices`` does not match its classes.
+    """
+    from deepafx.recipes.dexed_matching.presets import set_transpose
+
+    if model.num_voices == 0 or len(voices) != model.num_voices:
+        raise ValueError(f"predict_voice needs an estimator with a voice classifier over the {len(voices)} voices "
+                         f"given (it has {model.num_voices} classes)")
+    was = model.training
+    model.eval()
+    picks = []
+    try:
+        for i in range(0, len(audio), batch_size):
+            a = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size], dtype=np.float32))
+            picks.append(model(a).class_logits.argmax(1).numpy())
+    finally:
+        model.train(was)
+    if not picks:
+        return np.zeros((0, voices.shape[1]))
+    chosen = np.asarray(voices, dtype=np.float64)[np.concatenate(picks)]
+    return set_transpose(chosen, np.asarray(pitch) - 60)
+
+
+__all__ = ["DexedEstimator", "MAX_CATEGORIES", "MODEL_DEFAULTS", "predict", "predict_voice"]

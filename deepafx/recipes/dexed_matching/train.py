@@ -97,6 +97,8 @@ class TrainConfig(TrainSettings):
         render_workers: Render worker processes for the Fx layer (shared by the ranks).
         spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
             steps on cached features afford far larger batches than steps that render every item.
+        voice_weight: Weight of the voice classifier's cross-entropy (label smoothing 0.1) beside the
+            P-loss in the ``ploss`` stage (``model.voice_classifier``; the spectral stages do not train it).
     """
 
     batch_size: int = 8
@@ -116,6 +118,7 @@ class TrainConfig(TrainSettings):
     spsa_mode: str = "loss"
     render_workers: int = 2
     spectral_batch_size: int | None = None
+    voice_weight: float = 1.0
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -144,6 +147,8 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"spectral_batch_size must be >= 1, got {cfg.spectral_batch_size}")
         if cfg.spsa_perturbations < 1:
             raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
+        if cfg.voice_weight < 0:
+            raise ValueError(f"voice_weight must be >= 0, got {cfg.voice_weight}")
         build_loss(cfg.spectral_loss, sample_rate=16000.0)  # unknown names fail here, listing the known ones
         return cfg
 
@@ -242,6 +247,8 @@ class DexedTask:
         self.settings: TrainConfig = config.train
         self.fx: FxLayer | None = None
         self.pseudo_classes: np.ndarray | None = None
+        self.voice_rows: np.ndarray | None = None
+        self.voice_labels: np.ndarray | None = None
 
     def setup(self, ctx) -> None:
         import torch.distributed as dist
@@ -261,6 +268,10 @@ class DexedTask:
             m = self.config.model
             self.corpus.check_feature(FeatureSettings(int(m.n_fft), int(m.hop_length), int(m.n_mels)))
             self.feature_kinds = ["logmel", "ifmel"] if m.features == "ifmel" else ["logmel"]
+        if self.config.model.voice_classifier:
+            if self.corpus is None:
+                raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
+            self.voice_rows, self.voice_labels = self.corpus.nearest_voices()
         self.renderer = self.dcfg.renderer()
         tc = self.settings
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
@@ -269,7 +280,9 @@ class DexedTask:
         self.offsets = dict(zip(STAGES, np.cumsum([0, tc.ploss_steps, tc.crossfade_steps, tc.synth_steps]).tolist()))
 
     def build_model(self) -> DexedEstimator:
-        self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate, **dataclasses.asdict(self.config.model))
+        self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
+                                    len(self.voice_rows) if self.voice_rows is not None else 0,
+                                    **dataclasses.asdict(self.config.model))
         return self.model
 
     def stages(self) -> list[Stage]:
@@ -354,6 +367,10 @@ class DexedTask:
         info: dict[str, float] = {}
         if alpha < 1.0:
             pl, pinfo = model.p_loss(heads, x_true)
+            if self.voice_labels is not None and alpha == 0.0:  # the P-loss stage, on corpus items
+                vce = model.voice_ce(heads, torch.from_numpy(self.voice_labels[idx]))
+                pl = pl + tc.voice_weight * vce
+                pinfo["voice_ce"] = float(vce.detach())
             loss = loss + (1.0 - alpha) * pl
             info.update(pinfo)
         if alpha > 0:
@@ -400,6 +417,7 @@ class DexedTask:
                 "multi_note": d.config.multi_note, "reference_level_db": d.reference_level_db,
             },
             "retrieval_x": d.x["train"].astype(np.float32),
+            "voice_x": self.corpus.params[self.voice_rows].astype(np.float32) if self.voice_rows is not None else None,
             "param_names": dexed_param_table().names,
         }
 
