@@ -268,3 +268,19 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
                      .read_text())
     assert {"voice", "voice+refine"} <= set(res["models"])
     assert res["models"]["voice"]["in_domain"]["n"] == 3
+    # deepafx match offers the classifier's voice as a start point
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
+
+    target = DexedRenderer(16000.0, MULTI_NOTES, 3.0, 4.0).render(voices[1].astype(np.float64))
+    sf.write(tmp_path / "six.wav", target.T, 16000)
+    proc = subprocess.run([sys.executable, "-m", "deepafx.cli", "match", "--checkpoint",
+                           str(tmp_path / "run" / "checkpoints" / "ploss.pt"), str(tmp_path / "six.wav"),
+                           str(tmp_path / "m"), "--refine-renders", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    starts = next(line for line in proc.stdout.splitlines() if line.startswith("start points"))
+    assert "network " in starts and "voice " in starts and "retrieval " in starts, starts
