@@ -31,7 +31,8 @@ For each chain:
 timed steps, from the engine's ``last_timeline``): ``before_send``, ``wake``
 (message sent → first worker starts), ``busy_mean`` (a worker on its request),
 ``busy_spread`` (first → last worker done), ``reply``, ``after_replies``
-(stacking outputs, loss, backward).
+(stacking outputs, loss, backward). ``ray_step_phases_ms``: the same for the Ray
+engine (its actors report their times on this machine's clock).
 
 Also, once per run, ``engine_fixed_cost``: the step time of an identity chain
 (one ``pedalboard.Gain`` at 0 dB, about 0.1 ms per render) per engine, i.e. the
@@ -230,6 +231,11 @@ def _phases(t0: float, t_end: float, timeline: dict) -> dict[str, float] | None:
             "reply": ms(timeline["received"] - max(ends)), "after_replies": ms(t_end - timeline["received"])}
 
 
+def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float] | None:
+    """Median of each phase over the timed steps, ms (``None`` when the engine reported no worker times)."""
+    return {k: round(float(np.median([ph[k] for ph in phases])), 3) for k in PHASES} if phases else None
+
+
 def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2,
                phases: list | None = None) -> float:
     g = torch.Generator().manual_seed(0)
@@ -270,7 +276,7 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
     if peer:
         runners["peer"] = PeerSPSAChannel(spec, m)
     per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "waited_s", *runners]}
-    phases: list[dict[str, float]] = []
+    phases: dict[str, list[dict[str, float]]] = {"process": [], "ray": []}
     try:
         for runner in runners.values():  # warm-up
             _step_time(runner, audio, 1, p)
@@ -283,8 +289,7 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
                 samples["t_plugins"].append(t_plugins)
                 samples["floor"].append(timer.floor(-(-3 * m // w)))
                 for name, runner in runners.items():
-                    samples[name].append(_step_time(runner, audio, 1, p, warmup=0,
-                                                    phases=phases if name == "process" else None))
+                    samples[name].append(_step_time(runner, audio, 1, p, warmup=0, phases=phases.get(name)))
             for k, v in samples.items():
                 per_round[k].append(float(np.median(v)))
     finally:
@@ -306,11 +311,12 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
         "floor_over_ideal": round(med([f / i for f, i in zip(per_round["floor"], ideal)]), 3),
         "over_floor": round(med([s / f for s, f in zip(per_round["process"], per_round["floor"])]), 3),
         # medians over every timed step of the process engine, ms (see _phases)
-        "step_phases_ms": {k: round(med([ph[k] for ph in phases]), 3) for k in PHASES} if phases else None,
+        "step_phases_ms": _phase_medians(phases["process"]),
     }
     if "ray" in runners:
         r.update(ray_step_s=round(med(per_round["ray"]), 4), ray_overhead_ratio=round(ratio["ray"], 3),
-                 ray_over_pool=round(med([a / b for a, b in zip(per_round["ray"], per_round["process"])]), 3))
+                 ray_over_pool=round(med([a / b for a, b in zip(per_round["ray"], per_round["process"])]), 3),
+                 ray_step_phases_ms=_phase_medians(phases["ray"]))
     if peer:
         r.update(peer_step_s=round(med(per_round["peer"]), 4), peer_overhead_ratio=round(ratio["peer"], 3),
                  peer_over_floor=round(med([s / f for s, f in zip(per_round["peer"], per_round["floor"])]), 3))
