@@ -341,7 +341,10 @@ class Trainer:
         task.setup(self.ctx)
         torch.manual_seed(st.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.dist.device)
-        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.distributed else self.model
+        # a task whose stages train different parts of the model (heads unused in some stages) says so
+        unused = bool(getattr(task, "find_unused_parameters", False))
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=unused)
+                    if self.dist.distributed else self.model)
         self.ctx.model, self.ctx.net = self.model, self.net
         self.stages = list(task.stages())
         names = [s.name for s in self.stages]

@@ -29,6 +29,7 @@ TINY = [
     "model.hidden=32",
     "train.batch_size=4",
     "train.spectral_batch_size=2",
+    "train.voice_steps=2",
     "train.ploss_steps=3",
     "train.crossfade_steps=1",
     "train.synth_steps=1",
@@ -149,7 +150,7 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
 
     cfg = _cfg(bank_dir)
     out = train_from_config(cfg, tmp_path / "run", tiny)
-    assert [h["stage"] for h in out["history"]] == ["ploss"] * 3 + ["crossfade", "synth", "real"]
+    assert [h["stage"] for h in out["history"]] == ["voice"] * 2 + ["ploss"] * 3 + ["crossfade", "synth", "real"]
     res = json.loads(evaluate_from_config(cfg, tmp_path / "run", tmp_path / "eval", data_dir=tiny, progress=False)
                      .read_text())
     m = res["models"]
@@ -201,7 +202,7 @@ def test_all_categorical_model_trains_ploss_and_refuses_spectral_stages(bank_dir
     cfg = _cfg(bank_dir, "model.max_categories=100", "train.crossfade_steps=0", "train.synth_steps=0",
                "train.real_steps=0")
     out = train_from_config(cfg, tmp_path / "run", tiny)
-    assert [h["stage"] for h in out["history"]] == ["ploss"] * 3
+    assert [h["stage"] for h in out["history"]] == ["voice"] * 2 + ["ploss"] * 3
     model, _ = load_estimator(tmp_path / "run" / "checkpoints" / "ploss.pt")
     assert model.layout.num_numeric == 0
     x = predict(model, np.zeros((1, 6, 64000), np.float32) + 1e-3, np.array([60]))
@@ -252,11 +253,14 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
     model.eval()
     acc = float((model(feats).class_logits.argmax(1) == y).float().mean())
     assert acc >= 0.9, acc
-    # in the schedule: trained beside the P-loss, saved with the voices, evaluated as the "voice" row
+    # in the schedule: its own first stage, saved with the voices, evaluated as the "voice" row
+    with pytest.raises(ValueError, match="voice_steps >= 1"):
+        train_from_config(_cfg(bank_dir, "train.voice_steps=0"), tmp_path / "bad", tiny)
     cfg = _cfg(bank_dir, "model.voice_classifier=true", "evaluate.refine_methods=[voice]")
     out = train_from_config(cfg, tmp_path / "run", tiny)
-    assert all("voice_ce" in h for h in out["history"] if h["stage"] == "ploss")
-    est, ckpt = load_estimator(tmp_path / "run" / "checkpoints" / "ploss.pt")
+    assert [h["stage"] for h in out["history"]][:3] == ["voice"] * 2 + ["ploss"]
+    assert all("voice_ce" in h for h in out["history"] if h["stage"] == "voice")
+    est, ckpt = load_estimator(tmp_path / "run" / "checkpoints" / "voice.pt")
     voices = np.asarray(ckpt["voice_x"])
     assert est.num_voices == len(rows) and np.array_equal(voices, c.params[rows])
     audio = np.random.default_rng(0).standard_normal((2, 6, 64000)).astype(np.float32) * 0.1
@@ -279,7 +283,7 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
     target = DexedRenderer(16000.0, MULTI_NOTES, 3.0, 4.0).render(voices[1].astype(np.float64))
     sf.write(tmp_path / "six.wav", target.T, 16000)
     proc = subprocess.run([sys.executable, "-m", "deepafx.cli", "match", "--checkpoint",
-                           str(tmp_path / "run" / "checkpoints" / "ploss.pt"), str(tmp_path / "six.wav"),
+                           str(tmp_path / "run" / "checkpoints" / "voice.pt"), str(tmp_path / "six.wav"),
                            str(tmp_path / "m"), "--refine-renders", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     starts = next(line for line in proc.stdout.splitlines() if line.startswith("start points"))

@@ -6,8 +6,8 @@ out-of-domain sampled-instrument notes of held-out GM programs (columns):
 * ``retrieval`` — nearest training preset by log-mel distance, rendered as is;
 * ``ploss``, ``synth``, ``real`` — the estimator after each training stage
   (DiffSynth's P-loss, Synth and Real models);
-* ``voice`` — with ``model.voice_classifier``: the P-loss checkpoint's voice
-  classifier, i.e. the training voice it chooses, intact (network alone);
+* ``voice`` — with ``model.voice_classifier``: the voice classifier of
+  ``voice.pt``, i.e. the training voice it chooses, intact (network alone);
 * ``<method>+refine`` — each of those followed by test-time SPSA through Dexed
   on the target's multi-scale spectral loss (``refine_renders`` renders, best
   point kept);
@@ -241,16 +241,18 @@ def evaluate_from_config(
         say(f"corpus retrieval over {len(cindex.corpus.valid_index)} presets: {per:.2f} s per sound")
     layout = None
     notes: list[str] = []
-    for stage in MODEL_STAGES:
+    for stage in ("voice", *MODEL_STAGES):
         path = ckpt_dir / f"{stage}.pt"
         if not path.exists():
-            notes.append(f"{stage}: no checkpoint {path}, skipped")
+            if stage != "voice":
+                notes.append(f"{stage}: no checkpoint {path}, skipped")
             continue
         model, ckpt = load_estimator(path)
         layout = model.layout
-        estimators = {stage: lambda a, p, model=model: predict(model, a, p)}
-        if stage == "ploss" and model.num_voices:
-            estimators["voice"] = lambda a, p, model=model, v=ckpt["voice_x"]: predict_voice(model, v, a, p)
+        if stage == "voice":  # the classifier's choice; this checkpoint's parameter heads are untrained
+            estimators = {stage: lambda a, p, model=model, v=ckpt["voice_x"]: predict_voice(model, v, a, p)}
+        else:
+            estimators = {stage: lambda a, p, model=model: predict(model, a, p)}
         for method, estimate in estimators.items():
             starts[method], seconds[method] = {}, {}
             for dom in DOMAINS:

@@ -3,6 +3,10 @@
 Schedule (DiffSynth, Masuda & Saito, ISMIR 2021, with SPSA through the real
 Dexed engine instead of a differentiable synth):
 
+0. ``voice`` — with ``model.voice_classifier``: the voice classifier alone
+   (cross-entropy against each corpus item's nearest training voice, label
+   smoothing 0.1) for ``train.voice_steps``. Checkpoint ``voice.pt``; the later
+   stages continue from its body (the classifier head is not trained again).
 1. ``ploss`` — parameter loss only (L1 on numerical, cross-entropy on
    discrete parameters) on in-domain presets. Checkpoint ``ploss.pt``.
 2. ``crossfade`` — ``(1 − α) · P-loss + α · w · spectral`` with ``α`` rising
@@ -66,9 +70,9 @@ from deepafx.recipes.dexed_matching.spectral import grouped_mss
 from deepafx.trainer import Stage, TrainSettings, train
 from deepafx.registry import Registry
 
-STAGES = ("ploss", "crossfade", "synth", "real")
+STAGES = ("voice", "ploss", "crossfade", "synth", "real")
 #: Stages whose model is saved as ``checkpoints/<stage>.pt`` (evaluated as table rows).
-SAVED_STAGES = ("ploss", "synth", "real")
+SAVED_STAGES = ("voice", "ploss", "synth", "real")
 #: Gradient-norm clip of every stage.
 GRAD_CLIP = 5.0
 
@@ -97,8 +101,8 @@ class TrainConfig(TrainSettings):
         render_workers: Render worker processes for the Fx layer (shared by the ranks).
         spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
             steps on cached features afford far larger batches than steps that render every item.
-        voice_weight: Weight of the voice classifier's cross-entropy (label smoothing 0.1) beside the
-            P-loss in the ``ploss`` stage (``model.voice_classifier``; the spectral stages do not train it).
+        voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
+            ``batch_size`` corpus items at ``learning_rate``.
     """
 
     batch_size: int = 8
@@ -118,7 +122,7 @@ class TrainConfig(TrainSettings):
     spsa_mode: str = "loss"
     render_workers: int = 2
     spectral_batch_size: int | None = None
-    voice_weight: float = 1.0
+    voice_steps: int = 1500
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -147,8 +151,8 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"spectral_batch_size must be >= 1, got {cfg.spectral_batch_size}")
         if cfg.spsa_perturbations < 1:
             raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
-        if cfg.voice_weight < 0:
-            raise ValueError(f"voice_weight must be >= 0, got {cfg.voice_weight}")
+        if cfg.voice_steps < 0:
+            raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
         build_loss(cfg.spectral_loss, sample_rate=16000.0)  # unknown names fail here, listing the known ones
         return cfg
 
@@ -159,6 +163,7 @@ class TrainConfig(TrainSettings):
 
     @property
     def total_steps(self) -> int:
+        """Steps of the stages every run has (the ``voice`` stage not counted)."""
         return self.ploss_steps + self.crossfade_steps + self.synth_steps + self.real_steps
 
 
@@ -271,13 +276,17 @@ class DexedTask:
         if self.config.model.voice_classifier:
             if self.corpus is None:
                 raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
+            if self.settings.voice_steps < 1:
+                raise ValueError("model.voice_classifier needs train.voice_steps >= 1")
             self.voice_rows, self.voice_labels = self.corpus.nearest_voices()
         self.renderer = self.dcfg.renderer()
         tc = self.settings
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
                                   fft_sizes=tc.fft_sizes, reduction="none")
         self.free = torch.from_numpy(numeric_free_mask())
-        self.offsets = dict(zip(STAGES, np.cumsum([0, tc.ploss_steps, tc.crossfade_steps, tc.synth_steps]).tolist()))
+        lengths = [tc.voice_steps if self.voice_rows is not None else 0, tc.ploss_steps, tc.crossfade_steps,
+                   tc.synth_steps]
+        self.offsets = dict(zip(STAGES, np.cumsum([0, *lengths]).tolist()))  # global step of each stage's first
 
     def build_model(self) -> DexedEstimator:
         self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
@@ -288,15 +297,22 @@ class DexedTask:
     def stages(self) -> list[Stage]:
         tc = self.settings
         spectral = dict(loss=tc.spectral_loss, lr=tc.spectral_learning_rate, grad_clip=GRAD_CLIP, keep_optimizer=True)
-        return [
+        voice = [Stage("voice", steps=tc.voice_steps, loss="voice_ce", lr=tc.learning_rate, grad_clip=GRAD_CLIP,
+                       save_as="voice")] if self.voice_rows is not None else []
+        return voice + [
             Stage("ploss", steps=tc.ploss_steps, loss="ploss", lr=tc.learning_rate, grad_clip=GRAD_CLIP, save_as="ploss"),
             Stage("crossfade", steps=tc.crossfade_steps, **spectral),
             Stage("synth", steps=tc.synth_steps, save_as="synth", **spectral),
             Stage("real", steps=tc.real_steps, save_as="real", **spectral),
         ]
 
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Under DDP: the voice stage leaves the parameter heads unused, the others the voice head."""
+        return self.voice_rows is not None
+
     def begin_stage(self, stage: Stage) -> None:
-        if stage.name == "ploss":
+        if stage.name in ("voice", "ploss"):
             return
         if self.model.layout.num_numeric == 0 and stage.steps > 0:
             raise ValueError(f"stage {stage.name!r}: the spectral stages train the numeric heads through SPSA, and "
@@ -334,6 +350,11 @@ class DexedTask:
         _, i, gstep = batch
         tc = self.settings
         rng = np.random.default_rng(self._step_seed(gstep))
+        if stage.name == "voice":  # the classifier alone, on cached features of corpus items
+            idx = rng.choice(self.corpus.valid_index, tc.batch_size)
+            feats = torch.from_numpy(self.corpus.batch(idx, self.feature_kinds).astype(np.float32))
+            vce = self.model.voice_ce(self.ctx.net(feats), torch.from_numpy(self.voice_labels[idx]))
+            return vce, {"voice_ce": float(vce.detach()), "loss": float(vce.detach())}
         alpha = {"ploss": 0.0, "crossfade": (i + 1) / max(tc.crossfade_steps, 1)}.get(stage.name, 1.0)
         batch_size = tc.batch_size if stage.name == "ploss" else tc.spectral_batch
         data = self.data
@@ -367,10 +388,6 @@ class DexedTask:
         info: dict[str, float] = {}
         if alpha < 1.0:
             pl, pinfo = model.p_loss(heads, x_true)
-            if self.voice_labels is not None and alpha == 0.0:  # the P-loss stage, on corpus items
-                vce = model.voice_ce(heads, torch.from_numpy(self.voice_labels[idx]))
-                pl = pl + tc.voice_weight * vce
-                pinfo["voice_ce"] = float(vce.detach())
             loss = loss + (1.0 - alpha) * pl
             info.update(pinfo)
         if alpha > 0:
