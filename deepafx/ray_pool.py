@@ -36,6 +36,7 @@ set-up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -100,9 +101,10 @@ class _RenderActor:
         return ("ok", None)
 
 
+@functools.cache
 def _clock_id() -> str:
     """Names this machine's monotonic clock: its kernel's boot id (processes that report the same one can
-    compare ``time.perf_counter`` values), else the host name."""
+    compare ``time.perf_counter`` values), else the host name. Read once per process."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()

@@ -316,22 +316,25 @@ class DexedEstimator(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: DexedEstimator, audio: np.ndarray, pitch: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Estimated normalized presets ``(M, 145)`` for audio ``(M, notes, samples)`` and pitches ``(M,)``."""
+def map_batches(model: DexedEstimator, audio: np.ndarray, fn, batch_size: int = 16) -> list:
+    """``fn(heads, rows)`` for each batch of ``audio`` ``(M, notes, samples)`` (as float32), ``rows`` the batch's
+    slice of the M items, with ``model`` in eval mode (its mode restored after); the list of results."""
     was = model.training
     model.eval()
-    outs = []
     try:
-        for i in range(0, len(audio), batch_size):
-            a = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size], dtype=np.float32))
-            p = torch.as_tensor(np.asarray(pitch[i : i + batch_size]), dtype=torch.float32)
-            outs.append(model.to_normalized(model(a), p).double().numpy())
+        return [fn(model(torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size], dtype=np.float32))),
+                   slice(i, i + batch_size)) for i in range(0, len(audio), batch_size)]
     finally:
         model.train(was)
+
+
+def predict(model: DexedEstimator, audio: np.ndarray, pitch: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Estimated normalized presets ``(M, 145)`` for audio ``(M, notes, samples)`` and pitches ``(M,)``."""
+    outs = map_batches(model, audio, lambda out, rows: model.to_normalized(
+        out, torch.as_tensor(np.asarray(pitch[rows]), dtype=torch.float32)).double().numpy(), batch_size)
     return np.concatenate(outs) if outs else np.zeros((0, len(dexed_param_table())))
 
 
-@torch.no_grad()
 def predict_voice(model: DexedEstimator, voices: np.ndarray, audio: np.ndarray, pitch: np.ndarray,
                   batch_size: int = 16) -> np.ndarray:
     """The voice classifier's estimate: the argmax voice of ``voices`` ``(V, 145)`` (normalized, as stored in
@@ -346,19 +349,11 @@ def predict_voice(model: DexedEstimator, voices: np.ndarray, audio: np.ndarray, 
     if model.num_voices == 0 or len(voices) != model.num_voices:
         raise ValueError(f"predict_voice needs an estimator with a voice classifier over the {len(voices)} voices "
                          f"given (it has {model.num_voices} classes)")
-    was = model.training
-    model.eval()
-    picks = []
-    try:
-        for i in range(0, len(audio), batch_size):
-            a = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size], dtype=np.float32))
-            picks.append(model(a).class_logits.argmax(1).numpy())
-    finally:
-        model.train(was)
+    picks = map_batches(model, audio, lambda out, rows: out.class_logits.argmax(1).numpy(), batch_size)
     if not picks:
         return np.zeros((0, voices.shape[1]))
     chosen = np.asarray(voices, dtype=np.float64)[np.concatenate(picks)]
     return set_transpose(chosen, np.asarray(pitch) - 60)
 
 
-__all__ = ["DexedEstimator", "MAX_CATEGORIES", "MODEL_DEFAULTS", "predict", "predict_voice"]
+__all__ = ["DexedEstimator", "MAX_CATEGORIES", "MODEL_DEFAULTS", "map_batches", "predict", "predict_voice"]

@@ -64,7 +64,7 @@ from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
-from deepafx.recipes.dexed_matching.model import DexedEstimator
+from deepafx.recipes.dexed_matching.model import DexedEstimator, map_batches
 from deepafx.recipes.dexed_matching.search import numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_mss
 from deepafx.trainer import Stage, TrainSettings, train
@@ -466,16 +466,9 @@ def train_from_config(config, run_dir: str | Path, data_dir: str | Path, resume:
     return train(DexedTask(config, data_dir), run_dir, config, resume=resume)
 
 
-@torch.no_grad()
 def _discrete_predictions(model: DexedEstimator, audio: np.ndarray, pitch: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Argmax classes ``(M, num_discrete)`` of the discrete heads for ``audio`` ``(M, C, N)``."""
-    was = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(audio), batch_size):
-        a = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size]))
-        out.append(model.discrete_classes(model(a)).numpy())
-    model.train(was)
+    out = map_batches(model, audio, lambda heads, rows: model.discrete_classes(heads).numpy(), batch_size)
     return np.concatenate(out) if out else np.zeros((0, model.layout.num_discrete), dtype=np.int64)
 
 
