@@ -20,7 +20,8 @@ for the 0..99 parameters) and ``proto`` (:class:`PrototypeHead`: a classifier
 over the training voices plus a residual; scored as ``proto``, the argmax voice,
 and ``proto+residual``), ``proto_nn`` (the same classifier trained on every corpus item, each labelled
 with its nearest training voice by cached log-mel distance, i.e. retrieval's own choice, cross-entropy only:
-a distilled retrieval) and ``latent`` (:class:`PresetVAE`: the network regresses
+a distilled retrieval), ``proto_soft`` (soft labels ``softmax(−d/τ)`` over the same distances), ``proto_lsd``
+(labels nearest by the evaluation's six-note LSD, :meth:`Corpus.voice_lsd`) and ``latent`` (:class:`PresetVAE`: the network regresses
 a preset VAE's latent point and outputs its decoding).
 
 The corpus is built in ``<data dir>/corpus`` first when missing (the dataset's
@@ -53,6 +54,7 @@ VARIANTS = {
     "proto": {"features": "logmel", "input_notes": None},
     "proto_nn": {"features": "logmel", "input_notes": None},
     "proto_soft": {"features": "logmel", "input_notes": None},
+    "proto_lsd": {"features": "logmel", "input_notes": None},
     "latent": {"features": "logmel", "input_notes": None},
 }
 for _v in VARIANTS.values():  # the recipe's own voice-classifier head is off: each variant builds its own output
@@ -197,10 +199,10 @@ def main() -> None:
             print(f"proto: LSD {rows['proto'].mean():.2f} dB, +residual {rows['proto+residual'].mean():.2f} dB, "
                   f"{train_s:.0f} s", flush=True)
             continue
-        if name in ("proto_nn", "proto_soft"):
+        if name in ("proto_nn", "proto_soft", "proto_lsd"):
             train_s, final, rows[name], _ = train_prototype_head(
                 config, corpus, dcfg, args, device, free, targets, score,
-                labels_from="nearest" if name == "proto_nn" else "soft")
+                labels_from={"proto_nn": "nearest", "proto_soft": "soft", "proto_lsd": "lsd"}[name])
             info[name] = {"train_seconds": round(train_s, 1), "final_loss": final}
             print(f"{name}: LSD {rows[name].mean():.2f} dB, {train_s:.0f} s", flush=True)
             continue
@@ -293,7 +295,7 @@ def train_latent_head(config, corpus, dcfg, args, device, targets, score, vae_st
 
 def train_prototype_head(config, corpus, dcfg, args, device, free, targets, score, labels_from: str = "source"):
     """Train and score the ``proto`` variant (:class:`PrototypeHead`); returns
-    ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual)``.
+    ``(seconds, final loss, LSD of the argmax voice, LSD of voice + residual or None for the label variants)``.
 
     ``labels_from="nearest"`` (``proto_nn``): every valid corpus item is labelled with its nearest training voice
     (:meth:`Corpus.nearest_voices`) and only the cross-entropy (label smoothing 0.1) is trained: what
@@ -303,10 +305,11 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
 
     protos = np.flatnonzero(corpus.kind == 0)  # the training voices themselves
     soft = None
-    if labels_from in ("nearest", "soft"):
+    if labels_from in ("nearest", "soft", "lsd"):
         t0 = time.perf_counter()
         usable = corpus.valid_index
-        rows, labels, dist = corpus.nearest_voices(distances=True)
+        rows, labels, dist = corpus.nearest_voices(distances=True, metric="lsd" if labels_from == "lsd" else "logmel",
+                                                   workers=dcfg.corpus_workers)
         assert np.array_equal(rows, protos)
         if labels_from == "soft":  # softmax(−d / τ), τ the median gap between the nearest and second-nearest voice
             dv = dist[usable]
@@ -335,7 +338,7 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
         feats, x_true = corpus_batch(corpus, idx, ["logmel"], device)
         y = torch.from_numpy(labels[idx]).long().to(device)
         logits, res = model(feats)
-        if labels_from == "nearest":
+        if labels_from in ("nearest", "lsd"):
             return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
         if labels_from == "soft":
             return torch.nn.functional.cross_entropy(logits, torch.from_numpy(soft[idx]).to(device))
@@ -347,6 +350,8 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
     with torch.no_grad():
         logits, res = model(est.features(torch.from_numpy(np.asarray(targets, dtype=np.float32))))
     voice = model.prototypes[logits.argmax(1)].double().numpy()
+    if labels_from != "source":  # the classifier alone: its residual head is untrained, nothing to score
+        return train_s, final, score(set_transpose(voice, 0)), None
     fm = free.cpu().numpy()
     refined = voice.copy()
     refined[:, fm] = np.clip(voice[:, fm] + res.double().numpy()[:, fm], 0, 1)

@@ -260,12 +260,16 @@ def mrstft_distance(
     return float(total / len(sizes))
 
 
+#: :func:`lsd_db` defaults: FFT size and hop (samples), power floor.
+LSD_N_FFT, LSD_HOP, LSD_EPS = 2048, 512, 1e-10
+
+
 def lsd_db(
     est: np.ndarray,
     ref: np.ndarray,
-    n_fft: int = 2048,
-    hop_length: int = 512,
-    eps: float = 1e-10,
+    n_fft: int = LSD_N_FFT,
+    hop_length: int = LSD_HOP,
+    eps: float = LSD_EPS,
 ) -> float:
     """Log-spectral distortion in dB.
 

@@ -225,6 +225,42 @@ def test_nearest_voice_labels_are_retrievals_choice(tiny):
     assert np.array_equal(labels[rows], np.arange(len(rows)))  # a voice is its own nearest voice
 
 
+def test_lsd_voice_labels_are_the_evaluation_metric_cached_atomically(tiny):
+    from deepafx.hosts.dexed_host import DexedRenderer
+    from deepafx.metrics import lsd_db
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+    from deepafx.recipes.dexed_matching.train import TrainConfig
+
+    c = Corpus(tiny / "corpus")
+    (tiny / "corpus" / "voice_lsd.npy").unlink(missing_ok=True)
+    rows, labels, table = c.nearest_voices(metric="lsd", distances=True, workers=1, progress=False)
+    assert table.shape == (len(c), len(rows))
+    m = c.meta
+    renderer = DexedRenderer(m["sample_rate"], tuple(tuple(p) for p in m["notes"]), m["note_duration_s"], m["duration_s"])
+    audio = renderer.render_batch(np.asarray(c.params, dtype=np.float64))
+    valid = set(c.valid_index.tolist())
+    for i in range(len(c)):
+        if i not in valid:
+            assert labels[i] == -1 and np.isnan(table[i]).all()
+            continue
+        exact = np.array([lsd_db(audio[v], audio[i]) for v in rows])  # the evaluation's metric, float64
+        np.testing.assert_allclose(table[i], exact, atol=0.03)
+        assert exact[labels[i]] <= exact.min() + 0.03, i
+    assert np.array_equal(labels[rows], np.arange(len(rows)))  # 0 dB to itself
+    # cached: read back, not recomputed; the process pool computes the same table; no temporary file left
+    cache = tiny / "corpus" / "voice_lsd.npy"
+    stamp = cache.stat().st_mtime_ns
+    np.testing.assert_array_equal(c.voice_lsd(workers=1, progress=False), table)
+    assert cache.stat().st_mtime_ns == stamp
+    cache.unlink()
+    np.testing.assert_array_equal(c.voice_lsd(workers=2, progress=False), table)
+    assert sorted(p.name for p in cache.parent.glob("voice_lsd*")) == ["voice_lsd.npy"]
+    with pytest.raises(ValueError, match="voice-label metric"):
+        c.nearest_voices(metric="mfcc")
+    with pytest.raises(ValueError, match="voice_labels must be one of"):
+        TrainConfig.from_dict({"voice_labels": "euclid"})
+
+
 def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_row(bank_dir, tiny, tmp_path):
     from deepafx.recipes.dexed_matching.corpus import Corpus
     from deepafx.recipes.dexed_matching.evaluate import evaluate_from_config

@@ -103,6 +103,10 @@ class TrainConfig(TrainSettings):
             steps on cached features afford far larger batches than steps that render every item.
         voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
             ``batch_size`` corpus items at ``learning_rate``.
+        voice_labels: What the voice classifier's labels are nearest by
+            (:meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.nearest_voices`): ``"logmel"``, the
+            cached-feature distance nearest-preset retrieval uses, or ``"lsd"``, the evaluation's
+            log-spectral distortion (re-rendered once and cached in the corpus folder).
     """
 
     batch_size: int = 8
@@ -123,6 +127,7 @@ class TrainConfig(TrainSettings):
     render_workers: int = 2
     spectral_batch_size: int | None = None
     voice_steps: int = 1500
+    voice_labels: str = "logmel"
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -153,6 +158,10 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
         if cfg.voice_steps < 0:
             raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
+        from deepafx.recipes.dexed_matching.corpus import VOICE_METRICS
+
+        if cfg.voice_labels not in VOICE_METRICS:
+            raise ValueError(f"voice_labels must be one of {VOICE_METRICS}, got {cfg.voice_labels!r}")
         build_loss(cfg.spectral_loss, sample_rate=16000.0)  # unknown names fail here, listing the known ones
         return cfg
 
@@ -278,7 +287,13 @@ class DexedTask:
                 raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
             if self.settings.voice_steps < 1:
                 raise ValueError("model.voice_classifier needs train.voice_steps >= 1")
-            self.voice_rows, self.voice_labels = self.corpus.nearest_voices()
+            metric, workers = self.settings.voice_labels, self.settings.render_workers
+            if metric == "lsd" and ctx.dist.distributed:  # one rank renders the LSD cache, the others read it
+                if ctx.dist.is_main:
+                    self.corpus.voice_lsd(workers=workers)
+                dist.barrier()
+            self.voice_rows, self.voice_labels = self.corpus.nearest_voices(metric=metric, workers=workers,
+                                                                            progress=ctx.dist.is_main)
         self.renderer = self.dcfg.renderer()
         tc = self.settings
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
