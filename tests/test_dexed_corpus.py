@@ -304,6 +304,13 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
     with torch.no_grad():
         pick = est(torch.from_numpy(audio)).class_logits.argmax(1).numpy()
     np.testing.assert_array_equal(x, set_transpose(voices[pick], np.array([0, 2])))
+    with torch.no_grad():  # a stage computes only the heads its loss uses (DDP: no output without a gradient)
+        full, only_params, only_voice = (est(torch.from_numpy(audio), heads=h) for h in ("all", "params", "voice"))
+    assert only_params.class_logits is None and torch.equal(only_params.numeric, full.numeric)
+    assert only_voice.numeric.shape == (2, 0) and not only_voice.discrete_logits
+    assert torch.equal(only_voice.class_logits, full.class_logits)
+    with pytest.raises(ValueError, match="heads must be one of"):
+        est(torch.from_numpy(audio), heads="numeric")
     res = json.loads(evaluate_from_config(cfg, tmp_path / "run", tmp_path / "eval", data_dir=tiny, progress=False)
                      .read_text())
     assert {"voice", "voice+refine"} <= set(res["models"])
@@ -324,3 +331,19 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
     assert proc.returncode == 0, proc.stderr[-3000:]
     starts = next(line for line in proc.stdout.splitlines() if line.startswith("start points"))
     assert "network " in starts and "voice " in starts and "retrieval " in starts, starts
+
+
+def test_ddp_voice_stage_with_lsd_labels(bank_dir, tiny, tmp_path):
+    """Two gloo ranks through the voice stage (its unused parameter heads need ``find_unused_parameters``);
+    rank 0 builds the LSD label cache while rank 1 waits, and both hold the same weights after every step."""
+    from conftest import torchrun_train
+
+    (tiny / "corpus" / "voice_lsd.npy").unlink(missing_ok=True)
+    overrides = TINY + [f"data.hexter_dir={bank_dir}", "model.voice_classifier=true", "train.voice_labels=lsd"]
+    proc = torchrun_train(MEDIUM, tmp_path / "ddp", tiny, overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tiny / "corpus" / "voice_lsd.npy").exists() and (tmp_path / "ddp" / "checkpoints" / "voice.pt").exists()
+    lines = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in lines][:3] == ["voice", "voice", "ploss"]
+    for line in lines:
+        assert len(line["param_checksums"]) == 2 and line["param_checksums"][0] == line["param_checksums"][1]

@@ -92,6 +92,8 @@ class ModelConfig:
     voice_classifier: bool = False
 
 
+#: What a forward pass computes: every head, the preset heads only, or the voice logits only.
+HEADS = ("all", "params", "voice")
 #: Input feature kinds of the estimator.
 FEATURES = ("logmel", "ifmel")
 #: Network bodies of the estimator.
@@ -139,13 +141,21 @@ class SpectrogramCNN(nn.Module):
         self.discrete_heads = nn.ModuleList(nn.Linear(int(hidden), n) for n in layout.discrete_counts)
         self.class_head = nn.Linear(int(hidden), int(num_classes)) if num_classes else None
 
-    def forward_features(self, x: torch.Tensor) -> EstimatorOutput:
+    def forward_features(self, x: torch.Tensor, heads: str = "all") -> EstimatorOutput:
+        """``heads``: ``"all"``, ``"params"`` (no class logits) or ``"voice"`` (class logits only; empty
+        parameter heads). A stage computes only the heads its loss uses, so that under DDP with
+        ``find_unused_parameters`` no output is left without a gradient."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SpectrogramCNN expects (batch, {self.in_channels}, n_mels, frames), got {tuple(x.shape)}")
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
         h = self.fc(self.body(x))
+        classes = self.class_head(h) if self.class_head is not None and heads != "params" else None
+        if heads == "voice":
+            return EstimatorOutput(numeric=h.new_zeros(h.shape[0], 0), discrete_logits=[], class_logits=classes)
         numeric = torch.sigmoid(self.numeric_head(h)) if self.numeric_head is not None else h.new_zeros(h.shape[0], 0)
         return EstimatorOutput(numeric=numeric, discrete_logits=[head(h) for head in self.discrete_heads],
-                               class_logits=self.class_head(h) if self.class_head is not None else None)
+                               class_logits=classes)
 
 
 #: Estimator settings a config may set (``model:`` section), with defaults.
@@ -243,16 +253,27 @@ class DexedEstimator(nn.Module):
             parts.append(feats[:, c : 2 * c].index_select(1, self.note_index))
         return torch.cat(parts, dim=1).float()
 
-    def forward(self, audio: torch.Tensor) -> EstimatorOutput:
+    def forward(self, audio: torch.Tensor, heads: str = "all") -> EstimatorOutput:
         """Heads for ``audio`` ``(batch, notes, samples)`` (see :class:`EstimatorOutput`), or for cached
         features ``(batch, notes * k, n_mels, frames)`` laid out as :meth:`features` returns them (a 4-D input
-        goes to :meth:`forward_features`, so a DDP-wrapped model trains on either)."""
-        if audio.dim() == 4:
-            return self.forward_features(audio)
-        return self.forward_features(self.features(audio))
+        goes to :meth:`forward_features`, so a DDP-wrapped model trains on either).
 
-    def forward_features(self, feats: torch.Tensor) -> EstimatorOutput:
-        """Heads for features ``(batch, notes * k, n_mels, frames)`` laid out as :meth:`features` returns them."""
+        ``heads``: ``"all"`` (default), ``"params"`` (the preset heads, no voice logits) or ``"voice"`` (the
+        voice logits only; ``cnn2d`` with ``voice_classifier``). Raises ``ValueError`` on another value or
+        ``"voice"`` without a voice classifier."""
+        if audio.dim() == 4:
+            return self.forward_features(audio, heads)
+        return self.forward_features(self.features(audio), heads)
+
+    def forward_features(self, feats: torch.Tensor, heads: str = "all") -> EstimatorOutput:
+        """Heads for features ``(batch, notes * k, n_mels, frames)`` laid out as :meth:`features` returns them
+        (``heads`` as in :meth:`forward`)."""
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+        if heads == "voice" and not self.num_voices:
+            raise ValueError("this estimator has no voice classifier (model.voice_classifier: false)")
+        if isinstance(self.net, SpectrogramCNN):
+            return self.net.forward_features(self.select(feats), heads)
         return self.net.forward_features(self.select(feats))
 
     def to_normalized(self, out: EstimatorOutput, pitch: torch.Tensor) -> torch.Tensor:

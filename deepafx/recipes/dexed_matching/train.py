@@ -368,7 +368,7 @@ class DexedTask:
         if stage.name == "voice":  # the classifier alone, on cached features of corpus items
             idx = rng.choice(self.corpus.valid_index, tc.batch_size)
             feats = torch.from_numpy(self.corpus.batch(idx, self.feature_kinds).astype(np.float32))
-            vce = self.model.voice_ce(self.ctx.net(feats), torch.from_numpy(self.voice_labels[idx]))
+            vce = self.model.voice_ce(self.ctx.net(feats, heads="voice"), torch.from_numpy(self.voice_labels[idx]))
             return vce, {"voice_ce": float(vce.detach()), "loss": float(vce.detach())}
         alpha = {"ploss": 0.0, "crossfade": (i + 1) / max(tc.crossfade_steps, 1)}.get(stage.name, 1.0)
         batch_size = tc.batch_size if stage.name == "ploss" else tc.spectral_batch
@@ -397,7 +397,7 @@ class DexedTask:
             pitch = torch.from_numpy(data.pitch["train"][idx]).float()
             classes = None
         model = self.model
-        heads = self.ctx.net(audio_in)
+        heads = self.ctx.net(audio_in, heads="params")
         loss = audio_in.new_zeros(())
         report = audio_in.new_zeros(())
         info: dict[str, float] = {}
