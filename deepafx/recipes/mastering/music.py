@@ -1072,7 +1072,11 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
             pieces_meta.append(meta)
             have_seconds[split] += meta["seconds"]
             have_count[split] += 1
-            progress.update(meta["seconds"] if goal is not None else 1)
+            if goal is not None:  # seconds counted up to each split's goal (its last piece overshoots)
+                after = have_seconds[split]
+                progress.update(min(after, want_seconds[split]) - min(after - meta["seconds"], want_seconds[split]))
+            else:
+                progress.update(1)
     finally:
         progress.close()
     if have_count["train"] == 0 or not all(split_full(s) for s in SPLITS):
