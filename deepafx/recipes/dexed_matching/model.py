@@ -10,9 +10,10 @@ Parameter loss (P-loss, DiffSynth, Masuda & Saito, ISMIR 2021): L1 on the
 numerical parameters plus the mean cross-entropy of the discrete heads.
 
 Voice classifier (``model.voice_classifier``, ``cnn2d`` only): one more head, a
-softmax over the V training factory voices, trained beside the P-loss on every
-corpus item labelled with its nearest training voice
-(:meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.nearest_voices`); its
+softmax over the V training factory voices, trained in its own first stage on
+every corpus item labelled with its nearest training voice, by cached log-mel
+distance or by the evaluation's LSD (``train.voice_labels``;
+:meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.nearest_voices`); its
 estimate is the argmax voice, intact (:func:`predict_voice`). Regressing the
 145 parameters averages voices into presets whose parameters disagree with each
 other; choosing a whole voice keeps them consistent, and learning the choice
