@@ -173,6 +173,36 @@ def _render_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
     return a, level.astype(np.float32)
 
 
+def _renderer_args(sample_rate: float, notes, note_duration_s: float, duration_s: float) -> tuple:
+    """Arguments of :class:`~deepafx.hosts.dexed_host.DexedRenderer` for the corpus's notes."""
+    return (sample_rate, tuple(tuple(int(v) for v in p) for p in notes), note_duration_s, duration_s)
+
+
+def _map_jobs(fn, jobs: Sequence, workers: int, initializer, initargs: tuple, cleanup, on_result) -> None:
+    """``on_result(fn(job))`` for every job, in completion order: ``fn`` runs in ``workers`` spawned
+    processes set up by ``initializer(*initargs)`` (a worker that dies breaks the executor,
+    BrokenProcessPool, instead of being respawned forever), or in this process for ``workers`` ≤ 1,
+    followed by ``cleanup()`` however it ends."""
+    if workers > 1:
+        with ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=initializer,
+                                 initargs=initargs) as pool:
+            for fut in as_completed([pool.submit(fn, j) for j in jobs]):
+                on_result(fut.result())
+        return
+    initializer(*initargs)
+    try:
+        for j in jobs:
+            on_result(fn(j))
+    finally:
+        cleanup()
+
+
+def _close_corpus_worker() -> None:
+    for name in ("logmel", "ifmel"):
+        os.close(_W[name][0])
+    _W.clear()
+
+
 #: Metrics the voice classifier's labels can be nearest by (:meth:`Corpus.nearest_voices`).
 VOICE_METRICS = ("logmel", "lsd")
 #: Presets per job of :meth:`Corpus.voice_lsd`.
@@ -207,15 +237,17 @@ def _lsd_init(renderer_args: tuple, voices: np.ndarray) -> None:
     _LSD["voices"], _LSD["v2"] = vt, vt.square().sum(1)  # (notes·T, V)
 
 
-def _lsd_chunk(params: np.ndarray) -> np.ndarray:
+def _lsd_chunk(job: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, params (B, 145))`` → ``(rows, LSD (B, V))`` against the voices of :func:`_lsd_init`."""
     import torch
 
+    rows, params = job
     a = _stft_db(_LSD["renderer"].render_batch(params))  # (B, notes, F, T)
     bins = a.shape[2]
     x = a.permute(1, 3, 0, 2).reshape(-1, a.shape[0], bins)  # (notes·T, B, F)
     with torch.no_grad():
         d2 = x.square().sum(2)[:, :, None] + _LSD["v2"][:, None, :] - 2.0 * torch.bmm(x, _LSD["voices"])
-        return d2.clamp_min(0.0).div(bins).sqrt().mean(0).numpy()  # (B, V)
+        return rows, d2.clamp_min(0.0).div(bins).sqrt().mean(0).numpy()  # (B, V)
 
 
 def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii: Sequence[float],
@@ -269,28 +301,15 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
             np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape).flush()
         level = np.zeros(n, np.float32)
         jobs = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
-        rargs = (sample_rate, tuple(tuple(int(v) for v in p) for p in notes), note_duration_s, duration_s)
-        init = (str(tmp), rargs, feature, sample_rate)
+        rargs = _renderer_args(sample_rate, notes, note_duration_s, duration_s)
         bar = tqdm(total=n, unit="preset", desc="corpus", disable=not progress, mininterval=5.0)
-        if workers > 1:
-            # a worker that dies breaks the executor (BrokenProcessPool) instead of being respawned forever
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
-                                     initargs=init) as pool:
-                for fut in as_completed([pool.submit(_render_chunk, j) for j in jobs]):
-                    a, lv = fut.result()
-                    level[a : a + len(lv)] = lv
-                    bar.update(len(lv))
-        else:
-            _init(*init)
-            try:
-                for job in jobs:
-                    a, lv = _render_chunk(job)
-                    level[a : a + len(lv)] = lv
-                    bar.update(len(lv))
-            finally:
-                for name in ("logmel", "ifmel"):
-                    os.close(_W[name][0])
-                _W.clear()
+        def store(result: tuple[int, np.ndarray]) -> None:
+            a, lv = result
+            level[a : a + len(lv)] = lv
+            bar.update(len(lv))
+
+        _map_jobs(_render_chunk, jobs, workers, _init, (str(tmp), rargs, feature, sample_rate), _close_corpus_worker,
+                  store)
         bar.close()
         np.save(tmp / "level_db.npy", level)
         valid = level >= min_level_db
@@ -369,6 +388,14 @@ class Corpus:
         parts = [self.features(k)[srt][inv] for k in kinds]
         return np.concatenate(parts, axis=1)
 
+    def _voice_rows(self) -> np.ndarray:
+        """Sorted corpus rows of the training factory voices (``kind`` 0); ``ValueError`` if there are none."""
+        rows = np.flatnonzero(self.kind == 0)
+        if len(rows) == 0:
+            raise ValueError(f"the corpus in {self.path} holds no factory voice (kind 0): the voice classifier's "
+                             "classes and labels are those voices")
+        return rows
+
     def nearest_voices(self, chunk: int = 1024, distances: bool = False, metric: str = "logmel",
                        workers: int = 2, progress: bool = True) -> tuple[np.ndarray, ...]:
         """The corpus's factory voices (``kind`` 0, the training voices) and, for every valid item, the
@@ -404,9 +431,7 @@ class Corpus:
         """
         if metric not in VOICE_METRICS:
             raise ValueError(f"voice-label metric must be one of {VOICE_METRICS}, got {metric!r}")
-        voice_rows = np.flatnonzero(self.kind == 0)
-        if len(voice_rows) == 0:
-            raise ValueError(f"the corpus in {self.path} holds no factory voice (kind 0) to classify into")
+        voice_rows = self._voice_rows()
         labels = np.full(len(self), -1, dtype=np.int64)
         rows = self.valid_index  # sorted: contiguous reads of the memory map
         if metric == "lsd":
@@ -452,38 +477,25 @@ class Corpus:
         """
         from tqdm import tqdm
 
-        voice_rows = np.flatnonzero(self.kind == 0)
-        if len(voice_rows) == 0:
-            raise ValueError(f"the corpus in {self.path} holds no factory voice (kind 0) to compare with")
+        voice_rows = self._voice_rows()
         path = self.path / "voice_lsd.npy"
         if path.exists():
             table = np.load(path, mmap_mode="r")
             if table.shape == (len(self), len(voice_rows)):
                 return table
         m = self.meta
-        rargs = (m["sample_rate"], tuple(tuple(int(v) for v in p) for p in m["notes"]), m["note_duration_s"],
-                 m["duration_s"])
+        rargs = _renderer_args(m["sample_rate"], m["notes"], m["note_duration_s"], m["duration_s"])
         params = np.asarray(self.params, dtype=np.float64)
         table = np.full((len(self), len(voice_rows)), np.nan, np.float32)
         rows = self.valid_index
-        jobs = [rows[i : i + LSD_CHUNK] for i in range(0, len(rows), LSD_CHUNK)]
+        jobs = [(j, params[j]) for j in (rows[i : i + LSD_CHUNK] for i in range(0, len(rows), LSD_CHUNK))]
         bar = tqdm(total=len(rows), unit="preset", desc="voice LSD", disable=not progress, mininterval=5.0)
-        init = (rargs, params[voice_rows])
-        if workers > 1:
-            with ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_lsd_init,
-                                     initargs=init) as pool:
-                futs = {pool.submit(_lsd_chunk, params[j]): j for j in jobs}
-                for fut in as_completed(futs):
-                    table[futs[fut]] = fut.result()
-                    bar.update(len(futs[fut]))
-        else:
-            _lsd_init(*init)
-            try:
-                for j in jobs:
-                    table[j] = _lsd_chunk(params[j])
-                    bar.update(len(j))
-            finally:
-                _LSD.clear()
+        def store(result: tuple[np.ndarray, np.ndarray]) -> None:
+            j, part = result
+            table[j] = part
+            bar.update(len(j))
+
+        _map_jobs(_lsd_chunk, jobs, workers, _lsd_init, (rargs, params[voice_rows]), _LSD.clear, store)
         bar.close()
         tmp = path.with_name(f"voice_lsd.{os.getpid()}.tmp.npy")
         try:
