@@ -27,6 +27,15 @@ For each chain:
   on a local Ray cluster this run starts with W CPUs), ``ray_overhead_ratio``
   against the ideal and ``ray_over_pool = ray_step_s / fx_step_s``.
 
+``parallel_floor_spsa_s``: the W processes each rendering their share of an SPSA step as a render
+worker does (:class:`deepafx.workers.SlotInstances`: their slots' three instances, the main one at θ,
+the perturbed two at a new ``θ ± εΔ``, so the plugins recompute coefficients; ``y⁺ − y⁻`` written to a
+buffer) at the same time, without messages; ``floor_spsa_over_ideal`` against the ideal.
+``bound_s = parallel_floor_spsa_s + before_send + after_replies``: the step of an engine whose messages
+cost nothing and whose main process does its measured serial work (checks, perturbations, input
+copies; stacking, the loss, backward) without overlapping the renders; ``bound_over_ideal`` and
+``over_bound = fx_step_s / bound_s`` (what the messages, wake-ups and replies add).
+
 ``step_phases_ms``: where a multiprocessing step's time goes (medians over its
 timed steps, from the engine's ``last_timeline``): ``before_send``, ``wake``
 (message sent → first worker starts), ``busy_mean`` (a worker on its request),
@@ -134,13 +143,14 @@ class _RenderTimer:
       memory, a hypervisor's hyper-threads) raise it above ``3·M·t_plugins/W``.
     """
 
-    def __init__(self, spec: ChainSpec, audio: np.ndarray, workers: int):
+    def __init__(self, spec: ChainSpec, audio: np.ndarray, workers: int, batch_size: int):
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(workers)
         self.conns, self.procs = [], []
-        for _ in range(workers):
+        for w in range(workers):
+            slots = list(range(w, batch_size, workers))  # the slots worker w of the engine owns
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_timer_main, args=(child, spec, audio, barrier), daemon=True)
+            proc = ctx.Process(target=_timer_main, args=(child, spec, audio, barrier, slots), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -156,6 +166,11 @@ class _RenderTimer:
             c.send(("floor", n))
         return max(c.recv() for c in self.conns)
 
+    def floor_spsa(self) -> float:
+        for c in self.conns:
+            c.send(("floor_spsa", 0))
+        return max(c.recv() for c in self.conns)
+
     def close(self) -> None:
         for c in self.conns:
             c.send(("close", 0))
@@ -163,7 +178,7 @@ class _RenderTimer:
             p.join(timeout=5)
 
 
-def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier) -> None:
+def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier, slots: list[int]) -> None:
     try:
         from deepafx.workers import tune_allocator
     except ImportError:  # older deepafx: workers ran with the default allocator
@@ -177,6 +192,28 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier) -> None:
     objs = _plugin_objects(inst)
     board = pedalboard.Pedalboard(objs) if objs is not None else None
     plugins = (lambda: board.process(audio, spec.sample_rate, reset=False)) if board else (lambda: inst.process(audio, x))
+    # A worker's share of an SPSA step without the engine's messages: its slots' three instances each
+    # through the workers' own render code (SlotInstances.render: the main instance keeps θ, the perturbed
+    # two get θ ± εΔ with a fresh Rademacher Δ, ε = 0.01 as FxLayer's default; y⁺ − y⁻ into a buffer).
+    try:
+        from deepafx.workers import SlotInstances
+    except ImportError:  # older deepafx
+        SlotInstances = None
+    owned = SlotInstances(spec, slots, 3) if SlotInstances is not None else None
+    rng = np.random.default_rng(len(slots) and slots[0])
+    thetas = {s: rng.uniform(0.1, 0.9, len(inst.param_table)) for s in slots}
+    out = np.empty(2 * audio.size * len(slots), np.float32)
+
+    def spsa_share() -> None:
+        items = []
+        for k, s in enumerate(slots):
+            d = 0.01 * (2.0 * rng.integers(0, 2, thetas[s].size) - 1)
+            rows = np.stack([thetas[s], np.clip(thetas[s] + d, 0, 1), np.clip(thetas[s] - d, 0, 1)])
+            items.append((s, audio, rows, False, True, 2 * audio.size * k))
+        owned.render(items, out)
+
+    if owned is not None:
+        spsa_share()
     conn.send("ready")
     while True:
         op, arg = conn.recv()
@@ -188,6 +225,12 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier) -> None:
             for _ in range(arg):
                 plugins()
             conn.send(time.perf_counter() - t0)
+        elif op == "floor_spsa":
+            barrier.wait()
+            t0 = time.perf_counter()
+            if owned is not None:
+                spsa_share()
+            conn.send(time.perf_counter() - t0 if owned is not None else float("nan"))
         else:
             return
 
@@ -270,24 +313,26 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
     """Rounds of (wait until quiet; ``steps`` times: the plugins alone, one step of each engine and of the
     peer); medians within a round, ratios per round, then the median over rounds."""
     audio = _audio(m, n)
-    timer = _RenderTimer(spec, audio[0].numpy(), w)
+    timer = _RenderTimer(spec, audio[0].numpy(), w, m)
     runners = {e: _layer(spec, m, w, e) for e in engines}
     p = runners["process"].num_params
     if peer:
         runners["peer"] = PeerSPSAChannel(spec, m)
-    per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "waited_s", *runners]}
+    per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "floor_spsa", "waited_s",
+                                                         *runners]}
     phases: dict[str, list[dict[str, float]]] = {"process": [], "ray": []}
     try:
         for runner in runners.values():  # warm-up
             _step_time(runner, audio, 1, p)
         for _ in range(rounds):
             per_round["waited_s"].append(wait_quiet())
-            samples: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", *runners]}
+            samples: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "floor_spsa", *runners]}
             for _ in range(steps):  # interleaved at step granularity: slow drifts of the machine cancel
                 t_render, t_plugins = timer.serial(reps=5)
                 samples["t_render"].append(t_render)
                 samples["t_plugins"].append(t_plugins)
                 samples["floor"].append(timer.floor(-(-3 * m // w)))
+                samples["floor_spsa"].append(timer.floor_spsa())
                 for name, runner in runners.items():
                     samples[name].append(_step_time(runner, audio, 1, p, warmup=0, phases=phases.get(name)))
             for k, v in samples.items():
@@ -312,7 +357,14 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
         "over_floor": round(med([s / f for s, f in zip(per_round["process"], per_round["floor"])]), 3),
         # medians over every timed step of the process engine, ms (see _phases)
         "step_phases_ms": _phase_medians(phases["process"]),
+        "parallel_floor_spsa_s": round(med(per_round["floor_spsa"]), 4),
+        "floor_spsa_over_ideal": round(med([f / i for f, i in zip(per_round["floor_spsa"], ideal)]), 3),
     }
+    ph = r["step_phases_ms"]
+    if ph is not None:  # the main process's serial work added to the message-free parallel SPSA renders
+        bound = r["parallel_floor_spsa_s"] + 1e-3 * (ph["before_send"] + ph["after_replies"])
+        r.update(bound_s=round(bound, 4), bound_over_ideal=round(bound / r["ideal_s"], 3),
+                 over_bound=round(r["fx_step_s"] / bound, 3))
     if "ray" in runners:
         r.update(ray_step_s=round(med(per_round["ray"]), 4), ray_overhead_ratio=round(ratio["ray"], 3),
                  ray_over_pool=round(med([a / b for a, b in zip(per_round["ray"], per_round["process"])]), 3),
