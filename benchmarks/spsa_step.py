@@ -3,17 +3,21 @@
 For each chain:
 
 * ``t_plugins_s``: the chain's plugins rendering one block in *one* pedalboard
-  call (the plugin objects of a built chain, their parameters set), serially
-  after warm-up, in a fresh process set up like a render worker
+  call (the plugin objects of a built chain, their parameters set beforehand),
+  serially after warm-up, in a fresh process set up like a render worker
   (:func:`deepafx.workers.tune_allocator` where it exists): what the plugins
-  themselves cost.
-* ``t_render_s``: one :meth:`deepafx.chain.Chain.process` call on the same block
+  themselves cost. Timed on every item of the step (its audio, its parameters:
+  one instance per item) and averaged, because what a plugin costs depends on
+  its parameter values; ``params_over_half`` compares it with the plugins at
+  every parameter 0.5 (how this benchmark timed the ideal before a new commit
+  after a2598a6).
+* ``t_render_s``: one :meth:`deepafx.chain.Chain.process` call on the same blocks
   (parameter mapping, validation and the plugins); ``chain_over_plugins`` is
   their ratio, the fixed cost per render.
 * ``ideal_s = 3·M·t_plugins / W``: 3 renders per item for SPSA (main, ``+``,
   ``−``), spread over W workers with no other cost.
-* ``parallel_floor_s``: W processes rendering ``3·M/W`` blocks each through the
-  plugins alone, at the same time: what a perfect engine would take on this
+* ``parallel_floor_s``: W processes rendering their slots' items three times each
+  (``3·M/W`` blocks) through the plugins alone, at the same time: what a perfect engine would take on this
   machine, where cores running at once slow each other down;
   ``floor_over_ideal`` shows by how much, ``over_floor = fx_step_s / parallel_floor_s``
   the engine's own overhead.
@@ -107,8 +111,8 @@ def _audio(m: int, n: int) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
-def _timed(fn, reps: int) -> float:
-    for _ in range(3):
+def _timed(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
@@ -133,43 +137,47 @@ def _plugin_objects(inst) -> list | None:
 
 class _RenderTimer:
     """W fresh processes prepared as render workers are (:func:`deepafx.workers.tune_allocator` where it
-    exists), each holding the chain, that time on request:
+    exists), each holding one chain instance per item of the step, its parameters set to that item's
+    (the step's audio and parameters), that time on request:
 
-    * ``serial(reps)``: ``(t_render, t_plugins)`` in one process: one Chain.process call, and the
-      chain's plugins in one pedalboard call;
-    * ``floor(n)``: all W processes render ``n`` blocks through the plugins alone at the same time
-      (started together at a barrier); the slowest one's time. With ``n = 3·M/W`` this is the step
-      time of a perfect engine on this machine: cores that slow each other down (shared caches,
-      memory, a hypervisor's hyper-threads) raise it above ``3·M·t_plugins/W``.
+    * ``serial(reps)``: ``(t_render, t_plugins, t_plugins_half)`` in one process, means over the items of
+      medians over ``reps``: one Chain.process call at the item's parameters, the chain's plugins in one
+      pedalboard call at those parameters (nothing written), and the plugins at every parameter 0.5;
+    * ``floor()``: each process renders its slots' items three times each (``3·M/W`` blocks) through the
+      plugins alone, all at the same time (started together at a barrier); the slowest one's time:
+      the step time of a perfect engine on this machine, where cores that slow each other down
+      (shared caches, memory, a hypervisor's hyper-threads) raise it above ``3·M·t_plugins/W``;
+    * ``floor_spsa()``: the same share rendered as a render worker does (see :func:`_timer_main`).
     """
 
-    def __init__(self, spec: ChainSpec, audio: np.ndarray, workers: int, batch_size: int):
+    def __init__(self, spec: ChainSpec, audio: np.ndarray, params: np.ndarray, workers: int):
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(workers)
         self.conns, self.procs = [], []
         for w in range(workers):
-            slots = list(range(w, batch_size, workers))  # the slots worker w of the engine owns
+            slots = list(range(w, audio.shape[0], workers))  # the slots worker w of the engine owns
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_timer_main, args=(child, spec, audio, barrier, slots), daemon=True)
+            proc = ctx.Process(target=_timer_main, args=(child, spec, audio, params, barrier, slots), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
         for c in self.conns:
             c.recv()
 
-    def serial(self, reps: int) -> tuple[float, float]:
+    def serial(self, reps: int) -> tuple[float, float, float]:
         self.conns[0].send(("serial", reps))
         return self.conns[0].recv()
 
-    def floor(self, n: int) -> float:
+    def _all(self, op: str) -> float:
         for c in self.conns:
-            c.send(("floor", n))
+            c.send((op, 0))
         return max(c.recv() for c in self.conns)
 
+    def floor(self) -> float:
+        return self._all("floor")
+
     def floor_spsa(self) -> float:
-        for c in self.conns:
-            c.send(("floor_spsa", 0))
-        return max(c.recv() for c in self.conns)
+        return self._all("floor_spsa")
 
     def close(self) -> None:
         for c in self.conns:
@@ -178,7 +186,18 @@ class _RenderTimer:
             p.join(timeout=5)
 
 
-def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier, slots: list[int]) -> None:
+def _plugins_call(spec: ChainSpec, inst, audio: np.ndarray):
+    """A callable rendering ``audio`` through ``inst``'s plugins in one pedalboard call (parameters as set
+    last), or through ``inst.process`` without writing parameters where a plugin is not a pedalboard object."""
+    objs = _plugin_objects(inst)
+    if objs is None:
+        return lambda: inst.process(audio)
+    board = pedalboard.Pedalboard(objs)
+    return lambda: board.process(audio, spec.sample_rate, reset=False)
+
+
+def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, params: np.ndarray, barrier, slots: list[int]) -> None:
+    """Timer process: ``audio`` ``(M, C, N)`` and ``params`` ``(M, P)`` are the step's items."""
     try:
         from deepafx.workers import tune_allocator
     except ImportError:  # older deepafx: workers ran with the default allocator
@@ -186,12 +205,14 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier, slots: list[i
     if tune_allocator is not None:
         tune_allocator()
     torch.set_num_threads(1)
-    inst = spec.build()
-    x = np.full(len(inst.param_table), 0.5)
-    inst.process(audio, x)
-    objs = _plugin_objects(inst)
-    board = pedalboard.Pedalboard(objs) if objs is not None else None
-    plugins = (lambda: board.process(audio, spec.sample_rate, reset=False)) if board else (lambda: inst.process(audio, x))
+    m = audio.shape[0]
+    insts = [spec.build() for _ in range(m)]
+    for i, inst in enumerate(insts):
+        inst.process(audio[i], params[i])  # the item's parameters, written once (not timed)
+    plugins = [_plugins_call(spec, inst, audio[i]) for i, inst in enumerate(insts)]
+    half = spec.build()
+    half.process(audio[0], np.full(params.shape[1], 0.5))
+    plugins_half = _plugins_call(spec, half, audio[0])
     # A worker's share of an SPSA step without the engine's messages: its slots' three instances each
     # through the workers' own render code (SlotInstances.render: the main instance keeps θ, the perturbed
     # two get θ ± εΔ with a fresh Rademacher Δ, ε = 0.01 as FxLayer's default; y⁺ − y⁻ into a buffer).
@@ -201,15 +222,15 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier, slots: list[i
         SlotInstances = None
     owned = SlotInstances(spec, slots, 3) if SlotInstances is not None else None
     rng = np.random.default_rng(len(slots) and slots[0])
-    thetas = {s: rng.uniform(0.1, 0.9, len(inst.param_table)) for s in slots}
-    out = np.empty(2 * audio.size * len(slots), np.float32)
+    out = np.empty(2 * audio[0].size * len(slots), np.float32)
 
     def spsa_share() -> None:
         items = []
         for k, s in enumerate(slots):
-            d = 0.01 * (2.0 * rng.integers(0, 2, thetas[s].size) - 1)
-            rows = np.stack([thetas[s], np.clip(thetas[s] + d, 0, 1), np.clip(thetas[s] - d, 0, 1)])
-            items.append((s, audio, rows, False, True, 2 * audio.size * k))
+            theta = params[s]
+            d = 0.01 * (2.0 * rng.integers(0, 2, theta.size) - 1)
+            rows = np.stack([theta, np.clip(theta + d, 0, 1), np.clip(theta - d, 0, 1)])
+            items.append((s, audio[s], rows, False, True, 2 * audio[s].size * k))
         owned.render(items, out)
 
     if owned is not None:
@@ -218,12 +239,16 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, barrier, slots: list[i
     while True:
         op, arg = conn.recv()
         if op == "serial":
-            conn.send((_timed(lambda: inst.process(audio, x), arg), _timed(plugins, arg)))
+            conn.send((float(np.mean([_timed(lambda: insts[i].process(audio[i], params[i]), arg, warmup=1)
+                                      for i in range(m)])),
+                       float(np.mean([_timed(plugins[i], arg, warmup=1) for i in range(m)])),
+                       _timed(plugins_half, arg)))
         elif op == "floor":
             barrier.wait()
             t0 = time.perf_counter()
-            for _ in range(arg):
-                plugins()
+            for s in slots:
+                for _ in range(3):
+                    plugins[s]()
             conn.send(time.perf_counter() - t0)
         elif op == "floor_spsa":
             barrier.wait()
@@ -279,11 +304,17 @@ def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float] | None:
     return {k: round(float(np.median([ph[k] for ph in phases])), 3) for k in PHASES} if phases else None
 
 
-def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2,
-               phases: list | None = None) -> float:
+def _step_inputs(audio: torch.Tensor, num_params: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(params, dy)`` of every timed step: normalized parameters ``(M, P)`` on [0.1, 0.9] and the
+    output gradient, seeded (the ideal is timed at the same parameters)."""
     g = torch.Generator().manual_seed(0)
     p = torch.rand(audio.shape[0], num_params, generator=g) * 0.8 + 0.1
-    dy = torch.randn(audio.shape, generator=g)
+    return p, torch.randn(audio.shape, generator=g)
+
+
+def _step_time(layer, audio: torch.Tensor, steps: int, num_params: int, warmup: int = 2,
+               phases: list | None = None) -> float:
+    p, dy = _step_inputs(audio, num_params)
     times = []
     for i in range(steps + warmup):
         pp = p.clone().requires_grad_(num_params > 0)
@@ -313,25 +344,26 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
     """Rounds of (wait until quiet; ``steps`` times: the plugins alone, one step of each engine and of the
     peer); medians within a round, ratios per round, then the median over rounds."""
     audio = _audio(m, n)
-    timer = _RenderTimer(spec, audio[0].numpy(), w, m)
     runners = {e: _layer(spec, m, w, e) for e in engines}
     p = runners["process"].num_params
+    timer = _RenderTimer(spec, audio.numpy(), _step_inputs(audio, p)[0].double().numpy(), w)
     if peer:
         runners["peer"] = PeerSPSAChannel(spec, m)
-    per_round: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "floor_spsa", "waited_s",
-                                                         *runners]}
+    keys = ["t_plugins", "t_render", "t_plugins_half", "floor", "floor_spsa"]
+    per_round: dict[str, list[float]] = {k: [] for k in [*keys, "waited_s", *runners]}
     phases: dict[str, list[dict[str, float]]] = {"process": [], "ray": []}
     try:
         for runner in runners.values():  # warm-up
             _step_time(runner, audio, 1, p)
         for _ in range(rounds):
             per_round["waited_s"].append(wait_quiet())
-            samples: dict[str, list[float]] = {k: [] for k in ["t_plugins", "t_render", "floor", "floor_spsa", *runners]}
+            samples: dict[str, list[float]] = {k: [] for k in [*keys, *runners]}
             for _ in range(steps):  # interleaved at step granularity: slow drifts of the machine cancel
-                t_render, t_plugins = timer.serial(reps=5)
+                t_render, t_plugins, t_half = timer.serial(reps=2)
                 samples["t_render"].append(t_render)
                 samples["t_plugins"].append(t_plugins)
-                samples["floor"].append(timer.floor(-(-3 * m // w)))
+                samples["t_plugins_half"].append(t_half)
+                samples["floor"].append(timer.floor())
                 samples["floor_spsa"].append(timer.floor_spsa())
                 for name, runner in runners.items():
                     samples[name].append(_step_time(runner, audio, 1, p, warmup=0, phases=phases.get(name)))
@@ -349,6 +381,7 @@ def bench(spec: ChainSpec, m: int, w: int, n: int, steps: int, rounds: int, fd_s
         "steps_per_round": steps, "waited_for_quiet_s": per_round["waited_s"],
         "t_plugins_s": round(med(per_round["t_plugins"]), 6), "t_render_s": round(med(per_round["t_render"]), 6),
         "chain_over_plugins": round(med([a / b for a, b in zip(per_round["t_render"], per_round["t_plugins"])]), 3),
+        "params_over_half": round(med([a / b for a, b in zip(per_round["t_plugins"], per_round["t_plugins_half"])]), 3),
         "fx_step_s": round(med(per_round["process"]), 4), "ideal_s": round(med(ideal), 4),
         "overhead_ratio": round(ratio["process"], 3),
         "overhead_ratio_rounds": [round(s / i, 3) for s, i in zip(per_round["process"], ideal)],
