@@ -139,7 +139,7 @@ def tiny_evaluation(tmp_path_factory):
             "results": json.loads((out / "results.json").read_text())}
 
 
-ROWS = ["unprocessed", "default", "matchering", "oracle_cmaes_13", "oracle_cmaes_17", "model"]
+ROWS = ["unprocessed", "default", "matchering", "oracle_cmaes_13", "oracle_cmaes_17", "model", "model_loudness"]
 
 
 def test_evaluate_cli_on_a_tiny_dataset(tiny_evaluation):
@@ -207,6 +207,25 @@ def test_oracle_budgets_give_one_row_each_and_more_renders_never_lose(tiny_evalu
         assert large["history"][1] == small["history"][1]  # the same first generation, bit for bit
         assert large["objective"] <= small["history"][small["generations"]]
         assert large["objective"] <= large["default_objective"] and small["objective"] <= small["default_objective"]
+
+
+def test_model_loudness_row_meets_the_loudness_target_with_the_models_own_automation(tiny_evaluation):
+    """quick.yaml sets evaluate.loudness_lufs = -14 (the engineer's loudness): the row model_loudness is the
+    model's render with only gain.gain_db offset, so its loudness error is the target's own distance from
+    -14 LUFS (within the 0.1 LU tolerance) on every piece where it was reached, and its other renders'
+    cost is counted in its time."""
+    res = tiny_evaluation["results"]
+    ld = res["settings"]["loudness"]
+    assert ld["target_lufs"] == -14.0 and ld["param"] == "gain.gain_db" and ld["reached"] == len(res["tracks"])
+    for t in res["tracks"]:
+        info, m = t["model_loudness"], t["methods"]
+        assert info["reached"] and abs(info["lufs"] + 14) <= 0.1 and info["renders"] >= 1
+        assert m["model_loudness"]["lufs_error"] <= abs(t["target_lufs"] + 14) + 0.1 + 1e-9
+        assert m["model_loudness"]["seconds"] > m["model"]["seconds"]
+    assert res["test"]["model_loudness"]["lufs_error"] < res["test"]["model"]["lufs_error"]
+    assert set(res["paired"]) >= {"model_loudness_minus_model", "model_loudness_minus_matchering"}
+    md = (tiny_evaluation["out"] / "results.md").read_text()
+    assert "model_loudness: the model's automation with `gain.gain_db` offset" in md
 
 
 def test_oracle_rows_for_one_or_several_budgets():

@@ -249,3 +249,79 @@ def test_automation_units_and_most_varying():
     assert labels[0] == "mbc.low_threshold_db [dB]" and labels[-1] == "gain.gain_db [dB]"
     with pytest.raises(ValueError, match="shape"):
         Automation(np.arange(4), norm, table)
+
+
+def test_process_with_a_loudness_target_offsets_only_the_gain_automation(checkpoint, clip, tmp_path, capsys):
+    """`--loudness -16`: the output measures -16 LUFS (BS.1770-4) and the automation file is the model's with
+    `gain.gain_db` moved by one offset on every frame; every other parameter is exactly the model's."""
+    from deepafx.metrics import lufs
+
+    plain, loud = tmp_path / "plain.wav", tmp_path / "loud.wav"
+    assert main(["process", "--checkpoint", str(checkpoint), str(clip), str(plain), "--automation",
+                 str(tmp_path / "plain.json")]) == 0
+    assert main(["process", "--checkpoint", str(checkpoint), str(clip), str(loud), "--automation",
+                 str(tmp_path / "loud.json"), "--loudness", "-16", "-v"]) == 0
+    y = sf.read(str(loud), dtype="float32", always_2d=True)[0].T
+    y0 = sf.read(str(plain), dtype="float32", always_2d=True)[0].T
+    assert abs(lufs(y0, 44100) + 16) > 1.0  # the model alone is elsewhere
+    a, b = json.loads((tmp_path / "plain.json").read_text()), json.loads((tmp_path / "loud.json").read_text())
+    info = b["loudness"]
+    assert info["param"] == "gain.gain_db" and info["target_lufs"] == -16 and info["reached"]
+    assert abs(lufs(y, 44100) + 16) <= 0.11  # PCM_24 written: within the tolerance plus quantisation
+    assert info["lufs"] == pytest.approx(-16, abs=0.1) and 1 <= info["renders"] <= 4
+    for name, entry in a["parameters"].items():
+        va, vb = np.array(entry["values"]), np.array(b["parameters"][name]["values"])
+        if name == "gain.gain_db":
+            lo, hi = entry["min"], entry["max"]
+            np.testing.assert_allclose(vb, np.clip(va + info["offset_db"], lo, hi), atol=1e-6)
+        else:
+            np.testing.assert_array_equal(va, vb)
+    assert "loudness" not in a
+
+
+def test_match_loudness_reaches_the_target_keeps_the_shape_and_says_when_it_cannot(clip):
+    from deepafx.automation.model import render_automation
+    from deepafx.automation.process import loudness_parameter, match_loudness
+    from deepafx.metrics import lufs
+
+    cfg = load_config("recipes/mastering/quick.yaml")
+    spec = ChainSpec.from_dict(cfg["chain"])
+    table = spec.param_table
+    x = sf.read(str(clip), dtype="float32", always_2d=True)[0].T
+    frames = 12
+    times = (np.arange(frames) + 0.5) * 0.25
+    params = np.tile(table.defaults_normalized(), (frames, 1))
+    j = loudness_parameter(table)
+    assert table.names[j] == "gain.gain_db"
+    params[:, j] = table[j].to_normalized(np.linspace(-4.0, 2.0, frames))  # a gain ramp
+
+    def render(prm):
+        return render_automation(spec, x, times, prm)
+
+    out, y, info = match_loudness(render, params, table, -20.0, 44100)
+    assert info["reached"] and abs(lufs(y, 44100) + 20) <= 0.1 and info["lufs"] == pytest.approx(lufs(y, 44100))
+    np.testing.assert_array_equal(np.delete(out, j, 1), np.delete(params, j, 1))
+    moved = table[j].from_normalized(out[:, j]) - table[j].from_normalized(params[:, j])
+    np.testing.assert_allclose(moved, info["offset_db"], atol=1e-9)  # one offset on every frame: the ramp kept
+    # Out of reach (the limiter's -1.5 dB ceiling): the closest render is kept and the info says so.
+    _, y_hot, hot = match_loudness(render, params, table, -2.0, 44100, max_renders=3)
+    assert not hot["reached"] and hot["renders"] == 3 and hot["lufs"] == pytest.approx(lufs(y_hot, 44100))
+    assert hot["lufs"] > hot["lufs_before"]
+    # Silence is returned as rendered, without LUFS values (below the -70 LUFS gate).
+    silent = np.zeros_like(x)
+    s_out, s_y, s_info = match_loudness(lambda prm: render_automation(spec, silent, times, prm), params, table,
+                                        -14.0, 44100)
+    assert s_info["lufs"] is None and not s_info["reached"] and np.array_equal(s_out, params)
+    assert not np.any(s_y)
+    with pytest.raises(ValueError, match="below 0"):
+        match_loudness(render, params, table, 3.0, 44100)
+    with pytest.raises(ValueError, match="not a learned parameter"):
+        match_loudness(render, params, table, -14.0, 44100, param="gain.volume")
+    from deepafx.params import Param, ParamTable
+
+    other = ParamTable((Param("comp.ratio", 1.0, 10.0, 2.0), Param("eq.low_gain_db", -12.0, 12.0, 0.0, unit="dB")))
+    with pytest.raises(ValueError, match="continuous and in dB"):
+        loudness_parameter(other, "comp.ratio")
+    with pytest.raises(ValueError, match=r"found 0 .*eq.low_gain_db"):
+        loudness_parameter(other)  # no '<processor>.gain_db': the dB candidates are named
+    assert loudness_parameter(other, "eq.low_gain_db") == 1

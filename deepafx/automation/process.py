@@ -60,6 +60,8 @@ __all__ = [
     "ProcessResult",
     "load_automation_checkpoint",
     "apply_automation",
+    "loudness_parameter",
+    "match_loudness",
     "process_file",
     "resolve_checkpoint_path",
 ]
@@ -228,6 +230,7 @@ class ProcessedAudio:
         render_seconds: Wall time of rendering (worker start included), seconds.
         resample_seconds: Wall time of resampling both ways, seconds.
         warnings: Doubts about the input that did not stop processing (silence).
+        loudness: With a loudness target, what :func:`match_loudness` did (``None`` without one).
     """
 
     audio: np.ndarray
@@ -238,6 +241,7 @@ class ProcessedAudio:
     render_seconds: float
     resample_seconds: float
     warnings: list[str] = field(default_factory=list)
+    loudness: dict[str, Any] | None = None
 
     @property
     def seconds(self) -> float:
@@ -255,9 +259,139 @@ class ProcessedAudio:
         return self.seconds / max(self.process_seconds, 1e-9)
 
 
+# --------------------------------------------------------------------------- loudness target
+def loudness_parameter(table: ParamTable, name: str | None = None) -> int:
+    """Index of the parameter :func:`match_loudness` offsets: a continuous parameter in dB.
+
+    Args:
+        table: The chain's learned parameters.
+        name: Its full name (``"gain.gain_db"``); ``None``: the one learned
+            parameter named ``gain_db`` after its processor's name.
+
+    Raises:
+        ValueError: no such parameter, several candidates, or one that is
+            discrete or not in dB (the candidates are listed).
+    """
+    names = table.names
+    if name is None:
+        found = [i for i, n in enumerate(names) if n.rsplit(".", 1)[-1] == "gain_db"]
+        if len(found) != 1:
+            db = [n for n, p in zip(names, table) if p.unit == "dB" and not p.is_discrete]
+            raise ValueError(f"a loudness target needs one output-gain parameter; found {len(found)} learned parameters "
+                             f"named '<processor>.gain_db' in this chain. Name it (loudness_param / --loudness-param), "
+                             f"one of the dB parameters: {db}")
+        i = found[0]
+    else:
+        if name not in names:
+            raise ValueError(f"loudness parameter {name!r} is not a learned parameter of this chain; choose from {names}")
+        i = names.index(name)
+    p = table[i]
+    if p.is_discrete or p.unit != "dB":
+        raise ValueError(f"loudness parameter {names[i]!r} must be continuous and in dB, got unit {p.unit!r}"
+                         f"{' (discrete)' if p.is_discrete else ''}")
+    return i
+
+
+def match_loudness(render: Callable[[np.ndarray], np.ndarray], params: np.ndarray, table: ParamTable,
+                   target_lufs: float, sample_rate: float, param: str | None = None, tolerance_lu: float = 0.1,
+                   max_renders: int = 4, output: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Offset one dB parameter's whole automation so that the output meets an integrated-loudness target.
+
+    What a mastering engineer does last: set the output gain so the master
+    measures, e.g., −14 LUFS (ITU-R BS.1770-4 integrated loudness, the level
+    streaming services normalise to). Every frame of the parameter (in dB, the
+    plugin's units) moves by the same offset ``d``, clipped to its range, so the
+    automation keeps its shape and stays a preset for the same plugins. ``d``
+    is found by the secant method on ``f(d) = lufs(render(d)) − target`` from
+    ``d = target − lufs(output)`` (the step a linear chain would need; a
+    limiter after the gain makes ``f`` flatter, which the secant steps follow),
+    stopping within ``tolerance_lu`` or after ``max_renders`` renders; the
+    closest render is kept.
+
+    Args:
+        render: Renders the track for normalized automation ``(frames, P)``,
+            returning ``(channels, samples)`` at ``sample_rate``.
+        params: The automation ``(frames, P)``, normalized on [0, 1].
+        table: The chain's learned parameters (``P`` of them).
+        target_lufs: Integrated loudness to reach, LUFS (finite, below 0).
+        sample_rate: Rate of the rendered audio, Hz.
+        param: Parameter to offset (:func:`loudness_parameter`; ``None``: the
+            chain's ``<processor>.gain_db``).
+        tolerance_lu: Stop when within this many LU (> 0).
+        max_renders: Renders at most, besides ``output`` (>= 1).
+        output: The render of ``params`` if already made (saves one render).
+
+    Returns:
+        ``(params, audio, info)``: the automation with the offset applied, its
+        render, and ``{"param", "target_lufs", "offset_db", "lufs_before",
+        "lufs", "renders", "reached", "limited"}`` (``limited``: the offset hit
+        the parameter's range on every frame, so the target may be out of
+        reach; ``reached``: within ``tolerance_lu``). A silent output (below the
+        −70 LUFS gate) is returned unchanged with ``reached`` false and the
+        loudness entries ``None``.
+
+    Raises:
+        ValueError: a bad target, tolerance or render count, a parameter that
+            cannot set loudness (:func:`loudness_parameter`), or params not
+            ``(frames, P)``.
+    """
+    from deepafx.metrics import lufs
+
+    target = float(target_lufs)
+    if not (np.isfinite(target) and target < 0):
+        raise ValueError(f"loudness target must be a finite LUFS value below 0 (e.g. -14), got {target_lufs}")
+    if not float(tolerance_lu) > 0:
+        raise ValueError(f"loudness tolerance must be > 0 LU, got {tolerance_lu}")
+    if int(max_renders) < 1:
+        raise ValueError(f"max_renders must be >= 1, got {max_renders}")
+    params = np.asarray(params, dtype=np.float64)
+    if params.ndim != 2 or params.shape[1] != len(table):
+        raise ValueError(f"params must be (frames, {len(table)}), got shape {params.shape}")
+    j = loudness_parameter(table, param)
+    p = table[j]
+    base_db = p.from_normalized(params[:, j])
+
+    def with_offset(d: float) -> np.ndarray:
+        out = params.copy()
+        out[:, j] = p.to_normalized(np.clip(base_db + d, p.min, p.max))
+        return out
+
+    y = render(params) if output is None else output
+    renders = 0 if output is not None else 1
+    first = lufs(y, sample_rate)
+    info: dict[str, Any] = {"param": table.names[j], "target_lufs": target, "offset_db": 0.0, "lufs_before": None,
+                            "lufs": None, "renders": renders, "reached": False, "limited": False}
+    if not np.isfinite(first):  # silent: nothing to scale (None, not -inf, so that the info stays valid JSON)
+        return params, y, info
+    best = (abs(first - target), 0.0, params, y, first)
+    tried = [(0.0, first)]
+    d = target - first
+    while abs(best[4] - target) > tolerance_lu and renders < int(max_renders):
+        cand = with_offset(d)
+        y_d = render(cand)
+        renders += 1
+        level = lufs(y_d, sample_rate)
+        tried.append((d, level))
+        if np.isfinite(level) and abs(level - target) < best[0]:
+            best = (abs(level - target), d, cand, y_d, level)
+        (d0, l0), (d1, l1) = tried[-2], tried[-1]
+        slope = (l1 - l0) / (d1 - d0) if d1 != d0 and np.isfinite(l1) and np.isfinite(l0) else 0.0
+        step = (target - l1) / slope if slope > 0.05 else (target - l1)  # flat or inverted: a plain step
+        nxt = float(np.clip(d1 + step, p.min - base_db.max(), p.max - base_db.min()))
+        if any(abs(nxt - dd) < 1e-3 for dd, _ in tried):
+            break  # clipped to the range: nothing new to try
+        d = nxt
+    _, d_best, params_best, y_best, level_best = best
+    info.update(offset_db=float(d_best), lufs_before=float(first), lufs=float(level_best), renders=renders,
+                reached=bool(abs(level_best - target) <= tolerance_lu),
+                limited=bool(np.all((base_db + d_best >= p.max) | (base_db + d_best <= p.min))))
+    return params_best, y_best, info
+
+
 def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
                  smoothing_frames: int = 3, batch_size: int = 16, timeout_s: float = 120.0,
-                 channel_mask: int | None = None, what: str = "input") -> ProcessedAudio:
+                 channel_mask: int | None = None, what: str = "input", loudness_lufs: float | None = None,
+                 loudness_param: str | None = None) -> ProcessedAudio:
     """Process ``audio`` with ``model``: predict the automation and render the chain.
 
     Args:
@@ -274,6 +408,12 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
         channel_mask: Speaker mask of the input file, if known (see
             :func:`deepafx.audio.downmix`).
         what: Name of the input in messages (a file path).
+        loudness_lufs: Optional integrated-loudness target in LUFS (e.g. −14):
+            the automation's output-gain parameter is offset until the output
+            meets it (:func:`match_loudness`, a few more renders; stated in the
+            notes). ``None``: the model's automation as predicted.
+        loudness_param: The parameter that offset moves (default: the chain's
+            ``<processor>.gain_db``).
 
     Returns:
         :class:`ProcessedAudio`: ``model.channels`` output at ``sample_rate`` with as many
@@ -294,6 +434,10 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
         raise ValueError(f"block_samples must be >= 1 sample, got {block_samples}")
     if int(smoothing_frames) < 1:
         raise ValueError(f"smoothing_frames must be >= 1 frame, got {smoothing_frames}")
+    if loudness_lufs is not None:  # bad targets and parameters fail before any work
+        if not (np.isfinite(float(loudness_lufs)) and float(loudness_lufs) < 0):
+            raise ValueError(f"loudness target must be a finite LUFS value below 0 (e.g. -14), got {loudness_lufs}")
+        loudness_parameter(model.chain.param_table, loudness_param)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None]
@@ -315,6 +459,13 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
     t_predict = time.perf_counter() - t0
     t0 = time.perf_counter()
     y = render_automation(model.chain, x, times_s, params, block_samples=int(block_samples), timeout_s=timeout_s)
+    loudness = None
+    if loudness_lufs is not None:
+        params, y, loudness = match_loudness(
+            lambda prm: render_automation(model.chain, x, times_s, prm, block_samples=int(block_samples),
+                                          timeout_s=timeout_s),
+            params, model.chain.param_table, loudness_lufs, model.sample_rate, param=loudness_param, output=y)
+        notes.append(_loudness_note(loudness))
     t_render = time.perf_counter() - t0
     t0 = time.perf_counter()
     y = resample(y, model.sample_rate, sample_rate)
@@ -334,7 +485,21 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
     table = model.chain.param_table
     auto = Automation(times_s, params, table)
     return ProcessedAudio(np.ascontiguousarray(y), float(sample_rate), auto, notes, t_predict, t_render, t_resample,
-                         warnings)
+                         warnings, loudness)
+
+
+def _loudness_note(info: Mapping[str, Any]) -> str:
+    """One sentence on what :func:`match_loudness` did."""
+    if info["lufs_before"] is None:
+        return (f"loudness target {info['target_lufs']:g} LUFS not applied: the output is below the -70 LUFS gate "
+                "(silent)")
+    text = (f"loudness target {info['target_lufs']:g} LUFS: {info['param']} offset by {info['offset_db']:+.2f} dB on "
+            f"every frame, output {info['lufs_before']:.2f} -> {info['lufs']:.2f} LUFS ({info['renders']} more "
+            "render(s))")
+    if not info["reached"]:
+        text += (" - not reached" + (": the parameter's range is exhausted" if info["limited"] else
+                                     " within the render budget (the chain's dynamics, e.g. a limiter, cap it)"))
+    return text
 
 
 # --------------------------------------------------------------------------- writing
@@ -402,7 +567,8 @@ class ProcessResult:
 def process_file(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
                  automation_path: str | Path | None = None, plot_path: str | Path | None = None,
                  block_samples: int = 1024, smoothing_frames: int = 3, force: bool = False,
-                 timeout_s: float = 120.0, recipe: str | None = None) -> ProcessResult:
+                 timeout_s: float = 120.0, recipe: str | None = None, loudness_lufs: float | None = None,
+                 loudness_param: str | None = None) -> ProcessResult:
     """Process one file (the ``deepafx process`` command of automation recipes).
 
     Args:
@@ -421,6 +587,9 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         force: Overwrite existing outputs.
         timeout_s: Longest one render request may take, seconds.
         recipe: Recipe the checkpoint must come from (``None``: any automation recipe).
+        loudness_lufs: Optional integrated-loudness target of the output, LUFS
+            (:func:`apply_automation`; recorded in the automation file).
+        loudness_param: The dB parameter offset for it (default: ``<processor>.gain_db``).
 
     Returns:
         :class:`ProcessResult`.
@@ -459,7 +628,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, recipe)
     processed = apply_automation(model, src.audio, src.sample_rate, block_samples=block_samples,
                             smoothing_frames=smoothing_frames, timeout_s=timeout_s, channel_mask=src.channel_mask,
-                            what=str(inp))
+                            what=str(inp), loudness_lufs=loudness_lufs, loudness_param=loudness_param)
     notes = list(processed.notes)
     if fmt_note:
         notes.append(fmt_note)
@@ -478,6 +647,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
             "smoothing_frames": int(smoothing_frames),
             "block_samples": int(block_samples),
         }
+        if processed.loudness is not None:
+            extra["loudness"] = processed.loudness
         outputs.append((auto_p, _automation_bytes(processed.automation, auto_p, extra)))
     if plot_p is not None:
         title = f"{inp.name} processed by {ckpt_path.parent.name}/{ckpt_path.name}"

@@ -7,7 +7,10 @@ PNG figure. Any sample rate (resampled with soxr to the model's and back) and
 any channel count (the output is stereo: mono is duplicated, 5.1 is downmixed
 with the ITU-R BS.775 coefficients, other counts are averaged; see
 :mod:`deepafx.audio`). A silent input is processed with a warning on stderr.
-Existing outputs are never overwritten without ``--force``; a failed run
+With ``--loudness LUFS`` the output-gain parameter's automation is offset
+until the output meets that integrated loudness
+(:func:`deepafx.automation.process.match_loudness`). Existing outputs are never
+overwritten without ``--force``; a failed run
 writes nothing and leaves existing files as they were. Errors are printed in
 one line by :func:`deepafx.cli.main`.
 """
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     result = recipe.process(
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
         block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
+        **({"loudness_lufs": args.loudness, "loudness_param": args.loudness_param} if args.loudness is not None else {}),
     )
     for w in result.warnings:
         print(f"deepafx process: warning: {w}", file=sys.stderr)
@@ -53,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="render block in samples at the model's rate; parameters are interpolated per block (default 1024)")
     p.add_argument("--smoothing-frames", type=int, default=3,
                    help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
+    p.add_argument("--loudness", metavar="LUFS", type=float, default=None,
+                   help="integrated-loudness target of the output, e.g. -14: the output-gain parameter's automation "
+                        "is offset until the output meets it (ITU-R BS.1770-4; a few more renders)")
+    p.add_argument("--loudness-param", metavar="NAME", default=None,
+                   help="with --loudness: the dB parameter to offset (default: the chain's <processor>.gain_db)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log details (worker restarts, notes); show the traceback of an error")

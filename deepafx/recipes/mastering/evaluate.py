@@ -118,7 +118,7 @@ __all__ = [
 ]
 
 #: Methods in table order (``oracle_cmaes`` expands to one row per budget, see :func:`oracle_rows`).
-METHODS = ("unprocessed", "default", "matchering", "oracle_cmaes", "model")
+METHODS = ("unprocessed", "default", "matchering", "oracle_cmaes", "model", "model_loudness")
 #: Metric keys, their display names, units and whether lower is better (None: no direction).
 METRICS = (
     ("mfcc_cosine", "MFCC cosine", "", True),
@@ -142,7 +142,8 @@ TARGETS = (
     ("mfcc_cosine_ratio", "MFCC cosine vs unprocessed", 0.5, "x"),
 )
 #: Pairs ``(a, b)`` whose per-piece differences ``a − b`` get a paired bootstrap interval.
-PAIRED = (("model", "unprocessed"), ("model", "matchering"))
+PAIRED = (("model", "unprocessed"), ("model", "matchering"), ("model_loudness", "model"),
+          ("model_loudness", "matchering"))
 #: Metrics compared in those pairs.
 PAIRED_METRICS = ("mfcc_cosine", "lufs_error")
 
@@ -172,6 +173,15 @@ class EvaluateConfig:
         workers: Render worker processes of the oracle (``None``: usable CPU cores).
         seed: CMA-ES seed, and the seed of the bootstrap resampling.
         timeout_s: Longest one render request may take, seconds.
+        loudness_lufs: With a value (LUFS, e.g. −14, the reference engineer's
+            loudness), also the row ``model_loudness``: the model's automation
+            with its output-gain parameter offset per piece until the output
+            meets that integrated loudness
+            (:func:`deepafx.automation.process.match_loudness`), as
+            ``deepafx process --loudness`` does. It knows the target loudness
+            (as matchering knows it from its reference), not the target audio.
+        loudness_param: The dB parameter offset for it (``None``: the chain's
+            ``<processor>.gain_db``).
         matchering: Run the matchering baseline.
         matchering_reference: Reference master for matchering: a piece id of
             the training split or an audio file path; ``None`` picks one with
@@ -197,6 +207,8 @@ class EvaluateConfig:
     workers: int | None = None
     seed: int = 0
     timeout_s: float = 120.0
+    loudness_lufs: float | None = None
+    loudness_param: str | None = None
     matchering: bool = True
     matchering_reference: str | None = None
     bootstrap_resamples: int = 2000
@@ -479,7 +491,8 @@ def _split_pieces(dataset_dir: Path, split: str) -> list[str]:
 
 # --------------------------------------------------------------------------- figure
 def _method_color(method: str, oracle_index: int = 0) -> str:
-    fixed = {"unprocessed": "0.55", "default": "0.78", "matchering": "tab:green", "model": "tab:blue"}
+    fixed = {"unprocessed": "0.55", "default": "0.78", "matchering": "tab:green", "model": "tab:blue",
+             "model_loudness": "tab:cyan"}
     if method in fixed:
         return fixed[method]
     return ("tab:orange", "tab:red", "tab:brown", "tab:purple")[oracle_index % 4]
@@ -706,6 +719,13 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
                      f"failed on {mg['failures']} of {s['num_tracks']} pieces.")
     elif mg and mg.get("error"):
         lines.append(f"Matchering: not run ({mg['error']}).")
+    ld = s.get("loudness")
+    if ld:
+        lines.append(f"model_loudness: the model's automation with `{ld['param']}` offset on every frame until the "
+                     f"output measures {ld['target_lufs']:g} LUFS (the engineer's loudness; known, like matchering's "
+                     f"reference level, the target audio is not used): mean offset {ld['mean_offset_db']:+.2f} dB, "
+                     f"{ld['mean_renders']:.1f} more renders per piece, within 0.1 LU on {ld['reached']} of "
+                     f"{s['num_tracks']} pieces.")
     o = s["oracle"]
     budgets = o.get("budgets") or {}
     if budgets:
@@ -861,7 +881,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     from deepafx.audio import write_files_atomic
     from deepafx.recipes.mastering.music import build_dataset, load_split
     from deepafx.automation.oracle import CmaesOracle
-    from deepafx.automation.process import load_automation_checkpoint, apply_automation
+    from deepafx.automation.model import render_automation
+    from deepafx.automation.process import apply_automation, load_automation_checkpoint, loudness_parameter, match_loudness
 
     if int(os.environ.get("RANK", "0")) != 0:
         log.info("rank %s: evaluation runs on rank 0 only", os.environ.get("RANK"))
@@ -879,11 +900,17 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     if not 0.0 < float(ec.confidence) < 1.0:
         raise ValueError(f"evaluate.confidence must be on (0, 1), e.g. 0.95, got {ec.confidence}")
     rows = ["unprocessed", "default"] + (["matchering"] if ec.matchering else []) + [r for r, _ in budgets] + ["model"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if ec.loudness_lufs is not None:
+        if not (math.isfinite(float(ec.loudness_lufs)) and float(ec.loudness_lufs) < 0):
+            raise ValueError(f"evaluate.loudness_lufs must be a finite LUFS value below 0 (e.g. -14), got {ec.loudness_lufs}")
+        rows.append("model_loudness")
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "mastering")
     chain = model.chain
     sr = float(chain.sample_rate)
+    if ec.loudness_lufs is not None:
+        loudness_parameter(chain.param_table, ec.loudness_param)  # fails before any work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     ddir = Path(data_dir) if data_dir is not None else default_data_dir(config)
     build_dataset(config.data, ddir)
@@ -962,6 +989,14 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
             mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
                                         smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
             outputs["model"] = (mastered.audio, mastered.process_seconds)
+            if ec.loudness_lufs is not None:
+                t0 = time.perf_counter()
+                auto = mastered.automation
+                _, loud, entry["model_loudness"] = match_loudness(
+                    lambda prm: render_automation(chain, x, auto.times_s, prm, block_samples=ec.block_samples,
+                                                  timeout_s=ec.timeout_s),
+                    auto.normalized, table, ec.loudness_lufs, sr, param=ec.loudness_param, output=mastered.audio)
+                outputs["model_loudness"] = (loud, mastered.process_seconds + time.perf_counter() - t0)
             for m in rows:
                 audio, secs = outputs[m]
                 if audio is None:
@@ -1045,6 +1080,12 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                            "full generations exactly)",
         },
         "matchering": mg_settings,
+        "loudness": None if ec.loudness_lufs is None else {
+            "target_lufs": float(ec.loudness_lufs), "param": per_track[0]["model_loudness"]["param"],
+            "mean_offset_db": float(np.mean([t["model_loudness"]["offset_db"] for t in per_track])),
+            "mean_renders": float(np.mean([t["model_loudness"]["renders"] for t in per_track])),
+            "reached": int(sum(t["model_loudness"]["reached"] for t in per_track)),
+        },
         "bootstrap": {
             "resamples": int(ec.bootstrap_resamples), "confidence": float(ec.confidence), "seed": int(ec.seed),
             "method": "percentile bootstrap of the mean over pieces (Efron & Tibshirani 1993, ch. 13); paired "
