@@ -60,6 +60,7 @@ __all__ = [
     "ProcessResult",
     "load_automation_checkpoint",
     "apply_automation",
+    "check_loudness_target",
     "loudness_parameter",
     "match_loudness",
     "process_file",
@@ -260,6 +261,14 @@ class ProcessedAudio:
 
 
 # --------------------------------------------------------------------------- loudness target
+def check_loudness_target(target_lufs: float, what: str = "loudness target") -> float:
+    """``target_lufs`` as a float, or ValueError unless it is a finite LUFS value below 0."""
+    value = float(target_lufs)
+    if not (np.isfinite(value) and value < 0):
+        raise ValueError(f"{what} must be a finite LUFS value below 0 (e.g. -14), got {target_lufs}")
+    return value
+
+
 def loudness_parameter(table: ParamTable, name: str | None = None) -> int:
     """Index of the parameter :func:`match_loudness` offsets: a continuous parameter in dB.
 
@@ -337,9 +346,7 @@ def match_loudness(render: Callable[[np.ndarray], np.ndarray], params: np.ndarra
     """
     from deepafx.metrics import lufs
 
-    target = float(target_lufs)
-    if not (np.isfinite(target) and target < 0):
-        raise ValueError(f"loudness target must be a finite LUFS value below 0 (e.g. -14), got {target_lufs}")
+    target = check_loudness_target(target_lufs)
     if not float(tolerance_lu) > 0:
         raise ValueError(f"loudness tolerance must be > 0 LU, got {tolerance_lu}")
     if int(max_renders) < 1:
@@ -435,8 +442,7 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
     if int(smoothing_frames) < 1:
         raise ValueError(f"smoothing_frames must be >= 1 frame, got {smoothing_frames}")
     if loudness_lufs is not None:  # bad targets and parameters fail before any work
-        if not (np.isfinite(float(loudness_lufs)) and float(loudness_lufs) < 0):
-            raise ValueError(f"loudness target must be a finite LUFS value below 0 (e.g. -14), got {loudness_lufs}")
+        check_loudness_target(loudness_lufs)
         loudness_parameter(model.chain.param_table, loudness_param)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:

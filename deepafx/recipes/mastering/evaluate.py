@@ -882,7 +882,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     from deepafx.recipes.mastering.music import build_dataset, load_split
     from deepafx.automation.oracle import CmaesOracle
     from deepafx.automation.model import render_automation
-    from deepafx.automation.process import apply_automation, load_automation_checkpoint, loudness_parameter, match_loudness
+    from deepafx.automation.process import (apply_automation, check_loudness_target, load_automation_checkpoint,
+                                            loudness_parameter, match_loudness)
 
     if int(os.environ.get("RANK", "0")) != 0:
         log.info("rank %s: evaluation runs on rank 0 only", os.environ.get("RANK"))
@@ -901,8 +902,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         raise ValueError(f"evaluate.confidence must be on (0, 1), e.g. 0.95, got {ec.confidence}")
     rows = ["unprocessed", "default"] + (["matchering"] if ec.matchering else []) + [r for r, _ in budgets] + ["model"]
     if ec.loudness_lufs is not None:
-        if not (math.isfinite(float(ec.loudness_lufs)) and float(ec.loudness_lufs) < 0):
-            raise ValueError(f"evaluate.loudness_lufs must be a finite LUFS value below 0 (e.g. -14), got {ec.loudness_lufs}")
+        check_loudness_target(ec.loudness_lufs, "evaluate.loudness_lufs")
         rows.append("model_loudness")
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "mastering")
     chain = model.chain
