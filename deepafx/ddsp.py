@@ -35,10 +35,13 @@ Two entry points per processor (pure maps apart from state):
   by its own filter and the ringings overlap-add, so there is no zipper noise).
 
 Each processor is also registered as a host backend of the same name
-(:func:`deepafx.hosts.base.register_backend`, in the process that imported this
-module), so an in-process :class:`~deepafx.chain.Chain` renders ``ddsp.``
-entries like plugins and :attr:`ChainSpec.param_table` reads their tables.
-Render worker processes do not import this module.
+(:func:`deepafx.hosts.base.register_backend`; a process that builds a
+``ddsp.`` entry imports this module then), so a :class:`~deepafx.chain.Chain`
+renders ``ddsp.`` entries like plugins (:class:`DDSPHost`, without
+gradients), in this process or in render workers — what ``deepafx evaluate``
+and ``deepafx process`` use for a hybrid chain — and
+:attr:`ChainSpec.param_table` reads their tables. A worker hosting plugins
+only does not import torch for it.
 
 See `Engel, Hantrakul, Gu, Roberts, "DDSP: Differentiable digital signal
 processing", ICLR 2020 <https://openreview.net/forum?id=B1x1ma4tDr>`_ and R.

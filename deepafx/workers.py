@@ -143,10 +143,10 @@ class SlotInstances:
     """
 
     def __init__(self, spec: ChainSpec, slots: Sequence[int], instances_per_slot: int):
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
         tune_allocator()
         self.chains = {s: [spec.build() for _ in range(instances_per_slot)] for s in slots}
+        if "torch" in sys.modules:  # imported by the worker or by a processor (ddsp. stages): one thread each
+            sys.modules["torch"].set_num_threads(1)
         first = next(iter(self.chains.values()))[0] if self.chains else spec.build()
         self.info = {"num_params": len(first.param_table), "latency_samples": first.latency_samples,
                      "names": first.param_table.names}

@@ -61,6 +61,25 @@ def test_one_vector_split_by_stage_tables_renders_like_the_in_process_chain(driv
         drive_eq(x, p[:, :14])
 
 
+def test_render_workers_host_ddsp_stages_like_the_in_process_chain():
+    """A chain with ``ddsp.`` entries renders in a render worker (what ``deepafx evaluate`` / ``process`` use):
+    the worker imports deepafx.ddsp for them; block after block (the EQ's ringing carried) it equals the
+    in-process chain, and a reset starts the stream again."""
+    from deepafx.workers import RenderPool, RenderRequest
+
+    x = _audio(batch=1, samples=8192)[0].numpy()
+    p = _params(type("H", (), {"num_params": len(DRIVE_EQ.param_table)})())[0].double().numpy()
+    ref = DRIVE_EQ.build()
+    want = [ref.process(x[:, :4096], p), ref.process(x[:, 4096:], p)]
+    with RenderPool(DRIVE_EQ, num_slots=1, instances_per_slot=1, num_workers=1) as pool:
+        got = [pool.render([RenderRequest(0, x[:, a:a + 4096], p[None])])[0][0] for a in (0, 4096)]
+        again = pool.render([RenderRequest(0, x[:, :4096], p[None], reset=True)])[0][0]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    np.testing.assert_allclose(again, want[0], atol=1e-6)
+    assert np.max(np.abs(want[1] - DRIVE_EQ.build().process(x[:, 4096:], p))) > 1e-4  # the carried state matters
+
+
 def test_differentiable_stages_get_exact_gradients(drive_eq):
     """The EQ and gain gradients equal plain autograd through fresh torch modules on the black box's output."""
     x, p, target = _audio(), _params(drive_eq), _audio(seed=9)
@@ -215,3 +234,15 @@ def test_amp_quick_hybrid_trains_through_a_hybrid_chain_and_resumes_exactly(tmp_
         "builtin.multiband_compressor", "pedalboard.Distortion", "ddsp.peq", "ddsp.gain"]
     assert last["param_names"][-16:] == [f"eq.{n}" for n in ddsp.ParametricEQ().param_table.names] + ["gain.gain_db"]
     assert any(k.startswith("stages.0.") for k in last["task"]["fx"])  # the black-box stage's SPSA generator
+    # `deepafx process` renders the hybrid checkpoint's automation through render workers (DDSP stages included)
+    from deepafx.cli import main
+    import soundfile as sf
+
+    di = sorted((data / "test").glob("*_input.wav"))[0]
+    out, auto = tmp_path / "out.wav", tmp_path / "auto.json"
+    assert main(["process", "--checkpoint", str(tmp_path / "a"), str(di), str(out), "--automation", str(auto)]) == 0
+    y = sf.read(str(out), dtype="float32", always_2d=True)[0]
+    assert y.shape[0] == sf.info(str(di)).frames and np.all(np.isfinite(y)) and np.max(np.abs(y)) > 1e-3
+    import json
+
+    assert list(json.loads(auto.read_text())["parameters"]) == last["param_names"]

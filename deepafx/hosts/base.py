@@ -254,6 +254,9 @@ _BACKEND_MODULES = (
     "deepafx.hosts.lv2",
     "deepafx.hosts.testing",
 )
+# Backends by name prefix whose module is imported only when such a backend is asked for (torch for
+# ``ddsp.``: a render worker that hosts plugins only does not load it).
+_PREFIX_MODULES = {"ddsp.": "deepafx.ddsp"}
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
@@ -266,9 +269,11 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     return deco
 
 
-def _load_backend_modules() -> list[str]:
+def _load_backend_modules(backend: str | None = None) -> list[str]:
+    """Import the backend modules (and the prefix module of ``backend``, or every one when ``None``)."""
     errors = []
-    for mod in _BACKEND_MODULES:
+    extra = [m for prefix, m in _PREFIX_MODULES.items() if backend is None or backend.startswith(prefix)]
+    for mod in (*_BACKEND_MODULES, *extra):
         try:
             importlib.import_module(mod)
         except ImportError as exc:  # optional host library absent
@@ -290,7 +295,7 @@ def build_processor(spec: ProcessorSpec, sample_rate: float) -> Processor:
             a plugin that fails to load.
     """
     if spec.backend not in _BACKENDS:
-        errors = _load_backend_modules()
+        errors = _load_backend_modules(spec.backend)
     if spec.backend not in _BACKENDS:
         msg = f"unknown backend {spec.backend!r} for processor {spec.name!r}; known: {', '.join(sorted(_BACKENDS))}"
         if errors:
