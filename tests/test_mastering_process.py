@@ -199,6 +199,20 @@ def test_bad_input_fails_cleanly(checkpoint, tmp_path, capsys, case):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("args, expect", [
+    (["--loudness", "3"], "finite LUFS value below 0"),
+    (["--loudness", "nan"], "finite LUFS value below 0"),
+    (["--loudness", "-14", "--loudness-param", "gain.volume"], "not a learned parameter"),
+    (["--loudness-param", "gain.gain_db"], "--loudness-param needs --loudness"),
+])
+def test_bad_loudness_settings_fail_before_any_output(checkpoint, clip, tmp_path, capsys, args, expect):
+    out = tmp_path / "out.wav"
+    rc = main(["process", "--checkpoint", str(checkpoint), str(clip), str(out), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and expect in err and err.startswith("deepafx process: error: "), err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
 def test_existing_output_is_not_overwritten_without_force(checkpoint, clip, tmp_path, capsys):
     out, plot = tmp_path / "out.wav", tmp_path / "fig.png"
     out.write_bytes(b"precious bytes")

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from deepafx.recipes import checkpoint_recipe
 
+    if args.loudness_param is not None and args.loudness is None:
+        raise ValueError("--loudness-param needs --loudness LUFS (the target it sets the parameter for)")
     recipe = checkpoint_recipe(args.checkpoint, "process")
     result = recipe.process(
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
