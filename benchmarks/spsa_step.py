@@ -86,6 +86,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from deepafx.chain import ChainSpec, chain  # noqa: E402
 from deepafx.fx import FxLayer  # noqa: E402
+from deepafx.spsa import perturb  # noqa: E402
 from peer_spsa_channel import PeerSPSAChannel  # noqa: E402
 
 BUILTIN_MASTERING = chain(
@@ -221,17 +222,14 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, params: np.ndarray, ba
     except ImportError:  # older deepafx
         SlotInstances = None
     owned = SlotInstances(spec, slots, 3) if SlotInstances is not None else None
-    rng = np.random.default_rng(len(slots) and slots[0])
+    gen = torch.Generator().manual_seed(len(slots) and slots[0])
+    theta = torch.from_numpy(params[slots])
     out = np.empty(2 * audio[0].size * len(slots), np.float32)
 
     def spsa_share() -> None:
-        items = []
-        for k, s in enumerate(slots):
-            theta = params[s]
-            d = 0.01 * (2.0 * rng.integers(0, 2, theta.size) - 1)
-            rows = np.stack([theta, np.clip(theta + d, 0, 1), np.clip(theta - d, 0, 1)])
-            items.append((s, audio[s], rows, False, True, 2 * audio[s].size * k))
-        owned.render(items, out)
+        pert = perturb(theta, 0.01, generator=gen)  # the draws FxLayer makes (deepafx.spsa)
+        rows = torch.cat([theta[:, None], pert.plus, pert.minus], dim=1).numpy()  # (slots, 3, P)
+        owned.render([(s, audio[s], rows[k], False, True, 2 * audio[s].size * k) for k, s in enumerate(slots)], out)
 
     if owned is not None:
         spsa_share()

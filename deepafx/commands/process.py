@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     result = recipe.process(
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
         block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
-        **({"loudness_lufs": args.loudness, "loudness_param": args.loudness_param} if args.loudness is not None else {}),
+        loudness_lufs=args.loudness, loudness_param=args.loudness_param,
     )
     for w in result.warnings:
         print(f"deepafx process: warning: {w}", file=sys.stderr)

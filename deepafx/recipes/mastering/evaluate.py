@@ -907,8 +907,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, "mastering")
     chain = model.chain
     sr = float(chain.sample_rate)
-    if ec.loudness_lufs is not None:
-        loudness_parameter(chain.param_table, ec.loudness_param)  # fails before any work
+    loudness_name = None if ec.loudness_lufs is None else chain.param_table.names[
+        loudness_parameter(chain.param_table, ec.loudness_param)]  # fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -1081,7 +1081,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         },
         "matchering": mg_settings,
         "loudness": None if ec.loudness_lufs is None else {
-            "target_lufs": float(ec.loudness_lufs), "param": per_track[0]["model_loudness"]["param"],
+            "target_lufs": float(ec.loudness_lufs), "param": loudness_name,
             "mean_offset_db": float(np.mean([t["model_loudness"]["offset_db"] for t in per_track])),
             "mean_renders": float(np.mean([t["model_loudness"]["renders"] for t in per_track])),
             "reached": int(sum(t["model_loudness"]["reached"] for t in per_track)),
