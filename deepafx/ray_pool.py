@@ -113,6 +113,12 @@ def _clock_id() -> str:
 
 
 # -- the cluster connection ----------------------------------------------------------------------
+#: Attempts of a Ray Client (``ray://``) connection whose server-side session process died while
+#: starting: Ray's client proxier forks it from a multithreaded gRPC process, which intermittently
+#: kills the child (ray-project/ray#63202, a few % of connections); a new attempt gets a new process.
+CLIENT_START_ATTEMPTS = 3
+#: The message of that failure, as the proxier reports it to the client.
+_CLIENT_START_FAILED = "Starting Ray client server failed"
 _CONN_LOCK = threading.Lock()
 _CONN = {"users": 0, "owned": False, "private": False}
 
@@ -140,7 +146,7 @@ def connect(address: str | None) -> None:
                     _CONN["private"] = True
                 else:
                     _probe(address)
-                    ray.init(address=address, **kwargs)
+                    _init_retrying_client_start(address, kwargs)
             except ConnectionError as exc:
                 raise ConnectionError(
                     f"no Ray cluster at {address!r} ({exc}). Start one with `ray start --head` on "
@@ -151,6 +157,20 @@ def connect(address: str | None) -> None:
         elif address not in (None, "local", "auto"):
             log.debug("already connected to Ray; render.address=%r is not used", address)
         _CONN["users"] += 1
+
+
+def _init_retrying_client_start(address: str, kwargs: dict[str, Any]) -> None:
+    """``ray.init(address, **kwargs)``, retried up to :data:`CLIENT_START_ATTEMPTS` times when a Ray Client
+    server reports that its session process died while starting (any other error is raised at once)."""
+    for attempt in range(1, CLIENT_START_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionError as exc:
+            if _CLIENT_START_FAILED not in str(exc) or attempt == CLIENT_START_ATTEMPTS:
+                raise
+            log.warning("Ray Client session process at %s died while starting (attempt %d of %d); retrying",
+                        address, attempt, CLIENT_START_ATTEMPTS)
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
