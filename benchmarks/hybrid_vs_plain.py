@@ -62,7 +62,7 @@ from deepafx.commands.train import load_recipe_config
 from deepafx.hybrid import HybridChain
 from deepafx.recipes.amp_emulation.data import load_split
 from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
-from deepafx.trainer import load_checkpoint
+from deepafx.runs import load_checkpoint
 
 CONFIGS = {"plain": "amp_emulation/quick", "hybrid": "amp_emulation/quick_hybrid"}
 METRICS = ("esr", "esr_pre", "mfcc_cosine", "mrstft")

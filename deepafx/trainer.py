@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 import json
 import math
 import time
@@ -31,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepafx.registry import Registry
+from deepafx.runs import RunLayout, atomic_save, atomic_write_text, keep_earlier_run, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,42 +95,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically: a crash mid-write never leaves a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save`.
-
-    Raises:
-        FileNotFoundError: no such file (says how checkpoints are named).
-        RuntimeError: unreadable/corrupt file.
-    """
-    from deepafx.recipes import resolve_checkpoint
-
-    path = resolve_checkpoint(path, prefer="last") if Path(path).is_dir() else Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path} (a run folder holds checkpoints/last.pt and best.pt)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors
-        raise RuntimeError(f"could not read checkpoint {path}: {exc}") from exc
 
 
 class TensorBoard:
@@ -293,7 +257,7 @@ class RunContext:
     """What the engine tells a task: distributed set-up, the model and its DDP wrapper."""
 
     dist: DistInfo
-    run: Any  # deepafx.recipes.RunLayout
+    run: RunLayout
     model: nn.Module | None = None
     net: nn.Module | None = None
 
@@ -305,7 +269,7 @@ class Trainer:
     the recipe's stage schedule (optimizer and learning rate per stage),
     atomic checkpoints with exact resume, early stopping and ReduceLROnPlateau
     on validating stages, TensorBoard, tqdm progress and the run folder
-    (:class:`deepafx.recipes.RunLayout`).
+    (:class:`deepafx.runs.RunLayout`).
 
     Exact resume: checkpoints are taken at epoch ends and, in step-based stages,
     every ``checkpoint_every`` steps; they hold the model, the optimizer and
@@ -325,8 +289,6 @@ class Trainer:
     """
 
     def __init__(self, task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False):
-        from deepafx.recipes import RunLayout
-
         self.task = task
         self.config = config
         self.run = RunLayout(Path(run_dir))
@@ -359,9 +321,9 @@ class Trainer:
             self._resume()
         if self.dist.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.run.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            atomic_write_text(self.run.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             if resume:  # drop records written after the checkpoint
-                _atomic_write_text(self.run.history, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
+                atomic_write_text(self.run.history, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
             elif self.run.history.exists():
                 self.run.history.unlink()
         self.tb = TensorBoard(self.run.tensorboard, enabled=self.dist.is_main)
@@ -591,49 +553,3 @@ def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = F
         else:
             task.close()
         cleanup_distributed()
-
-
-def keep_earlier_run(root: Path) -> Path | None:
-    """Move a run folder that already holds checkpoints aside before a fresh (not resumed) run reuses its name.
-
-    The earlier run becomes ``<root>.previous-<YYYYmmdd-HHMMSS>`` (``-1``, ``-2`` … when that exists), whole
-    and unchanged, and a warning says where; a folder without checkpoints is reused as it is.
-
-    Returns:
-        The new path of the earlier run, or ``None`` when nothing was moved.
-    """
-    ckpt = root / "checkpoints"
-    if not ckpt.is_dir() or not any(ckpt.iterdir()):
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = root.with_name(f"{root.name}.previous-{stamp}")
-    k = 0
-    while dest.exists():
-        k += 1
-        dest = root.with_name(f"{root.name}.previous-{stamp}-{k}")
-    os.replace(root, dest)
-    log.warning("%s held an earlier run's checkpoints: kept it as %s (train with --resume to continue it instead)",
-                root, dest)
-    return dest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

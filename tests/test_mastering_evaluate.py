@@ -27,7 +27,7 @@ from deepafx.recipes.mastering.evaluate import (
 from deepafx.automation.model import AutomationModel, ModelConfig
 from deepafx.automation.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
 from deepafx.metrics import lufs, mrstft_distance
-from deepafx.trainer import atomic_save
+from deepafx.runs import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 TINY_MODEL = {

@@ -25,7 +25,7 @@ from deepafx.cli import main
 from deepafx.config import load_config
 from deepafx.automation.model import AutomationModel, ModelConfig, model_from_checkpoint, predict_automation
 from deepafx.automation.process import Automation, process_file
-from deepafx.trainer import atomic_save
+from deepafx.runs import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 TINY_MODEL = {

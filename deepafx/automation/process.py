@@ -74,12 +74,12 @@ _CHECKPOINT_KEYS = ("config", "chain", "num_params", "model")
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file, or a run folder (``checkpoints/best.pt`` preferred, else ``last.pt``).
 
-    See :func:`deepafx.recipes.resolve_checkpoint`, the resolver every command uses.
+    See :func:`deepafx.runs.resolve_checkpoint`, the resolver every command uses.
 
     Raises:
         FileNotFoundError: nothing usable there (the tried names are listed).
     """
-    from deepafx.recipes import resolve_checkpoint
+    from deepafx.runs import resolve_checkpoint
 
     return resolve_checkpoint(path, prefer="best")
 
@@ -111,7 +111,7 @@ def load_automation_checkpoint(path: str | Path, recipe: str | None = None):
             ``num_params``, ``model``.
     """
     from deepafx.automation.model import model_from_checkpoint
-    from deepafx.trainer import load_checkpoint
+    from deepafx.runs import load_checkpoint
 
     p = resolve_checkpoint_path(path)
     try:

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 
 from deepafx.commands.train import load_recipe_config
-from deepafx.recipes import RunLayout, default_data_dir
+from deepafx.recipes import default_data_dir
+from deepafx.runs import RunLayout
 
 
 def default_out_dir(checkpoint: str | Path, split: str) -> Path:

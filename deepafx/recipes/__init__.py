@@ -13,15 +13,7 @@ The command line finds recipes only through :data:`RECIPES`. Adding a recipe:
 its folder, one ``RECIPES.register`` line below, its configs under
 ``recipes/<name>/``, its tests (see CONTRIBUTING.md).
 
-Run folders have one layout for every recipe (:class:`RunLayout`)::
-
-    RUN/config.yaml            the bound config, every default filled in
-    RUN/checkpoints/last.pt    written atomically at every save
-    RUN/checkpoints/best.pt    best validation loss (recipes that validate)
-    RUN/checkpoints/<stage>.pt end of a stage that asks for it
-    RUN/history.jsonl          one JSON object per logged step or epoch
-    RUN/tensorboard/
-    RUN/eval/                  results.json, results.md, plots
+Run folders have one layout for every recipe: :class:`deepafx.runs.RunLayout`.
 """
 
 from __future__ import annotations
@@ -29,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from deepafx.registry import Registry
+from deepafx.runs import load_checkpoint, resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -148,69 +141,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths of a run folder (the same for every recipe); see the module docstring."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    def stage(self, name: str) -> Path:
-        return self.checkpoints / f"{name}.pt"
-
-    @property
-    def history(self) -> Path:
-        return self.root / "history.jsonl"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-
-def resolve_checkpoint(path: str | Path, prefer: str | Sequence[str] = "best") -> Path:
-    """The checkpoint file meant by ``path``: the one resolver every command uses.
-
-    Args:
-        path: A ``.pt`` file, a run folder (its ``checkpoints/``), or a ``checkpoints/`` folder.
-        prefer: Checkpoint name(s) tried first in that order, then ``last``: ``"best"``
-            (default: ``best.pt``, else ``last.pt``), or e.g. ``("real", "synth", "ploss")``.
-
-    Raises:
-        FileNotFoundError: nothing there (the places tried are listed).
-    """
-    p = Path(path)
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p} (pass a .pt file or a run folder)")
-    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    names = [prefer] if isinstance(prefer, str) else list(prefer)
-    tried = [folder / f"{n}.pt" for n in dict.fromkeys([*names, "last"])]
-    for cand in tried:
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"no checkpoint in {p}: tried {', '.join(str(t) for t in tried)} (written by `deepafx train`)")
-
-
 def checkpoint_recipe(path: str | Path, entry: str) -> Recipe:
     """The recipe that wrote the checkpoint at ``path``, checked to offer ``entry`` (``"process"``, ``"match"``).
 
@@ -219,8 +149,6 @@ def checkpoint_recipe(path: str | Path, entry: str) -> Recipe:
         ValueError: not a deepafx checkpoint, an unknown recipe, or a recipe without ``entry``
             (the recipes that have it are listed).
     """
-    from deepafx.trainer import load_checkpoint
-
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer=("best", "real", "synth", "ploss")))
     name = ckpt.get("recipe") if isinstance(ckpt, Mapping) else None
     if name is None:
@@ -258,5 +186,5 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES.get(name)
 
 
-__all__ = ["RECIPES", "Recipe", "RecipeConfig", "RunLayout", "bind_section", "checkpoint_recipe", "default_data_dir",
-           "default_run_dir", "get_recipe", "resolve_checkpoint"]
+__all__ = ["RECIPES", "Recipe", "RecipeConfig", "bind_section", "checkpoint_recipe", "default_data_dir",
+           "default_run_dir", "get_recipe"]

@@ -241,7 +241,7 @@ def run_train_seconds(ckpt: Mapping[str, Any], ckpt_path: Path) -> float | None:
     values = [(ckpt.get("task") or {}).get("train_seconds")]
     last = Path(ckpt_path).with_name("last.pt")
     if last.is_file() and last != Path(ckpt_path):
-        from deepafx.trainer import load_checkpoint
+        from deepafx.runs import load_checkpoint
 
         values.append((load_checkpoint(last).get("task") or {}).get("train_seconds"))
     values = [float(v) for v in values if v is not None]

@@ -177,7 +177,8 @@ def evaluate_from_config(
     say = print if progress else (lambda *a, **k: None)
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid' for dexed_matching (training presets are not held out), got {split!r}")
-    from deepafx.recipes import RunLayout, default_data_dir, get_recipe
+    from deepafx.recipes import default_data_dir, get_recipe
+    from deepafx.runs import RunLayout
 
     if isinstance(config, Mapping):
         config = get_recipe("dexed_matching").bind(config)

@@ -45,7 +45,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     Raises:
         FileNotFoundError: nothing usable (lists what was tried).
     """
-    from deepafx.recipes import resolve_checkpoint as resolve
+    from deepafx.runs import resolve_checkpoint as resolve
 
     return resolve(path, prefer=PREFERRED_CHECKPOINTS)
 

@@ -224,7 +224,7 @@ def load_estimator(path: str | Path) -> tuple[DexedEstimator, dict]:
     Raises:
         FileNotFoundError: missing file; ValueError: not a Dexed-matching checkpoint.
     """
-    from deepafx.trainer import load_checkpoint
+    from deepafx.runs import load_checkpoint
 
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("recipe") != "dexed_matching":
