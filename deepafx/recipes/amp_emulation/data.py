@@ -3,7 +3,7 @@
 DI inputs
 ---------
 Pieces come from the score corpus that ships with ``music21``
-(:func:`deepafx.recipes.mastering.music.list_candidates`): folk tunes
+(:func:`deepafx.data.pieces.list_candidates`): folk tunes
 (O'Neill's 1850 collection, Ryan's Mammoth Collection, the Essen folksong
 collection) and Bach chorales. Each piece gets one *role*, drawn per piece:
 
@@ -83,12 +83,9 @@ from typing import Any, Mapping
 import numpy as np
 import soundfile as sf
 
+from deepafx.data.pieces import (SPLITS, PieceSpec, find_cached, hashed_split, move_piece, parse_score, piece_order,
+                                 piece_rng, read_json, remove_unplanned)
 from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
-# Seeded draws hashed from (seed, piece, tag) and the per-piece cache files, as the mastering corpus has them.
-from deepafx.recipes.mastering.music import _find_cached, _move_piece
-from deepafx.recipes.mastering.music import _piece_rng as _rng
-from deepafx.recipes.mastering.music import _read_sidecar as _read_json
-from deepafx.recipes.mastering.music import _stable_uniform as _uniform
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,6 @@ __all__ = ["AMP_SETTINGS", "AmpDataConfig", "DiPiece", "Performance", "build_dat
 DI_VERSION = 2
 #: Version of the target render code (part of every target cache key).
 TARGET_VERSION = 2
-SPLITS = ("train", "valid", "test")
 ROLES = ("melody", "chords", "bass")
 
 #: Settings of the built-in amp ``tube_amp.dsp`` (plugin units; unnamed parameters keep the DSP defaults).
@@ -275,28 +271,14 @@ class DiPiece:
 
 def piece_split(corpus_id: str, config: AmpDataConfig) -> str:
     """Split of a corpus piece: a pure function of the seed, the piece and the split fractions."""
-    u = _uniform("amp-split", config.seed, corpus_id)
-    if u < config.test_fraction:
-        return "test"
-    if u < config.test_fraction + config.valid_fraction:
-        return "valid"
-    return "train"
+    return hashed_split("amp-split", config.seed, corpus_id, config.valid_fraction, config.test_fraction)
 
 
 def _piece_order(config: AmpDataConfig) -> list[DiPiece]:
     """Pieces in a seeded order: each draw picks a role by weight, then the next score that can play it."""
-    from deepafx.recipes.mastering.music import list_candidates
-
-    queues = {}
-    for i, name in enumerate(("folk", "bach_chorales")):
-        items = list_candidates([name])
-        perm = np.random.default_rng([config.seed, 23, i]).permutation(len(items))
-        queues[name] = [items[j] for j in perm]
-    rng = np.random.default_rng([config.seed, 29])
     w = np.asarray(config.role_weights, dtype=float)
-    used: set[str] = set()
-    order: list[DiPiece] = []
-    while queues["folk"] or queues["bach_chorales"]:
+
+    def choose(rng: np.random.Generator, available: list[str]) -> tuple[str, str]:
         role = ROLES[int(rng.choice(3, p=w / w.sum()))]
         if role == "melody":
             source = "folk"
@@ -304,11 +286,15 @@ def _piece_order(config: AmpDataConfig) -> list[DiPiece]:
             source = "bach_chorales"
         else:
             source = "bach_chorales" if rng.uniform() < 0.6 else "folk"
-        if not queues[source]:
+        if source not in available:  # that source is used up: the other one plays
             source = "folk" if source == "bach_chorales" else "bach_chorales"
             if role == "melody" or role == "chords":
                 role = "melody" if source == "folk" else "chords"
-        spec = queues[source].pop(0)
+        return source, role
+
+    used: set[str] = set()
+    order: list[DiPiece] = []
+    for spec, role in piece_order(("folk", "bach_chorales"), config.seed, shuffle_tag=23, draw_tag=29, choose=choose):
         if spec.piece_id in used:
             continue
         used.add(spec.piece_id)
@@ -375,7 +361,7 @@ def draw_performance(piece: DiPiece, config: AmpDataConfig, pitches: np.ndarray 
     Returns:
         :class:`Performance`.
     """
-    rng = _rng(config.seed, piece.piece_id, "performance")
+    rng = piece_rng(config.seed, piece.piece_id, "performance")
     pitches = np.array([60.0]) if pitches is None or len(pitches) == 0 else np.asarray(pitches, dtype=float)
     if piece.role == "bass":
         program = int(rng.choice(config.bass_programs))
@@ -406,7 +392,7 @@ def _perform(piece: DiPiece, score, config: AmpDataConfig) -> tuple[list[tuple[i
     sr = config.sample_rate
     notes = _notes_for_role(piece, score)
     perf = draw_performance(piece, config, np.array([n.pitch for n in notes], dtype=float), score.tempo_bpm)
-    rng = _rng(config.seed, piece.piece_id, "notes")
+    rng = piece_rng(config.seed, piece.piece_id, "notes")
     tempo, base_vel, legato, strum_ms, transpose, curve = (perf.tempo_bpm, perf.base_velocity, perf.legato,
                                                            perf.strum_ms, perf.transpose, perf.dynamics_curve)
 
@@ -508,8 +494,6 @@ def render_di(piece: DiPiece, config: AmpDataConfig) -> RenderedDi:
             silent, or is shorter than ``min_piece_seconds`` even when repeated.
         FileNotFoundError: the SoundFont is missing (the message says how to install it).
     """
-    from deepafx.recipes.mastering.music import PieceSpec, parse_score
-
     max_q = config.max_piece_seconds * 190.0 / 60.0  # enough quarters at the fastest tempo (180 bpm)
     spec = PieceSpec(piece.piece_id, piece.source, piece.corpus_path, piece.number)
     try:
@@ -575,7 +559,7 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def _manifest_up_to_date(out_dir: Path, config: AmpDataConfig) -> bool:
-    manifest = _read_json(out_dir / "manifest.json")
+    manifest = read_json(out_dir / "manifest.json")
     if not manifest or manifest.get("recipe") != "amp_emulation" or manifest.get("settings") != config.to_dict():
         return False
     if manifest.get("versions") != {"di": DI_VERSION, "target": TARGET_VERSION}:
@@ -638,12 +622,12 @@ def build_dataset(config: AmpDataConfig | Mapping[str, Any], out_dir: str | Path
                 continue
             in_key = _input_key(cfg, piece)
             tg_key = _target_key(in_key, chain_dict, cfg.invert_target)
-            cached = None if force else _find_cached(out_dir, piece.piece_id)
+            cached = None if force else find_cached(out_dir, piece.piece_id)
             meta = None
             if cached is not None and cached[1].get("input_key") == in_key:
                 old, meta = cached
                 if old != split:
-                    _move_piece(out_dir, piece.piece_id, old, split)
+                    move_piece(out_dir, piece.piece_id, old, split)
                 if not (out_dir / split / f"{piece.piece_id}_input.wav").is_file():
                     meta = None
             in_path = out_dir / split / f"{piece.piece_id}_input.wav"
@@ -683,12 +667,7 @@ def build_dataset(config: AmpDataConfig | Mapping[str, Any], out_dir: str | Path
         live.close()
     if not any(m["split"] == "train" for m in planned):
         raise ValueError("no training piece could be rendered; check the music21 corpus and the SoundFont")
-    keep = {(m["split"], m["piece_id"]) for m in planned}
-    for split in SPLITS:
-        for path in (out_dir / split).glob("*.json"):
-            if (split, path.stem) not in keep:
-                for suffix in ("_input.wav", "_target.wav", ".json"):
-                    (out_dir / split / f"{path.stem}{suffix}").unlink(missing_ok=True)
+    remove_unplanned(out_dir, {(m["split"], m["piece_id"]) for m in planned})
     levels = [m["performance"]["level_dbfs"] for m in planned]
     manifest = {
         "recipe": "amp_emulation",
@@ -730,7 +709,7 @@ def load_split(dataset_dir: str | Path, split: str) -> tuple[list[str], list[tup
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     dataset_dir = Path(dataset_dir)
-    manifest = _read_json(dataset_dir / "manifest.json")
+    manifest = read_json(dataset_dir / "manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{dataset_dir / 'manifest.json'} not found; build the dataset with "
                                 "`deepafx data --config amp_emulation/quick`")

@@ -57,16 +57,31 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import soundfile as sf
 
+from deepafx.data.pieces import (  # noqa: F401  (PieceSpec, SOURCES, list_candidates, parse_score re-exported)
+    SOURCES,
+    SPLITS,
+    ParsedScore,
+    PieceSpec,
+    ScorePart,
+    find_cached,
+    hashed_split,
+    list_candidates,
+    move_piece,
+    parse_score,
+    piece_order,
+    piece_rng,
+    read_json,
+    remove_unplanned,
+)
 from deepafx.data.soundfont import DEFAULT_SOUNDFONT, load_synth, write_float
 from deepafx.recipes.mastering import engineer
 
@@ -88,7 +103,6 @@ __all__ = [
 
 #: Version of the arrangement/render code; part of every cache key.
 RENDER_VERSION = 1
-SPLITS = ("train", "valid", "test")
 
 
 # --------------------------------------------------------------------------- config
@@ -118,7 +132,7 @@ class MusicDataConfig:
         true_peak_dbtp: True-peak ceiling of the targets in dBTP (engineer).
         reverb: Enable FluidSynth's reverb (sends drawn per part).
         chorus: Enable FluidSynth's chorus (used on some pieces).
-        sources: Names of the corpus sources to draw from (see ``SOURCES``).
+        sources: Names of the corpus sources to draw from (see :data:`deepafx.data.pieces.SOURCES`).
         soundfont: Path of the General MIDI SoundFont (.sf2).
     """
 
@@ -219,291 +233,15 @@ FULL_PRESET: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK_PRESET, "full": FULL_PRESET}
 
 
-# --------------------------------------------------------------------------- sources
-@dataclass(frozen=True)
-class _Source:
-    prefixes: tuple[str, ...]  # corpus path prefixes ("bach/")
-    family: str  # arrangement family
-    weight: float  # share of the piece order
-    pattern: str = ""  # regex the corpus path (relative to the corpus root) must match
-
-
-#: Corpus sources: path prefixes in music21's corpus, arrangement family, share of pieces.
-SOURCES: dict[str, _Source] = {
-    "bach_chorales": _Source(("bach/",), "chorale", 0.24, r"^bach/bwv[0-9.]+\.(mxl|xml)$"),
-    "palestrina": _Source(("palestrina/",), "vocal", 0.12),
-    "monteverdi": _Source(("monteverdi/",), "vocal", 0.08, r"\.(mxl|xml)$"),
-    "string_quartets": _Source(("mozart/", "beethoven/", "haydn/"), "quartet", 0.2, r"\.mxl$"),
-    "renaissance": _Source(("josquin/", "trecento/", "luca/", "ciconia/"), "vocal", 0.06),
-    "folk": _Source(("oneills1850/", "ryansMammoth/", "essenFolksong/"), "folk", 0.18),
-    "keyboard": _Source(("joplin/", "chopin/", "schoenberg/"), "keyboard", 0.04),
-    "misc": _Source(("corelli/", "handel/", "schubert/", "verdi/", "weber/", "cpebach/"), "chorale", 0.08),
-}
-
-_SCORE_EXTENSIONS = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
-
-
-@dataclass(frozen=True)
-class PieceSpec:
-    """One piece of the corpus.
-
-    Attributes:
-        piece_id: File-name-safe identifier (e.g. ``bach_bwv66.6``).
-        source: Source name (a key of ``SOURCES``).
-        corpus_path: Path relative to music21's corpus (``bach/bwv66.6.mxl``).
-        number: Tune number inside an opus file (folk collections), else None.
-    """
-
-    piece_id: str
-    source: str
-    corpus_path: str
-    number: str | None = None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", text).strip("_")
-
-
-def _abc_tune_numbers(path: Path) -> list[str]:
-    """Reference numbers (``X:`` fields) of the tunes in an ABC file."""
-    text = path.read_text(encoding="latin-1")
-    return re.findall(r"^X:\s*(\d+)", text, flags=re.MULTILINE)
-
-
-def list_candidates(sources: Sequence[str]) -> list[PieceSpec]:
-    """All pieces of the requested sources in music21's corpus, sorted by source and id.
-
-    Lists the corpus files (fast; no metadata is unpickled). ABC files that
-    hold several tunes (folk collections) yield one piece per tune, addressed
-    by its ``X:`` reference number. When the same work exists in several
-    formats, MusicXML is preferred over Humdrum over ABC.
-
-    Raises:
-        ValueError: an unknown source name.
-    """
-    from music21 import corpus
-
-    for s in sources:
-        if s not in SOURCES:
-            raise ValueError(f"unknown source {s!r}; choose from {sorted(SOURCES)}")
-    rank = {".mxl": 0, ".xml": 0, ".musicxml": 0, ".krn": 1, ".abc": 2}
-    best: dict[tuple[str, str], tuple[int, PieceSpec]] = {}
-    for full in corpus.corpora.CoreCorpus().getPaths():
-        full = Path(full)
-        parts = full.as_posix().split("/corpus/")
-        if len(parts) < 2:
-            continue
-        path = parts[-1]
-        ext = full.suffix.lower()
-        if ext not in _SCORE_EXTENSIONS:
-            continue
-        for name in sources:
-            src = SOURCES[name]
-            if not path.startswith(src.prefixes) or (src.pattern and not re.search(src.pattern, path)):
-                continue
-            stem = os.path.splitext(path)[0].replace("/", "_")
-            numbers: list[str | None] = [None]
-            if ext == ".abc":
-                found = _abc_tune_numbers(full)
-                if len(found) > 1:
-                    numbers = list(dict.fromkeys(found))
-            for number in numbers:
-                piece_id = _slug(stem + (f"_{number}" if number else ""))
-                spec = PieceSpec(piece_id=piece_id, source=name, corpus_path=path, number=number)
-                key = (name, piece_id)
-                if key not in best or rank[ext] < best[key][0]:
-                    best[key] = (rank[ext], spec)
-    return sorted((v[1] for v in best.values()), key=lambda p: (p.source, p.piece_id))
-
-
-def _stable_uniform(*parts: Any) -> float:
-    """A uniform number in [0, 1) from a SHA-256 of the parts (stable across runs and machines)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def _piece_rng(seed: int, piece_id: str, tag: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}\x1f{piece_id}\x1f{tag}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
-
-
+# --------------------------------------------------------------------------- pieces
 def piece_split(piece_id: str, config: MusicDataConfig) -> str:
     """Split of a piece: a pure function of seed, piece id and the split fractions."""
-    u = _stable_uniform("split", config.seed, piece_id)
-    if u < config.test_fraction:
-        return "test"
-    if u < config.test_fraction + config.valid_fraction:
-        return "valid"
-    return "train"
+    return hashed_split("split", config.seed, piece_id, config.valid_fraction, config.test_fraction)
 
 
 def _piece_order(config: MusicDataConfig) -> list[PieceSpec]:
     """Candidates in a seeded order that interleaves the sources by weight."""
-    cands = list_candidates(config.sources)
-    per_source: dict[str, list[PieceSpec]] = {s: [] for s in config.sources}
-    for c in cands:
-        per_source[c.source].append(c)
-    queues = {}
-    for i, name in enumerate(config.sources):
-        items = per_source[name]
-        perm = np.random.default_rng([config.seed, 7, i]).permutation(len(items))
-        queues[name] = [items[j] for j in perm]
-    rng = np.random.default_rng([config.seed, 11])
-    order = []
-    names = [n for n in config.sources if queues[n]]
-    while names:
-        w = np.array([SOURCES[n].weight for n in names])
-        name = names[int(rng.choice(len(names), p=w / w.sum()))]
-        order.append(queues[name].pop(0))
-        if not queues[name]:
-            names.remove(name)
-    return order
-
-
-# --------------------------------------------------------------------------- score → notes
-@dataclass
-class _Note:
-    onset_q: float  # quarter notes from the start
-    dur_q: float  # quarter notes
-    pitch: int  # MIDI note number
-    marking: float  # dynamic-mark volume scalar (0..1), 0.55 = mf when unmarked
-
-
-@dataclass
-class _ScorePart:
-    name: str
-    notes: list[_Note]
-
-    @property
-    def median_pitch(self) -> float:
-        return float(np.median([n.pitch for n in self.notes]))
-
-
-@dataclass
-class _ParsedScore:
-    parts: list[_ScorePart]
-    tempo_bpm: float | None  # explicit quarter-note metronome mark, if any
-    length_q: float
-
-
-def _truncated_musicxml(path: Path, max_quarters: float) -> bytes | None:
-    """MusicXML text of ``path`` keeping only the measures that start before ``max_quarters``.
-
-    Parsing time in music21 grows with the whole file; a 60-second excerpt of a
-    quartet movement parses about 10x faster this way. Returns None when the
-    file is not partwise MusicXML or its time signatures cannot be read (the
-    caller then parses the whole file).
-    """
-    import xml.etree.ElementTree as ET
-    import zipfile
-
-    try:
-        if path.suffix.lower() == ".mxl":
-            with zipfile.ZipFile(path) as z:
-                names = [n for n in z.namelist() if not n.startswith("META-INF") and n.endswith((".xml", ".musicxml"))]
-                if not names:
-                    return None
-                data = z.read(names[0])
-        else:
-            data = path.read_bytes()
-        root = ET.fromstring(data)
-        if root.tag != "score-partwise":
-            return None
-        for part in root.findall("part"):
-            measures = part.findall("measure")
-            quarters, measure_q, keep = 0.0, 4.0, len(measures)
-            for i, m in enumerate(measures):
-                t = m.find("attributes/time")
-                if t is not None and t.find("beats") is not None and t.find("beat-type") is not None:
-                    beats = sum(int(x) for x in t.find("beats").text.split("+"))
-                    measure_q = beats * 4.0 / int(t.find("beat-type").text)
-                if quarters >= max_quarters:
-                    keep = i
-                    break
-                quarters += measure_q
-            for m in measures[keep:]:
-                part.remove(m)
-        return ET.tostring(root)
-    except (ValueError, TypeError, AttributeError, OSError, ET.ParseError, zipfile.BadZipFile):
-        return None
-
-
-def parse_score(spec: PieceSpec, max_quarters: float) -> _ParsedScore:
-    """Parse a corpus piece into note lists (ties merged), up to ``max_quarters``.
-
-    Shared with other recipes that play the corpus (amp emulation's DI parts).
-
-    Args:
-        spec: The corpus piece (:func:`list_candidates`).
-        max_quarters: Notes starting at or after this many quarter notes are dropped.
-
-    Returns:
-        A parsed score with ``parts`` (each with ``name`` and ``notes``: ``onset_q``,
-        ``dur_q`` in quarter notes, MIDI ``pitch``, dynamic ``marking`` on [0, 1]),
-        ``tempo_bpm`` (the score's first metronome mark in quarter notes per
-        minute, or None) and ``length_q`` (quarter notes).
-
-    Raises:
-        ValueError: not a score, or no pitched notes.
-    """
-    from music21 import common, converter, corpus, dynamics, harmony, tempo
-
-    score = None
-    full_path = Path(common.getCorpusFilePath()) / spec.corpus_path
-    if full_path.suffix.lower() in (".mxl", ".xml", ".musicxml"):
-        data = _truncated_musicxml(full_path, max_quarters)
-        if data is not None:
-            score = converter.parseData(data, format="musicxml")
-    if score is None:
-        score = corpus.parse(spec.corpus_path, number=int(spec.number) if spec.number else None)
-    if not hasattr(score, "parts"):
-        raise ValueError(f"{spec.corpus_path}: not a score")
-    tempo_bpm = None
-    for mm in score.recurse().getElementsByClass(tempo.MetronomeMark):
-        if mm.number is not None and mm.referent is not None:
-            tempo_bpm = float(mm.number) * float(mm.referent.quarterLength)
-            break
-    parts = []
-    for p_index, part in enumerate(score.parts):
-        flat = part.flatten()
-        marks = [(float(d.offset), float(d.volumeScalar)) for d in flat.getElementsByClass(dynamics.Dynamic)]
-        mark_offsets = np.array([m[0] for m in marks])
-        open_ties: dict[int, _Note] = {}
-        notes: list[_Note] = []
-        for el in flat.notes:
-            if isinstance(el, harmony.Harmony):
-                continue
-            onset = float(el.offset)
-            if onset >= max_quarters:
-                break
-            dur = float(el.quarterLength)
-            if dur <= 0:  # grace notes
-                continue
-            k = int(np.searchsorted(mark_offsets, onset, side="right")) - 1 if marks else -1
-            marking = marks[k][1] if k >= 0 else 0.55
-            members = list(el.notes) if el.isChord else [el]
-            for m in members:
-                if not hasattr(m, "pitch"):
-                    continue
-                pitch = int(m.pitch.midi)
-                tie = (m.tie or el.tie).type if (m.tie or el.tie) else None
-                if tie in ("continue", "stop") and pitch in open_ties:
-                    held = open_ties[pitch]
-                    held.dur_q = onset + dur - held.onset_q
-                    if tie == "stop":
-                        del open_ties[pitch]
-                    continue
-                n = _Note(onset, dur, pitch, marking)
-                notes.append(n)
-                if tie == "start":
-                    open_ties[pitch] = n
-        notes = [n for n in notes if 0 <= n.pitch <= 127]
-        if notes:
-            parts.append(_ScorePart(name=str(part.partName or f"part{p_index}"), notes=notes))
-    if not parts:
-        raise ValueError(f"{spec.corpus_path}: no pitched notes")
-    length_q = max(n.onset_q + n.dur_q for p in parts for n in p.notes)
-    return _ParsedScore(parts=parts, tempo_bpm=tempo_bpm, length_q=length_q)
+    return [spec for spec, _ in piece_order(config.sources, config.seed, shuffle_tag=7, draw_tag=11)]
 
 
 # --------------------------------------------------------------------------- arrangement
@@ -590,9 +328,9 @@ def _program_for(ensemble: list[tuple[int, int]], median_pitch: float) -> int:
     return ensemble[-1][1]
 
 
-def arrange_piece(spec: PieceSpec, score: _ParsedScore, config: MusicDataConfig) -> Arrangement:
+def arrange_piece(spec: PieceSpec, score: ParsedScore, config: MusicDataConfig) -> Arrangement:
     """Draw instrumentation, tempo, dynamics and mix for a piece (seeded by seed and piece id)."""
-    rng = _piece_rng(config.seed, spec.piece_id, "arrangement")
+    rng = piece_rng(config.seed, spec.piece_id, "arrangement")
     family = SOURCES[spec.source].family
     # Tempo.
     if score.tempo_bpm is not None and family != "folk":
@@ -606,7 +344,7 @@ def arrange_piece(spec: PieceSpec, score: _ParsedScore, config: MusicDataConfig)
         melody = score.parts[0]
         programs = [int(rng.choice(_FOLK_MELODY))]
         if rng.uniform() < 0.6:
-            score.parts.append(_ScorePart(name="doubling", notes=[dataclasses.replace(n) for n in melody.notes]))
+            score.parts.append(ScorePart(name="doubling", notes=[dataclasses.replace(n) for n in melody.notes]))
             programs.append(int(rng.choice(_FOLK_DOUBLING)))
         transposes = [0] + [-12] * (len(programs) - 1)
     else:
@@ -679,7 +417,7 @@ class _Event:
 
 
 def _schedule(
-    score: _ParsedScore, arr: Arrangement, config: MusicDataConfig, rng: np.random.Generator
+    score: ParsedScore, arr: Arrangement, config: MusicDataConfig, rng: np.random.Generator
 ) -> tuple[list[_Event], int, bool]:
     """Turn notes into timed MIDI events; returns (events, total_samples, truncated)."""
     sr = config.sample_rate
@@ -851,7 +589,7 @@ def render_piece(spec: PieceSpec, config: MusicDataConfig) -> RenderedPiece:
         raise ValueError(f"{spec.corpus_path}: music21 could not parse it ({type(exc).__name__}: {exc})") from exc
     t1 = time.perf_counter()
     arr = arrange_piece(spec, score, config)
-    events, total, truncated = _schedule(score, arr, config, _piece_rng(config.seed, spec.piece_id, "notes"))
+    events, total, truncated = _schedule(score, arr, config, piece_rng(config.seed, spec.piece_id, "notes"))
     if total < config.min_piece_seconds * config.sample_rate:
         raise ValueError(
             f"{spec.corpus_path}: {total / config.sample_rate:.1f} s even when repeated, "
@@ -902,29 +640,6 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     sf.write(str(tmp), np.ascontiguousarray(audio.T), sample_rate, subtype="PCM_24", format="WAV")
     os.replace(tmp, path)
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _find_cached(out_dir: Path, piece_id: str) -> tuple[str, dict[str, Any]] | None:
-    for split in SPLITS:
-        meta = _read_sidecar(out_dir / split / f"{piece_id}.json")
-        if meta is not None:
-            return split, meta
-    return None
-
-
-def _move_piece(out_dir: Path, piece_id: str, src: str, dst: str) -> None:
-    (out_dir / dst).mkdir(parents=True, exist_ok=True)
-    for suffix in ("_input.wav", "_target.wav", ".json"):
-        a = out_dir / src / f"{piece_id}{suffix}"
-        if a.exists():
-            os.replace(a, out_dir / dst / f"{piece_id}{suffix}")
 
 
 def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | str, force: bool = False) -> Path:
@@ -1007,12 +722,12 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
                 continue
             in_key = _settings_key(cfg, spec)
             tg_key = _target_key(in_key, cfg)
-            cached = None if force else _find_cached(out_dir, spec.piece_id)
+            cached = None if force else find_cached(out_dir, spec.piece_id)
             meta: dict[str, Any] | None = None
             if cached is not None and cached[1].get("input_key") == in_key:
                 old_split, meta = cached
                 if old_split != split:
-                    _move_piece(out_dir, spec.piece_id, old_split, split)
+                    move_piece(out_dir, spec.piece_id, old_split, split)
                 paths_ok = (out_dir / split / f"{spec.piece_id}_input.wav").is_file()
                 if not paths_ok:
                     meta = None
@@ -1085,13 +800,7 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
             raise ValueError("no training piece could be rendered; check data.sources and the music21 corpus")
 
     # Remove pieces of older builds that are not in this plan.
-    keep = {(split, spec.piece_id) for spec, split in planned}
-    for split in SPLITS:
-        for path in (out_dir / split).glob("*.json"):
-            pid = path.stem
-            if (split, pid) not in keep:
-                for suffix in ("_input.wav", "_target.wav", ".json"):
-                    (out_dir / split / f"{pid}{suffix}").unlink(missing_ok=True)
+    remove_unplanned(out_dir, {(split, spec.piece_id) for spec, split in planned})
 
     wall = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
@@ -1146,7 +855,7 @@ def build_dataset(config: Mapping[str, Any] | MusicDataConfig, out_dir: Path | s
 
 def _manifest_up_to_date(out_dir: Path, cfg: MusicDataConfig) -> bool:
     """Whether ``out_dir/manifest.json`` was written with these settings and all its files exist."""
-    manifest = _read_sidecar(out_dir / "manifest.json")
+    manifest = read_json(out_dir / "manifest.json")
     if not manifest or manifest.get("settings") != json.loads(json.dumps(cfg.to_dict())):
         return False
     software = manifest.get("software", {})
