@@ -7,7 +7,7 @@ Errors a user can cause (a missing or unreadable file, a bad value, a plugin
 that fails; see :func:`user_errors`) are printed by :func:`main` as one line,
 ``deepafx <command>: error: <message>``, with exit status 1; ``-v/--verbose``
 (before or after the command) or ``DEEPAFX_DEBUG=1`` shows the traceback
-instead. Ctrl-C exits with status 130 and one line. Commands therefore raise
+instead. Ctrl-C exits with status 130 and one line (SIGTERM while training: 143). Commands therefore raise
 rather than print their own errors.
 """
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The command's status (0 on success); 1 after an error a user can cause
         (:func:`user_errors`, printed as one line on stderr); 2 without a
-        command; 130 after Ctrl-C. ``SystemExit`` (argparse usage errors, a
+        command; 130 after Ctrl-C (143 after SIGTERM while training). ``SystemExit`` (argparse usage errors, a
         command's own ``SystemExit(message)``) passes through unchanged.
     """
     parser = build_parser()
@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or deepafx.trainer.Interrupted (SIGTERM/SIGINT while training)
         if _debug_requested(args):
             raise
-        print(f"deepafx {args.command}: interrupted", file=sys.stderr)
-        return 130
+        detail = error_message(exc) if str(exc) else ""
+        print(f"deepafx {args.command}: interrupted" + (f": {detail}" if detail else ""), file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", 2))
     except user_errors() as exc:
         if _debug_requested(args):
             raise

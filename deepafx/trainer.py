@@ -12,9 +12,12 @@ objective, a :class:`Stage` schedule); the engine does the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 import json
 import math
 import time
@@ -124,6 +127,101 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+# --------------------------------------------------------------------------- resume checks
+#: Config keys a resumed run may change (``section.key``; ``section.*`` for a whole section): where and how
+#: fast it runs, how often it logs and saves, where it stops, and evaluation settings; none changes the
+#: training's numbers. Any other difference is refused (:func:`config_changes`).
+RESUME_MAY_CHANGE: tuple[str, ...] = ("train.max_steps", "train.device", "train.num_threads", "train.log_every",
+                                      "train.checkpoint_every", "render.*", "evaluate.*")
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two plain config mappings, flattened to ``section.key``.
+
+    Returns:
+        ``{"section.key": (old value, new value)}`` (a key missing on one side has ``None`` there);
+        nested mappings are compared key by key (``chain.processors`` as a whole value).
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a: Any, b: Any, prefix: str, depth: int) -> None:
+        if depth < 2 and isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k), depth + 1)
+        elif a != b:
+            out[prefix] = (a, b)
+
+    walk(old, new, "", 0)
+    return out
+
+
+def resume_may_change(key: str) -> bool:
+    """Whether ``section.key`` is one of :data:`RESUME_MAY_CHANGE`."""
+    return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in RESUME_MAY_CHANGE)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- interruption
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGTERM or SIGINT (Ctrl-C); ``checkpoints/last.pt`` is the last one completed.
+
+    Attributes:
+        signum: The signal number (exit status ``128 + signum`` by convention).
+    """
+
+    def __init__(self, signum: int, detail: str = ""):
+        self.signum = int(signum)
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}" + (f"; {detail}" if detail else ""))
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold a SIGTERM/SIGINT that arrives inside the block until it ends (checkpoint writes), then raise it."""
+    depth = getattr(_deferred, "depth", 0)
+    _deferred.depth = depth + 1
+    try:
+        yield
+    finally:
+        _deferred.depth = depth
+        pending = getattr(_deferred, "pending", None)
+        if depth == 0 and pending is not None:
+            _deferred.pending = None
+            raise Interrupted(pending)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` while training (main thread only).
+
+    The exception unwinds through ``finally`` blocks, so render workers are shut down and no
+    process is left behind; a signal during a checkpoint write waits for the write to end
+    (:func:`signals_deferred`), and every write is atomic, so ``last.pt`` is always whole.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if getattr(_deferred, "depth", 0):
+            _deferred.pending = signum
+            return
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -364,17 +462,26 @@ class Trainer:
         """Write ``last.pt`` (and ``best.pt`` / ``<stage>.pt``) atomically; rank 0 only."""
         if not self.dist.is_main:
             return
-        ckpt = self.checkpoint()
-        atomic_save(ckpt, self.run.last)
-        if best:
-            atomic_save(ckpt, self.run.best)
-        if stage_name:
-            atomic_save(ckpt, self.run.stage(stage_name))
+        with signals_deferred():  # SIGTERM/Ctrl-C wait until last.pt, best.pt and <stage>.pt agree
+            ckpt = self.checkpoint()
+            atomic_save(ckpt, self.run.last)
+            if best:
+                atomic_save(ckpt, self.run.best)
+            if stage_name:
+                atomic_save(ckpt, self.run.stage(stage_name))
 
     def _resume(self) -> None:
         ckpt = load_checkpoint(self.run.last)
         if ckpt.get("recipe") != self.task.recipe:
             raise ValueError(f"{self.run.last} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {self.task.recipe!r}")
+        if isinstance(ckpt.get("config"), Mapping) and hasattr(self.config, "to_dict"):
+            changed = config_changes(ckpt["config"], self.config.to_dict())
+            refused = [k for k in changed if not resume_may_change(k)]
+            if refused:
+                shown = ", ".join(f"{k} ({_short(changed[k][0])} → {_short(changed[k][1])})" for k in refused)
+                raise ValueError(f"--resume with a config that differs from the run's in {shown}; train with the "
+                                 f"run's config ({self.run.config}) or start a fresh run; only "
+                                 f"{', '.join(RESUME_MAY_CHANGE)} may change on resume")
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -528,6 +635,9 @@ class Trainer:
                     break
                 if st.max_steps and self.state["global_step"] >= st.max_steps:
                     return self._result(t0)
+        if not self.state.get("finished"):
+            self.state["finished"] = True  # a multi-seed run skips finished seeds on --resume
+            self.save()
         return self._result(t0)
 
     def _result(self, t0: float) -> dict[str, Any]:
@@ -545,11 +655,21 @@ def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = F
     """Train ``task`` to the end of its schedule in ``run_dir`` (see :class:`Trainer`); closes everything."""
     trainer = None
     try:
-        trainer = Trainer(task, run_dir, config, resume=resume)
-        return trainer.fit()
-    finally:
-        if trainer is not None:
-            trainer.close()
-        else:
-            task.close()
-        cleanup_distributed()
+        with stop_on_signals():
+            try:
+                trainer = Trainer(task, run_dir, config, resume=resume)
+                return trainer.fit()
+            finally:
+                if trainer is not None:
+                    trainer.close()
+                else:
+                    task.close()
+                cleanup_distributed()
+    except Interrupted as exc:
+        last = RunLayout(Path(run_dir)).last
+        if last.is_file() and exc.signum:
+            state = load_checkpoint(last).get("state", {})
+            raise Interrupted(exc.signum, f"{last} holds step {state.get('global_step', '?')} (stage "
+                                          f"{state.get('stage', '?')}, epoch {state.get('epoch', '?')}): continue "
+                                          f"with --resume") from None
+        raise

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deepafx.commands.train import load_recipe_config
 from deepafx.recipes import default_data_dir
-from deepafx.runs import RunLayout
+from deepafx.runs import RunLayout, seed_runs
 
 
 def default_out_dir(checkpoint: str | Path, split: str) -> Path:
@@ -36,11 +36,61 @@ def run(args: argparse.Namespace) -> int:
     recipe, cfg = load_recipe_config(args.config, args.set)
     out_dir = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(cfg)
+    if seed_runs(args.checkpoint):
+        return evaluate_seeds(recipe, cfg, Path(args.checkpoint), out_dir, args.split, data_dir, force=args.force)
     results = recipe.evaluate(cfg, Path(args.checkpoint), out_dir, split=args.split, data_dir=data_dir)
     md = out_dir / "results.md"
     if results and md.is_file():
         print(md.read_text())
     print(f"results written to {out_dir}")
+    return 0
+
+
+def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_dir: Path, force: bool = False) -> int:
+    """Evaluate every seed of a multi-seed run, then pool them into ``OUT/results.json`` and ``results.md``.
+
+    Each seed is evaluated into its own ``seed-<k>/eval`` (``eval_<split>``); a seed whose
+    results are already there and newer than its checkpoints is not evaluated again (``force``
+    redoes it), so a stopped evaluation continues where it stopped. The pooled results
+    (:func:`deepafx.seeds.aggregate`) give, per method and metric, the mean over seeds, the
+    seed-to-seed standard deviation, the per-seed means, a bootstrap interval over items, and
+    paired differences against the model over (seed, item) pairs.
+
+    Raises:
+        ValueError: the recipe's results cannot be pooled (no ``item_scores``).
+    """
+    import json
+
+    from deepafx.runs import atomic_write_text
+    from deepafx.seeds import aggregate, markdown
+
+    if recipe.item_scores is None:
+        raise ValueError(f"the {recipe.name!r} recipe's results cannot be pooled over seeds; evaluate each "
+                         f"{run_dir}/seed-<k> folder on its own")
+    per_seed, files = {}, {}
+    for seed, folder in seed_runs(run_dir):
+        one = default_out_dir(folder, split)
+        result_file = one / "results.json"
+        ckpts = list(RunLayout(folder).checkpoints.glob("*.pt"))
+        if not ckpts:
+            raise FileNotFoundError(f"{folder} holds no checkpoint yet: finish training with "
+                                    f"`deepafx train --seeds ... --resume`")
+        fresh = result_file.is_file() and result_file.stat().st_mtime >= max(p.stat().st_mtime for p in ckpts)
+        if fresh and not force:
+            print(f"seed {seed}: results kept from {result_file}")
+            results = json.loads(result_file.read_text())
+        else:
+            print(f"seed {seed}: evaluating {folder}", flush=True)
+            results = recipe.evaluate(cfg, folder, one, split=split, data_dir=data_dir)
+        per_seed[seed] = recipe.item_scores(results, split)
+        files[str(seed)] = str(result_file)
+    pooled = aggregate(per_seed)
+    pooled.update(split=split, recipe=recipe.name, run=str(run_dir), per_seed_results=files)
+    text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds")
+    atomic_write_text(out_dir / "results.json", json.dumps(pooled, indent=1, allow_nan=False))
+    atomic_write_text(out_dir / "results.md", text)
+    print(text)
+    print(f"pooled results written to {out_dir}")
     return 0
 
 
@@ -51,11 +101,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "OUT/results.md. The evaluator is the one of the config's `recipe`.",
     )
     p.add_argument("--config", required=True, help="recipe config: a packaged name (mastering/quick) or a YAML path")
-    p.add_argument("--checkpoint", required=True, help="run folder (checkpoints/best.pt, else last.pt) or checkpoint file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder (checkpoints/best.pt, else last.pt) or checkpoint file; a multi-seed run folder "
+                        "(seed-<k>/ inside, from `deepafx train --seeds`) evaluates every seed and pools them")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval, or RUN/eval_<split>)")
     p.add_argument("--split", default="test", choices=("test", "valid", "train"), help="data split (default test)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default data/<recipe>/<config name>, as `deepafx train`)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set evaluate.cmaes_renders=400; repeatable")
+    p.add_argument("--force", action="store_true",
+                   help="multi-seed run: evaluate every seed again, even those whose results are newer than their checkpoints")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     p.set_defaults(func=run)

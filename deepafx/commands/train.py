@@ -36,10 +36,61 @@ def run(args: argparse.Namespace) -> int:
         options["pairs"] = tuple(args.pairs)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(cfg)
+    if args.seeds is not None:
+        return train_seeds(recipe, args, run_dir, data_dir, options)
     result = train(recipe.task(cfg, data_dir, **options), run_dir, cfg, resume=args.resume)
     best = result["best_valid"]
     print(f"training finished in {result['seconds']:.0f} s"
           + (f"; best validation loss {best:.4f}" if best != float("inf") else "") + f"; run folder {run_dir}")
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` → seeds 0, 1, 2; ``"0,4,7"`` → those seeds (distinct, ≥ 0).
+
+    Raises:
+        ValueError: not a count or a comma-separated list of non-negative integers, or repeated seeds.
+    """
+    try:
+        parts = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from None
+    seeds = list(range(parts[0])) if len(parts) == 1 and "," not in str(text) else parts
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs at least one seed, all distinct and ≥ 0, got {text!r}")
+    return seeds
+
+
+def train_seeds(recipe, args: argparse.Namespace, run_dir: Path, data_dir: Path, options: dict) -> int:
+    """Train the config once per seed (``train.seed``) into ``RUN/seed-<k>/``, one seed after another.
+
+    With ``--resume`` a seed whose run finished is skipped, a seed with a checkpoint continues
+    exactly where it stopped, and a seed not started yet starts; so a stopped multi-seed run
+    continues where it stopped, also in a later session. Without ``--resume`` an earlier run
+    in ``RUN`` is first moved aside whole (``RUN.previous-<date-time>``).
+    """
+    import os
+
+    from deepafx.runs import RunLayout, keep_earlier_run, load_checkpoint
+    from deepafx.trainer import train
+
+    seeds = parse_seeds(args.seeds)
+    layout = RunLayout(run_dir)
+    if not args.resume and int(os.environ.get("RANK", "0")) == 0:
+        keep_earlier_run(run_dir)
+    total = 0.0
+    for seed in seeds:
+        _, cfg = load_recipe_config(args.config, [*args.set, f"train.seed={seed}"])
+        one = layout.seed(seed)
+        resume = args.resume and one.last.is_file()
+        if resume and load_checkpoint(one.last).get("state", {}).get("finished"):
+            print(f"seed {seed}: finished earlier, kept ({one.root})")
+            continue
+        print(f"seed {seed}: {'resuming' if resume else 'training'} in {one.root}", flush=True)
+        result = train(recipe.task(cfg, data_dir, **options), one.root, cfg, resume=resume)
+        total += result["seconds"]
+    print(f"training of seeds {', '.join(map(str, seeds))} finished in {total:.0f} s; run folder {run_dir} "
+          f"(evaluate all seeds with `deepafx evaluate --checkpoint {run_dir}`)")
     return 0
 
 
@@ -57,7 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe>/<config name>)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default data/<recipe>/<config name>); "
                                                     "rendered once, reused while the data settings are unchanged")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt exactly where it stopped "
+                                                         "(with --seeds: every seed not finished yet)")
+    p.add_argument("--seeds", default=None, metavar="N|S,S,...",
+                   help="train once per seed, one after another, into RUN_DIR/seed-<k>/: a count (3: seeds 0, 1, 2) "
+                        "or a list (0,5,9); overrides train.seed. `deepafx evaluate --checkpoint RUN_DIR` then "
+                        "evaluates every seed and pools them (mean, seed std, per seed, paired differences)")
     p.add_argument("--pairs", nargs=2, metavar=("UNMASTERED_DIR", "MASTERED_DIR"),
                    help="mastering: train on your own pairs matched by file name (aligned by cross-correlation, resampled as needed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

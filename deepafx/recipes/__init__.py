@@ -43,6 +43,11 @@ class Recipe:
         match: ``match(args) -> exit code`` for ``deepafx match`` (sound matching; the
             parsed command line), or ``None``.
         train_options: Extra ``deepafx train`` options the task accepts (e.g. ``("pairs",)``).
+        item_scores: ``item_scores(results: dict, split: str) -> {method: {metric: {item: value}}}``:
+            the per-item scores of one seed's ``results.json``, which ``deepafx evaluate`` pools
+            over the seeds of a multi-seed run (:mod:`deepafx.seeds`); ``None`` when the
+            recipe's results cannot be pooled.
+        metric_names: Metric key → display name for the pooled table (its order is the columns').
     """
 
     name: str
@@ -54,6 +59,8 @@ class Recipe:
     process: Callable[..., int] | None = None
     match: Callable[..., int] | None = None
     train_options: tuple[str, ...] = ()
+    item_scores: Callable[[dict, str], dict] | None = None
+    metric_names: Mapping[str, str] | None = None
 
     def bind(self, config: Mapping[str, Any]) -> "RecipeConfig":
         """Bind a raw config mapping (``recipe`` key plus sections) to this recipe's dataclasses.

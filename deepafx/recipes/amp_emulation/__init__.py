@@ -22,7 +22,7 @@ from pathlib import Path
 from deepafx.automation.model import ModelConfig
 from deepafx.recipes import Recipe
 from deepafx.recipes.amp_emulation.data import AmpDataConfig
-from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig
+from deepafx.recipes.amp_emulation.evaluate import METRICS, EvaluateConfig
 from deepafx.recipes.amp_emulation.train import ChainConfig, TrainConfig
 from deepafx.workers import RenderConfig
 
@@ -45,6 +45,12 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
 
 
+def _item_scores(results: dict, split: str) -> dict:
+    from deepafx.seeds import track_scores
+
+    return track_scores(results, split, tuple(k for k, _, _ in METRICS))
+
+
 def _process(checkpoint, input_path, output_path, **options):
     from deepafx.automation.process import process_file
 
@@ -60,4 +66,6 @@ RECIPE = Recipe(
     task=_task,
     evaluate=_evaluate,
     process=_process,
+    item_scores=_item_scores,
+    metric_names={key: f"{name} ↓" for key, name, _ in METRICS},
 )

@@ -38,6 +38,16 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
 
 
+def _item_scores(results: dict, split: str) -> dict:
+    from deepafx.recipes.mastering.evaluate import SCORED
+    from deepafx.seeds import track_scores
+
+    scores = track_scores(results, split, SCORED)
+    if (results.get("settings", {}).get("oracle") or {}).get("alias"):
+        scores.pop("oracle_cmaes", None)  # a copy of the largest budget's row, listed under its own name too
+    return scores
+
+
 def _process(checkpoint, input_path, output_path, **options):
     from deepafx.automation.process import process_file
 
@@ -54,4 +64,7 @@ RECIPE = Recipe(
     evaluate=_evaluate,
     process=_process,
     train_options=("pairs",),
+    item_scores=_item_scores,
+    metric_names={"mfcc_cosine": "MFCC cosine ↓", "mrstft": "MR-STFT ↓", "lufs_error": "loudness error [LU] ↓",
+                  "true_peak_dbtp": "true peak [dBTP]"},
 )
