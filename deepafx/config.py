@@ -3,7 +3,8 @@
 A recipe config is a YAML mapping with a top-level ``recipe`` key and sections
 (``data``, ``chain``, ``model``, ``train``, ``evaluate``). Each section binds to
 a dataclass whose defaults live in code (:func:`bind`): unknown keys are an
-error naming the allowed ones. Command lines override single values with
+error naming the allowed ones, and a key that was renamed or removed
+(:data:`RENAMED_KEYS`) is an error naming what to write instead. Command lines override single values with
 ``--set section.key=value`` (values parsed as YAML). A config is a file path or
 a packaged name such as ``mastering/quick`` (:func:`deepafx.assets.resolve_config`).
 """
@@ -12,14 +13,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Collection, Mapping, Sequence, TypeVar
 
 import yaml
 
 from deepafx.assets import resolve_config
 
 T = TypeVar("T")
+
+#: Config keys that were renamed or removed: ``(section, old key) → "section.key"`` that replaces it,
+#: or several candidates in order when recipes differ (a candidate in the same section applies to a
+#: section that has that key). Binding a section that still holds an old key (in a YAML file or a
+#: ``--set`` override) fails with one line naming the replacement and the value to write there
+#: (:func:`renamed_key_error`); settings this package stored itself are read with their keys renamed
+#: (:func:`upgrade_keys`).
+RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {}
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -66,14 +76,66 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
+def replacement_key(section: str, key: str, fields: Collection[str] | None = None) -> str | None:
+    """What replaces the old key ``section.key`` (:data:`RENAMED_KEYS`), as ``"section.key"``; ``None`` if it is not old.
+
+    Args:
+        fields: The keys the section has now; a candidate in the same section applies only if
+            it is one of them (``None``: any).
+    """
+    found = RENAMED_KEYS.get((section, key))
+    for new in (found,) if isinstance(found, str) else found or ():
+        new_section, _, new_key = new.rpartition(".")
+        if new_section != section or fields is None or new_key in fields:
+            return new
+    return None
+
+
+def renamed_key_error(section: str, values: Mapping[str, Any], fields: Collection[str] | None = None) -> str | None:
+    """The one-line error for the first old key (:data:`RENAMED_KEYS`) in a ``section`` holding ``values``.
+
+    Returns:
+        ``"[train] 'workers' was removed: write render.num_workers: 2"`` (moved to another
+        section), ``"[data] 'duration_s' was renamed: write data.duration_seconds: 4.0"`` (same
+        section), or ``None`` when ``values`` holds no old key.
+    """
+    for key in sorted(values, key=str):
+        new = None if fields is not None and key in fields else replacement_key(section, str(key), fields)
+        if new is not None:
+            how = "renamed" if new.rpartition(".")[0] == section else "removed"
+            return f"[{section}] {str(key)!r} was {how}: write {new}: {json.dumps(values[key], default=str)}"
+    return None
+
+
+def upgrade_keys(values: Mapping[str, Any], section: str, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """``values`` with the old keys of ``section`` renamed to their replacements in the same section.
+
+    For settings this package stored itself (a dataset manifest) before a key was renamed; user
+    configs are checked by :func:`bind` instead. Old keys whose replacement lives in another
+    section are dropped.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        new = replacement_key(section, str(key), fields)
+        if new is None:
+            out[key] = value
+        elif new.rpartition(".")[0] == section:
+            out[new.rpartition(".")[2]] = value
+    return out
+
+
 def bind(cls: type[T], values: Mapping[str, Any] | None, section: str) -> T:
     """Instantiate dataclass ``cls`` from ``values`` (missing keys keep code defaults).
 
     Raises:
-        ValueError: unknown keys (the allowed ones are listed).
+        ValueError: a renamed or removed key (:data:`RENAMED_KEYS`; one line naming its
+            replacement), or unknown keys (the allowed ones are listed).
     """
     values = dict(values or {})
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    old = renamed_key_error(section, values, fields)
+    if old:
+        raise ValueError(old)
     unknown = set(values) - fields
     if unknown:
         raise ValueError(f"[{section}] unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")

@@ -1,0 +1,70 @@
+"""Config binding: renamed and removed keys fail with one line naming what to write instead."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from deepafx import config as config_mod
+from deepafx.config import bind, load_config, renamed_key_error, upgrade_keys
+from deepafx.recipes import get_recipe
+
+
+@dataclasses.dataclass
+class _Section:
+    num_workers: int = 1
+    timeout_seconds: float = 10.0
+
+
+@pytest.fixture
+def table(monkeypatch):
+    monkeypatch.setattr(config_mod, "RENAMED_KEYS", {
+        ("train", "workers"): "render.num_workers",
+        ("train", "timeout_s"): "train.timeout_seconds",
+        ("evaluate", "workers"): ("evaluate.num_workers", "render.num_workers"),
+    })
+
+
+def test_an_old_key_names_its_replacement_and_value_in_one_line(table):
+    with pytest.raises(ValueError) as moved:
+        bind(_Section, {"workers": 2}, "train")
+    assert str(moved.value) == "[train] 'workers' was removed: write render.num_workers: 2"
+    with pytest.raises(ValueError) as renamed:
+        bind(_Section, {"timeout_s": 30.0, "num_workers": 1}, "train")
+    assert str(renamed.value) == "[train] 'timeout_s' was renamed: write train.timeout_seconds: 30.0"
+    assert bind(_Section, {"timeout_seconds": 30.0}, "train").timeout_seconds == 30.0
+
+
+def test_a_key_with_several_replacements_gets_the_one_its_section_has(table):
+    @dataclasses.dataclass
+    class NoWorkers:
+        seed: int = 0
+
+    with pytest.raises(ValueError, match=r"^\[evaluate\] 'workers' was renamed: write evaluate.num_workers: 4$"):
+        bind(_Section, {"workers": 4}, "evaluate")
+    with pytest.raises(ValueError, match=r"^\[evaluate\] 'workers' was removed: write render.num_workers: 4$"):
+        bind(NoWorkers, {"workers": 4}, "evaluate")
+
+
+def test_a_current_key_is_never_reported_as_old(table):
+    @dataclasses.dataclass
+    class StillHasWorkers:
+        workers: int = 1
+
+    assert bind(StillHasWorkers, {"workers": 3}, "train").workers == 3
+    assert renamed_key_error("train", {"workers": 3}, {"workers"}) is None
+
+
+def test_stored_settings_are_read_with_todays_keys(table):
+    assert upgrade_keys({"timeout_s": 5.0, "workers": 2, "seed": 1}, "train") == {"timeout_seconds": 5.0, "seed": 1}
+
+
+def test_an_old_key_in_a_yaml_file_or_an_override_fails_at_binding(table, tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "mastering", "train": {"workers": 2}}))
+    recipe = get_recipe("mastering")
+    with pytest.raises(ValueError, match=r"^\[train\] 'workers' was removed: write render.num_workers: 2$"):
+        recipe.bind(load_config(path))
+    path.write_text(yaml.safe_dump({"recipe": "mastering"}))
+    with pytest.raises(ValueError, match=r"^\[train\] 'workers' was removed: write render.num_workers: 3$"):
+        recipe.bind(load_config(path, ["train.workers=3"]))
