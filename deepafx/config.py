@@ -29,7 +29,10 @@ T = TypeVar("T")
 #: ``--set`` override) fails with one line naming the replacement and the value to write there
 #: (:func:`renamed_key_error`); settings this package stored itself are read with their keys renamed
 #: (:func:`upgrade_keys`).
-RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {}
+RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
+    # render workers: the render section owns their count
+    ("train", "workers"): "render.num_workers",
+}
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

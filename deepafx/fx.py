@@ -234,9 +234,9 @@ class FxLayer(nn.Module):
             names are looked up in ``plugins/``).
         batch_size: Number of batch slots ``M``. Slot ``i`` keeps its own chain
             instances, so feed it consecutive frames of one stream.
-        num_workers: Render workers (default: ``render.num_workers``, else
-            usable CPU cores for the process engine and the cluster's CPUs for
-            Ray, divided by ``worker_share``).
+        num_workers: Render workers, replacing ``render.num_workers`` when given
+            (default: ``render.num_workers``; see :class:`~deepafx.workers.RenderConfig`).
+            Both count the workers of all ``worker_share`` layers together.
         estimator: Name in :data:`ESTIMATORS`: ``"spsa"`` (default, VJP-SPSA) or
             ``"fd"`` (finite differences); see the module docstring.
         epsilon: Perturbation ε on normalized parameters (default 0.01, DeepAFx),
@@ -250,7 +250,8 @@ class FxLayer(nn.Module):
         render: Where the renders run (:class:`~deepafx.workers.RenderConfig`:
             engine ``"process"`` by default, or ``"ray"`` with a cluster address).
         worker_share: Layers started at once by cooperating processes (DDP
-            ranks): the default worker count is divided by it.
+            ranks): this one starts its share of the workers
+            (:func:`deepafx.workers.rank_workers`).
 
     Shapes:
         ``forward(audio (batch, channels, samples), params (batch, num_params))``

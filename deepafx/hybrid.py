@@ -164,7 +164,8 @@ class HybridChain(nn.Module):
         chain: A :class:`ChainSpec`, a chain mapping (``{"processors": [...], "sample_rate": ...}``)
             or a chain file / packaged chain name.
         batch_size: Batch slots ``M`` (item ``i`` uses slot ``i`` of every stage).
-        num_workers: Render workers of *each* black-box stage (default: usable CPU cores).
+        num_workers: Render workers of *each* black-box stage, as :class:`~deepafx.fx.FxLayer`'s
+            (default: ``render.num_workers``).
         estimator, epsilon, num_perturbations, seed, timeout_s, max_retries, render, worker_share:
             As :class:`~deepafx.fx.FxLayer`, for every black-box stage; black-box
             stage ``k`` is seeded ``seed + k · SEED_STRIDE`` (the first gets ``seed``).

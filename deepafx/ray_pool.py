@@ -49,7 +49,7 @@ import ray
 
 from deepafx.chain import ChainSpec
 from deepafx.workers import (RenderEngine, RenderRequest, SlotInstances, WorkerError, WorkerHandle, _Failure,
-                             remote_error, usable_cpus)
+                             rank_workers, remote_error, usable_cpus)
 
 log = logging.getLogger(__name__)
 
@@ -299,17 +299,17 @@ class RayRenderPool(RenderEngine):
             needs its plugins: check with ``deepafx plugins --cluster ADDRESS``).
         num_slots: Batch slots (the batch size ``M``).
         instances_per_slot: Instances per slot (``1 + 2K`` for SPSA).
-        num_workers: Actors (default: the cluster's CPUs ÷ ``cpus_per_worker`` ÷
-            ``share``, or this machine's usable cores ÷ ``share`` on a private
-            local instance; at most ``num_slots``).
+        num_workers: Actors of all the engines started at once by ``share`` cooperating
+            processes (default: the cluster's CPUs ÷ ``cpus_per_worker``, or this machine's
+            usable cores on a private local instance); this engine starts its share
+            (:func:`deepafx.workers.rank_workers`), at most ``num_slots``.
         timeout_s: Longest one render/reset call may take before the actor is
             considered hung, killed and restarted.
         max_retries: Restarts + retries of a failed request before giving up.
         start_timeout_s: Longest an actor may take to be placed and build its
             instances (default ``max(timeout_s, 120)``).
         address: The cluster (see :func:`connect`); ``None``: a private local instance.
-        share: Engines started at once by cooperating processes (DDP ranks);
-            divides the default ``num_workers``.
+        share: Engines started at once by cooperating processes (DDP ranks), sharing ``num_workers``.
         cpus_per_worker: CPUs each actor reserves (default 1).
 
     Raises:
@@ -342,10 +342,9 @@ class RayRenderPool(RenderEngine):
         self._connected = True
         try:
             cpus = cluster_cpus()
-            if num_workers is None:  # a private instance's CPUs are logical: count this machine's cores
-                usable = usable_cpus() if _CONN["private"] else int(cpus // cpus_per_worker)
-                num_workers = max(1, usable // max(1, int(share)))
-            self.num_workers = max(1, min(int(num_workers), self.num_slots))
+            # a private instance's CPUs are logical: its default counts this machine's cores
+            available = usable_cpus() if _CONN["private"] else int(cpus // cpus_per_worker)
+            self.num_workers = min(rank_workers(num_workers, share, available), self.num_slots)
             if self.num_workers * cpus_per_worker > cpus:
                 raise WorkerError(
                     f"the Ray cluster has {cpus:g} CPUs, {self.num_workers} render workers need "

@@ -125,6 +125,26 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def rank_workers(num_workers: int | None, share: int = 1, available: int | None = None) -> int:
+    """The render workers one engine starts: its share of ``render.num_workers``.
+
+    The one rule of both engines (:class:`RenderPool`, :class:`deepafx.ray_pool.RayRenderPool`) and of
+    every caller that sizes an engine: ``num_workers`` counts the workers of all the engines started
+    at once by ``share`` cooperating processes (DDP ranks) together, and each gets ``1 / share`` of it.
+
+    Args:
+        num_workers: The configured total (:attr:`RenderConfig.num_workers`); ``None``: ``available``.
+        share: Cooperating processes starting an engine each (the DDP world size; 1 alone).
+        available: The engine's default total: what it can run at once (default :func:`usable_cpus`;
+            the Ray engine passes the cluster's CPUs ÷ ``cpus_per_worker``).
+
+    Returns:
+        ``max(1, total // share)``. The engine further caps it at its batch slots.
+    """
+    total = int(num_workers) if num_workers is not None else int(available if available is not None else usable_cpus())
+    return max(1, total // max(1, int(share)))
+
+
 # -- worker side ------------------------------------------------------------------------------
 class SlotInstances:
     """Worker side: the chain instances of the slots one worker owns (a process or a Ray actor).
@@ -686,13 +706,16 @@ class RenderPool(RenderEngine):
         num_slots: Batch slots (the batch size ``M``).
         instances_per_slot: Instances per slot: ``1 + 2K`` for SPSA with K
             perturbations, ``1 + 2P`` for finite differences.
-        num_workers: Worker processes (default: usable CPU cores, at most ``num_slots``).
+        num_workers: Worker processes of all the engines started at once by ``share``
+            cooperating processes (default: usable CPU cores); this engine starts its share
+            (:func:`rank_workers`), at most ``num_slots``.
         timeout_s: Longest a worker may take for one render/reset request.
         start_timeout_s: Longest a worker may take to start and build its
             instances (default ``max(timeout_s, 120)``).
         max_retries: Restarts + retries of a failed request before giving up.
         start_method: multiprocessing start method (``"spawn"`` default: plugins
             must be loaded on the main thread of a clean process).
+        share: Engines started at once by cooperating processes (DDP ranks), sharing ``num_workers``.
 
     Raises:
         ValueError: ``num_slots`` or ``instances_per_slot`` below 1.
@@ -710,9 +733,11 @@ class RenderPool(RenderEngine):
         max_retries: int = 1,
         start_method: str = "spawn",
         start_timeout_s: float | None = None,
+        *,
+        share: int = 1,
     ):
         self._setup(spec, num_slots, instances_per_slot, timeout_s, max_retries, start_timeout_s)
-        self.num_workers = max(1, min(num_workers or usable_cpus(), self.num_slots))
+        self.num_workers = min(rank_workers(num_workers, share), self.num_slots)
         ctx = mp.get_context(start_method)
         self._workers = []
         self._launch(lambda w, slots: _ProcessWorker(ctx, spec, slots, instances_per_slot, w))
@@ -775,9 +800,11 @@ class RenderConfig:
             ``ray start``), ``"ray://HOST:10001"`` (Ray Client), ``"HOST:6379"``,
             or ``None`` (a private local Ray instance started and stopped with
             the engine). Must be ``None`` for ``"process"``.
-        num_workers: Workers of one engine (``None``: usable CPU cores for
-            ``"process"``, the cluster's CPUs for ``"ray"``; divided among DDP
-            ranks; never more than the batch slots).
+        num_workers: How many render workers: the one place a config sets it. It counts the
+            workers of all the engines started at once by cooperating processes (DDP ranks)
+            together: each rank starts ``num_workers // ranks`` (:func:`rank_workers`), never
+            more than its batch slots. ``None``: usable CPU cores for ``"process"``, the Ray
+            cluster's CPUs for ``"ray"``.
 
     Raises:
         ValueError: an unknown engine (the known ones are listed), an address
@@ -804,9 +831,9 @@ class RenderConfig:
         Args:
             spec: The chain.
             num_slots, instances_per_slot: The instance layout.
-            num_workers: Overrides :attr:`num_workers` when given.
-            share: Engines started at once by cooperating processes (DDP ranks):
-                the default worker count is divided by it.
+            num_workers: Replaces :attr:`num_workers` when given (a caller that sizes its own engine).
+            share: Engines started at once by cooperating processes (DDP ranks): this one starts
+                its share of the workers (:func:`rank_workers`).
             **options: ``timeout_s``, ``max_retries``, ``start_timeout_s``.
 
         Returns:
@@ -819,11 +846,9 @@ class RenderConfig:
         cls = ENGINES.get(self.engine)
         workers = num_workers if num_workers is not None else self.num_workers
         if self.engine == "ray":
-            options.update(address=self.address, share=share)
-        elif workers is None:
-            workers = max(1, usable_cpus() // max(1, share))
-        return cls(spec, num_slots, instances_per_slot, num_workers=workers, **options)
+            options.update(address=self.address)
+        return cls(spec, num_slots, instances_per_slot, num_workers=workers, share=share, **options)
 
 
 __all__ = ["ENGINES", "MALLOC_SETTINGS", "RenderConfig", "RenderEngine", "RenderPool", "RenderRequest", "SlotInstances",
-           "WorkerError", "WorkerHandle", "tune_allocator", "usable_cpus"]
+           "WorkerError", "WorkerHandle", "rank_workers", "tune_allocator", "usable_cpus"]

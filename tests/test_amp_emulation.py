@@ -25,7 +25,7 @@ TINY_DATA = ["data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_pie
 TINY = TINY_DATA + [
     "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
     "model.encoder_kwargs={width_mult: 0.25}",
-    "train.batch_size=2", "train.workers=1", "train.epochs=2", "train.steps_per_epoch=3",
+    "train.batch_size=2", "render.num_workers=1", "train.epochs=2", "train.steps_per_epoch=3",
     "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3",
 ]
 

@@ -126,7 +126,7 @@ def test_pyproject_lists_every_package():
 _TINY_TRAIN = [
     "data.train_minutes=0.1", "data.max_piece_seconds=4", "data.min_piece_seconds=3",
     "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.n_mels=32", "model.encoder_kwargs={width_mult: 0.25}",
-    "train.batch_size=2", "train.workers=1", "train.epochs=1", "train.steps_per_epoch=2", "train.valid_steps=1",
+    "train.batch_size=2", "render.num_workers=1", "train.epochs=1", "train.steps_per_epoch=2", "train.valid_steps=1",
     "train.pretrain_steps=1", "train.num_threads=1",
 ]
 

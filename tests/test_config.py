@@ -68,3 +68,33 @@ def test_an_old_key_in_a_yaml_file_or_an_override_fails_at_binding(table, tmp_pa
     path.write_text(yaml.safe_dump({"recipe": "mastering"}))
     with pytest.raises(ValueError, match=r"^\[train\] 'workers' was removed: write render.num_workers: 3$"):
         recipe.bind(load_config(path, ["train.workers=3"]))
+
+
+# -- the table itself ---------------------------------------------------------------------------
+def _sections():
+    """``(recipe, section name, field names)`` of every dataclass section of every recipe."""
+    from deepafx.recipes import RECIPES
+
+    for name in RECIPES.names():
+        for section, cls in get_recipe(name).sections.items():
+            if dataclasses.is_dataclass(cls):
+                yield name, section, {f.name for f in dataclasses.fields(cls)}
+
+
+def test_every_old_key_is_gone_and_its_replacement_exists():
+    sections = list(_sections())
+    for (section, old), new in config_mod.RENAMED_KEYS.items():
+        if section == "options":  # chain entry options: checked by the backends
+            continue
+        assert all(old not in fields for _, s, fields in sections if s == section), f"{section}.{old} still exists"
+        for candidate in (new,) if isinstance(new, str) else new:
+            target, _, key = candidate.rpartition(".")
+            assert any(s == target and key in fields for _, s, fields in sections), f"{candidate} does not exist"
+
+
+def test_train_workers_names_the_render_section():
+    path = "mastering/quick"
+    for overrides in (["train.workers=2"], ["train.workers=null"]):
+        with pytest.raises(ValueError) as err:
+            get_recipe("mastering").bind(load_config(path, overrides))
+        assert str(err.value).startswith("[train] 'workers' was removed: write render.num_workers: ")

@@ -190,7 +190,8 @@ def test_plugins_listed_on_every_machine():
 @pytest.mark.slow
 def test_torchrun_ranks_render_on_the_cluster(tmp_path, ray_cluster):
     """`deepafx train` under torchrun (2 ranks, gloo) with render.engine=ray: each rank connects to this
-    module's cluster and owns its own actor (1 CPU each); the ranks' models agree as with processes."""
+    module's cluster and owns its share of render.num_workers=2, one actor (1 CPU); the ranks' models agree
+    as with processes."""
     import json
     from pathlib import Path
 
@@ -199,7 +200,7 @@ def test_torchrun_ranks_render_on_the_cluster(tmp_path, ray_cluster):
             "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
             "model.encoder_kwargs={width_mult: 0.25}", "train.batch_size=2", "train.epochs=1",
             "train.steps_per_epoch=2", "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1",
-            "train.seed=3", "render.engine=ray", f"render.address={ray_cluster}", "render.num_workers=1"]
+            "train.seed=3", "render.engine=ray", f"render.address={ray_cluster}", "render.num_workers=2"]
     proc = torchrun_train(quick, tmp_path / "run", tmp_path / "data", tiny)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]

@@ -130,3 +130,23 @@ def test_no_orphan_workers(tmp_path, mode):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), f"orphan workers left after {mode}"
+
+
+# -- how many workers: render.num_workers, shared by the ranks --------------------------------
+def test_rank_workers_shares_the_configured_total_among_ranks():
+    from deepafx.workers import rank_workers, usable_cpus
+
+    assert rank_workers(8, 1) == 8 and rank_workers(8, 2) == 4 and rank_workers(8, 3) == 2
+    assert rank_workers(1, 4) == 1  # never below one per rank
+    assert rank_workers(None, 1, available=6) == 6 and rank_workers(None, 2, available=6) == 3
+    assert rank_workers(None) == usable_cpus()
+
+
+def test_the_render_section_sizes_each_rank_engine():
+    from deepafx.workers import RenderConfig
+
+    spec = chain({"backend": "pedalboard.Gain", "name": "g"}, sample_rate=44100)
+    with RenderConfig(num_workers=4).build(spec, 4, 1, share=2) as pool:  # rank 0 of 2: half of 4
+        assert pool.num_workers == 2 and len(set(pool.pids)) == 2
+    with RenderConfig(num_workers=4).build(spec, 1, 1) as pool:  # never more workers than slots
+        assert pool.num_workers == 1

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -65,7 +64,7 @@ import torch
 from deepafx.chain import ChainSpec
 from deepafx.hosts.base import PluginError
 from deepafx.metrics import lufs
-from deepafx.workers import RenderConfig, RenderRequest
+from deepafx.workers import RenderConfig, RenderRequest, rank_workers
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +227,8 @@ class CmaesOracle:
         loudness_weight: Objective weight per LU of loudness error (>= 0).
         fft_sizes: MR-STFT FFT sizes of the objective, samples.
         overlap: MR-STFT overlap of the objective, [0, 1).
-        num_workers: Render worker processes (``None``: usable CPU cores, at most ``popsize``).
+        num_workers: Render workers, replacing ``render.num_workers`` when given (default:
+            ``render.num_workers``, else usable CPU cores; at most ``popsize``).
         seed: Seed of CMA-ES sampling (``cma`` seed ``seed + 1``; cma reads 0 as "random").
         timeout_s: Longest one render request may take before its worker is restarted, seconds.
         render: Render engine (:class:`~deepafx.workers.RenderConfig`, the config's ``render:`` section;
@@ -265,11 +265,12 @@ class CmaesOracle:
         self.excerpt_seconds, self.preroll_seconds = float(excerpt_seconds), float(preroll_seconds)
         self.loudness_weight, self.fft_sizes, self.overlap = float(loudness_weight), tuple(fft_sizes), float(overlap)
         self.seed = int(seed)
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_slots = max(1, min(int(num_workers or usable), self.popsize))
+        render = render or RenderConfig()
+        workers = rank_workers(num_workers if num_workers is not None else render.num_workers)
+        self.num_slots = min(workers, self.popsize)  # one slot per worker
         self.instances_per_slot = int(math.ceil(self.popsize / self.num_slots))
-        self.pool = (render or RenderConfig()).build(chain, self.num_slots, self.instances_per_slot,
-                                                     num_workers=self.num_slots, timeout_s=timeout_s)
+        self.pool = render.build(chain, self.num_slots, self.instances_per_slot, num_workers=self.num_slots,
+                                 timeout_s=timeout_s)
 
     # -- lifecycle --------------------------------------------------------------
     def close(self) -> None:

@@ -48,11 +48,8 @@ class AutomationTrainConfig(TrainSettings):
     seed, device, threads, logging, early stopping, ReduceLROnPlateau).
 
     Attributes:
-        batch_size: Batch slots M (stateful streams).
-        workers: Render workers (``None``: the ``render:`` section's
-            ``num_workers``, else usable CPU cores ÷ ranks for the process
-            engine or the Ray cluster's CPUs ÷ ranks); ``render.num_workers``
-            takes precedence when both are set.
+        batch_size: Batch slots M (stateful streams). How many render workers
+            serve them is the ``render:`` section's (``render.num_workers``).
         epochs: Maximum epochs of stage 2.
         steps_per_epoch: Cap on steps per epoch (``None``: one pass over the tracks).
         pretrain_steps: Stage-1 steps toward the default parameters (0 skips it).
@@ -72,7 +69,6 @@ class AutomationTrainConfig(TrainSettings):
     """
 
     batch_size: int = 8
-    workers: int | None = None
     epochs: int = 6
     steps_per_epoch: int | None = None
     pretrain_steps: int = 40
@@ -165,11 +161,10 @@ class AutomationTask:
         self.train_tracks, self.valid_tracks = self.load_tracks()
         self.train_tracks = self.train_tracks[self.dist.rank :: self.dist.world_size] or self.train_tracks
         tc = self.settings
-        render: RenderConfig = self.config.sections.get("render") or RenderConfig()
-        workers = render.num_workers or tc.workers  # None: the engine's default, shared by the ranks
+        render: RenderConfig = self.config.sections.get("render") or RenderConfig()  # owns the worker count
         eps = (ExponentialEpsilon(tc.epsilon, tc.epsilon_end, tc.epsilon_decay_steps) if tc.epsilon_end else tc.epsilon)
         layer = HybridChain if is_hybrid(self.chain) else FxLayer  # ddsp. entries: autograd for them
-        self.fx = layer(self.chain, tc.batch_size, num_workers=workers, estimator=tc.estimator,
+        self.fx = layer(self.chain, tc.batch_size, estimator=tc.estimator,
                         epsilon=eps, num_perturbations=tc.num_perturbations,
                         seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s,
                         render=render, worker_share=self.dist.world_size)
