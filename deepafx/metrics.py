@@ -1,10 +1,11 @@
 """Evaluation metrics on numpy audio (not differentiable; for evaluation and reports).
 
-Every function takes audio shaped ``(channels, samples)`` or ``(samples,)``
+Every metric takes audio shaped ``(channels, samples)`` or ``(samples,)``
 (float, any finite values) and returns a Python ``float``. Pairwise metrics
 take an estimate ``est`` and a reference ``ref`` of the same shape; align them
-first (plugin latency) — they raise on a shape mismatch rather than guess.
-Multichannel metrics are computed per channel and averaged.
+first (plugin latency, :func:`align_to_target`) — they raise on a shape
+mismatch rather than guess. Multichannel metrics are computed per channel and
+averaged.
 
 * :func:`mfcc_cosine_distance` — DeepAFx's objective metric (Ramírez et al.,
   ICASSP 2021), on [0, 2], 0 for identical audio.
@@ -17,6 +18,15 @@ Multichannel metrics are computed per channel and averaged.
   pyloudnorm) in LUFS and the absolute difference in LU.
 * :func:`true_peak_dbtp`, :func:`sample_peak_dbfs` — true peak in dBTP
   (ITU-R BS.1770-4 Annex 2, oversampled) and sample peak in dBFS.
+
+The helpers every recipe's evaluation shares live here too, below the recipes:
+
+* :func:`align_to_target` — bounded cross-correlation alignment of an output
+  to its target, both cut to their overlap;
+* :func:`bootstrap_ci`, :func:`paired_bootstrap_ci`, :func:`bootstrap_ratio_ci`
+  — percentile bootstrap intervals over pieces;
+* :func:`json_safe` — results with non-finite floats as ``None`` and numpy
+  scalars as Python ones, for strict JSON.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ __all__ = [
     "true_peak_dbtp",
     "sample_peak_dbfs",
     "MRSTFT_FFT_SIZES",
+    "align_to_target",
+    "json_safe",
     "bootstrap_ci",
     "paired_bootstrap_ci",
     "bootstrap_ratio_ci",
@@ -422,6 +434,71 @@ def sample_peak_dbfs(audio: np.ndarray) -> float:
     return float("-inf") if peak == 0.0 else float(20.0 * np.log10(peak))
 
 
+# --------------------------------------------------------------------------- alignment
+def align_to_target(output: np.ndarray, target: np.ndarray, sample_rate: float,
+                    max_delay_ms: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Align ``output`` to ``target`` by bounded cross-correlation and cut both to their overlap.
+
+    The lag maximises the absolute cross-correlation of the channel sums
+    (:func:`deepafx.losses.estimate_lag`, float32), so polarity does not
+    matter and is never flipped.
+
+    Args:
+        output: ``(channels, samples)``.
+        target: ``(channels, samples)`` (lengths may differ; the shorter one bounds both).
+        sample_rate: Hz.
+        max_delay_ms: Largest lag searched, ms (>= 0; 0: no search).
+
+    Returns:
+        ``(output_aligned, target_aligned, lag_samples)`` with equal shapes (views
+        of the inputs); ``lag_samples > 0`` means the output lagged the target.
+    """
+    import torch
+
+    from deepafx.losses import estimate_lag
+
+    n = min(output.shape[1], target.shape[1])
+    out, tgt = output[:, :n], target[:, :n]
+    d = min(int(round(max_delay_ms * 1e-3 * sample_rate)), n - 1)
+    lag = 0
+    if d > 0:
+        lag = int(estimate_lag(torch.from_numpy(np.ascontiguousarray(out, np.float32))[None],
+                               torch.from_numpy(np.ascontiguousarray(tgt, np.float32))[None], d)[0])
+    if lag > 0:
+        out, tgt = out[:, lag:], tgt[:, : n - lag]
+    elif lag < 0:
+        out, tgt = out[:, : n + lag], tgt[:, -lag:]
+    return out, tgt, lag
+
+
+# --------------------------------------------------------------------------- results
+def json_safe(obj: Any) -> Any:
+    """Copy of ``obj`` fit for strict JSON (``json.dumps(..., allow_nan=False)``).
+
+    Non-finite floats (NaN, ±inf: a metric of a failed or silent piece) become
+    ``None``; numpy floats, integers and booleans become Python ones; tuples
+    become lists; dicts and lists are copied recursively; anything else is
+    returned as it is.
+
+    Args:
+        obj: Results (nested dicts, lists, tuples, scalars).
+
+    Returns:
+        The converted copy.
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 # --------------------------------------------------------------------------- confidence intervals
 
 
@@ -444,16 +521,17 @@ def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _values(values: Any, name: str = "values") -> np.ndarray:
+def _values(values: Any, name: str = "values", allow_nonfinite: bool = False) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if v.size == 0:
         raise ValueError(f"{name}: a bootstrap interval needs at least one value")
-    if not np.all(np.isfinite(v)):
+    if not allow_nonfinite and not np.all(np.isfinite(v)):
         raise ValueError(f"{name} holds NaN/Inf; drop the pieces a method failed on first")
     return v
 
 
-def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float = 0.95, *,
+                 allow_nonfinite: bool = False) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of a mean.
 
     Draws ``resamples`` samples of ``n`` values with replacement, takes each
@@ -465,19 +543,25 @@ def bootstrap_ci(values: Any, resamples: int = 2000, seed: int = 0, level: float
     and metrics over the same pieces use the same resamples.
 
     Args:
-        values: ``(n,)`` per-piece values (finite).
+        values: ``(n,)`` per-piece values (finite unless ``allow_nonfinite``).
         resamples: Bootstrap resamples (>= 1). Default 2,000.
         seed: Seed of the resampling (``numpy.random.default_rng``).
         level: Coverage on (0, 1). Default 0.95.
+        allow_nonfinite: Resample NaN/Inf like any other value instead of
+            raising; a bound is then NaN or infinite where the resampled means
+            are (for reports that show such a bound as missing, see
+            :func:`json_safe`, rather than stop). Finite values give the same
+            interval either way.
 
     Returns:
         ``(low, high)``, in the unit of ``values``; ``(v, v)`` for one value.
 
     Raises:
-        ValueError: no values, NaN/Inf, ``resamples < 1`` or ``level`` outside (0, 1).
+        ValueError: no values, NaN/Inf (unless ``allow_nonfinite``), ``resamples < 1``
+            or ``level`` outside (0, 1).
     """
     _check_level(level)
-    v = _values(values)
+    v = _values(values, allow_nonfinite=allow_nonfinite)
     if v.size == 1:
         return float(v[0]), float(v[0])
     means = v[_resample_indices(v.size, resamples, seed)].mean(axis=1)

@@ -170,3 +170,32 @@ def test_pitch_error_cents_of_a_semitone_and_a_cached_reference():
     np.testing.assert_array_equal(pitch_error_cents(est, ref, sr, ref_hz=ref_hz), cents)
     with pytest.raises(ValueError, match="one pitch per channel"):
         pitch_error_cents(est, ref, sr, ref_hz=ref_hz[:1])
+
+
+def test_json_safe_gives_strict_json():
+    import json
+
+    res = M.json_safe({"a": (1.5, np.float32(np.nan), np.inf), "b": [np.int64(3), np.bool_(True), "x", None],
+                       "c": {"d": -np.inf, "e": np.float64(2.0)}})
+    assert res == {"a": [1.5, None, None], "b": [3, True, "x", None], "c": {"d": None, "e": 2.0}}
+    assert type(res["b"][0]) is int and type(res["b"][1]) is bool and type(res["c"]["e"]) is float
+    json.dumps(res, allow_nan=False)
+
+
+def test_bootstrap_allow_nonfinite_keeps_finite_intervals_and_propagates_the_rest():
+    v = np.random.default_rng(4).normal(1.0, 0.3, 12)
+    assert M.bootstrap_ci(v, 500, seed=2, allow_nonfinite=True) == M.bootstrap_ci(v, 500, seed=2)
+    bad = np.append(v, np.nan)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        M.bootstrap_ci(bad)
+    lo, hi = M.bootstrap_ci(bad, 500, seed=2, allow_nonfinite=True)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_align_to_target_recovers_a_delay_and_keeps_polarity():
+    x = _noise(2, 0.5)
+    delayed = np.concatenate([np.zeros((2, 30)), -x[:, :-30]], axis=1)  # 30 samples late, inverted
+    out, tgt, lag = M.align_to_target(delayed, x, SR, max_delay_ms=5.0)
+    assert lag == 30 and out.shape == tgt.shape == (2, x.shape[1] - 30)
+    np.testing.assert_allclose(out, -tgt)
+    assert M.align_to_target(delayed, x, SR, max_delay_ms=0.0)[2] == 0

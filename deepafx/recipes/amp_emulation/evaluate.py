@@ -29,7 +29,7 @@ Metrics per piece (then mean and a 95 % bootstrap confidence interval over piece
 Alignment: a method whose chain reports latency (not the embedded chain) is
 aligned to the target by the lag maximising the absolute cross-correlation,
 searched within ``latency + max_delay_ms``
-(:func:`deepafx.recipes.mastering.evaluate.align_to_target`), both cut to their
+(:func:`deepafx.metrics.align_to_target`), both cut to their
 overlap; polarity is never flipped. Methods without latency are scored sample
 by sample as they come.
 
@@ -55,8 +55,8 @@ import soundfile as sf
 import torch
 
 from deepafx import metrics
+from deepafx.metrics import align_to_target, bootstrap_ci, json_safe  # noqa: F401  (bootstrap_ci re-exported)
 from deepafx.recipes.amp_emulation.esr import PRE_EMPHASIS, esr
-from deepafx.recipes.mastering.evaluate import _finite  # non-finite floats → None for strict JSON
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,6 @@ def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, al
     n = min(output.shape[-1], target.shape[-1])
     out, tgt, lag = output[:, :n], target[:, :n], 0
     if align_ms is not None:
-        from deepafx.recipes.mastering.evaluate import align_to_target
-
         out, tgt, lag = align_to_target(out, tgt, sample_rate, align_ms)
     return {
         "esr": esr(out, tgt),
@@ -150,30 +148,10 @@ def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, al
     }
 
 
-def bootstrap_ci(values, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean.
-
-    Args:
-        values: ``(n,)`` per-item values (finite).
-        resamples: Bootstrap resamples (>= 1).
-        seed: Seed of the resampling.
-        level: Coverage on (0, 1).
-
-    Returns:
-        ``(low, high)``; ``(v, v)`` for a single item.
-
-    Raises:
-        ValueError: no values.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    if v.size == 1:
-        return float(v[0]), float(v[0])
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(int(resamples), v.size))].mean(axis=1)
-    a = (1.0 - level) / 2.0
-    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+def _interval(values, ec: EvaluateConfig) -> tuple[float, float]:
+    """95 % bootstrap interval of the mean over pieces; an ESR of ``inf`` (silent target) gives a
+    non-finite bound, written as ``null``, instead of stopping the evaluation."""
+    return metrics.bootstrap_ci(values, ec.bootstrap, ec.seed, allow_nonfinite=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -390,7 +368,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         s: dict[str, Any] = {}
         for key, _, _ in METRICS:
             vals = [r[key] for r in rows]
-            s[key] = {"mean": float(np.mean(vals)), "ci95": list(bootstrap_ci(vals, ec.bootstrap, ec.seed)),
+            s[key] = {"mean": float(np.mean(vals)), "ci95": list(_interval(vals, ec)),
                       "per_piece": vals}
         secs = [r["seconds"] for r in rows]
         if any(v is None for v in secs):
@@ -410,7 +388,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         paired[other] = {}
         for key, _, _ in METRICS:
             d = np.array(summary["model"][key]["per_piece"]) - np.array(summary[other][key]["per_piece"])
-            paired[other][key] = {"mean": float(d.mean()), "ci95": list(bootstrap_ci(d, ec.bootstrap, ec.seed)),
+            paired[other][key] = {"mean": float(d.mean()), "ci95": list(_interval(d, ec)),
                                   "model_better": int((d < 0).sum()), "n": int(d.size)}
     settings = {
         "split": split,
@@ -439,7 +417,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    results = _finite({split: summary, "paired": paired, "tracks": per_track, "settings": settings})
+    results = json_safe({split: summary, "paired": paired, "tracks": per_track, "settings": settings})
     for name, text in (("results.json", json.dumps(results, indent=1, allow_nan=False)),
                        ("results.md", results_markdown(results, split))):
         tmp = out_dir / f".{name}.tmp"

@@ -66,7 +66,7 @@ each is met (point value) and whether its 95 % interval is entirely inside.
 Alignment: the chain's crossovers and filters add a frequency-dependent group
 delay (and a plugin may report latency), so before the pairwise metrics each
 output is aligned to its target by the lag ``τ`` maximising the absolute
-cross-correlation of the channel sums (:func:`deepafx.losses.estimate_lag`),
+cross-correlation of the channel sums (:func:`deepafx.metrics.align_to_target`),
 searched over ``|τ| ≤ max_delay_ms`` (default 20 ms), and both signals are cut
 to their overlap. Polarity is not flipped (all metrics are magnitude-based).
 ``lufs_error`` and ``true_peak_dbtp`` use the whole, unaligned output.
@@ -107,7 +107,9 @@ import soxr
 import torch
 
 from deepafx import metrics
-from deepafx.metrics import bootstrap_ci, bootstrap_ratio_ci, paired_bootstrap_ci  # noqa: F401  (re-exported)
+from deepafx.metrics import (  # noqa: F401  (align_to_target and the intervals re-exported)
+    align_to_target, bootstrap_ci, bootstrap_ratio_ci, json_safe, paired_bootstrap_ci,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,36 +248,6 @@ def oracle_rows(cmaes_renders: int | Sequence[int]) -> list[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------- metrics
-def align_to_target(output: np.ndarray, target: np.ndarray, sample_rate: float,
-                    max_delay_ms: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Align ``output`` to ``target`` by bounded cross-correlation and cut both to their overlap.
-
-    Args:
-        output: ``(channels, samples)``.
-        target: ``(channels, samples)`` (lengths may differ; the shorter one bounds both).
-        sample_rate: Hz.
-        max_delay_ms: Largest lag searched, ms (>= 0).
-
-    Returns:
-        ``(output_aligned, target_aligned, lag_samples)`` with equal shapes;
-        ``lag_samples > 0`` means the output lagged the target.
-    """
-    from deepafx.losses import estimate_lag
-
-    n = min(output.shape[1], target.shape[1])
-    out, tgt = output[:, :n], target[:, :n]
-    d = min(int(round(max_delay_ms * 1e-3 * sample_rate)), n - 1)
-    lag = 0
-    if d > 0:
-        lag = int(estimate_lag(torch.from_numpy(np.ascontiguousarray(out, np.float32))[None],
-                               torch.from_numpy(np.ascontiguousarray(tgt, np.float32))[None], d)[0])
-    if lag > 0:
-        out, tgt = out[:, lag:], tgt[:, : n - lag]
-    elif lag < 0:
-        out, tgt = out[:, : n + lag], tgt[:, -lag:]
-    return out, tgt, lag
-
-
 def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, max_delay_ms: float = 20.0) -> dict:
     """All metrics of one output against its target (see the module docstring).
 
@@ -747,21 +719,6 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def _finite(obj: Any) -> Any:
-    """Copy of ``obj`` with non-finite floats replaced by ``None`` (strict JSON has no inf/NaN)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def _mean(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -1105,7 +1062,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         "torch_threads": torch.get_num_threads(),
         "summary_png": None,
     }
-    results = _finite({split: summary, "tracks": per_track, "settings": settings,
+    results = json_safe({split: summary, "tracks": per_track, "settings": settings,
                        "paired": _paired(per_track, rows, ec), "targets": _targets(per_track, summary, rows, ec)})
     files = []
     if ec.plot:
