@@ -32,6 +32,7 @@ T = TypeVar("T")
 RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
     # render workers: the render section owns their count
     ("train", "workers"): "render.num_workers",
+    ("evaluate", "workers"): "render.num_workers",  # the CMA-ES oracle's render workers
 }
 
 

@@ -98,3 +98,10 @@ def test_train_workers_names_the_render_section():
         with pytest.raises(ValueError) as err:
             get_recipe("mastering").bind(load_config(path, overrides))
         assert str(err.value).startswith("[train] 'workers' was removed: write render.num_workers: ")
+
+
+@pytest.mark.parametrize("recipe, path", [("mastering", "mastering/quick"), ("amp_emulation", "amp_emulation/quick")])
+def test_evaluate_workers_names_the_render_section(recipe, path):
+    with pytest.raises(ValueError) as err:
+        get_recipe(recipe).bind(load_config(path, ["evaluate.workers=2"]))
+    assert str(err.value) == "[evaluate] 'workers' was removed: write render.num_workers: 2"

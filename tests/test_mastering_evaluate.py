@@ -44,7 +44,7 @@ DATA_OVERRIDES = [
 # Two oracle budgets with population 8: 13 = defaults + 1 generation + a partial one of 4; 17 = defaults + 2.
 EVAL_OVERRIDES = [
     "evaluate.cmaes_renders=[13, 17]", "evaluate.cmaes_popsize=8", "evaluate.excerpt_seconds=2.0",
-    "evaluate.preroll_seconds=0.5", "evaluate.num_examples=1", "evaluate.workers=2",
+    "evaluate.preroll_seconds=0.5", "evaluate.num_examples=1", "render.num_workers=2",
 ]
 
 

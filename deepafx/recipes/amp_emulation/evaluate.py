@@ -93,7 +93,6 @@ class EvaluateConfig:
             (:class:`~deepafx.recipes.amp_emulation.neural_amp.NeuralAmpConfig`;
             ``budget_seconds: null`` = the model's training time).
         plot_piece: Index of the test piece drawn in the figures.
-        workers: Render worker processes of the oracle (``None``: usable CPU cores).
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
         seed: Seed of CMA-ES and of the bootstrap.
@@ -115,7 +114,6 @@ class EvaluateConfig:
     bootstrap: int = 2000
     neural_amp: dict = field(default_factory=dict)
     plot_piece: int = 0
-    workers: int | None = None
     threads: int | None = 1
     seed: int = 0
     timeout_s: float = 120.0
@@ -317,7 +315,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
     with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s,
+                     seed=ec.seed, timeout_s=ec.timeout_s,
                      render=config.sections.get("render")) as oracle:
         latency = int(oracle.pool.latency_samples)
         align = None if latency == 0 else latency / sr * 1e3 + ec.max_delay_ms

@@ -172,7 +172,6 @@ class EvaluateConfig:
         smoothing_frames: Model parameter smoothing, frames.
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         num_examples: Pieces whose renders are written to ``OUT/examples``.
-        workers: Render worker processes of the oracle (``None``: usable CPU cores).
         seed: CMA-ES seed, and the seed of the bootstrap resampling.
         timeout_s: Longest one render request may take, seconds.
         loudness_lufs: With a value (LUFS, e.g. −14, the reference engineer's
@@ -206,7 +205,6 @@ class EvaluateConfig:
     smoothing_frames: int = 3
     max_tracks: int | None = None
     num_examples: int = 1
-    workers: int | None = None
     seed: int = 0
     timeout_s: float = 120.0
     loudness_lufs: float | None = None
@@ -901,7 +899,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     num_workers=ec.workers, seed=ec.seed, timeout_s=ec.timeout_s,
+                     seed=ec.seed, timeout_s=ec.timeout_s,
                      render=config.sections.get("render")) as oracle:
         for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):
             if data_sr != sr:
