@@ -122,12 +122,20 @@ def resolve_checkpoint(path: str | Path, prefer: str | Sequence[str] = "best") -
     raise FileNotFoundError(f"no checkpoint in {p}: tried {', '.join(str(t) for t in tried)} (written by `deepafx train`)")
 
 
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint).
+
+    A ``ValueError`` too, so the command line prints it as one line (bad content a user can fix).
+    """
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`atomic_save` (a file or a run folder: its ``last.pt``).
 
     Raises:
         FileNotFoundError: no such file (says how checkpoints are named).
-        RuntimeError: an unreadable or corrupt file, in one line that names it.
+        CheckpointError: (a ``RuntimeError`` and ``ValueError``) an unreadable or corrupt file, in one
+            line that names it.
     """
     import torch
 
@@ -137,10 +145,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # pickle/zip/EOF errors, often several lines long
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeError(f"could not read checkpoint {path} ({type(exc).__name__}: {first}); it is truncated or "
-                           f"not a deepafx checkpoint: use another one (checkpoints/best.pt, last.pt) "
-                           f"or train afresh") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"could not read checkpoint {path} ({type(exc).__name__}: {first}); it is truncated "
+                              f"or not a deepafx checkpoint: use another one (checkpoints/best.pt, last.pt) "
+                              f"or train afresh") from exc
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -221,5 +229,5 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["SEED_PREFIX", "RunLayout", "atomic_save", "atomic_write_text", "keep_earlier_run", "load_checkpoint",
-           "resolve_checkpoint", "seed_runs"]
+__all__ = ["SEED_PREFIX", "CheckpointError", "RunLayout", "atomic_save", "atomic_write_text", "keep_earlier_run",
+           "load_checkpoint", "resolve_checkpoint", "seed_runs"]

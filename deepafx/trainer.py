@@ -159,7 +159,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
 
 def resume_may_change(key: str) -> bool:
     """Whether ``section.key`` is one of :data:`RESUME_MAY_CHANGE`."""
-    return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in RESUME_MAY_CHANGE)
+    return any(key == p or (p.endswith(".*") and (key == p[:-2] or key.startswith(p[:-1]))) for p in RESUME_MAY_CHANGE)
 
 
 def _short(value: Any, width: int = 40) -> str:
