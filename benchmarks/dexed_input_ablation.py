@@ -163,7 +163,7 @@ def main() -> None:
     config = get_recipe("dexed_matching").bind(load_config(args.config))
     dcfg = config.data
     if args.corpus_workers:
-        dcfg = dataclasses.replace(dcfg, corpus_workers=args.corpus_workers)
+        dcfg = dataclasses.replace(dcfg, num_workers=args.corpus_workers)
     ddir = Path(args.data_dir) if args.data_dir else default_data_dir(config)
     t0 = time.perf_counter()
     _ensure_corpus(dcfg, ddir, force=False, progress=True)
@@ -309,7 +309,7 @@ def train_prototype_head(config, corpus, dcfg, args, device, free, targets, scor
         t0 = time.perf_counter()
         usable = corpus.valid_index
         rows, labels, dist = corpus.nearest_voices(distances=True, metric="lsd" if labels_from == "lsd" else "logmel",
-                                                   workers=dcfg.corpus_workers)
+                                                   num_workers=dcfg.num_workers)
         assert np.array_equal(rows, protos)
         if labels_from == "soft":  # softmax(−d / τ), τ the median gap between the nearest and second-nearest voice
             dv = dist[usable]

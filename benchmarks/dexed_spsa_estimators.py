@@ -43,7 +43,7 @@ def run(mode: str, k: int, lr: float, steps: int, bank_dir) -> dict:
     target = torch.from_numpy(np.stack([r.render(voices[i].x) for i in ids]))
     start = np.stack([sample_around(voices[i].x, rng, 0.08, 0.0, 0.0) for i in ids])
     free = torch.from_numpy(numeric_free_mask())
-    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_s": 0.25}}, sample_rate=sr)
+    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_seconds": 0.25}}, sample_rate=sr)
     fx = FxLayer(spec, batch_size=b * (1 + 2 * k) if mode == "loss" else b, num_workers=2, epsilon=0.01,
                  num_perturbations=k if mode == "vjp" else 1, seed=0)
     sizes = (2048, 1024, 512, 256)

@@ -53,7 +53,7 @@ def main() -> None:
     model = DexedEstimator(6, sr, n_mels=64, hop_length=512, architecture=args.architecture).to(dev)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     spec = chain({"backend": "dexed", "name": "dexed", "options": {"notes": [list(n) for n in MULTI_NOTES],
-                                                                  "note_duration_s": 3.0}}, sample_rate=sr, name="dexed")
+                                                                  "note_duration_seconds": 3.0}}, sample_rate=sr, name="dexed")
     loss_fn = build_loss("mss", sample_rate=sr, fft_sizes=(2048, 1024, 512, 256), reduction="none")
     free = torch.from_numpy(numeric_free_mask())
     pitch = torch.full((b,), 60.0, device=dev)

@@ -32,7 +32,17 @@ T = TypeVar("T")
 RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
     # render workers: the render section owns their count
     ("train", "workers"): "render.num_workers",
-    ("evaluate", "workers"): "render.num_workers",  # the CMA-ES oracle's render workers
+    ("train", "render_workers"): "render.num_workers",
+    # other worker counts: num_workers of the section whose work they do
+    ("data", "corpus_workers"): "data.num_workers",
+    ("evaluate", "workers"): ("evaluate.num_workers", "render.num_workers"),  # Dexed's searches; the CMA-ES oracle
+    # one name per concept: the SPSA perturbation of training and its draws
+    ("train", "spsa_epsilon"): "train.epsilon",
+    ("train", "spsa_perturbations"): "train.num_perturbations",
+    # seconds are _seconds
+    ("data", "duration_s"): "data.duration_seconds",
+    ("data", "note_duration_s"): "data.note_duration_seconds",
+    ("options", "note_duration_s"): "options.note_duration_seconds",
 }
 
 

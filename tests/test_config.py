@@ -105,3 +105,45 @@ def test_evaluate_workers_names_the_render_section(recipe, path):
     with pytest.raises(ValueError) as err:
         get_recipe(recipe).bind(load_config(path, ["evaluate.workers=2"]))
     assert str(err.value) == "[evaluate] 'workers' was removed: write render.num_workers: 2"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.render_workers=2", "[train] 'render_workers' was removed: write render.num_workers: 2"),
+    ("train.spsa_epsilon=0.01", "[train] 'spsa_epsilon' was renamed: write train.epsilon: 0.01"),
+    ("train.spsa_perturbations=2", "[train] 'spsa_perturbations' was renamed: write train.num_perturbations: 2"),
+    ("data.corpus_workers=4", "[data] 'corpus_workers' was renamed: write data.num_workers: 4"),
+    ("data.duration_s=4.0", "[data] 'duration_s' was renamed: write data.duration_seconds: 4.0"),
+    ("evaluate.workers=2", "[evaluate] 'workers' was renamed: write evaluate.num_workers: 2"),
+])
+def test_dexed_old_keys_name_their_replacements(override, message):
+    with pytest.raises(ValueError) as err:
+        get_recipe("dexed_matching").bind(load_config("dexed_matching/quick", [override]))
+    assert str(err.value) == message
+
+
+def test_a_dexed_yaml_with_old_keys_fails_on_the_first_one(tmp_path):
+    raw = yaml.safe_load(open(load_config("dexed_matching/quick")["_path"]))
+    raw["train"]["render_workers"] = raw.pop("render")["num_workers"]
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"^\[train\] 'render_workers' was removed: write render.num_workers: 2$"):
+        get_recipe("dexed_matching").bind(load_config(path))
+
+
+def test_a_dexed_dataset_manifest_written_with_old_keys_is_still_current():
+    from deepafx.recipes.dexed_matching.data import DataConfig, _stored_settings
+
+    new = dataclasses.asdict(DataConfig())
+    old = {{"duration_seconds": "duration_s", "note_duration_seconds": "note_duration_s",
+             "num_workers": "corpus_workers"}.get(k, k): v for k, v in new.items()}
+    assert _stored_settings(old) == new
+    assert DataConfig.from_dict(_stored_settings(old)) == DataConfig()
+
+
+def test_an_old_chain_option_names_its_replacement():
+    pytest.importorskip("dexed")
+    from deepafx.hosts.base import PluginError, ProcessorSpec, build_processor
+
+    with pytest.raises(PluginError, match=r"\[options\] 'note_duration_s' was renamed: write "
+                                          r"options.note_duration_seconds: 0.5$"):
+        build_processor(ProcessorSpec("dexed", "dx", {"note_duration_s": 0.5}), 16000)

@@ -77,7 +77,7 @@ def test_normalized_round_trip_on_factory_presets(factory):
 
 
 def test_processor_renders_one_channel_per_note_and_is_stateless(factory):
-    proc = build_processor(ProcessorSpec("dexed", "dx", {"notes": [list(n) for n in MULTI_NOTES[:3]], "note_duration_s": 0.5}), SR)
+    proc = build_processor(ProcessorSpec("dexed", "dx", {"notes": [list(n) for n in MULTI_NOTES[:3]], "note_duration_seconds": 0.5}), SR)
     assert proc.is_instrument and proc.num_output_channels == 3
     values = dexed_param_table().denormalize(factory[7].x)
     silence = np.zeros((1, SR), dtype=np.float32)
@@ -95,7 +95,7 @@ def test_processor_renders_one_channel_per_note_and_is_stateless(factory):
 
 
 def test_chain_with_dexed_processor(factory):
-    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_s": 0.5}}, sample_rate=SR)
+    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_seconds": 0.5}}, sample_rate=SR)
     live = spec.build()
     try:
         assert len(live.param_table) == NUM_DEXED_PARAMS and live.param_table.names[0] == "dexed.feedback"
@@ -227,7 +227,7 @@ def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
     free = torch.from_numpy(numeric_free_mask())
     theta = torch.nn.Parameter(torch.from_numpy(start[:, free.numpy()]).float())
     fixed = torch.from_numpy(start).float()
-    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_s": 0.25}}, sample_rate=SR)
+    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_seconds": 0.25}}, sample_rate=SR)
     fx = FxLayer(spec, batch_size=len(ids) * (1 + 2 * k), num_workers=1, epsilon=0.01, seed=0)
     loss_fn = MultiResolutionSTFTLoss(fft_sizes=(2048, 1024, 512, 256), reduction="none")
     opt = torch.optim.Adam([theta], lr=3e-3)

@@ -24,7 +24,7 @@ TINY = [
     "data.ood_valid_programs=1",
     "data.test_fraction=0.2",
     "data.corpus_size=40",
-    "data.corpus_workers=1",
+    "data.num_workers=1",
     "model.cnn_channels=[8, 16]",
     "model.hidden=32",
     "train.batch_size=4",
@@ -34,14 +34,14 @@ TINY = [
     "train.crossfade_steps=1",
     "train.synth_steps=1",
     "train.real_steps=1",
-    "train.render_workers=1",
+    "render.num_workers=1",
     "train.num_threads=1",
     "train.log_every=1",
     "evaluate.num_in_domain=3",
     "evaluate.num_out_of_domain=2",
     "evaluate.refine_renders=4",
     "evaluate.refine_methods=[retrieval_corpus, ploss]",
-    "evaluate.workers=1",
+    "evaluate.num_workers=1",
 ]
 
 
@@ -115,8 +115,8 @@ def test_interrupted_build_leaves_no_corpus(bank_dir, tmp_path, monkeypatch):
     fx = np.stack([v.x for v in load_factory_presets(bank_dir)[:4]])
     with pytest.raises(RuntimeError, match="render failed"):
         corpus_mod.build_corpus(tmp_path / "corpus", fx, size=8, radii=[0.05], random_fraction=0.0, seed=0,
-                                sample_rate=16000.0, notes=[(60, 85)], note_duration_s=0.5, duration_s=1.0,
-                                feature=corpus_mod.FeatureSettings(), min_level_db=-60, workers=1, progress=False)
+                                sample_rate=16000.0, notes=[(60, 85)], note_duration_seconds=0.5, duration_seconds=1.0,
+                                feature=corpus_mod.FeatureSettings(), min_level_db=-60, num_workers=1, progress=False)
     assert not (tmp_path / "corpus").exists() and not (tmp_path / "corpus.tmp").exists()
 
 
@@ -233,7 +233,7 @@ def test_lsd_voice_labels_are_the_evaluation_metric_cached_atomically(tiny):
 
     c = Corpus(tiny / "corpus")
     (tiny / "corpus" / "voice_lsd.npy").unlink(missing_ok=True)
-    rows, labels, table = c.nearest_voices(metric="lsd", distances=True, workers=1, progress=False)
+    rows, labels, table = c.nearest_voices(metric="lsd", distances=True, num_workers=1, progress=False)
     assert table.shape == (len(c), len(rows))
     m = c.meta
     renderer = DexedRenderer(m["sample_rate"], tuple(tuple(p) for p in m["notes"]), m["note_duration_s"], m["duration_s"])
@@ -250,10 +250,10 @@ def test_lsd_voice_labels_are_the_evaluation_metric_cached_atomically(tiny):
     # cached: read back, not recomputed; the process pool computes the same table; no temporary file left
     cache = tiny / "corpus" / "voice_lsd.npy"
     stamp = cache.stat().st_mtime_ns
-    np.testing.assert_array_equal(c.voice_lsd(workers=1, progress=False), table)
+    np.testing.assert_array_equal(c.voice_lsd(num_workers=1, progress=False), table)
     assert cache.stat().st_mtime_ns == stamp
     cache.unlink()
-    np.testing.assert_array_equal(c.voice_lsd(workers=2, progress=False), table)
+    np.testing.assert_array_equal(c.voice_lsd(num_workers=2, progress=False), table)
     assert sorted(p.name for p in cache.parent.glob("voice_lsd*")) == ["voice_lsd.npy"]
     with pytest.raises(ValueError, match="voice-label metric"):
         c.nearest_voices(metric="mfcc")

@@ -38,13 +38,13 @@ TINY_TRAIN = [
     "train.crossfade_steps=2",
     "train.synth_steps=1",
     "train.real_steps=2",
-    "train.render_workers=1",
+    "render.num_workers=1",
     "train.num_threads=1",
     "train.log_every=1",
     "evaluate.num_in_domain=1",
     "evaluate.num_out_of_domain=1",
     "evaluate.refine_renders=6",
-    "evaluate.workers=1",
+    "evaluate.num_workers=1",
 ]
 
 

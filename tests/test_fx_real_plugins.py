@@ -34,10 +34,10 @@ CASES = {
     "amsynth_vst2_instrument": ("/usr/lib/vst/amsynth_vst.so", lambda: chain(
         {"backend": "dawdreamer.instrument", "name": "syn",
          "options": {"path": "/usr/lib/vst/amsynth_vst.so", "param_map": "param_maps/amsynth.yaml",
-                     "notes": [[57, 100]], "note_duration_s": 0.3},
+                     "notes": [[57, 100]], "note_duration_seconds": 0.3},
          "learn": ["filter_cutoff", "filter_resonance", "amp_sustain"]}, sample_rate=16000), 1),
     # Dexed's landscape is a needle over all 145 values; learn the six operator output levels.
-    "dexed": (None, lambda: chain({"backend": "dexed", "name": "dx", "options": {"notes": [[60, 100]], "note_duration_s": 0.3},
+    "dexed": (None, lambda: chain({"backend": "dexed", "name": "dx", "options": {"notes": [[60, 100]], "note_duration_seconds": 0.3},
                                    "learn": [f"op{k}_output_level" for k in range(1, 7)]}, sample_rate=16000), 1),
 }
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(AMSYNTH), reason="amsynth not
 
 
 def _synth(**options):
-    opts = {"path": AMSYNTH, "param_map": "param_maps/amsynth.yaml", "notes": [[60, 100], [45, 60]], "note_duration_s": 0.4}
+    opts = {"path": AMSYNTH, "param_map": "param_maps/amsynth.yaml", "notes": [[60, 100], [45, 60]], "note_duration_seconds": 0.4}
     opts.update(options)
     return chain({"backend": "dawdreamer.instrument", "name": "syn", "options": opts}, sample_rate=16000).build()
 

@@ -105,8 +105,8 @@ def render_notes(
     soundfont: str | Path,
     notes: Sequence[tuple[int, int, int]],
     sample_rate: float = 16000.0,
-    duration_s: float = 4.0,
-    note_duration_s: float = 3.0,
+    duration_seconds: float = 4.0,
+    note_duration_seconds: float = 3.0,
 ) -> np.ndarray:
     """Render single notes ``(program, pitch, velocity)`` from a GM SoundFont, dry and mono.
 
@@ -117,8 +117,8 @@ def render_notes(
         soundfont: Path of an ``.sf2`` file.
         notes: ``(program 0–127, MIDI pitch, velocity 1–127)`` triples.
         sample_rate: Output rate in Hz.
-        duration_s: Length of each note's audio, seconds.
-        note_duration_s: Note-on time, seconds.
+        duration_seconds: Length of each note's audio, seconds.
+        note_duration_seconds: Note-on time, seconds.
 
     Returns:
         ``(num_notes, samples)`` float32 (stereo downmixed to mono, full scale 1.0).
@@ -127,8 +127,8 @@ def render_notes(
         FileNotFoundError: the SoundFont is missing (says which Debian package has it).
         RuntimeError: pyfluidsynth/libfluidsynth is not installed or the file fails to load.
     """
-    n = int(round(duration_s * sample_rate))
-    n_on = int(round(note_duration_s * sample_rate))
+    n = int(round(duration_seconds * sample_rate))
+    n_on = int(round(note_duration_seconds * sample_rate))
     synth, sfid = load_synth(soundfont, sample_rate, gain=0.5, quiet=True)
     out = np.zeros((len(notes), n), dtype=np.float32)
     try:

@@ -10,7 +10,7 @@ which is exactly this contract; :meth:`reset` has nothing to clear.
 
 Options: ``path`` (required; a ``.so``/``.vst3`` path or a name found in the
 usual VST folders), ``notes`` (list of ``[midi_pitch, velocity]``, default
-``[[60, 100]]``), ``note_duration_s`` (seconds the key is held, default 1.0),
+``[[60, 100]]``), ``note_duration_seconds`` (seconds the key is held, default 1.0),
 ``param_map`` and ``exclude`` as for the ``dawdreamer`` backend, ``block_size``.
 Parameters are discovered from the plugin (values in the units its display
 shows), with host-only and non-automatable ones excluded.
@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from deepafx.config import renamed_key_error
 from deepafx.hosts.base import PluginError, ProcessorSpec, register_backend
 from deepafx.hosts.dawdreamer_host import (
     _CREATE_LOCK, DEFAULT_BLOCK_SIZE, VSTDawDreamerProcessor, _Voice, find_vst2,
@@ -46,16 +47,16 @@ class VSTInstrumentDawDreamer(VSTDawDreamerProcessor):
     render_clears_state = True
 
     def __init__(self, path: str | Path, sample_rate: float, notes: Sequence[Sequence[int]] = ((60, 100),),
-                 note_duration_s: float = 1.0, param_map: str | Path | None = None,
+                 note_duration_seconds: float = 1.0, param_map: str | Path | None = None,
                  exclude: Sequence[str] = (), block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         # no replay context: each render starts from silence by design
         super(VSTDawDreamerProcessor, self).__init__(sample_rate, 0.0, block_size, 1)
         self.notes = [(int(p), int(v)) for p, v in notes]
         if not self.notes or any(not (0 <= p <= 127 and 1 <= v <= 127) for p, v in self.notes):
             raise PluginError(f"notes must be [[pitch 0-127, velocity 1-127], ...], got {notes}")
-        if not note_duration_s > 0:
-            raise PluginError(f"note_duration_s must be > 0 seconds, got {note_duration_s}")
-        self.note_duration_s = float(note_duration_s)
+        if not note_duration_seconds > 0:
+            raise PluginError(f"note_duration_seconds must be > 0 seconds, got {note_duration_seconds}")
+        self.note_duration_seconds = float(note_duration_seconds)
         self.path = find_vst2(path)
         self.label = f"instrument {self.path.name}"
         first = self._new_voice()
@@ -83,7 +84,7 @@ class VSTInstrumentDawDreamer(VSTDawDreamerProcessor):
         duration = (n + 0.5) / self.sample_rate  # dawdreamer truncates duration * rate
         for i, (pitch, velocity) in enumerate(self.notes):
             voice.node.clear_midi()
-            voice.node.add_midi_note(pitch, velocity, 0.0, min(self.note_duration_s, n / self.sample_rate))
+            voice.node.add_midi_note(pitch, velocity, 0.0, min(self.note_duration_seconds, n / self.sample_rate))
             voice.engine.render(duration)
             y = np.asarray(voice.engine.get_audio(), dtype=np.float32)
             out[i, : min(n, y.shape[1])] = y[:, :n].mean(0)
@@ -94,13 +95,16 @@ class VSTInstrumentDawDreamer(VSTDawDreamerProcessor):
         self.clear_pending()
 
 
-_OPTIONS = frozenset({"path", "notes", "note_duration_s", "param_map", "exclude", "block_size"})
+_OPTIONS = frozenset({"path", "notes", "note_duration_seconds", "param_map", "exclude", "block_size"})
 
 
 @register_backend("dawdreamer.instrument")
 def build_dawdreamer_instrument(spec: ProcessorSpec, sample_rate: float) -> VSTInstrumentDawDreamer:
     """Factory for backend ``"dawdreamer.instrument"``."""
     opts: dict[str, Any] = dict(spec.options)
+    old = renamed_key_error("options", opts, _OPTIONS)
+    if old:
+        raise PluginError(f"processor {spec.name!r} (dawdreamer.instrument): {old}")
     unknown = set(opts) - _OPTIONS
     if unknown or "path" not in opts:
         raise PluginError(f"processor {spec.name!r} (dawdreamer.instrument): unknown options {sorted(unknown)}"

@@ -2,7 +2,7 @@
 
 Backend ``"dexed"``: a stateless FM synthesizer. Every :meth:`DexedProcessor.process`
 call renders each configured MIDI note from a fresh voice (note-on at sample 0,
-note-off after ``note_duration_s``), one output channel per note; the input
+note-off after ``note_duration_seconds``), one output channel per note; the input
 audio only sets the number of samples.
 
 Parameters (:func:`dexed_param_table`) follow the 145-value ``dexed.Preset``
@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from deepafx.config import renamed_key_error
 from deepafx.hosts.base import PluginError, Processor, ProcessorSpec, register_backend
 from deepafx.params import Param, ParamTable
 
@@ -200,22 +201,22 @@ class DexedRenderer:
     Args:
         sample_rate: Output rate in Hz.
         notes: ``(pitch, velocity)`` pairs, one output channel each.
-        note_duration_s: How long each note is held, seconds.
-        duration_s: Rendered length, seconds (the release follows the note-off).
+        note_duration_seconds: How long each note is held, seconds.
+        duration_seconds: Rendered length, seconds (the release follows the note-off).
     """
 
     def __init__(
         self,
         sample_rate: float = 16000.0,
         notes: Sequence[Sequence[int]] = DEFAULT_NOTES,
-        note_duration_s: float = 3.0,
-        duration_s: float = 4.0,
+        note_duration_seconds: float = 3.0,
+        duration_seconds: float = 4.0,
     ) -> None:
         self.sample_rate = float(sample_rate)
         self.notes = check_notes(notes)
-        self.note_duration_s = float(note_duration_s)
-        self.duration_s = float(duration_s)
-        self.num_samples = int(round(self.duration_s * self.sample_rate))
+        self.note_duration_seconds = float(note_duration_seconds)
+        self.duration_seconds = float(duration_seconds)
+        self.num_samples = int(round(self.duration_seconds * self.sample_rate))
         self._synth = _dexed.DexedSynth(self.sample_rate)
 
     def render_preset_array(self, arr: np.ndarray, num_samples: int | None = None) -> np.ndarray:
@@ -225,7 +226,7 @@ class DexedRenderer:
         out = np.zeros((len(self.notes), n), dtype=np.float32)
         dur = n / self.sample_rate
         for c, (pitch, vel) in enumerate(self.notes):
-            y = self._synth.render(pitch, vel, self.note_duration_s, dur + 2.0 / self.sample_rate)
+            y = self._synth.render(pitch, vel, self.note_duration_seconds, dur + 2.0 / self.sample_rate)
             m = min(n, y.shape[-1])
             out[c, :m] = y[:m]
         return out
@@ -247,27 +248,28 @@ class DexedProcessor(Processor):
         notes: ``[[pitch, velocity], ...]`` rendered one per output channel
             (default ``[[60, 100]]``; :data:`MULTI_NOTES` for the six-note input
             of Le Vaillant et al.).
-        note_duration_s: Note-on time in seconds before the note-off (default 3.0).
+        note_duration_seconds: Note-on time in seconds before the note-off (default 3.0).
 
     State: none. Each :meth:`process` call renders every note from note-on at the
     first sample, so consecutive calls do *not* continue a signal; :meth:`reset`
     is a no-op. Latency: 0.
 
     Raises:
-        ValueError: bad ``notes`` or ``note_duration_s``.
+        ValueError: bad ``notes`` or ``note_duration_seconds``.
     """
 
     is_instrument = True
     latency_samples = 0
     num_input_channels = None
 
-    def __init__(self, sample_rate: float, notes: Sequence[Sequence[int]] = DEFAULT_NOTES, note_duration_s: float = 3.0):
+    def __init__(self, sample_rate: float, notes: Sequence[Sequence[int]] = DEFAULT_NOTES,
+                 note_duration_seconds: float = 3.0):
         super().__init__()
-        if not (note_duration_s > 0):
-            raise ValueError(f"note_duration_s must be > 0 seconds, got {note_duration_s}")
+        if not (note_duration_seconds > 0):
+            raise ValueError(f"note_duration_seconds must be > 0 seconds, got {note_duration_seconds}")
         self.param_table = dexed_param_table()
         self.sample_rate = float(sample_rate)
-        self._renderer = DexedRenderer(sample_rate, notes, note_duration_s)
+        self._renderer = DexedRenderer(sample_rate, notes, note_duration_seconds)
         self.num_output_channels = len(self._renderer.notes)
         self._preset = preset_array_from_normalized(self.param_table.defaults_normalized())
 
@@ -294,11 +296,14 @@ class DexedProcessor(Processor):
 @register_backend("dexed")
 def _make_dexed(spec: ProcessorSpec, sample_rate: float) -> DexedProcessor:
     opts = dict(spec.options)
-    unknown = set(opts) - {"notes", "note_duration_s"}
+    old = renamed_key_error("options", opts, {"notes", "note_duration_seconds"})
+    if old:
+        raise PluginError(f"dexed processor {spec.name!r}: {old}")
+    unknown = set(opts) - {"notes", "note_duration_seconds"}
     if unknown:
-        raise PluginError(f"dexed processor {spec.name!r}: unknown options {sorted(unknown)}; allowed: notes, note_duration_s")
+        raise PluginError(f"dexed processor {spec.name!r}: unknown options {sorted(unknown)}; allowed: notes, note_duration_seconds")
     try:
-        return DexedProcessor(sample_rate, opts.get("notes", DEFAULT_NOTES), float(opts.get("note_duration_s", 3.0)))
+        return DexedProcessor(sample_rate, opts.get("notes", DEFAULT_NOTES), float(opts.get("note_duration_seconds", 3.0)))
     except ValueError as exc:
         raise PluginError(f"dexed processor {spec.name!r}: {exc}") from exc
 

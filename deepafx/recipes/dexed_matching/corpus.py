@@ -22,7 +22,7 @@ Sampler (``data.corpus_*`` settings, :func:`sample_corpus`):
 Every preset plays the dataset's notes with transpose 0. Presets whose render
 is quieter than ``min_level_db`` are kept in the files but flagged invalid.
 
-Rendering: ``corpus_workers`` processes (one torch thread each) render chunks
+Rendering: ``data.num_workers`` processes (one torch thread each) render chunks
 of presets, compute :class:`~deepafx.features.IFMel` features (log-mel and
 mel-scaled instantaneous frequency, float16) and write them straight into the
 memory-mapped arrays; a tqdm bar shows progress. The corpus is written in
@@ -173,18 +173,18 @@ def _render_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
     return a, level.astype(np.float32)
 
 
-def _renderer_args(sample_rate: float, notes, note_duration_s: float, duration_s: float) -> tuple:
+def _renderer_args(sample_rate: float, notes, note_duration_seconds: float, duration_seconds: float) -> tuple:
     """Arguments of :class:`~deepafx.hosts.dexed_host.DexedRenderer` for the corpus's notes."""
-    return (sample_rate, tuple(tuple(int(v) for v in p) for p in notes), note_duration_s, duration_s)
+    return (sample_rate, tuple(tuple(int(v) for v in p) for p in notes), note_duration_seconds, duration_seconds)
 
 
-def _map_jobs(fn, jobs: Sequence, workers: int, initializer, initargs: tuple, cleanup, on_result) -> None:
-    """``on_result(fn(job))`` for every job, in completion order: ``fn`` runs in ``workers`` spawned
+def _map_jobs(fn, jobs: Sequence, num_workers: int, initializer, initargs: tuple, cleanup, on_result) -> None:
+    """``on_result(fn(job))`` for every job, in completion order: ``fn`` runs in ``num_workers`` spawned
     processes set up by ``initializer(*initargs)`` (a worker that dies breaks the executor,
-    BrokenProcessPool, instead of being respawned forever), or in this process for ``workers`` ≤ 1,
+    BrokenProcessPool, instead of being respawned forever), or in this process for ``num_workers`` ≤ 1,
     followed by ``cleanup()`` however it ends."""
-    if workers > 1:
-        with ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=initializer,
+    if num_workers > 1:
+        with ProcessPoolExecutor(int(num_workers), mp_context=mp.get_context("spawn"), initializer=initializer,
                                  initargs=initargs) as pool:
             for fut in as_completed([pool.submit(fn, j) for j in jobs]):
                 on_result(fut.result())
@@ -252,8 +252,8 @@ def _lsd_chunk(job: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarr
 
 def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii: Sequence[float],
                  random_fraction: float, seed: int, sample_rate: float, notes: Sequence[Sequence[int]],
-                 note_duration_s: float, duration_s: float, feature: FeatureSettings, min_level_db: float,
-                 workers: int = 2, progress: bool = True, settings: dict | None = None,
+                 note_duration_seconds: float, duration_seconds: float, feature: FeatureSettings, min_level_db: float,
+                 num_workers: int = 2, progress: bool = True, settings: dict | None = None,
                  source_ids: np.ndarray | None = None) -> Path:
     """Sample, render and store the corpus in ``out_dir`` (atomically; see the module docstring).
 
@@ -263,10 +263,10 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
         size, radii, random_fraction: See :func:`sample_corpus`.
         seed: Seed of the sampler.
         sample_rate: Hz. notes: ``[(pitch, velocity)]`` played per preset.
-        note_duration_s, duration_s: Note-on time and render length, seconds.
+        note_duration_seconds, duration_seconds: Note-on time and render length, seconds.
         feature: STFT settings of the cached features.
         min_level_db: Presets rendering quieter than this (dBFS RMS) are flagged invalid.
-        workers: Render processes (≥ 1).
+        num_workers: Render processes (≥ 1).
         progress: Show a tqdm bar.
         settings: Recorded in ``meta.json`` (the data settings the corpus was built from).
         source_ids: Index of each row of ``factory_x`` in the dataset's factory list (``source.npy``
@@ -291,7 +291,7 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
             ids = np.asarray(source_ids, dtype=np.int32)
             src = np.where(src >= 0, ids[np.maximum(src, 0)], -1).astype(np.int32)
         n = len(x)
-        frames = 1 + int(round(duration_s * sample_rate)) // feature.hop_length
+        frames = 1 + int(round(duration_seconds * sample_rate)) // feature.hop_length
         shape = (n, len(notes), feature.n_mels, frames)
         np.save(tmp / "params.npy", x)
         np.save(tmp / "source.npy", src)
@@ -301,14 +301,14 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
             np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape).flush()
         level = np.zeros(n, np.float32)
         jobs = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
-        rargs = _renderer_args(sample_rate, notes, note_duration_s, duration_s)
+        rargs = _renderer_args(sample_rate, notes, note_duration_seconds, duration_seconds)
         bar = tqdm(total=n, unit="preset", desc="corpus", disable=not progress, mininterval=5.0)
         def store(result: tuple[int, np.ndarray]) -> None:
             a, lv = result
             level[a : a + len(lv)] = lv
             bar.update(len(lv))
 
-        _map_jobs(_render_chunk, jobs, workers, _init, (str(tmp), rargs, feature, sample_rate), _close_corpus_worker,
+        _map_jobs(_render_chunk, jobs, num_workers, _init, (str(tmp), rargs, feature, sample_rate), _close_corpus_worker,
                   store)
         bar.close()
         np.save(tmp / "level_db.npy", level)
@@ -324,8 +324,8 @@ def build_corpus(out_dir: str | Path, factory_x: np.ndarray, *, size: int, radii
             "seed": int(seed),
             "sample_rate": float(sample_rate),
             "notes": [list(map(int, p)) for p in notes],
-            "note_duration_s": float(note_duration_s),
-            "duration_s": float(duration_s),
+            "note_duration_s": float(note_duration_seconds),  # meta.json keeps its keys: older corpora stay readable
+            "duration_s": float(duration_seconds),
             "feature": {"n_fft": feature.n_fft, "hop_length": feature.hop_length, "n_mels": feature.n_mels},
             "frames": frames,
             "min_level_db": float(min_level_db),
@@ -397,7 +397,7 @@ class Corpus:
         return rows
 
     def nearest_voices(self, chunk: int = 1024, distances: bool = False, metric: str = "logmel",
-                       workers: int = 2, progress: bool = True) -> tuple[np.ndarray, ...]:
+                       num_workers: int = 2, progress: bool = True) -> tuple[np.ndarray, ...]:
         """The corpus's factory voices (``kind`` 0, the training voices) and, for every valid item, the
         one nearest to it: the classes and labels of the estimator's voice classifier
         (:class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` with ``voice_classifier``).
@@ -418,7 +418,7 @@ class Corpus:
             chunk: Rows per read for ``"logmel"``.
             distances: Also return the distances.
             metric: ``"logmel"`` or ``"lsd"``.
-            workers, progress: For building the LSD cache (:meth:`voice_lsd`).
+            num_workers, progress: For building the LSD cache (:meth:`voice_lsd`).
 
         Returns:
             ``(voice_rows (V,), labels (N,))``: corpus rows of the V factory voices, sorted; for each
@@ -435,7 +435,7 @@ class Corpus:
         labels = np.full(len(self), -1, dtype=np.int64)
         rows = self.valid_index  # sorted: contiguous reads of the memory map
         if metric == "lsd":
-            table = self.voice_lsd(workers=workers, progress=progress)
+            table = self.voice_lsd(num_workers=num_workers, progress=progress)
             labels[rows] = np.argmin(table[rows], axis=1)
             return (voice_rows, labels, np.array(table, dtype=np.float32)) if distances else (voice_rows, labels)
         feats = self.features("logmel")
@@ -451,7 +451,7 @@ class Corpus:
                 dist[sel] = np.sqrt(np.maximum(d2 + np.einsum("ij,ij->i", x, x)[:, None], 0.0))
         return (voice_rows, labels, dist) if distances else (voice_rows, labels)
 
-    def voice_lsd(self, workers: int = 2, progress: bool = True) -> np.ndarray:
+    def voice_lsd(self, num_workers: int = 2, progress: bool = True) -> np.ndarray:
         """Log-spectral distortion (dB) of every valid corpus item against every training factory voice.
 
         The metric of the recipe's evaluation (:func:`~deepafx.metrics.lsd_db`: Hann window of 2048
@@ -464,7 +464,7 @@ class Corpus:
         an interrupted run leaves no partial cache) and read from there afterwards.
 
         Args:
-            workers: Render processes (≥ 1; each holds the voices' spectra, about 0.8 GB for the
+            num_workers: Render processes (≥ 1; each holds the voices' spectra, about 0.8 GB for the
                 medium corpus).
             progress: Show a tqdm bar.
 
@@ -495,7 +495,7 @@ class Corpus:
             table[j] = part
             bar.update(len(j))
 
-        _map_jobs(_lsd_chunk, jobs, workers, _lsd_init, (rargs, params[voice_rows]), _LSD.clear, store)
+        _map_jobs(_lsd_chunk, jobs, num_workers, _lsd_init, (rargs, params[voice_rows]), _LSD.clear, store)
         bar.close()
         tmp = path.with_name(f"voice_lsd.{os.getpid()}.tmp.npy")
         try:

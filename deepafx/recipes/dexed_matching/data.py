@@ -53,8 +53,8 @@ class DataConfig:
 
     Args:
         sample_rate: Audio rate in Hz (16,000 in DiffSynth).
-        duration_s: Rendered length per note, seconds (4.0).
-        note_duration_s: Note-on time before note-off, seconds (3.0).
+        duration_seconds: Rendered length per note, seconds (4.0).
+        note_duration_seconds: Note-on time before note-off, seconds (3.0).
         multi_note: Use the six (pitch, velocity) pairs of Le Vaillant et al. as
             channels (in-domain and out-of-domain) instead of one note.
         velocity: Velocity of the single note (1–127).
@@ -81,14 +81,15 @@ class DataConfig:
         corpus_radii: Perturbation radii of the corpus sampler (normalized units).
         corpus_random_fraction: Fraction of the corpus drawn from the training
             voices' per-parameter marginals.
-        corpus_workers: Render processes building the corpus.
+        num_workers: Processes building the dataset: they render the corpus (and the
+            training voices' LSD table, :meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.voice_lsd`).
         n_fft, hop_length, n_mels: STFT settings of the cached features (must
             equal the model's ``n_fft``/``hop_length``/``n_mels``).
     """
 
     sample_rate: float = 16000.0
-    duration_s: float = 4.0
-    note_duration_s: float = 3.0
+    duration_seconds: float = 4.0
+    note_duration_seconds: float = 3.0
     multi_note: bool = False
     velocity: int = 100
     pitches: Sequence[int] = (48, 55, 60, 67, 72)
@@ -111,7 +112,7 @@ class DataConfig:
     corpus_size: int = 0
     corpus_radii: Sequence[float] = (0.02, 0.05, 0.1, 0.2)
     corpus_random_fraction: float = 0.25
-    corpus_workers: int = 2
+    num_workers: int = 2
     n_fft: int = 1024
     hop_length: int = 512
     n_mels: int = 64
@@ -127,10 +128,11 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first bad setting."""
-        if self.sample_rate <= 0 or self.duration_s <= 0 or not (0 < self.note_duration_s <= self.duration_s):
+        if (self.sample_rate <= 0 or self.duration_seconds <= 0
+                or not (0 < self.note_duration_seconds <= self.duration_seconds)):
             raise ValueError(
-                f"need sample_rate > 0 Hz and 0 < note_duration_s <= duration_s, got {self.sample_rate}, "
-                f"{self.note_duration_s}, {self.duration_s}"
+                f"need sample_rate > 0 Hz and 0 < note_duration_seconds <= duration_seconds, got {self.sample_rate}, "
+                f"{self.note_duration_seconds}, {self.duration_seconds}"
             )
         if not 1 <= self.velocity <= 127:
             raise ValueError(f"velocity must be in 1..127, got {self.velocity}")
@@ -148,8 +150,8 @@ class DataConfig:
         if self.corpus_size > 0 and not self.multi_note:
             raise ValueError("a corpus (corpus_size > 0) needs multi_note: true: its presets play the fixed notes "
                              "with transpose 0 (a single-note network reads one of them, model.input_notes)")
-        if self.corpus_workers < 1:
-            raise ValueError(f"corpus_workers must be >= 1, got {self.corpus_workers}")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         progs = list(self.ood_programs)
         if any(not 0 <= int(p) <= 127 for p in progs):
             raise ValueError("ood_programs must be GM programs in 0..127")
@@ -162,7 +164,7 @@ class DataConfig:
     @property
     def corpus_settings(self) -> dict:
         """The settings the corpus depends on (a change rebuilds it)."""
-        keys = ("sample_rate", "duration_s", "note_duration_s", "multi_note", "velocity", "banks", "max_factory_presets",
+        keys = ("sample_rate", "duration_seconds", "note_duration_seconds", "multi_note", "velocity", "banks", "max_factory_presets",
                 "valid_fraction", "test_fraction", "min_level_db", "seed", "corpus_size", "corpus_radii",
                 "corpus_random_fraction", "n_fft", "hop_length", "n_mels")
         return _jsonable({k: getattr(self, k) for k in keys})
@@ -179,11 +181,11 @@ class DataConfig:
 
     @property
     def num_samples(self) -> int:
-        return int(round(self.duration_s * self.sample_rate))
+        return int(round(self.duration_seconds * self.sample_rate))
 
     def renderer(self) -> DexedRenderer:
         """A :class:`DexedRenderer` with these notes, rate and durations."""
-        return DexedRenderer(self.sample_rate, self.notes, self.note_duration_s, self.duration_s)
+        return DexedRenderer(self.sample_rate, self.notes, self.note_duration_seconds, self.duration_seconds)
 
 
 def rms_db(audio: np.ndarray) -> float:
@@ -232,7 +234,7 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
     settings = _jsonable({f.name: getattr(cfg, f.name) for f in fields(cfg)})
     if manifest_path.exists() and not force:
         old = json.loads(manifest_path.read_text())
-        if old.get("settings") == settings and old.get("version") == DATASET_VERSION:
+        if _stored_settings(old.get("settings")) == settings and old.get("version") == DATASET_VERSION:
             if progress:
                 print(f"dataset in {out} is up to date (use --force to rebuild)")
             _ensure_corpus(cfg, out, force=False, progress=progress)
@@ -289,7 +291,7 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
             items = [(int(pg), p, v) for pg in progs for p, v in MULTI_NOTES]
         else:
             items = [(int(pg), int(p), int(cfg.velocity)) for pg in progs for p in cfg.ood_pitches]
-        audio = render_notes(cfg.soundfont, items, cfg.sample_rate, cfg.duration_s, cfg.note_duration_s)
+        audio = render_notes(cfg.soundfont, items, cfg.sample_rate, cfg.duration_seconds, cfg.note_duration_seconds)
         c = len(cfg.notes)
         audio = audio.reshape(-1, c, audio.shape[-1])
         meta = np.array(items).reshape(-1, c, 3)
@@ -329,7 +331,7 @@ def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> N
 
     meta_path = out / "corpus" / "meta.json"
     if meta_path.exists() and not force:
-        if json.loads(meta_path.read_text()).get("settings") == cfg.corpus_settings:
+        if _stored_settings(json.loads(meta_path.read_text()).get("settings")) == cfg.corpus_settings:
             if progress:
                 print(f"corpus in {out / 'corpus'} is up to date")
             return
@@ -338,12 +340,19 @@ def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> N
     factory_train = ind["factory_x"][train_ids]
     if progress:
         print(f"rendering a corpus of {cfg.corpus_size} presets from {len(factory_train)} training voices "
-              f"on {cfg.corpus_workers} worker(s)")
+              f"on {cfg.num_workers} worker(s)")
     build_corpus(out / "corpus", factory_train, size=int(cfg.corpus_size), radii=cfg.corpus_radii,
                  random_fraction=float(cfg.corpus_random_fraction), seed=int(cfg.seed), sample_rate=cfg.sample_rate,
-                 notes=cfg.notes, note_duration_s=cfg.note_duration_s, duration_s=cfg.duration_s,
-                 feature=cfg.feature_settings(), min_level_db=cfg.min_level_db, workers=int(cfg.corpus_workers),
+                 notes=cfg.notes, note_duration_seconds=cfg.note_duration_seconds, duration_seconds=cfg.duration_seconds,
+                 feature=cfg.feature_settings(), min_level_db=cfg.min_level_db, num_workers=int(cfg.num_workers),
                  progress=progress, settings=cfg.corpus_settings, source_ids=train_ids)
+
+
+def _stored_settings(settings: Any) -> Any:
+    """Data settings read back from a manifest or corpus written before a key was renamed, with today's keys."""
+    from deepafx.config import upgrade_keys
+
+    return upgrade_keys(settings, "data") if isinstance(settings, Mapping) else settings
 
 
 def _jsonable(v: Any) -> Any:
@@ -392,7 +401,7 @@ def load_dataset(data_dir: str | Path) -> RecipeData:
     if not (d / "manifest.json").exists():
         raise FileNotFoundError(f"no Dexed dataset in {d}; build it with `deepafx data --config CONFIG --out {d}`")
     manifest = json.loads((d / "manifest.json").read_text())
-    cfg = DataConfig.from_dict(manifest["settings"])
+    cfg = DataConfig.from_dict(_stored_settings(manifest["settings"]))
     ind = np.load(d / "in_domain.npz")
     ood = np.load(d / "out_of_domain.npz")
     splits = ("train", "valid", "test")

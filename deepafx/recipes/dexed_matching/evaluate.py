@@ -61,7 +61,7 @@ class EvalConfig:
         refine_learning_rate: Adam step size of the refinement (normalized units).
         refine_epsilon: SPSA perturbation of the refinement.
         cmaes_sigma: Initial CMA-ES step size (normalized units).
-        workers: Processes running the per-target searches (one torch thread each).
+        num_workers: Processes running the per-target searches (one torch thread each).
         seed: Seed of the target choice and the searches.
         refine_methods: Starting points refined (``None``: every method; names
             such as ``retrieval``, ``retrieval_corpus``, ``ploss``, ``synth``, ``real``).
@@ -76,7 +76,7 @@ class EvalConfig:
     refine_learning_rate: float = 1e-3
     refine_epsilon: float = 0.01
     cmaes_sigma: float = 0.2
-    workers: int = 2
+    num_workers: int = 2
     seed: int = 0
     refine_methods: list[str] | None = None
     cmaes: bool = True
@@ -88,8 +88,8 @@ class EvalConfig:
         from deepafx.config import bind
 
         cfg = bind(cls, d, "evaluate")
-        if cfg.refine_renders < 0 or cfg.workers < 1:
-            raise ValueError("refine_renders must be >= 0 and workers >= 1")
+        if cfg.refine_renders < 0 or cfg.num_workers < 1:
+            raise ValueError("refine_renders must be >= 0 and num_workers >= 1")
         return cfg
 
 
@@ -282,13 +282,13 @@ def evaluate_from_config(
                 jobs.append((("cmaes", dom, i), "cmaes", targets[dom]["audio"][i], x0, ecfg.refine_renders,
                              ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
     if jobs:
-        say(f"running {len(jobs)} per-target searches ({ecfg.refine_renders} renders each) on {ecfg.workers} worker(s)")
+        say(f"running {len(jobs)} per-target searches ({ecfg.refine_renders} renders each) on {ecfg.num_workers} worker(s)")
         t0 = time.perf_counter()
-        rargs = (dcfg.sample_rate, dcfg.notes, dcfg.note_duration_s, dcfg.duration_s)
+        rargs = (dcfg.sample_rate, dcfg.notes, dcfg.note_duration_seconds, dcfg.duration_seconds)
         results = []
-        if ecfg.workers > 1:
+        if ecfg.num_workers > 1:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(ecfg.workers, initializer=_init_worker, initargs=(rargs,)) as pool:
+            with ctx.Pool(ecfg.num_workers, initializer=_init_worker, initargs=(rargs,)) as pool:
                 for k, res in enumerate(pool.imap_unordered(_run_search, jobs)):
                     results.append(res)
                     if progress and (k + 1) % max(1, len(jobs) // 10) == 0:

@@ -54,11 +54,11 @@ def prepare_input(
     path: str | Path,
     sample_rate: float,
     num_channels: int,
-    duration_s: float,
+    duration_seconds: float,
     reference_level_db: float,
     say=print,
 ) -> np.ndarray:
-    """Read ``path`` and return ``(num_channels, samples)`` float32 at ``sample_rate`` Hz, ``duration_s`` long.
+    """Read ``path`` and return ``(num_channels, samples)`` float32 at ``sample_rate`` Hz, ``duration_seconds`` long.
 
     Reading and the channel/rate conversion are :mod:`deepafx.audio`'s
     (:func:`~deepafx.audio.read_audio`, :func:`~deepafx.audio.conform`).
@@ -100,12 +100,12 @@ def prepare_input(
     if start > 0.01 * sample_rate:
         say(f"skipped {start / sample_rate:.2f} s of leading silence")
     audio = audio[:, start:]
-    n = int(round(duration_s * sample_rate))
+    n = int(round(duration_seconds * sample_rate))
     if audio.shape[1] > n:
-        say(f"cut to the first {duration_s:g} s (input lasts {audio.shape[1] / sample_rate:.2f} s after the onset)")
+        say(f"cut to the first {duration_seconds:g} s (input lasts {audio.shape[1] / sample_rate:.2f} s after the onset)")
         audio = audio[:, :n]
     elif audio.shape[1] < n:
-        say(f"zero-padded from {audio.shape[1] / sample_rate:.2f} s to {duration_s:g} s")
+        say(f"zero-padded from {audio.shape[1] / sample_rate:.2f} s to {duration_seconds:g} s")
         audio = np.pad(audio, ((0, 0), (0, n - audio.shape[1])))
     rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
     gain_db = reference_level_db - 20 * np.log10(rms + 1e-12)

@@ -92,13 +92,12 @@ class TrainConfig(TrainSettings):
         max_delay_ms: Largest lag of the delay-invariant loss, ms.
         spectral_weight: ``w``: scale of the spectral loss against the P-loss.
         anchor_weight: Weight of the discrete cross-entropy anchor in spectral stages.
-        spsa_epsilon: SPSA perturbation on normalized values (≤ 0.0104 so that
+        epsilon: SPSA perturbation ε on normalized values (≤ 0.0104 so that
             discrete values at grid points are never moved, see module docstring).
-        spsa_perturbations: SPSA draws K averaged per step (2 renders each).
+        num_perturbations: SPSA draws K averaged per step (2 renders each).
         spsa_mode: ``"loss"`` (default): SPSA on the per-item spectral loss
             (:func:`deepafx.fx.spsa_loss_gradient`); ``"vjp"``: the Fx layer's
             audio-linearized estimator. See the module docstring.
-        render_workers: Render worker processes for the Fx layer (shared by the ranks).
         spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
             steps on cached features afford far larger batches than steps that render every item.
         voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
@@ -121,10 +120,9 @@ class TrainConfig(TrainSettings):
     max_delay_ms: float = 10.0
     spectral_weight: float = 0.1
     anchor_weight: float = 1.0
-    spsa_epsilon: float = 0.01
-    spsa_perturbations: int = 2
+    epsilon: float = 0.01
+    num_perturbations: int = 2
     spsa_mode: str = "loss"
-    render_workers: int = 2
     spectral_batch_size: int | None = None
     voice_steps: int = 1500
     voice_labels: str = "logmel"
@@ -145,17 +143,17 @@ class TrainConfig(TrainSettings):
             raise ValueError("batch_size must be >= 1 and stage lengths >= 0 steps")
         if cfg.ploss_steps < 1:
             raise ValueError("ploss_steps must be >= 1: the spectral stages start from the P-loss model")
-        if not 0 < cfg.spsa_epsilon <= 0.0104:
+        if not 0 < cfg.epsilon <= 0.0104:
             raise ValueError(
-                f"spsa_epsilon must be in (0, 0.0104], got {cfg.spsa_epsilon}: larger perturbations move discrete "
+                f"epsilon must be in (0, 0.0104], got {cfg.epsilon}: larger perturbations move discrete "
                 "DX7 values (e.g. the 49 transposes, whose grid step is 1/48) and break the frozen-discrete scheme"
             )
         if cfg.spsa_mode not in ("loss", "vjp"):
             raise ValueError(f"spsa_mode must be 'loss' or 'vjp', got {cfg.spsa_mode!r}")
         if cfg.spectral_batch_size is not None and cfg.spectral_batch_size < 1:
             raise ValueError(f"spectral_batch_size must be >= 1, got {cfg.spectral_batch_size}")
-        if cfg.spsa_perturbations < 1:
-            raise ValueError(f"spsa_perturbations must be >= 1, got {cfg.spsa_perturbations}")
+        if cfg.num_perturbations < 1:
+            raise ValueError(f"num_perturbations must be >= 1, got {cfg.num_perturbations}")
         if cfg.voice_steps < 0:
             raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
         from deepafx.recipes.dexed_matching.corpus import VOICE_METRICS
@@ -203,7 +201,7 @@ SYNTHS: Registry = Registry("synth backend")
 def _dexed_processor(dcfg) -> dict[str, Any]:
     """The real Dexed engine (``backend: dexed`` of :mod:`deepafx.hosts.dexed_host`), playing the recipe's notes."""
     return {"backend": "dexed", "name": "dexed",
-            "options": {"notes": [list(p) for p in dcfg.notes], "note_duration_s": dcfg.note_duration_s}}
+            "options": {"notes": [list(p) for p in dcfg.notes], "note_duration_seconds": dcfg.note_duration_seconds}}
 
 
 def ensure_dataset(config, data_dir: str | Path, progress: bool = True) -> RecipeData:
@@ -287,12 +285,13 @@ class DexedTask:
                 raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
             if self.settings.voice_steps < 1:
                 raise ValueError("model.voice_classifier needs train.voice_steps >= 1")
-            metric, workers = self.settings.voice_labels, self.settings.render_workers
+            # the LSD table is corpus work: the processes of data.num_workers render it
+            metric, workers = self.settings.voice_labels, self.config.data.num_workers
             if metric == "lsd" and ctx.dist.distributed:  # one rank renders the LSD cache, the others read it
                 if ctx.dist.is_main:
-                    self.corpus.voice_lsd(workers=workers)
+                    self.corpus.voice_lsd(num_workers=workers)
                 dist.barrier()
-            self.voice_rows, self.voice_labels = self.corpus.nearest_voices(metric=metric, workers=workers,
+            self.voice_rows, self.voice_labels = self.corpus.nearest_voices(metric=metric, num_workers=workers,
                                                                             progress=ctx.dist.is_main)
         self.renderer = self.dcfg.renderer()
         tc = self.settings
@@ -338,17 +337,15 @@ class DexedTask:
             from deepafx.chain import chain as make_chain
 
             b = tc.spectral_batch
-            slots = b * (1 + 2 * tc.spsa_perturbations) if tc.spsa_mode == "loss" else b
+            slots = b * (1 + 2 * tc.num_perturbations) if tc.spsa_mode == "loss" else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
             from deepafx.workers import RenderConfig
 
-            render = self.config.sections.get("render") or RenderConfig()
-            world = self.ctx.dist.world_size
-            self.fx = FxLayer(spec, slots, num_workers=render.num_workers or max(1, tc.render_workers // world),
-                              estimator="spsa", epsilon=tc.spsa_epsilon,
-                              num_perturbations=tc.spsa_perturbations if tc.spsa_mode == "vjp" else 1,
-                              seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=world)
+            render = self.config.sections.get("render") or RenderConfig()  # owns the worker count
+            self.fx = FxLayer(spec, slots, estimator="spsa", epsilon=tc.epsilon,
+                              num_perturbations=tc.num_perturbations if tc.spsa_mode == "vjp" else 1,
+                              seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=self.ctx.dist.world_size)
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
 
@@ -409,8 +406,8 @@ class DexedTask:
             xn = model.to_normalized(heads, pitch)
             if tc.spsa_mode == "loss":
                 gen = torch.Generator().manual_seed(int(np.random.SeedSequence(self._step_seed(gstep)).generate_state(1)[0]))
-                per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.spsa_epsilon,
-                                                    tc.spsa_perturbations, self.free, gen,
+                per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.epsilon,
+                                                    tc.num_perturbations, self.free, gen,
                                                     grouped_loss=_grouped_loss(self.loss_fn))
                 spec = per_item.mean().to(xn.dtype)
                 # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the batch)
@@ -444,8 +441,8 @@ class DexedTask:
         return {
             "model_description": self.model.describe(),
             "data": {
-                "sample_rate": d.config.sample_rate, "duration_s": d.config.duration_s,
-                "note_duration_s": d.config.note_duration_s, "notes": [list(n) for n in d.config.notes],
+                "sample_rate": d.config.sample_rate, "duration_s": d.config.duration_seconds,  # keys of the stored checkpoint format
+                "note_duration_s": d.config.note_duration_seconds, "notes": [list(n) for n in d.config.notes],
                 "multi_note": d.config.multi_note, "reference_level_db": d.reference_level_db,
             },
             "retrieval_x": d.x["train"].astype(np.float32),
