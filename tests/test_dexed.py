@@ -180,7 +180,9 @@ def test_spectral_target_equals_torch_mss_loss(factory, renderer):
     ours = SpectralTarget(target)(cands)
     ref = MultiResolutionSTFTLoss(reduction="none")(torch.from_numpy(cands), torch.from_numpy(np.repeat(target[None], 3, 0)))
     np.testing.assert_allclose(ours, ref.double().numpy(), rtol=1e-4)
-    assert ours[2] == 0.0 and ours[0] > 0.1
+    # candidate 2 is the target itself: zero up to float32 rounding (its spectra come from a batch of 3, the
+    # target's from a batch of 1, and elementwise kernels may round an element differently by position)
+    assert abs(ours[2]) < 1e-6 and ours[0] > 0.1
 
 
 def test_retrieval_finds_the_preset_itself(factory, renderer):
