@@ -15,7 +15,7 @@ For each chain, and for each of its processors alone:
   block-by-block output and a one-shot render of the whole input by a fresh
   chain. For LV2 the one-shot render is the reference of a true block-by-block
   render (the instance keeps its state between calls). For VST2 the block-by-block
-  output comes from dawdreamer's replay path (each block re-renders ``context_s``
+  output comes from dawdreamer's replay path (each block re-renders ``context_seconds``
   = 1 s of past input, since dawdreamer clears plugin state at every render) and
   the one-shot render is one uninterrupted render.
 

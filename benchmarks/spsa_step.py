@@ -258,11 +258,11 @@ def _timer_main(conn, spec: ChainSpec, audio: np.ndarray, params: np.ndarray, ba
             return
 
 
-def wait_quiet(max_busy: float = 0.15, timeout_s: float = 120.0) -> float:
+def wait_quiet(max_busy: float = 0.15, timeout_seconds: float = 120.0) -> float:
     """Wait until the machine is idle (other processes use under ``max_busy`` of all cores over 0.5 s).
 
     Returns:
-        Seconds waited (``timeout_s`` if it never got quiet: the figures of that round are noisy).
+        Seconds waited (``timeout_seconds`` if it never got quiet: the figures of that round are noisy).
     """
     def busy() -> float:
         def read():
@@ -274,7 +274,7 @@ def wait_quiet(max_busy: float = 0.15, timeout_s: float = 120.0) -> float:
         return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
     start = time.monotonic()
-    while busy() > max_busy and time.monotonic() - start < timeout_s:
+    while busy() > max_busy and time.monotonic() - start < timeout_seconds:
         time.sleep(1.0)
     return round(time.monotonic() - start - 0.5, 1)
 

@@ -43,6 +43,10 @@ RENAMED_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("data", "duration_s"): "data.duration_seconds",
     ("data", "note_duration_s"): "data.note_duration_seconds",
     ("options", "note_duration_s"): "options.note_duration_seconds",
+    ("train", "timeout_s"): "train.timeout_seconds",
+    ("evaluate", "timeout_s"): "evaluate.timeout_seconds",
+    ("options", "context_s"): "options.context_seconds",  # dawdreamer and faust chain entries
+    ("options", "min_decay_s"): "options.min_decay_seconds",  # ddsp.reverb chain entries
 }
 
 
@@ -136,6 +140,21 @@ def upgrade_keys(values: Mapping[str, Any], section: str, fields: Collection[str
         elif new.rpartition(".")[0] == section:
             out[new.rpartition(".")[2]] = value
     return out
+
+
+def upgrade_config(config: Mapping[str, Any], like: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A whole config this package stored (a checkpoint's, a run's ``config.yaml``) with the old keys of
+    every section renamed (:func:`upgrade_keys`), e.g. to compare it with today's bound config.
+
+    Args:
+        like: Today's config as a plain mapping (``RecipeConfig.to_dict()``): its sections' keys choose
+            between the replacements of a key that differs by recipe (``evaluate.workers``).
+    """
+    def keys(section: str) -> Collection[str] | None:
+        have = (like or {}).get(section)
+        return list(have) if isinstance(have, Mapping) else None
+
+    return {k: upgrade_keys(v, str(k), keys(str(k))) if isinstance(v, Mapping) else v for k, v in config.items()}
 
 
 def bind(cls: type[T], values: Mapping[str, Any] | None, section: str) -> T:

@@ -60,6 +60,7 @@ import scipy.fft
 import torch
 from torch import nn
 
+from deepafx.config import renamed_key_error
 from deepafx.hosts.base import AudioError, Processor, ProcessorSpec, register_backend
 from deepafx.params import NORMALIZED_TOLERANCE, Param, ParamTable, ParameterError
 from deepafx.registry import Registry
@@ -306,6 +307,9 @@ def build_ddsp(spec: ProcessorSpec, sample_rate: float) -> DDSPProcessor:
     """
     cls = DDSP_PROCESSORS.get(spec.backend)
     accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "sample_rate")]
+    old = renamed_key_error("options", spec.options, accepted)
+    if old:
+        raise ValueError(f"processor {spec.name!r} ({spec.backend}): {old}")
     unknown = sorted(set(spec.options) - set(accepted))
     if unknown:
         raise ValueError(f"processor {spec.name!r} ({spec.backend}): unknown options {unknown}; "
@@ -559,7 +563,7 @@ class Reverb(DDSPProcessor):
         sample_rate: Hz.
         ir_seconds: Length of the impulse response, seconds (default 1.5); also
             the largest ``decay_s``.
-        min_decay_s: Smallest ``decay_s`` (default 0.05 s).
+        min_decay_seconds: Smallest ``decay_s`` (default 0.05 s).
         seed: Seed of the noise buffer.
 
     Parameters: ``decay_s`` (RT60, seconds, log scale, default 0.5 s), ``mix``
@@ -570,16 +574,16 @@ class Reverb(DDSPProcessor):
     RT60: M. R. Schroeder, "New method of measuring reverberation time", JASA 1965.
     """
 
-    def __init__(self, sample_rate: float = 44100.0, ir_seconds: float = 1.5, min_decay_s: float = 0.05,
+    def __init__(self, sample_rate: float = 44100.0, ir_seconds: float = 1.5, min_decay_seconds: float = 0.05,
                  seed: int = 0):
         super().__init__(sample_rate)
-        if not 0 < min_decay_s < ir_seconds:
-            raise ValueError(f"need 0 < min_decay_s < ir_seconds, got {min_decay_s} and {ir_seconds}")
+        if not 0 < min_decay_seconds < ir_seconds:
+            raise ValueError(f"need 0 < min_decay_seconds < ir_seconds, got {min_decay_seconds} and {ir_seconds}")
         length = int(round(ir_seconds * self.sample_rate))
         noise = torch.randn(length, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
         self.register_buffer("noise", noise, persistent=False)
         self.param_table = ParamTable((
-            Param("decay_s", float(min_decay_s), float(ir_seconds), min(max(0.5, min_decay_s), ir_seconds), "s", "log"),
+            Param("decay_s", float(min_decay_seconds), float(ir_seconds), min(max(0.5, min_decay_seconds), ir_seconds), "s", "log"),
             Param("mix", 0.0, 1.0, 0.25),
         ))
 

@@ -244,7 +244,7 @@ class FxLayer(nn.Module):
         num_perturbations: SPSA draws K averaged per step (``2K`` renders per item).
         input_grad: ``"none"`` or ``"straight_through"`` (see module docstring).
         seed: Seed of the perturbation generator (saved in ``state_dict``).
-        timeout_s: Longest one render request may take before the worker is
+        timeout_seconds: Longest one render request may take before the worker is
             considered hung, killed and restarted.
         max_retries: Retries after a worker crash/hang before raising.
         render: Where the renders run (:class:`~deepafx.workers.RenderConfig`:
@@ -285,7 +285,7 @@ class FxLayer(nn.Module):
         num_perturbations: int = 1,
         input_grad: str = "none",
         seed: int = 0,
-        timeout_s: float = 120.0,
+        timeout_seconds: float = 120.0,
         max_retries: int = 1,
         render: RenderConfig | None = None,
         worker_share: int = 1,
@@ -309,7 +309,7 @@ class FxLayer(nn.Module):
         self.num_renders = self.estimator.num_renders(probe)
         self.render_config = render
         self.pool: RenderEngine = render.build(spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
-                                               share=worker_share, timeout_s=timeout_s, max_retries=max_retries)
+                                               share=worker_share, timeout_seconds=timeout_seconds, max_retries=max_retries)
         self._pending_resets: set[int] = set()
         #: Differences of forwards whose views of the engine's buffers may still be read by a backward.
         self._lent: "weakref.WeakSet[_Differences]" = weakref.WeakSet()

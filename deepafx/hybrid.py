@@ -166,7 +166,7 @@ class HybridChain(nn.Module):
         batch_size: Batch slots ``M`` (item ``i`` uses slot ``i`` of every stage).
         num_workers: Render workers of *each* black-box stage, as :class:`~deepafx.fx.FxLayer`'s
             (default: ``render.num_workers``).
-        estimator, epsilon, num_perturbations, seed, timeout_s, max_retries, render, worker_share:
+        estimator, epsilon, num_perturbations, seed, timeout_seconds, max_retries, render, worker_share:
             As :class:`~deepafx.fx.FxLayer`, for every black-box stage; black-box
             stage ``k`` is seeded ``seed + k · SEED_STRIDE`` (the first gets ``seed``).
         input_grad: ``"auto"`` (default): straight-through input gradients for
@@ -201,7 +201,7 @@ class HybridChain(nn.Module):
         num_perturbations: int = 1,
         input_grad: str = "auto",
         seed: int = 0,
-        timeout_s: float = 120.0,
+        timeout_seconds: float = 120.0,
         max_retries: int = 1,
         render: RenderConfig | None = None,
         worker_share: int = 1,
@@ -228,7 +228,7 @@ class HybridChain(nn.Module):
                 grad = input_grad if input_grad != "auto" else ("none" if i == 0 else "straight_through")
                 fx = FxLayer(segment, self.batch_size, num_workers=num_workers, estimator=estimator,
                              epsilon=epsilon, num_perturbations=num_perturbations, input_grad=grad,
-                             seed=seed + len(self.fx_layers) * SEED_STRIDE, timeout_s=timeout_s,
+                             seed=seed + len(self.fx_layers) * SEED_STRIDE, timeout_seconds=timeout_seconds,
                              max_retries=max_retries, render=render, worker_share=worker_share)
                 self.fx_layers.append(fx)
                 self.stages.append(fx)

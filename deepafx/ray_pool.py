@@ -16,7 +16,7 @@ reads in place (on the same machine) or after one transfer. With
 is made. Measured in ``benchmarks/spsa_step.py --engine ray``.
 
 Faults: a call that raises ``RayActorError`` (the actor's process died: abort,
-segfault, lost node) or does not finish within ``timeout_s`` (then the actor is
+segfault, lost node) or does not finish within ``timeout_seconds`` (then the actor is
 killed with ``ray.kill``) restarts the worker as a new actor — its instances
 rebuilt fresh — and retries the request, up to ``max_retries``, then raises
 :class:`~deepafx.workers.WorkerError`. Actors are created with
@@ -173,18 +173,18 @@ def _init_retrying_client_start(address: str, kwargs: dict[str, Any]) -> None:
                         address, attempt, CLIENT_START_ATTEMPTS)
 
 
-def _probe(address: str, timeout_s: float = 5.0) -> None:
+def _probe(address: str, timeout_seconds: float = 5.0) -> None:
     """Fail fast on a ``HOST:PORT`` or ``ray://HOST:PORT`` nobody listens on (Ray itself retries for minutes).
 
     Raises:
-        ConnectionError: the port does not accept a TCP connection within ``timeout_s``.
+        ConnectionError: the port does not accept a TCP connection within ``timeout_seconds``.
     """
     hostport = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return  # "auto" and other forms: Ray resolves them
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, int(port)), timeout=timeout_seconds).close()
     except OSError as exc:
         raise ConnectionError(f"cannot reach {hostport}: {exc}") from None
 
@@ -203,7 +203,7 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) -> dict[str, Any]:
+def on_every_node(fn: Callable[..., Any], *args: Any, timeout_seconds: float = 300.0) -> dict[str, Any]:
     """Run ``fn(*args)`` once on every alive machine of the connected cluster.
 
     Each call is a Ray task pinned to its machine (no CPU reserved, so busy
@@ -211,7 +211,7 @@ def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) 
 
     Args:
         fn: A picklable function (importable on every machine).
-        timeout_s: Longest wait for all machines.
+        timeout_seconds: Longest wait for all machines.
 
     Returns:
         ``{"HOST (IP)": result}``, or the exception a machine raised as its value; machines that share a
@@ -219,7 +219,7 @@ def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) 
         ``"HOST (IP) node ID8"``.
 
     Raises:
-        TimeoutError: not every machine answered within ``timeout_s``.
+        TimeoutError: not every machine answered within ``timeout_seconds``.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -232,9 +232,9 @@ def on_every_node(fn: Callable[..., Any], *args: Any, timeout_s: float = 300.0) 
             label = f"{label} node {node['NodeID'][:8]}"
         strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
         refs[label] = task.options(scheduling_strategy=strategy).remote(*args)
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_seconds)
     if len(ready) < len(refs):
-        raise TimeoutError(f"only {len(ready)} of {len(refs)} machines answered within {timeout_s:g} s")
+        raise TimeoutError(f"only {len(ready)} of {len(refs)} machines answered within {timeout_seconds:g} s")
     out = {}
     for label, ref in refs.items():
         try:
@@ -260,11 +260,11 @@ class _RayWorker(WorkerHandle):
         op, *args = msg
         self.future = getattr(self.actor, op).remote(*args)
 
-    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+    def result(self, timeout: float, what: str, limit_seconds: float | None = None) -> tuple:
         try:
             return ray.get(self.future, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise _Failure(f"{self.describe()} timed out after {limit_s or timeout:g} s during {what}") from None
+            raise _Failure(f"{self.describe()} timed out after {limit_seconds or timeout:g} s during {what}") from None
         except ray.exceptions.RayActorError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise _Failure(f"{self.describe()} died during {what} ({type(exc).__name__}: {reason})") from None
@@ -276,12 +276,12 @@ class _RayWorker(WorkerHandle):
         if self.actor is not None:
             self.future = self.actor.close.remote()
 
-    def kill(self, grace_s: float = 0.0) -> None:
+    def kill(self, grace_seconds: float = 0.0) -> None:
         if self.actor is None:
             return
-        if grace_s > 0:
+        if grace_seconds > 0:
             with contextlib.suppress(Exception):
-                ray.wait([self.future], timeout=grace_s)
+                ray.wait([self.future], timeout=grace_seconds)
         with contextlib.suppress(Exception):
             ray.kill(self.actor, no_restart=True)
         self.actor = None
@@ -303,11 +303,11 @@ class RayRenderPool(RenderEngine):
             processes (default: the cluster's CPUs ÷ ``cpus_per_worker``, or this machine's
             usable cores on a private local instance); this engine starts its share
             (:func:`deepafx.workers.rank_workers`), at most ``num_slots``.
-        timeout_s: Longest one render/reset call may take before the actor is
+        timeout_seconds: Longest one render/reset call may take before the actor is
             considered hung, killed and restarted.
         max_retries: Restarts + retries of a failed request before giving up.
-        start_timeout_s: Longest an actor may take to be placed and build its
-            instances (default ``max(timeout_s, 120)``).
+        start_timeout_seconds: Longest an actor may take to be placed and build its
+            instances (default ``max(timeout_seconds, 120)``).
         address: The cluster (see :func:`connect`); ``None``: a private local instance.
         share: Engines started at once by cooperating processes (DDP ranks), sharing ``num_workers``.
         cpus_per_worker: CPUs each actor reserves (default 1).
@@ -327,15 +327,15 @@ class RayRenderPool(RenderEngine):
         num_slots: int,
         instances_per_slot: int = 3,
         num_workers: int | None = None,
-        timeout_s: float = 120.0,
+        timeout_seconds: float = 120.0,
         max_retries: int = 1,
-        start_timeout_s: float | None = None,
+        start_timeout_seconds: float | None = None,
         *,
         address: str | None = None,
         share: int = 1,
         cpus_per_worker: float = 1.0,
     ):
-        self._setup(spec, num_slots, instances_per_slot, timeout_s, max_retries, start_timeout_s)
+        self._setup(spec, num_slots, instances_per_slot, timeout_seconds, max_retries, start_timeout_seconds)
         self._workers = []
         self.address = address
         connect(address)

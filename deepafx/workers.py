@@ -23,7 +23,7 @@ semantics; :data:`ENGINES` holds them by name and :class:`RenderConfig` (the
 * ``"ray"`` (:class:`deepafx.ray_pool.RayRenderPool`): one Ray actor per
   worker, on any machine of a Ray cluster, audio through Ray's object store.
 
-Fault handling: a worker that dies (signal, abort) or exceeds ``timeout_s`` is
+Fault handling: a worker that dies (signal, abort) or exceeds ``timeout_seconds`` is
 killed and restarted; its slots' instances are rebuilt fresh (their state is
 lost, which is reported in the warning) and the request is retried up to
 ``max_retries`` times before :class:`WorkerError` is raised. A Python exception
@@ -357,13 +357,13 @@ class WorkerHandle(abc.ABC):
         """Start request ``msg`` (``(op, *args)``) without waiting; a dead worker is detected by :meth:`result`."""
 
     @abc.abstractmethod
-    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+    def result(self, timeout: float, what: str, limit_seconds: float | None = None) -> tuple:
         """The reply to the last :meth:`submit`: ``("ok", payload)`` or ``("error", class, message, traceback)``.
 
         Args:
             timeout: Seconds left to wait.
             what: The request, for messages (``"render request"``).
-            limit_s: The request's time limit, for messages (default ``timeout``).
+            limit_seconds: The request's time limit, for messages (default ``timeout``).
 
         Raises:
             _Failure: the worker died or did not answer within ``timeout`` seconds.
@@ -374,8 +374,8 @@ class WorkerHandle(abc.ABC):
         """Start the worker (it builds its slots' instances) without waiting for it."""
 
     @abc.abstractmethod
-    def kill(self, grace_s: float = 0.0) -> None:
-        """Stop the worker: wait up to ``grace_s`` seconds for it to exit by itself, then kill it."""
+    def kill(self, grace_seconds: float = 0.0) -> None:
+        """Stop the worker: wait up to ``grace_seconds`` seconds for it to exit by itself, then kill it."""
 
     @abc.abstractmethod
     def shutdown(self) -> None:
@@ -404,22 +404,22 @@ class RenderEngine(abc.ABC):
     num_slots: int
     instances_per_slot: int
     num_workers: int
-    timeout_s: float
-    start_timeout_s: float
+    timeout_seconds: float
+    start_timeout_seconds: float
     max_retries: int
     _workers: list[WorkerHandle]
 
-    def _setup(self, spec: ChainSpec, num_slots: int, instances_per_slot: int, timeout_s: float, max_retries: int,
-               start_timeout_s: float | None) -> None:
+    def _setup(self, spec: ChainSpec, num_slots: int, instances_per_slot: int, timeout_seconds: float, max_retries: int,
+               start_timeout_seconds: float | None) -> None:
         if num_slots < 1 or instances_per_slot < 1:
             raise ValueError("num_slots and instances_per_slot must be ≥ 1")
-        if timeout_s <= 0 or max_retries < 0:
-            raise ValueError(f"timeout_s must be > 0 and max_retries ≥ 0, got {timeout_s} and {max_retries}")
+        if timeout_seconds <= 0 or max_retries < 0:
+            raise ValueError(f"timeout_seconds must be > 0 and max_retries ≥ 0, got {timeout_seconds} and {max_retries}")
         self.spec = spec
         self.num_slots = int(num_slots)
         self.instances_per_slot = int(instances_per_slot)
-        self.timeout_s = float(timeout_s)
-        self.start_timeout_s = float(start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0))
+        self.timeout_seconds = float(timeout_seconds)
+        self.start_timeout_seconds = float(start_timeout_seconds if start_timeout_seconds is not None else max(timeout_seconds, 120.0))
         self.max_retries = int(max_retries)
         self.restarts = 0
         #: Timeline of the last successful :meth:`render` on this machine's monotonic clock
@@ -463,7 +463,7 @@ class RenderEngine(abc.ABC):
     # -- lifecycle ------------------------------------------------------------
     def _await_ready(self, w: WorkerHandle) -> None:
         try:
-            reply = w.result(self.start_timeout_s, what="start")
+            reply = w.result(self.start_timeout_seconds, what="start")
         except _Failure as f:
             raise WorkerError(f"{f}: could not build chain {self.spec.name!r}") from None
         if reply[0] == "error":
@@ -495,7 +495,7 @@ class RenderEngine(abc.ABC):
         deadline = time.monotonic() + 5
         for w in self._workers:
             with contextlib.suppress(Exception):
-                w.kill(grace_s=max(0.0, deadline - time.monotonic()))
+                w.kill(grace_seconds=max(0.0, deadline - time.monotonic()))
         self._release()
         _LIVE_ENGINES.discard(self)
 
@@ -523,12 +523,12 @@ class RenderEngine(abc.ABC):
                 for i, msg in pending.items():
                     self._workers[i].submit(msg)
                 failed: dict[int, str] = {}
-                deadline = time.monotonic() + self.timeout_s
+                deadline = time.monotonic() + self.timeout_seconds
                 for i in list(pending):
                     w = self._workers[i]
                     try:
                         reply = w.result(max(0.0, deadline - time.monotonic()), what=f"{pending[i][0]} request",
-                                         limit_s=self.timeout_s)
+                                         limit_seconds=self.timeout_seconds)
                     except _Failure as f:
                         failed[i] = str(f)
                         continue
@@ -537,7 +537,7 @@ class RenderEngine(abc.ABC):
                         for j in pending:
                             if j != i and j not in failed and j not in results:
                                 try:
-                                    self._workers[j].result(self.timeout_s, what="drain")
+                                    self._workers[j].result(self.timeout_seconds, what="drain")
                                 except _Failure as f:
                                     self._restart(self._workers[j], str(f))
                         self._raise_remote(reply, w)
@@ -552,7 +552,7 @@ class RenderEngine(abc.ABC):
                         raise WorkerError(
                             f"{reason}; gave up after {attempts[i]} attempt(s) on chain {self.spec.name!r}. "
                             "The worker was restarted so later calls can proceed; check the plugin "
-                            "(run `deepafx plugins --details PATH`) or raise timeout_s."
+                            "(run `deepafx plugins --details PATH`) or raise timeout_seconds."
                         )
                     self._restart(self._workers[i], reason)
             self.last_timeline = {"sent": sent, "received": time.perf_counter(), "workers": worker_times}
@@ -664,7 +664,7 @@ class _ProcessWorker(WorkerHandle):
         except (OSError, BrokenPipeError):
             pass  # detected as a dead worker by result()
 
-    def result(self, timeout: float, what: str, limit_s: float | None = None) -> tuple:
+    def result(self, timeout: float, what: str, limit_seconds: float | None = None) -> tuple:
         ready = wait([self.conn, self.proc.sentinel], timeout=timeout)
         if self.conn in ready:
             try:
@@ -672,7 +672,7 @@ class _ProcessWorker(WorkerHandle):
             except (EOFError, OSError):
                 pass
         if not ready:
-            raise _Failure(f"{self.describe()} timed out after {limit_s or timeout:g} s during {what}")
+            raise _Failure(f"{self.describe()} timed out after {limit_seconds or timeout:g} s during {what}")
         self.proc.join(timeout=1)
         code = self.proc.exitcode
         sig = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
@@ -682,9 +682,9 @@ class _ProcessWorker(WorkerHandle):
         if self.proc.is_alive():
             self.conn.send(("close",))
 
-    def kill(self, grace_s: float = 0.0) -> None:
-        if grace_s > 0:
-            self.proc.join(timeout=grace_s)
+    def kill(self, grace_seconds: float = 0.0) -> None:
+        if grace_seconds > 0:
+            self.proc.join(timeout=grace_seconds)
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=5)
@@ -709,9 +709,9 @@ class RenderPool(RenderEngine):
         num_workers: Worker processes of all the engines started at once by ``share``
             cooperating processes (default: usable CPU cores); this engine starts its share
             (:func:`rank_workers`), at most ``num_slots``.
-        timeout_s: Longest a worker may take for one render/reset request.
-        start_timeout_s: Longest a worker may take to start and build its
-            instances (default ``max(timeout_s, 120)``).
+        timeout_seconds: Longest a worker may take for one render/reset request.
+        start_timeout_seconds: Longest a worker may take to start and build its
+            instances (default ``max(timeout_seconds, 120)``).
         max_retries: Restarts + retries of a failed request before giving up.
         start_method: multiprocessing start method (``"spawn"`` default: plugins
             must be loaded on the main thread of a clean process).
@@ -729,14 +729,14 @@ class RenderPool(RenderEngine):
         num_slots: int,
         instances_per_slot: int = 3,
         num_workers: int | None = None,
-        timeout_s: float = 120.0,
+        timeout_seconds: float = 120.0,
         max_retries: int = 1,
         start_method: str = "spawn",
-        start_timeout_s: float | None = None,
+        start_timeout_seconds: float | None = None,
         *,
         share: int = 1,
     ):
-        self._setup(spec, num_slots, instances_per_slot, timeout_s, max_retries, start_timeout_s)
+        self._setup(spec, num_slots, instances_per_slot, timeout_seconds, max_retries, start_timeout_seconds)
         self.num_workers = min(rank_workers(num_workers, share), self.num_slots)
         ctx = mp.get_context(start_method)
         self._workers = []
@@ -834,7 +834,7 @@ class RenderConfig:
             num_workers: Replaces :attr:`num_workers` when given (a caller that sizes its own engine).
             share: Engines started at once by cooperating processes (DDP ranks): this one starts
                 its share of the workers (:func:`rank_workers`).
-            **options: ``timeout_s``, ``max_retries``, ``start_timeout_s``.
+            **options: ``timeout_seconds``, ``max_retries``, ``start_timeout_seconds``.
 
         Returns:
             A started :class:`RenderEngine`.

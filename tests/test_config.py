@@ -147,3 +147,32 @@ def test_an_old_chain_option_names_its_replacement():
     with pytest.raises(PluginError, match=r"\[options\] 'note_duration_s' was renamed: write "
                                           r"options.note_duration_seconds: 0.5$"):
         build_processor(ProcessorSpec("dexed", "dx", {"note_duration_s": 0.5}), 16000)
+
+
+@pytest.mark.parametrize("recipe, override, message", [
+    ("mastering", "train.timeout_s=60", "[train] 'timeout_s' was renamed: write train.timeout_seconds: 60"),
+    ("amp_emulation", "evaluate.timeout_s=30.0", "[evaluate] 'timeout_s' was renamed: write evaluate.timeout_seconds: 30.0"),
+])
+def test_seconds_are_seconds(recipe, override, message):
+    with pytest.raises(ValueError) as err:
+        get_recipe(recipe).bind(load_config(f"{recipe}/quick", [override]))
+    assert str(err.value) == message
+
+
+def test_old_chain_options_name_their_replacements():
+    from deepafx.hosts.base import PluginError, ProcessorSpec, build_processor
+
+    with pytest.raises(ValueError, match=r"\[options\] 'min_decay_s' was renamed: write options.min_decay_seconds: 0.1$"):
+        build_processor(ProcessorSpec("ddsp.reverb", "verb", {"min_decay_s": 0.1}), 44100)
+    pytest.importorskip("dawdreamer")
+    with pytest.raises(PluginError, match=r"\[options\] 'context_s' was renamed: write options.context_seconds: 1.0$"):
+        build_processor(ProcessorSpec("faust", "f", {"code": "process = _;", "context_s": 1.0}), 44100)
+
+
+def test_a_stored_config_is_read_with_todays_keys():
+    stored = {"recipe": "mastering", "train": {"workers": None, "timeout_s": 120.0, "lr": 0.001},
+              "evaluate": {"workers": None, "timeout_s": 120.0}, "render": {"num_workers": None}}
+    today = get_recipe("mastering").bind(load_config("mastering/quick")).to_dict()
+    assert config_mod.upgrade_config(stored, like=today) == {
+        "recipe": "mastering", "train": {"timeout_seconds": 120.0, "lr": 0.001},
+        "evaluate": {"timeout_seconds": 120.0}, "render": {"num_workers": None}}

@@ -274,7 +274,7 @@ def test_streamed_blocks_equal_one_shot_and_slots_are_independent():
     ("ddsp.gain", {}),
     ("ddsp.harmonic", {"num_harmonics": 3}),
     ("ddsp.filtered_noise", {"num_bands": 5}),
-    ("ddsp.reverb", {"ir_seconds": 0.004, "min_decay_s": 0.001}),
+    ("ddsp.reverb", {"ir_seconds": 0.004, "min_decay_seconds": 0.001}),
     ("ddsp.peq", {"num_peaks": 1}),
 ])
 def test_gradients_are_exact(backend, options):

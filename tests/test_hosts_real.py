@@ -207,10 +207,10 @@ def test_dawdreamer_lsp_renders_with_state_replay():
     # LSP keeps part of its state through dawdreamer's per-render reset; replaying the
     # input context brings blocks close to the one-shot output, blocks alone do not.
     errors = {}
-    for context_s in (0.0, 1.0):
-        proc = build("dawdreamer", path=str(LSP_COMP), param_map="lsp_compressor_stereo.yaml", context_s=context_s)
+    for context_seconds in (0.0, 1.0):
+        proc = build("dawdreamer", path=str(LSP_COMP), param_map="lsp_compressor_stereo.yaml", context_seconds=context_seconds)
         proc.set_values(values)
-        errors[context_s] = float(np.abs(blocks(proc, x) - one_shot).max())
+        errors[context_seconds] = float(np.abs(blocks(proc, x) - one_shot).max())
     assert errors[1.0] < 2e-3
     assert errors[0.0] > 4 * errors[1.0]
 
@@ -221,8 +221,8 @@ def test_dawdreamer_replay_is_exact_for_a_plugin_that_clears_on_render():
     values = fresh[0].param_table.values_from_mapping({"threshold_db": -30.0, "ratio": 8.0, "release_ms": 300.0})
     one_shot = fresh[0].process(x, values)
     assert np.array_equal(one_shot, fresh[1].process(x, values))
-    for context_s in (None, 1.0):  # whole history, or a context longer than the signal
-        proc = build("dawdreamer", path=str(ZAM_COMP_VST2), context_s=context_s)
+    for context_seconds in (None, 1.0):  # whole history, or a context longer than the signal
+        proc = build("dawdreamer", path=str(ZAM_COMP_VST2), context_seconds=context_seconds)
         proc.set_values(values)
         np.testing.assert_array_equal(blocks(proc, x), one_shot)
 
@@ -279,18 +279,18 @@ def test_faust_tone_eq_table_and_response():
 def test_faust_tube_preamp_state_drive_and_mono_channels():
     dsp = require(TUBE).name
     x = np.concatenate([signal(1, seed=3), 0.3 * signal(1, seed=4)])
-    fresh = [build("faust", dsp=dsp, context_s=None) for _ in range(2)]
+    fresh = [build("faust", dsp=dsp, context_seconds=None) for _ in range(2)]
     assert fresh[0].mono_only and fresh[0].num_input_channels is None
     values = fresh[0].param_table.values_from_mapping({"drive_db": 12.0, "bass": 0.8})
     one_shot = fresh[0].process(x, values)
     assert np.array_equal(one_shot, fresh[1].process(x, values))
     assert one_shot.shape == x.shape
-    proc = build("faust", dsp=dsp, context_s=None)  # Faust clears on every render: whole-history replay is exact
+    proc = build("faust", dsp=dsp, context_seconds=None)  # Faust clears on every render: whole-history replay is exact
     proc.set_values(values)
     np.testing.assert_array_equal(blocks(proc, x), one_shot)
     proc.reset()
     np.testing.assert_array_equal(proc.process(x), one_shot)
-    alone = build("faust", dsp=dsp, context_s=None)  # channel 1 has its own engine and state
+    alone = build("faust", dsp=dsp, context_seconds=None)  # channel 1 has its own engine and state
     np.testing.assert_array_equal(alone.process(x[1:], values), one_shot[1:])
 
     t = np.arange(SR // 2) / SR

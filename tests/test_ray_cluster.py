@@ -100,7 +100,7 @@ def test_lost_render_machine_is_survived(cluster):
     """A render machine disappears between two calls: its worker is restarted on a spare machine, the
     request retried, and the outputs equal the process pool's (runs last: it removes a machine)."""
     c, nodes, _ = cluster
-    with RenderConfig(engine="ray").build(CHEAP, 4, 3, num_workers=2, timeout_s=60) as pool:
+    with RenderConfig(engine="ray").build(CHEAP, 4, 3, num_workers=2, timeout_seconds=60) as pool:
         before = pool.render(_requests(1))
         victim = next(n for n in nodes if n.node_id == pool.nodes[0])
         c.remove_node(victim)

@@ -117,7 +117,7 @@ def test_cmaes_oracle_on_ray_equals_the_process_pool(rng):
 def test_abort_is_survived_and_retried(tmp_path):
     spec = _fault(mode="abort", on_render=2, once_file=str(tmp_path / "crashed"))
     x = torch.ones(2, 1, 256)
-    with FxLayer(spec, batch_size=2, num_workers=2, timeout_s=60, render=RAY) as layer:
+    with FxLayer(spec, batch_size=2, num_workers=2, timeout_seconds=60, render=RAY) as layer:
         layer.eval()
         p = torch.full((2, 1), 0.5)
         layer(x, p)
@@ -130,7 +130,7 @@ def test_abort_is_survived_and_retried(tmp_path):
 
 
 def test_always_crashing_plugin_raises_worker_error():
-    with FxLayer(_fault(mode="abort", on_render=1), batch_size=1, num_workers=1, timeout_s=60, max_retries=0,
+    with FxLayer(_fault(mode="abort", on_render=1), batch_size=1, num_workers=1, timeout_seconds=60, max_retries=0,
                  render=RAY) as layer:
         layer.eval()
         with pytest.raises(WorkerError, match=r"died during render request.*gave up after 1 attempt"):
@@ -140,7 +140,7 @@ def test_always_crashing_plugin_raises_worker_error():
 
 def test_hang_is_killed_restarted_and_retried(tmp_path):
     spec = _fault(mode="hang", on_render=1, once_file=str(tmp_path / "hung"))
-    with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=3, max_retries=1, render=RAY) as layer:
+    with FxLayer(spec, batch_size=1, num_workers=1, timeout_seconds=3, max_retries=1, render=RAY) as layer:
         layer.eval()
         t0 = time.monotonic()
         y = layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))
@@ -150,7 +150,7 @@ def test_hang_is_killed_restarted_and_retried(tmp_path):
 
 
 def test_hang_beyond_retries_raises():
-    with FxLayer(_fault(mode="hang", on_render=1), batch_size=1, num_workers=1, timeout_s=2, max_retries=0,
+    with FxLayer(_fault(mode="hang", on_render=1), batch_size=1, num_workers=1, timeout_seconds=2, max_retries=0,
                  render=RAY) as layer:
         layer.eval()
         with pytest.raises(WorkerError, match="timed out after 2 s"):

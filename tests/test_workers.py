@@ -35,7 +35,7 @@ def _fault(**options):
 def test_abort_once_is_survived_and_retried(tmp_path):
     spec = _fault(mode="abort", on_render=2, once_file=str(tmp_path / "crashed"))
     x = torch.ones(2, 1, 256)
-    with FxLayer(spec, batch_size=2, num_workers=2, timeout_s=30) as layer:
+    with FxLayer(spec, batch_size=2, num_workers=2, timeout_seconds=30) as layer:
         layer.eval()
         p = torch.full((2, 1), 0.5)
         layer(x, p)
@@ -50,7 +50,7 @@ def test_abort_once_is_survived_and_retried(tmp_path):
 
 def test_last_timeline_orders_send_work_and_replies(tmp_path):
     spec = _fault(mode="abort", on_render=10**9, once_file=str(tmp_path / "never"))
-    with FxLayer(spec, batch_size=3, num_workers=2, timeout_s=30) as layer:
+    with FxLayer(spec, batch_size=3, num_workers=2, timeout_seconds=30) as layer:
         assert layer.pool.last_timeline == {}
         t0 = time.perf_counter()
         layer(torch.ones(3, 1, 256), torch.full((3, 1), 0.5, requires_grad=True)).sum().backward()
@@ -63,7 +63,7 @@ def test_last_timeline_orders_send_work_and_replies(tmp_path):
 
 def test_always_crashing_plugin_raises_clear_error_and_training_survives():
     spec = _fault(mode="abort", on_render=1)
-    with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=30, max_retries=1) as layer:
+    with FxLayer(spec, batch_size=1, num_workers=1, timeout_seconds=30, max_retries=1) as layer:
         layer.eval()
         with pytest.raises(WorkerError, match=r"died with signal SIGABRT.*gave up after 2 attempt"):
             layer(torch.ones(1, 1, 64), torch.full((1, 1), 0.5))
@@ -73,7 +73,7 @@ def test_always_crashing_plugin_raises_clear_error_and_training_survives():
 
 def test_hanging_plugin_times_out():
     spec = _fault(mode="hang", on_render=1)
-    with FxLayer(spec, batch_size=1, num_workers=1, timeout_s=2, max_retries=0) as layer:
+    with FxLayer(spec, batch_size=1, num_workers=1, timeout_seconds=2, max_retries=0) as layer:
         layer.eval()
         t0 = time.monotonic()
         with pytest.raises(WorkerError, match="timed out after 2 s"):

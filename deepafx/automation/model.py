@@ -137,7 +137,7 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
 
 
 def render_automation(chain: ChainSpec, audio: np.ndarray, times_s: np.ndarray, params: np.ndarray,
-                      block_samples: int = 1024, timeout_s: float = 120.0) -> np.ndarray:
+                      block_samples: int = 1024, timeout_seconds: float = 120.0) -> np.ndarray:
     """Render a track through ``chain`` with parameters interpolated per block.
 
     The chain runs in one render worker (crash isolation), one instance,
@@ -156,7 +156,7 @@ def render_automation(chain: ChainSpec, audio: np.ndarray, times_s: np.ndarray, 
     """
     n = audio.shape[-1]
     outs = []
-    with RenderPool(chain, num_slots=1, instances_per_slot=1, num_workers=1, timeout_s=timeout_s) as pool:
+    with RenderPool(chain, num_slots=1, instances_per_slot=1, num_workers=1, timeout_seconds=timeout_seconds) as pool:
         blocks = range(0, n, block_samples)
         # Batch several blocks per request would break per-block parameters; one request per block.
         for start in blocks:

@@ -178,7 +178,7 @@ class OracleResult:
         popsize: Population size.
         search_seconds: Wall time of the search (renders + scoring), seconds.
         render_seconds: Part of it spent waiting for renders, seconds.
-        excerpt_start_s: Start of the scored excerpt in the track, seconds.
+        excerpt_start_seconds: Start of the scored excerpt in the track, seconds.
         excerpt_seconds: Length of the scored excerpt, seconds.
         history: Best objective so far after the defaults and after each generation.
     """
@@ -192,7 +192,7 @@ class OracleResult:
     popsize: int
     search_seconds: float
     render_seconds: float
-    excerpt_start_s: float
+    excerpt_start_seconds: float
     excerpt_seconds: float
     history: list[float] = field(default_factory=list)
 
@@ -206,7 +206,7 @@ class OracleResult:
             "objective": self.objective, "default_objective": self.default_objective, "renders": self.renders,
             "failed_renders": self.failed_renders, "generations": self.generations, "popsize": self.popsize,
             "search_seconds": self.search_seconds, "render_seconds": self.render_seconds,
-            "renders_per_second": self.renders_per_second, "excerpt_start_s": self.excerpt_start_s,
+            "renders_per_second": self.renders_per_second, "excerpt_start_seconds": self.excerpt_start_seconds,
             "excerpt_seconds": self.excerpt_seconds, "history": list(self.history),
             "params": [float(v) for v in self.params],
         }
@@ -230,7 +230,7 @@ class CmaesOracle:
         num_workers: Render workers, replacing ``render.num_workers`` when given (default:
             ``render.num_workers``, else usable CPU cores; at most ``popsize``).
         seed: Seed of CMA-ES sampling (``cma`` seed ``seed + 1``; cma reads 0 as "random").
-        timeout_s: Longest one render request may take before its worker is restarted, seconds.
+        timeout_seconds: Longest one render request may take before its worker is restarted, seconds.
         render: Render engine (:class:`~deepafx.workers.RenderConfig`, the config's ``render:`` section;
             default: worker processes on this machine), e.g. ``RenderConfig(engine="ray", address="auto")``.
 
@@ -242,7 +242,7 @@ class CmaesOracle:
     def __init__(self, chain: ChainSpec, renders: int = 60, sigma0: float = 0.1, popsize: int | None = None,
                  excerpt_seconds: float = 10.0, preroll_seconds: float = 1.0, loudness_weight: float = 0.1,
                  fft_sizes: Sequence[int] = (2048, 512, 128), overlap: float = 0.5, num_workers: int | None = None,
-                 seed: int = 0, timeout_s: float = 120.0, render: RenderConfig | None = None):
+                 seed: int = 0, timeout_seconds: float = 120.0, render: RenderConfig | None = None):
         if int(renders) < 1:
             raise ValueError(f"renders must be >= 1 (the render budget per track), got {renders}")
         if not sigma0 > 0:
@@ -270,7 +270,7 @@ class CmaesOracle:
         self.num_slots = min(workers, self.popsize)  # one slot per worker
         self.instances_per_slot = int(math.ceil(self.popsize / self.num_slots))
         self.pool = render.build(chain, self.num_slots, self.instances_per_slot, num_workers=self.num_slots,
-                                 timeout_s=timeout_s)
+                                 timeout_seconds=timeout_seconds)
 
     # -- lifecycle --------------------------------------------------------------
     def close(self) -> None:
@@ -409,7 +409,7 @@ class CmaesOracle:
         return OracleResult(
             params=best_x, objective=best_f, default_objective=default_f, renders=used, failed_renders=failed,
             generations=generations, popsize=self.popsize, search_seconds=time.perf_counter() - t_start,
-            render_seconds=render_time, excerpt_start_s=s0 / sr, excerpt_seconds=(stop - s0) / sr, history=history,
+            render_seconds=render_time, excerpt_start_seconds=s0 / sr, excerpt_seconds=(stop - s0) / sr, history=history,
         )
 
 

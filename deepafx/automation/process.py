@@ -396,7 +396,7 @@ def match_loudness(render: Callable[[np.ndarray], np.ndarray], params: np.ndarra
 
 
 def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
-                 smoothing_frames: int = 3, batch_size: int = 16, timeout_s: float = 120.0,
+                 smoothing_frames: int = 3, batch_size: int = 16, timeout_seconds: float = 120.0,
                  channel_mask: int | None = None, what: str = "input", loudness_lufs: float | None = None,
                  loudness_param: str | None = None) -> ProcessedAudio:
     """Process ``audio`` with ``model``: predict the automation and render the chain.
@@ -411,7 +411,7 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
             uses the parameters interpolated at its centre time (>= 1).
         smoothing_frames: Centred moving average over frames (1 = no smoothing).
         batch_size: Context windows per encoder call.
-        timeout_s: Longest one render request may take, seconds.
+        timeout_seconds: Longest one render request may take, seconds.
         channel_mask: Speaker mask of the input file, if known (see
             :func:`deepafx.audio.downmix`).
         what: Name of the input in messages (a file path).
@@ -464,12 +464,12 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
     times_s, params = predict_automation(model, x, batch_size=batch_size, smoothing_frames=int(smoothing_frames))
     t_predict = time.perf_counter() - t0
     t0 = time.perf_counter()
-    y = render_automation(model.chain, x, times_s, params, block_samples=int(block_samples), timeout_s=timeout_s)
+    y = render_automation(model.chain, x, times_s, params, block_samples=int(block_samples), timeout_seconds=timeout_seconds)
     loudness = None
     if loudness_lufs is not None:
         params, y, loudness = match_loudness(
             lambda prm: render_automation(model.chain, x, times_s, prm, block_samples=int(block_samples),
-                                          timeout_s=timeout_s),
+                                          timeout_seconds=timeout_seconds),
             params, model.chain.param_table, loudness_lufs, model.sample_rate, param=loudness_param, output=y)
         notes.append(_loudness_note(loudness))
     t_render = time.perf_counter() - t0
@@ -573,7 +573,7 @@ class ProcessResult:
 def process_file(checkpoint: str | Path, input_path: str | Path, output_path: str | Path,
                  automation_path: str | Path | None = None, plot_path: str | Path | None = None,
                  block_samples: int = 1024, smoothing_frames: int = 3, force: bool = False,
-                 timeout_s: float = 120.0, recipe: str | None = None, loudness_lufs: float | None = None,
+                 timeout_seconds: float = 120.0, recipe: str | None = None, loudness_lufs: float | None = None,
                  loudness_param: str | None = None) -> ProcessResult:
     """Process one file (the ``deepafx process`` command of automation recipes).
 
@@ -591,7 +591,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         block_samples: Render block in samples at the model's rate (>= 1).
         smoothing_frames: Moving-average length over frames (>= 1; 1 = none).
         force: Overwrite existing outputs.
-        timeout_s: Longest one render request may take, seconds.
+        timeout_seconds: Longest one render request may take, seconds.
         recipe: Recipe the checkpoint must come from (``None``: any automation recipe).
         loudness_lufs: Optional integrated-loudness target of the output, LUFS
             (:func:`apply_automation`; recorded in the automation file).
@@ -633,7 +633,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
     fmt, subtype, fmt_note = output_format(out, src.subtype)
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, recipe)
     processed = apply_automation(model, src.audio, src.sample_rate, block_samples=block_samples,
-                            smoothing_frames=smoothing_frames, timeout_s=timeout_s, channel_mask=src.channel_mask,
+                            smoothing_frames=smoothing_frames, timeout_seconds=timeout_seconds, channel_mask=src.channel_mask,
                             what=str(inp), loudness_lufs=loudness_lufs, loudness_param=loudness_param)
     notes = list(processed.notes)
     if fmt_note:

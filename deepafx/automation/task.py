@@ -65,7 +65,7 @@ class AutomationTrainConfig(TrainSettings):
         max_delay_ms: Extra delay searched on top of the chain's reported latency, ms.
         grad_clip: Gradient-norm clip (0 disables).
         valid_steps: Cap on validation batches per epoch (``None``: all).
-        timeout_s: Longest a render request may take before the worker is restarted.
+        timeout_seconds: Longest a render request may take before the worker is restarted.
     """
 
     batch_size: int = 8
@@ -85,7 +85,7 @@ class AutomationTrainConfig(TrainSettings):
     max_delay_ms: float = 10.0
     grad_clip: float = 1.0
     valid_steps: int | None = None
-    timeout_s: float = 120.0
+    timeout_seconds: float = 120.0
 
 
 def load_tracks(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -166,7 +166,7 @@ class AutomationTask:
         layer = HybridChain if is_hybrid(self.chain) else FxLayer  # ddsp. entries: autograd for them
         self.fx = layer(self.chain, tc.batch_size, estimator=tc.estimator,
                         epsilon=eps, num_perturbations=tc.num_perturbations,
-                        seed=tc.seed * 1009 + self.dist.rank, timeout_s=tc.timeout_s,
+                        seed=tc.seed * 1009 + self.dist.rank, timeout_seconds=tc.timeout_seconds,
                         render=render, worker_share=self.dist.world_size)
         self.defaults = torch.tensor(pretrain_target(self.chain.param_table.defaults_normalized()), dtype=torch.float32)
         self.loss_fn = build_loss(tc.loss, sample_rate=self.chain.sample_rate, latency_samples=self.fx.latency_samples,

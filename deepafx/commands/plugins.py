@@ -165,14 +165,14 @@ def _param_dict(p: Any) -> dict[str, Any]:
 
 
 def details(
-    target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0, param_map: str | None = None
+    target: str, sample_rate: float = 44100.0, timeout_seconds: float = 60.0, param_map: str | None = None
 ) -> dict[str, Any]:
     """Load ``target`` in a child process and return its description.
 
     Args:
         target: Plugin path or name, Faust file, chain config or backend name.
         sample_rate: Rate in Hz to load at.
-        timeout_s: Seconds before the child is killed.
+        timeout_seconds: Seconds before the child is killed.
         param_map: Optional parameter map for a single plugin.
 
     Returns:
@@ -185,10 +185,10 @@ def details(
     spec = _spec_for(target, param_map)
     cmd = [sys.executable, "-m", "deepafx.commands.plugins", "--_child", json.dumps(spec), str(sample_rate)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         raise RuntimeError(
-            f"loading {target!r} did not finish within {timeout_s:g} s (the plugin hangs while loading?); "
+            f"loading {target!r} did not finish within {timeout_seconds:g} s (the plugin hangs while loading?); "
             "raise --timeout if it is only slow"
         ) from None
     for line in res.stdout.splitlines()[::-1]:
@@ -231,7 +231,7 @@ def cluster_plugins(address: str | None) -> dict[str, dict[str, list[str]]]:
     return _on_cluster(address, find_plugins)
 
 
-def cluster_details(address: str | None, target: str, sample_rate: float = 44100.0, timeout_s: float = 60.0,
+def cluster_details(address: str | None, target: str, sample_rate: float = 44100.0, timeout_seconds: float = 60.0,
                     param_map: str | None = None) -> dict[str, dict[str, Any]]:
     """:func:`details` of ``target`` on every machine of a Ray cluster (each loads it in a child process).
 
@@ -241,7 +241,7 @@ def cluster_details(address: str | None, target: str, sample_rate: float = 44100
     Raises:
         ConnectionError: no cluster at ``address``.
     """
-    return _on_cluster(address, details, target, sample_rate, timeout_s, param_map)
+    return _on_cluster(address, details, target, sample_rate, timeout_seconds, param_map)
 
 
 def _on_cluster(address: str | None, fn, *args) -> dict[str, Any]:

@@ -12,9 +12,9 @@ fully cleared) and outputs 0.04–0.08 apart for the LSP compressor and Dragonfl
 reverbs (partly cleared); rendering 1 s as ten renders of 0.1 s differed from one
 render by 0.13–1.6 (peak) for compressors, limiters, the tube and reverbs. So
 block-to-block state cannot come from the engine. Instead each processor keeps
-the last ``context_s`` seconds of its input and re-renders them before every
+the last ``context_seconds`` seconds of its input and re-renders them before every
 block, returning only the new block: output block ``k`` is the end of one render
-of ``[context, block k]``. A stream starts with ``context_s`` seconds of silence
+of ``[context, block k]``. A stream starts with ``context_seconds`` seconds of silence
 as its context, so every render has the same length and the plugin has settled
 on silence before the first sample, whatever the previous render left in it.
 
@@ -24,10 +24,10 @@ keeps across renders, decayed over the context. LSP compressor (threshold -40 dB
 ratio 10, release 200 ms, 0.5 s of noise peaking at 0.29 out, blocks of 100 to
 5000 samples), peak difference from the one-shot output: 0.11 without context,
 0.034 / 0.0073 / 0.00034 with 0.25 / 0.5 / 1 s. DPF plugins were bit-exact from
-0.25 s on. With ``context_s: null`` the whole input since the last
+0.25 s on. With ``context_seconds: null`` the whole input since the last
 :meth:`~DawDreamerProcessor.reset` is replayed with no silence before it:
 bit-exact for plugins that clear on render (DPF, Faust), cost growing with the
-stream. Cost: each block renders ``context_s`` seconds more audio (LSP
+stream. Cost: each block renders ``context_seconds`` seconds more audio (LSP
 mastering chain, 1 s context, 1024-sample blocks: about 4.6 s per second of
 audio on this machine; use a shorter context where the plugins forget faster).
 
@@ -66,10 +66,10 @@ made the Faust compiler abort the interpreter).
 Options, ``"dawdreamer"``: ``path`` (required; ``.so`` or ``.vst3``; a bare
 name is searched in ``/usr/lib/vst``, ``/usr/lib/lxvst``, ``/usr/local/lib/vst``,
 ``~/.vst`` and their sub-folders), ``param_map``, ``exclude``, ``channels``,
-``context_s``, ``block_size``. ``"faust"``: ``dsp`` (a ``.dsp`` file; a relative
+``context_seconds``, ``block_size``. ``"faust"``: ``dsp`` (a ``.dsp`` file; a relative
 name is tried from the working directory, then in the packaged ``faust/`` folder,
 e.g. ``tube_preamp.dsp``) or ``code`` (Faust source), plus
-``param_map``, ``exclude``, ``channels``, ``context_s``, ``block_size``.
+``param_map``, ``exclude``, ``channels``, ``context_seconds``, ``block_size``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ from typing import Any
 
 import numpy as np
 
+from deepafx.config import renamed_key_error
 from deepafx.hosts.base import AudioError, PluginError, Processor, ProcessorSpec, register_backend
 from deepafx.hosts.fpenv import float_env_guard
 from deepafx.hosts.plugin_params import (
@@ -105,7 +106,7 @@ from deepafx.hosts.vst3 import check_not_refused
 VST2_DIRS = (Path("/usr/lib/vst"), Path("/usr/lib/lxvst"), Path("/usr/local/lib/vst"), Path.home() / ".vst")
 
 #: Seconds of input replayed before each block by default (see the module docstring).
-DEFAULT_CONTEXT_S = 1.0
+DEFAULT_CONTEXT_SECONDS = 1.0
 
 #: dawdreamer engine block size in samples (its processing granularity; 512 was
 #: fastest for the LSP multiband compressor among 256, 512, 2048 and 8192).
@@ -118,7 +119,7 @@ SLOW_SET_S = 1e-3
 
 _CREATE_LOCK = threading.Lock()
 
-_COMMON_OPTIONS = frozenset({"param_map", "exclude", "channels", "context_s", "block_size"})
+_COMMON_OPTIONS = frozenset({"param_map", "exclude", "channels", "context_seconds", "block_size"})
 
 
 def find_vst2(path: str | Path) -> Path:
@@ -178,7 +179,7 @@ class DawDreamerProcessor(Processor):
 
     Args:
         sample_rate: Rate in Hz.
-        context_s: Seconds of past input re-rendered before each block
+        context_seconds: Seconds of past input re-rendered before each block
             (``None``: everything since the last reset; ``0``: none).
         block_size: Engine block size in samples; the context length is rounded
             up to a multiple of it so blocks stay aligned with engine blocks.
@@ -194,20 +195,20 @@ class DawDreamerProcessor(Processor):
     discovery_mutates = True
     label = "plugin"
 
-    def __init__(self, sample_rate: float, context_s: float | None, block_size: int, channels: int) -> None:
+    def __init__(self, sample_rate: float, context_seconds: float | None, block_size: int, channels: int) -> None:
         super().__init__()
         if sample_rate <= 0:
             raise PluginError(f"sample_rate must be positive, got {sample_rate}")
-        if context_s is not None and not (float(context_s) >= 0):
-            raise PluginError(f"option context_s must be >= 0 seconds or null, got {context_s}")
+        if context_seconds is not None and not (float(context_seconds) >= 0):
+            raise PluginError(f"option context_seconds must be >= 0 seconds or null, got {context_seconds}")
         if int(block_size) < 1 or int(channels) < 1:
             raise PluginError(f"options block_size and channels must be >= 1, got {block_size}, {channels}")
         self.sample_rate = float(sample_rate)
         self.block_size = int(block_size)
         self.channels = int(channels)
         self.context_samples: int | None = None
-        if context_s is not None:
-            n = int(round(float(context_s) * self.sample_rate))
+        if context_seconds is not None:
+            n = int(round(float(context_seconds) * self.sample_rate))
             self.context_samples = -(-n // self.block_size) * self.block_size
         self._history: np.ndarray | None = None
         self._voices: list[_Voice] = []
@@ -354,10 +355,10 @@ class VSTDawDreamerProcessor(DawDreamerProcessor):
         param_map: str | Path | None = None,
         exclude: tuple[str, ...] | list[str] = (),
         channels: int = 2,
-        context_s: float | None = DEFAULT_CONTEXT_S,
+        context_seconds: float | None = DEFAULT_CONTEXT_SECONDS,
         block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
-        super().__init__(sample_rate, context_s, block_size, channels)
+        super().__init__(sample_rate, context_seconds, block_size, channels)
         self.path = find_vst2(path)
         self.label = f"plugin {self.path.name}"
         self._setup(param_map, exclude)
@@ -454,7 +455,7 @@ class FaustProcessor(DawDreamerProcessor):
             directory, then in the packaged ``faust/`` folder of
             :func:`deepafx.assets.plugins_dir` (``tube_preamp.dsp``).
         code: Faust source, instead of ``dsp``.
-        param_map, exclude, channels, context_s, block_size: As for ``dawdreamer``.
+        param_map, exclude, channels, context_seconds, block_size: As for ``dawdreamer``.
 
     Raises:
         PluginError: neither or both of ``dsp``/``code``, missing file, compile
@@ -472,10 +473,10 @@ class FaustProcessor(DawDreamerProcessor):
         param_map: str | Path | None = None,
         exclude: tuple[str, ...] | list[str] = (),
         channels: int = 2,
-        context_s: float | None = DEFAULT_CONTEXT_S,
+        context_seconds: float | None = DEFAULT_CONTEXT_SECONDS,
         block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
-        super().__init__(sample_rate, context_s, block_size, channels)
+        super().__init__(sample_rate, context_seconds, block_size, channels)
         if (dsp is None) == (code is None):
             raise PluginError(
                 "backend 'faust' needs exactly one of options 'dsp' (a .dsp file) or 'code' (Faust source)"
@@ -532,6 +533,9 @@ class FaustProcessor(DawDreamerProcessor):
 
 def _options(spec: ProcessorSpec, allowed: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
     opts = dict(spec.options)
+    old = renamed_key_error("options", opts, allowed)
+    if old:
+        raise PluginError(f"processor {spec.name!r} ({spec.backend}): {old}")
     unknown = set(opts) - allowed
     missing = [r for r in required if r not in opts]
     if unknown or missing:

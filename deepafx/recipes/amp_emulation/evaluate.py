@@ -96,7 +96,7 @@ class EvaluateConfig:
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
         seed: Seed of CMA-ES and of the bootstrap.
-        timeout_s: Longest one render request may take, seconds.
+        timeout_seconds: Longest one render request may take, seconds.
     """
 
     cmaes_renders: int = 100
@@ -116,7 +116,7 @@ class EvaluateConfig:
     plot_piece: int = 0
     threads: int | None = 1
     seed: int = 0
-    timeout_s: float = 120.0
+    timeout_seconds: float = 120.0
 
 
 # --------------------------------------------------------------------------- metrics
@@ -315,7 +315,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
     with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     seed=ec.seed, timeout_s=ec.timeout_s,
+                     seed=ec.seed, timeout_seconds=ec.timeout_seconds,
                      render=config.sections.get("render")) as oracle:
         latency = int(oracle.pool.latency_samples)
         align = None if latency == 0 else latency / sr * 1e3 + ec.max_delay_ms
@@ -330,7 +330,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
             res = oracle.fit(x, y)
             outputs["oracle_cmaes"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
             processed = apply_automation(model, x, sr, block_samples=ec.block_samples,
-                                         smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
+                                         smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds)
             outputs["model"] = (processed.audio, processed.process_seconds)
             t0 = time.perf_counter()
             outputs["neural_amp"] = (lstm.process(x), time.perf_counter() - t0)

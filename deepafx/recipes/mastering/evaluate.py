@@ -173,7 +173,7 @@ class EvaluateConfig:
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         num_examples: Pieces whose renders are written to ``OUT/examples``.
         seed: CMA-ES seed, and the seed of the bootstrap resampling.
-        timeout_s: Longest one render request may take, seconds.
+        timeout_seconds: Longest one render request may take, seconds.
         loudness_lufs: With a value (LUFS, e.g. −14, the reference engineer's
             loudness), also the row ``model_loudness``: the model's automation
             with its output-gain parameter offset per piece until the output
@@ -206,7 +206,7 @@ class EvaluateConfig:
     max_tracks: int | None = None
     num_examples: int = 1
     seed: int = 0
-    timeout_s: float = 120.0
+    timeout_seconds: float = 120.0
     loudness_lufs: float | None = None
     loudness_param: str | None = None
     matchering: bool = True
@@ -899,7 +899,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     seed=ec.seed, timeout_s=ec.timeout_s,
+                     seed=ec.seed, timeout_seconds=ec.timeout_seconds,
                      render=config.sections.get("render")) as oracle:
         for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):
             if data_sr != sr:
@@ -942,14 +942,14 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                 entry["oracles"][row] = info
             entry["oracle"] = entry["oracles"][budgets[-1][0]]
             mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
-                                        smoothing_frames=ec.smoothing_frames, timeout_s=ec.timeout_s)
+                                        smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds)
             outputs["model"] = (mastered.audio, mastered.process_seconds)
             if ec.loudness_lufs is not None:
                 t0 = time.perf_counter()
                 auto = mastered.automation
                 _, loud, entry["model_loudness"] = match_loudness(
                     lambda prm: render_automation(chain, x, auto.times_s, prm, block_samples=ec.block_samples,
-                                                  timeout_s=ec.timeout_s),
+                                                  timeout_seconds=ec.timeout_seconds),
                     auto.normalized, table, ec.loudness_lufs, sr, param=ec.loudness_param, output=mastered.audio)
                 outputs["model_loudness"] = (loud, mastered.process_seconds + time.perf_counter() - t0)
             for m in rows:
