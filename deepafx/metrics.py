@@ -687,14 +687,14 @@ def ndb(reference: np.ndarray, generated: np.ndarray, num_bins: int, alpha: floa
             "different": different.tolist(), "reference_share": p_ref.tolist(), "generated_share": p_gen.tolist()}
 
 
-def note_pitch_hz(audio: np.ndarray, sample_rate: float, start_s: float = 0.25, end_s: float = 2.5,
+def note_pitch_hz(audio: np.ndarray, sample_rate: float, start_seconds: float = 0.25, end_seconds: float = 2.5,
                   fmin_hz: float = 30.0, fmax_hz: float = 2000.0) -> float:
     """Median fundamental frequency (Hz) of one held note, by YIN (``librosa.yin``;
-    de Cheveigné & Kawahara, JASA 2002) over ``[start_s, end_s]`` seconds.
+    de Cheveigné & Kawahara, JASA 2002) over ``[start_seconds, end_seconds]`` seconds.
 
     Args:
         audio: ``(samples,)`` mono note.
-        sample_rate: Hz. start_s, end_s: Analysed span, seconds. fmin_hz, fmax_hz: YIN's search range, Hz.
+        sample_rate: Hz. start_seconds, end_seconds: Analysed span, seconds. fmin_hz, fmax_hz: YIN's search range, Hz.
 
     Returns:
         The median f0 in Hz, or NaN when the span is (near) silent.
@@ -705,7 +705,7 @@ def note_pitch_hz(audio: np.ndarray, sample_rate: float, start_s: float = 0.25, 
     x = np.asarray(audio, dtype=np.float64)
     if x.ndim != 1 or not np.isfinite(x).all():
         raise ValueError(f"note_pitch_hz needs a finite (samples,) array, got shape {x.shape}")
-    seg = x[int(start_s * sample_rate) : int(end_s * sample_rate)]
+    seg = x[int(start_seconds * sample_rate) : int(end_seconds * sample_rate)]
     if len(seg) < 4096 or np.sqrt(np.mean(seg**2)) < 1e-4:
         return float("nan")
     f0 = librosa.yin(seg, fmin=fmin_hz, fmax=fmax_hz, sr=sample_rate, frame_length=4096)
