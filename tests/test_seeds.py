@@ -1,0 +1,113 @@
+"""Runs over seeds: pooled statistics (hand-computed), and `deepafx train --seeds` / `evaluate` end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepafx.cli import main
+from deepafx.commands.train import parse_seeds
+from deepafx.metrics import bootstrap_ci
+from deepafx.recipes import get_recipe
+from deepafx.seeds import aggregate, markdown, track_scores
+
+QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
+
+
+def test_parse_seeds():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("0,4,7") == [0, 4, 7]
+    assert parse_seeds("5,") == [5]
+    for bad in ("0", "x", "1,1", "-1,2", ""):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_aggregate_matches_hand_computation():
+    # two seeds, three items; method "b" is a baseline, item "z" has a missing value for "b" in seed 1
+    per_seed = {
+        0: {"model": {"m": {"x": 1.0, "y": 2.0, "z": 3.0}}, "b": {"m": {"x": 2.0, "y": 2.0, "z": 5.0}}},
+        1: {"model": {"m": {"x": 3.0, "y": 4.0, "z": 5.0}}, "b": {"m": {"x": 2.0, "y": 2.0, "z": None}}},
+    }
+    agg = aggregate(per_seed, resamples=500)
+    model = agg["methods"]["model"]["m"]
+    assert model["per_seed"] == {"0": 2.0, "1": 4.0}
+    assert model["mean"] == 3.0 and model["seed_std"] == pytest.approx(np.std([2.0, 4.0], ddof=1))
+    assert model["num_items"] == 3 and model["dropped_items"] == 0
+    # the interval resamples items, each with the mean of its seeds: (2, 3, 4)
+    assert tuple(model["ci"]) == bootstrap_ci([2.0, 3.0, 4.0], 500, 0, 0.95)
+    base = agg["methods"]["b"]["m"]
+    assert base["num_items"] == 2 and base["dropped_items"] == 1 and base["per_seed"] == {"0": 2.0, "1": 2.0}
+    assert base["seed_std"] == 0.0
+    # paired model − b over (seed, item) on the items both score: x, y → d = (-1, 0), (1, 2)
+    paired = agg["paired"]["b"]["m"]
+    assert paired["mean"] == pytest.approx(0.5) and paired["per_seed"] == {"0": -0.5, "1": 1.5}
+    assert paired["pairs"] == 4 and paired["reference_lower"] == 1
+    assert tuple(paired["ci"]) == bootstrap_ci([0.0, 1.0], 500, 0, 0.95)
+    text = markdown(agg, {"m": "M ↓"})
+    assert "| model | 3.000 ± 1.414" in text and "| b | M ↓ | -0.500, +1.500 |" not in text
+    assert "| b | M ↓ | +0.500 [" in text and "| 1/4 | -0.500, +1.500 |" in text
+    with pytest.raises(ValueError):
+        aggregate({})
+
+
+def test_track_scores_reads_every_method_and_piece():
+    results = {"tracks": [{"piece": "p1", "methods": {"model": {"a": 1.0, "b": 2.0}, "x": {"a": 3.0}}},
+                          {"piece": "p2", "methods": {"model": {"a": 5.0, "b": None}, "x": {"a": 4.0}}}]}
+    assert track_scores(results, "test", ("a", "b")) == {"model": {"a": {"p1": 1.0, "p2": 5.0}, "b": {"p1": 2.0, "p2": None}},
+                                                         "x": {"a": {"p1": 3.0, "p2": 4.0}}}
+    with pytest.raises(ValueError, match="tracks"):
+        track_scores({"test": {}}, "test", ("a",))
+
+
+def _cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_train_over_seeds_resumes_and_evaluate_pools(tmp_path, capsys):
+    """Seeds stopped part way continue exactly, a new seed starts, finished ones are kept; evaluate pools them."""
+    tiny = get_recipe("mastering").tiny({})
+    sets = [a for o in tiny for a in ("--set", o)]
+    data = tmp_path / "data"
+    # reference: seed 1 alone, uninterrupted
+    assert _cli("train", "--config", QUICK, "--run-dir", tmp_path / "ref", "--data-dir", data, *sets, "--seeds", "1,") == 0
+    # seeds 0 and 1 stopped at the end of their first SPSA epoch (2 + 3 steps), then resumed with a third seed added
+    run = tmp_path / "run"
+    assert _cli("train", "--config", QUICK, "--run-dir", run, "--data-dir", data, *sets, "--set", "train.max_steps=5",
+                "--seeds", "2") == 0
+    assert [torch.load(run / f"seed-{s}" / "checkpoints" / "last.pt", weights_only=False)["state"]["global_step"]
+            for s in (0, 1)] == [5, 5]
+    assert _cli("train", "--config", QUICK, "--run-dir", run, "--data-dir", data, *sets, "--seeds", "3", "--resume") == 0
+    ref = torch.load(tmp_path / "ref" / "seed-1" / "checkpoints" / "last.pt", weights_only=False)
+    got = torch.load(run / "seed-1" / "checkpoints" / "last.pt", weights_only=False)
+    assert got["state"]["finished"] and all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"])
+    assert got["config"]["train"]["seed"] == 1
+    seed0 = torch.load(run / "seed-0" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert not all(torch.equal(seed0[k], got["model"][k]) for k in seed0)  # another seed, another model
+    before = (run / "seed-2" / "checkpoints" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert _cli("train", "--config", QUICK, "--run-dir", run, "--data-dir", data, *sets, "--seeds", "3", "--resume") == 0
+    assert capsys.readouterr().out.count("finished earlier, kept") == 3
+    assert (run / "seed-2" / "checkpoints" / "last.pt").read_bytes() == before
+
+    assert _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, *sets) == 0
+    pooled = json.loads((run / "eval" / "results.json").read_text())
+    assert pooled["seeds"] == [0, 1, 2] and pooled["reference"] == "model"
+    for s in (0, 1, 2):
+        one = json.loads((run / f"seed-{s}" / "eval" / "results.json").read_text())
+        for metric in ("mfcc_cosine", "lufs_error"):
+            assert pooled["methods"]["model"][metric]["per_seed"][str(s)] == pytest.approx(one["test"]["model"][metric])
+    cell = pooled["methods"]["model"]["mfcc_cosine"]
+    values = list(cell["per_seed"].values())
+    assert cell["mean"] == pytest.approx(np.mean(values)) and cell["seed_std"] == pytest.approx(np.std(values, ddof=1))
+    assert cell["seed_std"] > 0  # the seeds gave different models
+    assert set(pooled["paired"]) >= {"unprocessed", "default"}
+    md = (run / "eval" / "results.md").read_text()
+    assert "Seeds 0, 1, 2" in md and "Paired differences model − method" in md
+    # a second evaluate keeps every seed's results (newer than its checkpoints) and pools the same numbers
+    capsys.readouterr()
+    assert _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, *sets) == 0
+    assert capsys.readouterr().out.count("results kept from") == 3
+    assert json.loads((run / "eval" / "results.json").read_text()) == pooled
