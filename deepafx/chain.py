@@ -28,8 +28,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from deepafx.assets import plugins_dir, resolve_chain
-from deepafx.hosts.base import Processor, ProcessorSpec, build_processor, check_audio
+from deepafx.hosts.base import NonFiniteOutputError, Processor, ProcessorSpec, build_processor, check_audio
 from deepafx.params import ParamTable, ParameterError
+
+#: What a chain does with a block one of its processors renders with NaN/Inf samples (:attr:`ChainSpec.nonfinite`).
+NONFINITE_POLICIES = ("raise", "mark")
 
 #: The plugin asset folder (:func:`deepafx.assets.plugins_dir`; the installed copy, or the repository's ``plugins/``).
 PLUGINS_DIR = plugins_dir()
@@ -43,11 +46,23 @@ class ChainSpec:
         processors: Processor specs in processing order; names must be unique.
         sample_rate: Rate in Hz every processor runs at.
         name: Label used in logs and listings.
+        nonfinite: What :meth:`Chain.process` does when a processor renders NaN/Inf
+            samples: ``"raise"`` (default) raises
+            :class:`~deepafx.hosts.base.NonFiniteOutputError`; ``"mark"`` returns
+            the render as a block of NaN (see :meth:`Chain.process`). A setting
+            of the code that renders, not of the chain: :class:`deepafx.fx.FxLayer`
+            renders with ``"mark"`` to drop such items from a step, and
+            :meth:`to_dict` / :meth:`from_dict` leave it out.
+
+    Raises:
+        ValueError: duplicate processor names, no processor, a sample rate
+            ≤ 0, or an unknown ``nonfinite`` policy.
     """
 
     processors: tuple[ProcessorSpec, ...]
     sample_rate: float = 44100.0
     name: str = "chain"
+    nonfinite: str = "raise"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "processors", tuple(self.processors))
@@ -58,6 +73,8 @@ class ChainSpec:
             raise ValueError("a chain needs at least one processor")
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ChainSpec":
@@ -115,7 +132,7 @@ class ChainSpec:
         return {"name": self.name, "sample_rate": self.sample_rate, "processors": procs}
 
     def with_sample_rate(self, sample_rate: float) -> "ChainSpec":
-        return ChainSpec(self.processors, float(sample_rate), self.name)
+        return ChainSpec(self.processors, float(sample_rate), self.name, self.nonfinite)
 
     def build(self) -> "Chain":
         """Instantiate every processor in this process."""
@@ -140,7 +157,8 @@ class Chain:
 
     State: each processor keeps its state across :meth:`process` calls until
     :meth:`reset`. Latency: :attr:`latency_samples` is the sum of the processors'
-    reported latencies; output length always equals input length.
+    reported latencies; output length always equals input length. NaN/Inf
+    output: :attr:`ChainSpec.nonfinite`.
     """
 
     def __init__(self, spec: ChainSpec):
@@ -180,6 +198,7 @@ class Chain:
         self._bounds = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
         self._stages = _stages(self.processors)
         self._initialised = False
+        self._mark_nonfinite = spec.nonfinite == "mark"
 
     @property
     def latency_samples(self) -> int:
@@ -226,10 +245,16 @@ class Chain:
                 keeps the values set last (defaults/fixed at start).
 
         Returns:
-            ``(channels_out, samples)`` float32, same number of samples.
+            ``(channels_out, samples)`` float32, same number of samples. With
+            ``spec.nonfinite == "mark"``, a render in which a processor produced
+            NaN/Inf samples comes back entirely NaN; that processor is reset
+            (its state may hold them) and the processors after it render its
+            output with those samples set to 0, so their state stays finite.
 
         Raises:
             AudioError, ParameterError, PluginError: see :meth:`Processor.process`.
+            NonFiniteOutputError: a processor produced NaN/Inf samples (a
+                ``PluginError``; only with ``spec.nonfinite == "raise"``).
         """
         audio = check_audio(audio)
         if x is not None:
@@ -239,19 +264,33 @@ class Chain:
         else:
             values = [None] * len(self.processors)
         self._initialised = True
+        nonfinite = False
         for stage, idx in self._stages:
-            if len(idx) == 1:
-                audio = stage.render_block(audio, values[idx[0]])
-            else:
-                audio = stage.render_block(audio, [values[i] for i in idx])
+            try:
+                if len(idx) == 1:
+                    audio = stage.render_block(audio, values[idx[0]])
+                else:
+                    audio = stage.render_block(audio, [values[i] for i in idx])
+            except NonFiniteOutputError as exc:
+                if not self._mark_nonfinite or exc.output is None:
+                    raise
+                nonfinite = True
+                self._reset_stage(stage, idx)
+                audio = np.nan_to_num(exc.output, nan=0.0, posinf=0.0, neginf=0.0)
+        if nonfinite:
+            audio = np.full_like(audio, np.nan)
         return audio
+
+    @staticmethod
+    def _reset_stage(stage: Any, idx: list[int]) -> None:
+        stage.reset()
+        if len(idx) == 1:
+            stage.clear_pending()
 
     def reset(self) -> None:
         """Reset every processor's state."""
         for stage, idx in self._stages:
-            stage.reset()
-            if len(idx) == 1:
-                stage.clear_pending()
+            self._reset_stage(stage, idx)
 
     def close(self) -> None:
         for p in self.processors:

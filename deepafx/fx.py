@@ -57,10 +57,25 @@ Gradient with respect to the input audio (``input_grad``):
 
 Differentiable torch modules before/after the layer get exact autograd gradients;
 only the black box is estimated.
+
+Renders with NaN/Inf samples (a plugin evaluated where its DSP is undefined,
+e.g. a Faust ``sqrt`` or ``log`` of a parameter-dependent negative number): the
+workers render the chain with :attr:`ChainSpec.nonfinite` ``= "mark"``, so such
+a render comes back as NaN instead of failing the step, and the layer checks
+every item's renders (main and perturbed, or their differences) in the forward
+pass. An item with any non-finite render is *dropped*: its output is replaced by
+zeros if the main render itself was not finite, its rows of the parameter (and
+straight-through input) gradient are exactly 0, and :attr:`FxLayer.last_finite`
+marks it ``False`` so the loss can leave it out (the training tasks do, and
+report the count as ``dropped_items``). :func:`spsa_loss_gradient` drops items
+the same way (gradient row 0, loss NaN). A gradient step in which every item is
+dropped raises :class:`NonFiniteRenderError`. When every render is finite
+nothing changes: no extra draws, the same arithmetic, bit-identical results.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -72,13 +87,36 @@ import torch
 from torch import nn
 
 from deepafx.chain import ChainSpec
-from deepafx.hosts.base import AudioError
+from deepafx.hosts.base import AudioError, PluginError
 from deepafx.params import ParameterError
 from deepafx.registry import Registry
 from deepafx.spsa import Perturbation, gradient_from_differences, perturb
 from deepafx.workers import RenderConfig, RenderEngine, RenderPool, RenderRequest
 
 INPUT_GRADS = ("none", "straight_through")
+
+
+class NonFiniteRenderError(PluginError):
+    """Every item of a gradient step rendered NaN/Inf samples, so no item is left to train on."""
+
+
+def nonfinite_step_error(spec: ChainSpec, num_items: int) -> NonFiniteRenderError:
+    """The one-line error of a step whose ``num_items`` items were all dropped for NaN/Inf renders.
+
+    Args:
+        spec: The chain (named in the message with its processors and backends).
+        num_items: Items of the step.
+
+    Returns:
+        A :class:`NonFiniteRenderError` to raise.
+    """
+    procs = ", ".join(f"{p.name} ({p.backend})" for p in spec.processors)
+    return NonFiniteRenderError(
+        f"chain {spec.name!r} [{procs}]: every item of this step ({num_items} of {num_items}) rendered NaN/Inf "
+        "samples (main or perturbed render), so none is left for the gradient; the predicted parameters reach "
+        "values where the plugin's output is not finite: narrow the learned parameter ranges (the chain "
+        "entry's 'ranges') to exclude them"
+    )
 
 
 @dataclass(frozen=True)
@@ -171,13 +209,16 @@ class _Differences:
     next render: blocks not yet used by a backward are copied out then, and
     blocks already used are dropped (a second backward through the same forward
     after a new render raises instead of reading overwritten buffers).
+    ``dropped`` ``(B,)`` bool (or ``None``: none) marks items whose renders were
+    not finite: their rows of the product are 0 and their blocks are never read.
     """
 
-    __slots__ = ("parts", "used", "__weakref__")
+    __slots__ = ("parts", "used", "dropped", "__weakref__")
 
-    def __init__(self, parts: list[np.ndarray]):
+    def __init__(self, parts: list[np.ndarray], dropped: np.ndarray | None = None):
         self.parts: list[np.ndarray] | None = parts
         self.used = False
+        self.dropped = dropped
 
     def reclaim(self) -> None:
         if self.parts is None:
@@ -195,7 +236,11 @@ class _Differences:
         dyt = torch.from_numpy(dy)
         with warnings.catch_warnings():  # read-only views of the engine's buffers, only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.cat([torch.einsum("bcn,brcn->br", dyt[b : b + 1], torch.from_numpy(d)[None])
+            if self.dropped is None:
+                return torch.cat([torch.einsum("bcn,brcn->br", dyt[b : b + 1], torch.from_numpy(d)[None])
+                                  for b, d in enumerate(self.parts)])
+            return torch.cat([torch.zeros(1, d.shape[0], dtype=dyt.dtype) if self.dropped[b]
+                              else torch.einsum("bcn,brcn->br", dyt[b : b + 1], torch.from_numpy(d)[None])
                               for b, d in enumerate(self.parts)])
 
 
@@ -205,6 +250,7 @@ class _FxFunction(torch.autograd.Function):
         need_param_grad = ctx.needs_input_grad[1]
         y, diffs, pert = layer._render(audio, params, need_param_grad)
         ctx.diffs = diffs
+        ctx.dropped = None if bool(layer.last_finite.all()) else ~layer.last_finite
         ctx.save_for_backward(pert.step if pert is not None else torch.empty(0))
         ctx.num_draws = pert.num_draws if pert is not None else 1
         ctx.input_grad = layer.input_grad
@@ -223,6 +269,8 @@ class _FxFunction(torch.autograd.Function):
             grad_params = g.to(device=ctx.params_meta[0], dtype=ctx.params_meta[1])
         if ctx.needs_input_grad[0] and ctx.input_grad == "straight_through":
             grad_audio = grad_out
+            if ctx.dropped is not None:
+                grad_audio = grad_out.masked_fill(ctx.dropped.to(grad_out.device)[:, None, None], 0.0)
         return grad_audio, grad_params, None
 
 
@@ -258,6 +306,12 @@ class FxLayer(nn.Module):
         → ``(batch, channels_out, samples)`` on ``audio``'s device and dtype.
         ``batch ≤ batch_size``; item ``i`` uses slot ``i``.
 
+    Non-finite renders: an item whose main or perturbed render has NaN/Inf
+    samples is dropped from the step (module docstring): zeros instead of a
+    non-finite main render, zero gradient rows, ``False`` in
+    :attr:`last_finite`. The processor that rendered them is reset (only
+    that instance), so its next render starts from a clean state.
+
     State: in training mode every forward advances *all* instances of each used
     slot (main and perturbed renders see the same input block, so the
     perturbation instances follow the main instance's history). In eval mode
@@ -271,6 +325,8 @@ class FxLayer(nn.Module):
         AudioError: wrong rank, more items than slots, NaN/Inf audio.
         ParameterError: wrong parameter count, NaN, or values outside [0, 1]
             (names the parameter).
+        NonFiniteRenderError: a forward that needs the parameter gradient in
+            which every item rendered NaN/Inf (names the chain).
         WorkerError: a plugin crashed or hung beyond ``max_retries``.
     """
 
@@ -308,8 +364,11 @@ class FxLayer(nn.Module):
         probe = _num_params(spec) if self.estimator.needs_num_params else 0
         self.num_renders = self.estimator.num_renders(probe)
         self.render_config = render
-        self.pool: RenderEngine = render.build(spec, self.batch_size, 1 + 2 * self.num_renders, num_workers=num_workers,
-                                               share=worker_share, timeout_seconds=timeout_seconds, max_retries=max_retries)
+        # workers mark a render with NaN/Inf samples instead of raising: the layer drops that item
+        marked = dataclasses.replace(spec, nonfinite="mark")
+        self.pool: RenderEngine = render.build(marked, self.batch_size, 1 + 2 * self.num_renders,
+                                               num_workers=num_workers, share=worker_share,
+                                               timeout_seconds=timeout_seconds, max_retries=max_retries)
         self._pending_resets: set[int] = set()
         #: Differences of forwards whose views of the engine's buffers may still be read by a backward.
         self._lent: "weakref.WeakSet[_Differences]" = weakref.WeakSet()
@@ -323,6 +382,9 @@ class FxLayer(nn.Module):
         #: ``(B, 1 + 2R, C_out, N)`` (main, plus…, minus…) for inspection and tests.
         self.keep_last_renders = False
         self.last_renders: np.ndarray | None = None
+        #: ``(batch,)`` bool of the last forward: ``True`` where every render of the item (main and
+        #: perturbed) was finite, ``False`` for an item dropped from that step (``None`` before any).
+        self.last_finite: torch.Tensor | None = None
 
     @property
     def sample_rate(self) -> float:
@@ -382,16 +444,26 @@ class FxLayer(nn.Module):
             outs = self.pool.render(requests, copy=False)
         finally:
             resets.difference_update(range(x.shape[0]))  # sent (a failed worker is rebuilt fresh anyway)
+        # main and perturbed renders, or the workers' y⁺ − y⁻ (NaN/Inf where either side was)
+        finite = np.array([bool(np.isfinite(o).all()) for o in outs])
         y = torch.from_numpy(np.stack([o[0] for o in outs]))
+        dropped = None if finite.all() else ~finite
+        if dropped is not None:
+            for i in np.flatnonzero(dropped):
+                if not bool(torch.isfinite(y[i]).all()):
+                    y[i] = 0.0
+        self.last_finite = torch.from_numpy(finite)
         if self.keep_last_renders:
             self.last_renders = np.stack(outs)
         if need_grad:
+            if not finite.any():
+                raise nonfinite_step_error(self.spec, len(finite))
             r = self.num_renders
             if differences:
-                diffs = _Differences([o[1:] for o in outs])  # B × (R, C, N) views
+                diffs = _Differences([o[1:] for o in outs], dropped)  # B × (R, C, N) views
                 self._lent.add(diffs)
             else:
-                diffs = _Differences([o[1 : 1 + r] - o[1 + r :] for o in outs])  # owned
+                diffs = _Differences([o[1 : 1 + r] - o[1 + r :] for o in outs], dropped)  # owned
             self.step += 1
         del outs
         if need_grad or self.training:
@@ -402,7 +474,10 @@ class FxLayer(nn.Module):
 
     @torch.no_grad()
     def render(self, audio: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Render main instances only (no perturbations), whatever the training mode."""
+        """Render main instances only (no perturbations), whatever the training mode.
+
+        An item whose render is not finite comes back as zeros, ``False`` in :attr:`last_finite`.
+        """
         was = self.training
         self.train(False)
         try:
@@ -504,11 +579,14 @@ def spsa_loss_gradient(
 
     Returns:
         ``(loss (batch,), grad (batch, num_params))`` float64: the loss of the
-        unperturbed ``θ`` and the gradient estimate.
+        unperturbed ``θ`` and the gradient estimate. An item with a NaN/Inf
+        render (main or perturbed) or loss value is dropped: its gradient row
+        is 0 and its loss is NaN (``torch.isfinite(loss)`` selects the kept items).
 
     Raises:
         ValueError: no loss given, shapes that do not match, or a loss that
             does not return one value per item.
+        NonFiniteRenderError: every item dropped (names the chain).
         AudioError, ParameterError, WorkerError: as :meth:`FxLayer.forward`.
     """
     if loss_fn is None and grouped_loss is None:
@@ -530,10 +608,11 @@ def spsa_loss_gradient(
         if audio.dim() != 3 or audio.shape[0] != b:
             raise ValueError(f"audio must be (batch={b}, channels, samples), got {tuple(audio.shape)}")
         x = audio.detach().repeat_interleave(r, dim=0)
-    outs = []
+    outs, finite = [], []
     for i in range(0, rows.shape[0], fx.batch_size):
         chunk = rows[i : i + fx.batch_size].float()
         outs.append(fx.render(x[i : i + fx.batch_size], chunk))
+        finite.append(fx.last_finite)
     y = torch.cat(outs)
     with torch.no_grad():
         if grouped_loss is not None:
@@ -548,8 +627,14 @@ def spsa_loss_gradient(
             "build loss_fn with reduction='none'"
         )
     losses = losses.to(torch.float64)
-    grad = gradient_from_differences(losses[:, 1 : 1 + k] - losses[:, 1 + k :], pert.step, pert.num_draws)
-    return losses[:, 0], grad
+    loss, differences = losses[:, 0], losses[:, 1 : 1 + k] - losses[:, 1 + k :]
+    kept = torch.cat(finite).reshape(b, r).all(1) & torch.isfinite(losses).all(1)
+    if not bool(kept.all()):
+        if not bool(kept.any()):
+            raise nonfinite_step_error(fx.spec, b)
+        differences = torch.where(kept[:, None], differences, torch.zeros_like(differences))
+        loss = torch.where(kept, loss, torch.full_like(loss, float("nan")))
+    return loss, gradient_from_differences(differences, pert.step, pert.num_draws)
 
 
 def _num_params(spec: ChainSpec) -> int:

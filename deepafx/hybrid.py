@@ -183,6 +183,11 @@ class HybridChain(nn.Module):
     In training mode black-box stages render their SPSA perturbations; in eval
     mode only the main instances render.
 
+    Non-finite renders: each black-box stage drops an item whose renders have
+    NaN/Inf samples as :class:`~deepafx.fx.FxLayer` does (finite stand-in
+    output, zero gradient rows); :attr:`last_finite` combines the stages' marks
+    for the loss to leave those items out.
+
     Raises:
         ValueError: unknown DDSP backend or option, bad ``input_grad``.
         ParameterError: wrong parameter count, values outside [0, 1] (names the parameter).
@@ -254,6 +259,19 @@ class HybridChain(nn.Module):
     def current_epsilon(self) -> float:
         """ε of the first black-box stage (0 when the chain has none)."""
         return self.fx_layers[0].current_epsilon() if self.fx_layers else 0.0
+
+    @property
+    def last_finite(self) -> torch.Tensor | None:
+        """``(batch,)`` bool of the last forward: ``True`` where every black-box stage rendered the item
+        finite (:attr:`FxLayer.last_finite <deepafx.fx.FxLayer.last_finite>`); ``None`` before any
+        forward or without black-box stages."""
+        masks = [fx.last_finite for fx in self.fx_layers if fx.last_finite is not None]
+        if not masks:
+            return None
+        finite = masks[0]
+        for m in masks[1:]:
+            finite = finite & m
+        return finite
 
     def forward(self, audio: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 3:

@@ -35,7 +35,7 @@ import torch
 from deepafx.automation.model import AutomationModel, ModelConfig, pretrain_target
 from deepafx.chain import ChainSpec
 from deepafx.data.stateful import StatefulBatcher
-from deepafx.fx import ExponentialEpsilon, FxLayer
+from deepafx.fx import ExponentialEpsilon, FxLayer, nonfinite_step_error
 from deepafx.hybrid import HybridChain, is_hybrid
 from deepafx.losses import build_loss
 from deepafx.trainer import Stage, TrainSettings
@@ -216,10 +216,22 @@ class AutomationTask:
         return batcher.num_batches_per_epoch, itertools.islice(iter(batcher), start, None)
 
     # -- objective -----------------------------------------------------------------------
+    def _kept(self, active: torch.Tensor) -> torch.Tensor:
+        """Active slots the Fx layer did not drop for NaN/Inf renders in its last forward."""
+        finite = self.fx.last_finite
+        return active if finite is None else active & finite.to(active.device)
+
     def _frame_loss(self, y: torch.Tensor, target: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Mean loss over active slots (idle slots at the end of a drained epoch hold silence)."""
-        idx = active.nonzero().flatten()
+        """Mean loss over active slots (idle slots at the end of a drained epoch hold silence), leaving out
+        items dropped for NaN/Inf renders.
+
+        Raises:
+            NonFiniteRenderError: every active item was dropped.
+        """
+        idx = self._kept(active).nonzero().flatten()
         if len(idx) == 0:
+            if bool(active.any()):
+                raise nonfinite_step_error(self.chain, int(active.sum()))
             return y.sum() * 0.0
         return self.loss_fn(y[idx], target[idx]).mean()
 
@@ -240,7 +252,9 @@ class AutomationTask:
             loss = torch.nn.functional.mse_loss(self.ctx.net(ctx), target.expand(ctx.shape[0], -1))
             return loss, {"loss": loss.item()}
         _, loss = self._render_batch(b)
-        return loss, {"loss": loss.item(), "epsilon": self.fx.current_epsilon()}
+        active = torch.from_numpy(b.active)
+        dropped = int(active.sum()) - int(self._kept(active).sum())  # NaN/Inf renders, left out of the step
+        return loss, {"loss": loss.item(), "epsilon": self.fx.current_epsilon(), "dropped_items": dropped}
 
     def validate(self, stage: Stage, epoch: int, tb) -> tuple[float, float]:
         self.ctx.net.eval()
@@ -254,7 +268,7 @@ class AutomationTask:
         for _ in range(steps):
             b = next(it)
             y, loss = self._render_batch(b)
-            n_active = float(b.active.sum())
+            n_active = float(self._kept(torch.from_numpy(b.active)).sum())  # items the loss averaged
             total += loss.item() * n_active
             count += n_active
             if b.active[0]:

@@ -27,6 +27,20 @@ class PluginError(RuntimeError):
     """A plugin is missing, cannot be loaded, or misbehaved while rendering."""
 
 
+class NonFiniteOutputError(PluginError):
+    """A processor rendered NaN/Inf samples (often at parameter values where its DSP is undefined).
+
+    Args:
+        message: What rendered them.
+        output: The rendered block ``(channels_out, samples)`` float32, NaN/Inf included
+            (kept as :attr:`output`).
+    """
+
+    def __init__(self, message: str, output: np.ndarray | None = None):
+        super().__init__(message)
+        self.output = output
+
+
 class AudioError(ValueError):
     """Audio has the wrong shape, channel count or sample rate, or holds NaN/Inf."""
 
@@ -176,7 +190,7 @@ class Processor(abc.ABC):
 
         Raises:
             AudioError: a channel count the plugin cannot take.
-            PluginError: NaN/Inf output.
+            NonFiniteOutputError: NaN/Inf output (a :class:`PluginError`; the block is attached).
         """
         if self.num_input_channels is not None and audio.shape[0] != self.num_input_channels:
             raise AudioError(f"processor takes {self.num_input_channels} channel(s), got {audio.shape[0]}")
@@ -184,7 +198,7 @@ class Processor(abc.ABC):
             self.set_values(values)
         out, self._pending = fit_length(self._render(audio), audio.shape[-1], self._pending)
         if not np.all(np.isfinite(out)):
-            raise PluginError(f"{type(self).__name__} produced NaN/Inf output")
+            raise NonFiniteOutputError(f"{type(self).__name__} produced NaN/Inf output", out)
         return out
 
     def clear_pending(self) -> None:
@@ -306,6 +320,7 @@ def build_processor(spec: ProcessorSpec, sample_rate: float) -> Processor:
 
 __all__ = [
     "AudioError",
+    "NonFiniteOutputError",
     "ParameterError",
     "PluginError",
     "Processor",

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pedalboard
 
-from deepafx.hosts.base import PluginError, Processor, ProcessorSpec, fit_length, register_backend
+from deepafx.hosts.base import NonFiniteOutputError, Processor, ProcessorSpec, fit_length, register_backend
 from deepafx.params import Param, ParamTable
 
 Setter = Callable[[float], None]
@@ -178,7 +178,8 @@ class FusedBoards:
             ``(channels_out, samples)`` float32, as many samples as ``audio``.
 
         Raises:
-            PluginError: NaN/Inf output (naming the fused processors).
+            NonFiniteOutputError: NaN/Inf output (a ``PluginError`` naming the fused processors; the
+                block is attached).
         """
         for proc, v in zip(self.processors, values):
             if v is not None:
@@ -187,7 +188,7 @@ class FusedBoards:
                                         audio.shape[-1], self._pending)
         if not np.all(np.isfinite(out)):
             names = ", ".join(type(p).__name__ for p in self.processors)
-            raise PluginError(f"pedalboard built-ins ({names}) produced NaN/Inf output")
+            raise NonFiniteOutputError(f"pedalboard built-ins ({names}) produced NaN/Inf output", out)
         return out
 
     def reset(self) -> None:

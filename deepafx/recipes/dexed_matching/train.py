@@ -409,19 +409,29 @@ class DexedTask:
                 per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.epsilon,
                                                     tc.num_perturbations, self.free, gen,
                                                     grouped_loss=_grouped_loss(self.loss_fn))
+                kept = torch.isfinite(per_item)  # items with NaN/Inf renders are dropped (loss NaN, gradient 0)
+                dropped = len(idx) - int(kept.sum())
+                if dropped:
+                    per_item = per_item[kept]
                 spec = per_item.mean().to(xn.dtype)
-                # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the batch)
-                spec_term = (xn * grad.to(xn.dtype)).sum() / len(idx)
+                # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the kept items)
+                spec_term = (xn * grad.to(xn.dtype)).sum() / len(per_item)
             else:
                 n = self.dcfg.num_samples
-                spec = spec_term = self.loss_fn(self.fx(torch.zeros(len(idx), 1, n), xn), target.float()).mean()
+                y = self.fx(torch.zeros(len(idx), 1, n), xn)
+                kept = self.fx.last_finite.nonzero().flatten()  # the Fx layer raises if it dropped every item
+                dropped = len(idx) - len(kept)
+                if dropped:
+                    y, target = y[kept], target[kept]
+                spec = spec_term = self.loss_fn(y, target.float()).mean()
             if classes is None:
                 _, tgt_classes = model.layout.split_targets(x_true)
                 classes = torch.stack(tgt_classes, 1)
             anchor = model.discrete_ce(heads, classes)
             loss = loss + alpha * (tc.spectral_weight * spec_term + tc.anchor_weight * anchor)
             report = report + alpha * (tc.spectral_weight * spec.detach() + tc.anchor_weight * anchor.detach())
-            info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach())})
+            info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach()),
+                         "dropped_items": dropped})
         if alpha < 1.0:
             report = report + (1.0 - alpha) * pl.detach()
         info.update({"loss": float(report), "alpha": alpha})
