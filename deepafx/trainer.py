@@ -475,7 +475,10 @@ class Trainer:
         if ckpt.get("recipe") != self.task.recipe:
             raise ValueError(f"{self.run.last} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {self.task.recipe!r}")
         if isinstance(ckpt.get("config"), Mapping) and hasattr(self.config, "to_dict"):
-            changed = config_changes(ckpt["config"], self.config.to_dict())
+            from deepafx.config import upgrade_config
+
+            now = self.config.to_dict()
+            changed = config_changes(upgrade_config(ckpt["config"], like=now), now)  # a run from before a key rename
             refused = [k for k in changed if not resume_may_change(k)]
             if refused:
                 shown = ", ".join(f"{k} ({_short(changed[k][0])} → {_short(changed[k][1])})" for k in refused)
