@@ -512,6 +512,14 @@ class Trainer:
             return float(t[0] / max(t[1], 1e-12))
         return value
 
+    def _sum(self, value: int) -> int:
+        """``value`` summed over DDP ranks."""
+        if self.dist.distributed:
+            t = torch.tensor([value], dtype=torch.int64)
+            dist.all_reduce(t)
+            value = int(t)
+        return int(value)
+
     def _param_checksums(self) -> list[float]:
         """Sum of |weights| on every rank (one value per rank): DDP replicas must agree."""
         value = torch.tensor([float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))],
@@ -538,6 +546,8 @@ class Trainer:
         n = self._agree_steps(n)
         self.net.train()
         total = float(self.state.get("epoch_loss_sum", 0.0)) if start else 0.0
+        if not start:
+            self.state.pop("epoch_dropped_items", None)
         label = f"{stage.name}" + (f" epoch {epoch}" if stage.by_epoch else "")
         bar = tqdm(total=n, initial=start, desc=label, disable=not self.dist.is_main)
         for i in range(start, n):
@@ -553,6 +563,8 @@ class Trainer:
             value = float(info.get("loss", loss.item()))
             total += value
             self.state["epoch_loss_sum"] = total
+            if "dropped_items" in info:  # items whose renders went NaN/Inf (deepafx.fx), summed per epoch
+                self.state["epoch_dropped_items"] = self.state.get("epoch_dropped_items", 0) + int(info["dropped_items"])
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
             gs = self.state["global_step"]
@@ -610,6 +622,8 @@ class Trainer:
                 improved = False
                 entry: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "step": self.state["global_step"],
                                          "train_loss": train_loss}
+                if "epoch_dropped_items" in self.state:
+                    entry["dropped_items"] = self._sum(self.state.pop("epoch_dropped_items"))
                 if stage.validate:
                     with torch.no_grad():
                         value, count = self.task.validate(stage, epoch, self.tb)

@@ -200,3 +200,6 @@ def test_training_through_a_nan_region_keeps_the_weights_finite(tmp_path):
     events.Reload()
     logged = [e.value for e in events.Scalars("train/dropped_items")]
     assert logged == [float(s["dropped_items"]) for s in steps]
+    # and history.jsonl: the epoch's record holds the epoch's count
+    epochs = [h for h in result["history"] if h.get("stage") == "spsa" and h.get("epoch", -1) >= 0]
+    assert [h["dropped_items"] for h in epochs] == [sum(s["dropped_items"] for s in steps)]
