@@ -1,5 +1,5 @@
-"""Amp-emulation recipe: ESR against hand-computed numbers, the DI data, the target amp, the LSTM baseline,
-the engine checks (exact resume, DDP ranks agree) and the real CLI end to end."""
+"""Amp-emulation recipe: ESR against hand-computed numbers, the DI data, the target amp, the LSTM baseline
+and the real CLI end to end. Exact resume, DDP agreement, tiny training and evaluation: test_recipe_contract.py."""
 
 import json
 import subprocess
@@ -17,7 +17,6 @@ from deepafx.recipes.amp_emulation.data import (AMP_SETTINGS, AmpDataConfig, _pi
                                                 draw_performance, load_split, piece_split, target_chain)
 from deepafx.recipes.amp_emulation.esr import EsrLoss, esr, esr_loss, pre_emphasis
 from deepafx.recipes.amp_emulation.evaluate import bootstrap_ci
-from conftest import torchrun_train
 
 QUICK = Path(__file__).resolve().parent.parent / "recipes" / "amp_emulation" / "quick.yaml"
 SR = 44100
@@ -255,50 +254,6 @@ def test_lstm_training_keeps_its_budget_and_learns():
     trained = train_neural_amp([(x, y)], cfg, 6.0)
     assert trained.seconds < 6.0 + 2.0 and trained.updates > 5
     assert esr(trained.model.process(x), y) < 0.7 * before
-
-
-# --------------------------------------------------------------------------- engine
-@pytest.fixture(scope="module")
-def engine_data(tmp_path_factory):
-    _soundfont_or_skip()
-    return tmp_path_factory.mktemp("amp_engine_data")
-
-
-def _cfg(*extra):
-    return load_config(QUICK, TINY + list(extra))
-
-
-def _epochs(history):
-    return [h for h in history if h["stage"] == "spsa" and h.get("epoch", -1) >= 0]
-
-
-@pytest.mark.slow
-def test_resume_continues_exactly(tmp_path, engine_data):
-    from deepafx.recipes.amp_emulation.train import train_from_config
-
-    full = train_from_config(_cfg(), tmp_path / "a", engine_data)
-    first = train_from_config(_cfg("train.epochs=1"), tmp_path / "b", engine_data)
-    assert len(_epochs(first["history"])) == 1
-    first_seconds = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["task"]["train_seconds"]
-    resumed = train_from_config(_cfg(), tmp_path / "b", engine_data, resume=True)
-    assert [h["train_loss"] for h in _epochs(resumed["history"])] == [h["train_loss"] for h in _epochs(full["history"])]
-    assert [h["valid_loss"] for h in _epochs(resumed["history"])] == [h["valid_loss"] for h in _epochs(full["history"])]
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # the training clock adds up over sessions
-    assert b["task"]["train_seconds"] > first_seconds > 0 and 0 < a["task"]["train_seconds"] < 600
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_agree(tmp_path, engine_data):
-    proc = torchrun_train(QUICK, tmp_path / "ddp", engine_data, TINY + ["train.epochs=1", "train.steps_per_epoch=2"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
-    sums = _epochs(history)[-1]["param_checksums"]
-    assert len(sums) == 2 and sums[0] == sums[1]
-    last = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
-    assert last["state"]["global_step"] == 2 + 2  # pretrain steps + one epoch of 2 steps
 
 
 # --------------------------------------------------------------------------- CLI

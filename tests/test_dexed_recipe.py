@@ -1,4 +1,7 @@
-"""Dexed sound-matching recipe: dataset splits and an end-to-end smoke test through the real CLI."""
+"""Dexed sound-matching recipe: dataset splits and an end-to-end smoke test through the real CLI.
+
+Exact resume, DDP agreement, tiny training and evaluation of every recipe: tests/test_recipe_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -162,56 +165,3 @@ def test_match_rejects_silence_noise_and_short_input(bank_dir, tmp_path):
     with pytest.raises(MatchInputError, match="6 notes as channels"):
         sf.write(tmp_path / "mono.wav", tone[0], 16000)
         prepare_input(tmp_path / "mono.wav", 16000, 6, 4.0, -8.5, say=lambda *a: None)
-
-
-def _dexed_cfg(bank_dir, *extra):
-    from deepafx.config import load_config
-    from deepafx.recipes import get_recipe
-
-    raw = load_config(QUICK, TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", *extra])
-    return get_recipe("dexed_matching").bind(raw)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(bank_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("dexed_data")
-    build_dataset({"data": {**_dexed_cfg(bank_dir).to_dict()["data"]}}, d, progress=False)
-    return d
-
-
-def test_training_is_deterministic_and_resume_equals_the_uninterrupted_run(bank_dir, tiny_data, tmp_path):
-    """Same seed → the same losses; stopping inside the crossfade stage and resuming changes nothing."""
-    import torch
-
-    from deepafx.recipes.dexed_matching.train import train_from_config
-
-    extra = ["train.checkpoint_every=4", "train.log_every=1"]
-    full = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "a", tiny_data)
-    again = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "b", tiny_data)
-    losses = [h["loss"] for h in full["history"]]
-    assert len(losses) == 8 and all(np.isfinite(losses))
-    assert [h["loss"] for h in again["history"]] == losses
-    # interrupted after step 4 (inside crossfade, a checkpoint_every save), then resumed
-    train_from_config(_dexed_cfg(bank_dir, *extra, "train.max_steps=4"), tmp_path / "c", tiny_data)
-    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=False)
-    assert ckpt["state"]["global_step"] == 4
-    resumed = train_from_config(_dexed_cfg(bank_dir, *extra), tmp_path / "c", tiny_data, resume=True)
-    assert [h["loss"] for h in resumed["history"]] == losses
-    a = torch.load(tmp_path / "a" / "checkpoints" / "real.pt", weights_only=False)["model"]
-    c = torch.load(tmp_path / "c" / "checkpoints" / "real.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], c[k]) for k in a)
-
-
-def test_ddp_two_processes_agree(bank_dir, tiny_data, tmp_path):
-    from conftest import torchrun_train
-
-    proc = torchrun_train(QUICK, tmp_path / "ddp", tiny_data, TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import torch
-
-    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
-    assert ckpt["state"]["global_step"] == 8
-    lines = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
-    assert len(lines) == 8 and lines[-1]["stage"] == "real"
-    for line in lines:  # every rank holds the same weights after every step
-        assert len(line["param_checksums"]) == 2 and line["param_checksums"][0] == line["param_checksums"][1]

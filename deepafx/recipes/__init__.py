@@ -11,7 +11,9 @@ A recipe is a package ``deepafx/recipes/<name>/`` whose ``__init__`` exposes
 
 The command line finds recipes only through :data:`RECIPES`. Adding a recipe:
 its folder, one ``RECIPES.register`` line below, its configs under
-``recipes/<name>/``, its tests (see CONTRIBUTING.md).
+``recipes/<name>/``, its ``tiny_overrides`` (with them tests/test_recipe_contract.py
+binds, trains, resumes, runs under DDP and evaluates every registered recipe),
+its own tests (see CONTRIBUTING.md).
 
 Run folders have one layout for every recipe: :class:`deepafx.runs.RunLayout`.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from deepafx.registry import Registry
 from deepafx.runs import load_checkpoint, resolve_checkpoint
@@ -43,6 +45,12 @@ class Recipe:
         match: ``match(args) -> exit code`` for ``deepafx match`` (sound matching; the
             parsed command line), or ``None``.
         train_options: Extra ``deepafx train`` options the task accepts (e.g. ``("pairs",)``).
+        tiny_overrides: ``section.key=value`` overrides (``--set`` syntax) that shrink any of the
+            recipe's packaged configs to a run of seconds on tiny data: a few short pieces or
+            sounds, a tiny model, a few steps on one render worker, a tiny evaluation. Or a
+            function of the raw config returning them, for settings that only some configs
+            may take (see :meth:`tiny`). tests/test_recipe_contract.py runs every registered
+            recipe with them (bind, train, resume, DDP, evaluate); a recipe without them fails there.
         item_scores: ``item_scores(results: dict, split: str) -> {method: {metric: {item: value}}}``:
             the per-item scores of one seed's ``results.json``, which ``deepafx evaluate`` pools
             over the seeds of a multi-seed run (:mod:`deepafx.seeds`); ``None`` when the
@@ -59,8 +67,14 @@ class Recipe:
     process: Callable[..., int] | None = None
     match: Callable[..., int] | None = None
     train_options: tuple[str, ...] = ()
+    tiny_overrides: Sequence[str] | Callable[[Mapping[str, Any]], Sequence[str]] = ()
     item_scores: Callable[[dict, str], dict] | None = None
     metric_names: Mapping[str, str] | None = None
+
+    def tiny(self, config: Mapping[str, Any]) -> list[str]:
+        """The :attr:`tiny_overrides` for the raw config ``config`` (a ``recipe`` key plus sections)."""
+        overrides = self.tiny_overrides
+        return list(overrides(config) if callable(overrides) else overrides)
 
     def bind(self, config: Mapping[str, Any]) -> "RecipeConfig":
         """Bind a raw config mapping (``recipe`` key plus sections) to this recipe's dataclasses.

@@ -47,6 +47,28 @@ def _match(args) -> int:
     return run(args)
 
 
+def _tiny_overrides(config) -> list[str]:
+    """Any Dexed config in seconds (:attr:`deepafx.recipes.Recipe.tiny_overrides`).
+
+    14 factory voices at 2 pitches, 6 instruments out of domain, a tiny network, 3 P-loss steps and
+    2 + 1 + 2 spectral steps on one render worker, 1 + 1 targets with 6 refinement renders; a config
+    with a cached corpus (it needs ``multi_note``) gets one of 48 presets and 2 voice-classifier steps.
+    """
+    tiny = [
+        "data.max_factory_presets=14", "data.samples_per_preset=1", "data.pitches=[60, 64]",
+        "data.ood_programs=[0, 24, 40, 56, 71, 73]", "data.ood_test_programs=2", "data.ood_valid_programs=1",
+        "data.ood_pitches=[60]", "data.test_fraction=0.2", "data.valid_fraction=0.1",
+        "model.conv_channels=[8, 16]", "model.frame_dim=32", "model.gru_hidden=32", "model.cnn_channels=[8, 16]",
+        "model.hidden=32", "train.batch_size=2", "train.spectral_batch_size=2", "train.ploss_steps=3",
+        "train.crossfade_steps=2", "train.synth_steps=1", "train.real_steps=2", "train.num_threads=1",
+        "train.log_every=1", "render.num_workers=1", "evaluate.num_in_domain=1", "evaluate.num_out_of_domain=1",
+        "evaluate.refine_renders=6", "evaluate.num_workers=1",
+    ]
+    if (config.get("data") or {}).get("corpus_size"):
+        tiny += ["data.corpus_size=48", "data.num_workers=1", "train.voice_steps=2"]
+    return tiny
+
+
 RECIPE = Recipe(
     name="dexed_matching",
     summary="DX7 sound matching: estimate Dexed presets from audio (DiffSynth schedule, SPSA through Dexed)",
@@ -56,4 +78,5 @@ RECIPE = Recipe(
     task=_task,
     evaluate=_evaluate,
     match=_match,
+    tiny_overrides=_tiny_overrides,
 )

@@ -54,6 +54,22 @@ def _process(checkpoint, input_path, output_path, **options):
     return process_file(checkpoint, input_path, output_path, recipe="mastering", **options)
 
 
+#: Any mastering config in seconds (:attr:`deepafx.recipes.Recipe.tiny_overrides`): about 15 s of music
+#: in 3-6 s pieces, a quarter-width encoder on 0.5 s of context, 2 pretrain steps and 2 epochs of 3 steps
+#: on one render worker; evaluation with an oracle of 8 renders on 2 s excerpts of at most 2 test pieces,
+#: without the matchering and loudness rows and the figure.
+TINY_OVERRIDES = (
+    "data.train_minutes=0.25", "data.max_piece_seconds=6", "data.min_piece_seconds=3",
+    "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
+    "model.encoder_kwargs={width_mult: 0.25}",
+    "train.batch_size=2", "train.epochs=2", "train.steps_per_epoch=3", "train.valid_steps=2",
+    "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3", "render.num_workers=1",
+    "evaluate.cmaes_renders=8", "evaluate.excerpt_seconds=2", "evaluate.preroll_seconds=0.5",
+    "evaluate.max_tracks=2", "evaluate.bootstrap_resamples=200", "evaluate.matchering=false",
+    "evaluate.loudness_lufs=null", "evaluate.plot=false",
+)
+
+
 RECIPE = Recipe(
     name="mastering",
     summary="automatic mastering: an encoder drives a real mastering chain (DeepAFx)",
@@ -64,6 +80,7 @@ RECIPE = Recipe(
     evaluate=_evaluate,
     process=_process,
     train_options=("pairs",),
+    tiny_overrides=TINY_OVERRIDES,
     item_scores=_item_scores,
     metric_names={"mfcc_cosine": "MFCC cosine ↓", "mrstft": "MR-STFT ↓", "lufs_error": "loudness error [LU] ↓",
                   "true_peak_dbtp": "true peak [dBTP]"},
