@@ -159,7 +159,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     removed and ``path`` keeps its previous content.
 
     Raises:
-        OSError: the write failed (e.g. ``ENOSPC``: no space left); the previous file is intact.
+        OSError: the write failed (e.g. ``ENOSPC``: no space left), with its errno, also when torch's
+            writer reported it as another error; the previous file is intact.
     """
     import torch
 
@@ -172,11 +173,26 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = _os_error(exc)
+        if cause is not None and cause is not exc:  # torch's zip writer turns a failed write into a RuntimeError
+            raise OSError(cause.errno, f"{cause.strerror} while writing it; the file there is unchanged",
+                          str(path)) from exc
         raise
     return path
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The first ``OSError`` with an errno in ``exc``'s chain of causes and contexts."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

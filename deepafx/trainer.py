@@ -550,37 +550,39 @@ class Trainer:
             self.state.pop("epoch_dropped_items", None)
         label = f"{stage.name}" + (f" epoch {epoch}" if stage.by_epoch else "")
         bar = tqdm(total=n, initial=start, desc=label, disable=not self.dist.is_main)
-        for i in range(start, n):
-            batch = next(it)
-            loss, info = self.task.step(stage, batch)
-            self.opt.zero_grad()
-            loss.backward()
-            if stage.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), stage.grad_clip)
-            self.opt.step()
-            self.state["global_step"] += 1
-            self.state["step_in_epoch"] = i + 1
-            value = float(info.get("loss", loss.item()))
-            total += value
-            self.state["epoch_loss_sum"] = total
-            if "dropped_items" in info:  # items whose renders went NaN/Inf (deepafx.fx), summed per epoch
-                self.state["epoch_dropped_items"] = self.state.get("epoch_dropped_items", 0) + int(info["dropped_items"])
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
-            gs = self.state["global_step"]
-            if st.log_every and (gs % st.log_every == 0 or i + 1 == n):
-                lr = self.opt.param_groups[0]["lr"]
-                self.tb.scalars(gs, **{f"train/{k}": v for k, v in info.items()}, **{"train/lr": lr})
-                if not stage.by_epoch:
-                    self._record({"stage": stage.name, "step": gs, "lr": lr, **info,
-                                  "param_checksums": self._param_checksums()})
-            if st.max_steps and gs >= st.max_steps and i + 1 < n:
-                bar.close()
-                self.save()
-                return None
-            if not stage.by_epoch and st.checkpoint_every and gs % st.checkpoint_every == 0 and i + 1 < n:
-                self.save()
-        bar.close()
+        try:  # closed on every way out, so an interruption's message is the last line printed
+            for i in range(start, n):
+                batch = next(it)
+                loss, info = self.task.step(stage, batch)
+                self.opt.zero_grad()
+                loss.backward()
+                if stage.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), stage.grad_clip)
+                self.opt.step()
+                self.state["global_step"] += 1
+                self.state["step_in_epoch"] = i + 1
+                value = float(info.get("loss", loss.item()))
+                total += value
+                self.state["epoch_loss_sum"] = total
+                if "dropped_items" in info:  # items whose renders went NaN/Inf (deepafx.fx), summed per epoch
+                    dropped = self.state.get("epoch_dropped_items", 0) + int(info["dropped_items"])
+                    self.state["epoch_dropped_items"] = dropped
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
+                gs = self.state["global_step"]
+                if st.log_every and (gs % st.log_every == 0 or i + 1 == n):
+                    lr = self.opt.param_groups[0]["lr"]
+                    self.tb.scalars(gs, **{f"train/{k}": v for k, v in info.items()}, **{"train/lr": lr})
+                    if not stage.by_epoch:
+                        self._record({"stage": stage.name, "step": gs, "lr": lr, **info,
+                                      "param_checksums": self._param_checksums()})
+                if st.max_steps and gs >= st.max_steps and i + 1 < n:
+                    self.save()
+                    return None
+                if not stage.by_epoch and st.checkpoint_every and gs % st.checkpoint_every == 0 and i + 1 < n:
+                    self.save()
+        finally:
+            bar.close()
         return self._mean(total / max(n, 1), n)
 
     def _validate_first(self, stage: Stage) -> None:
