@@ -26,7 +26,9 @@ where the reference is lower.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -35,13 +37,14 @@ import numpy as np
 SeedScores = Mapping[int, Mapping[str, Mapping[str, Mapping[str, float | None]]]]
 
 
-def track_scores(results: Mapping[str, Any], split: str, metrics: tuple[str, ...]) -> dict[str, dict[str, dict[str, float | None]]]:
+def track_scores(results: Mapping[str, Any] | str | Path, split: str,
+                 metrics: tuple[str, ...]) -> dict[str, dict[str, dict[str, float | None]]]:
     """Per-item scores of results shaped ``{"tracks": [{"piece", "methods": {method: {metric: value}}}]}``.
 
     The layout written by the mastering and amp-emulation evaluators.
 
     Args:
-        results: A recipe's ``results.json`` content.
+        results: A recipe's ``results.json`` content, or the evaluation folder holding it.
         split: The evaluated split (unused: tracks are the split's).
         metrics: Metric keys to take.
 
@@ -51,6 +54,8 @@ def track_scores(results: Mapping[str, Any], split: str, metrics: tuple[str, ...
     Raises:
         ValueError: no ``tracks`` in ``results``.
     """
+    if isinstance(results, (str, Path)):
+        results = json.loads((Path(results) / "results.json").read_text())
     tracks = results.get("tracks")
     if not tracks:
         raise ValueError("results hold no per-track scores ('tracks'): cannot pool them over seeds")

@@ -31,6 +31,7 @@ import torch
 from deepafx.assets import packaged_configs, resolve_config
 from deepafx.config import apply_overrides, load_config
 from deepafx.recipes import RECIPES, Recipe, RecipeConfig, get_recipe
+from deepafx.seeds import aggregate
 from deepafx.trainer import train
 
 from conftest import torchrun_train
@@ -247,6 +248,15 @@ def test_evaluate_gives_finite_numbers(quick, trained, tmp_path):
     assert len(found) >= 20, found
     assert all(math.isfinite(v) for _, v in numbers(returned))
     assert (out / "results.md").read_text().strip()
+    # what `deepafx evaluate` pools over the seeds of a multi-seed run (deepafx.seeds)
+    if quick.recipe.item_scores is not None:
+        scores = quick.recipe.item_scores(out, "test")
+        reference = scores[quick.recipe.reference_method]
+        assert reference and all(len(per_item) >= 1 for per_item in reference.values())
+        assert set(quick.recipe.metric_names or reference) <= set(reference)
+        pooled = aggregate({0: scores, 1: scores})
+        cell = next(iter(pooled["methods"][quick.recipe.reference_method].values()))
+        assert cell["seed_std"] == 0.0 and cell["per_seed"]["0"] == cell["mean"]
 
 
 # --------------------------------------------------------------------------- every other packaged config

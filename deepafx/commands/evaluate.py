@@ -78,13 +78,12 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
         fresh = result_file.is_file() and result_file.stat().st_mtime >= max(p.stat().st_mtime for p in ckpts)
         if fresh and not force:
             print(f"seed {seed}: results kept from {result_file}")
-            results = json.loads(result_file.read_text())
         else:
             print(f"seed {seed}: evaluating {folder}", flush=True)
-            results = recipe.evaluate(cfg, folder, one, split=split, data_dir=data_dir)
-        per_seed[seed] = recipe.item_scores(results, split)
+            recipe.evaluate(cfg, folder, one, split=split, data_dir=data_dir)
+        per_seed[seed] = recipe.item_scores(one, split)
         files[str(seed)] = str(result_file)
-    pooled = aggregate(per_seed)
+    pooled = aggregate(per_seed, reference=recipe.reference_method)
     pooled.update(split=split, recipe=recipe.name, run=str(run_dir), per_seed_results=files)
     text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds")
     atomic_write_text(out_dir / "results.json", json.dumps(pooled, indent=1, allow_nan=False))

@@ -51,11 +51,12 @@ class Recipe:
             function of the raw config returning them, for settings that only some configs
             may take (see :meth:`tiny`). tests/test_recipe_contract.py runs every registered
             recipe with them (bind, train, resume, DDP, evaluate); a recipe without them fails there.
-        item_scores: ``item_scores(results: dict, split: str) -> {method: {metric: {item: value}}}``:
-            the per-item scores of one seed's ``results.json``, which ``deepafx evaluate`` pools
-            over the seeds of a multi-seed run (:mod:`deepafx.seeds`); ``None`` when the
-            recipe's results cannot be pooled.
+        item_scores: ``item_scores(eval_dir: Path, split: str) -> {method: {metric: {item: value}}}``:
+            the per-item scores of one seed's evaluation (the folder its ``evaluate`` wrote), which
+            ``deepafx evaluate`` pools over the seeds of a multi-seed run (:mod:`deepafx.seeds`);
+            ``None`` when the recipe's results cannot be pooled.
         metric_names: Metric key → display name for the pooled table (its order is the columns').
+        reference_method: The method the pooled paired differences are taken against (the trained model).
     """
 
     name: str
@@ -68,8 +69,9 @@ class Recipe:
     match: Callable[..., int] | None = None
     train_options: tuple[str, ...] = ()
     tiny_overrides: Sequence[str] | Callable[[Mapping[str, Any]], Sequence[str]] = ()
-    item_scores: Callable[[dict, str], dict] | None = None
+    item_scores: Callable[[Path, str], dict] | None = None
     metric_names: Mapping[str, str] | None = None
+    reference_method: str = "model"
 
     def tiny(self, config: Mapping[str, Any]) -> list[str]:
         """The :attr:`tiny_overrides` for the raw config ``config`` (a ``recipe`` key plus sections)."""

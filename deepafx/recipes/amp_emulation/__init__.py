@@ -45,10 +45,10 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
 
 
-def _item_scores(results: dict, split: str) -> dict:
+def _item_scores(eval_dir: Path, split: str) -> dict:
     from deepafx.seeds import track_scores
 
-    return track_scores(results, split, tuple(k for k, _, _ in METRICS))
+    return track_scores(eval_dir, split, tuple(k for k, _, _ in METRICS))
 
 
 def _process(checkpoint, input_path, output_path, **options):

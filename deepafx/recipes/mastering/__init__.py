@@ -38,10 +38,13 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)
 
 
-def _item_scores(results: dict, split: str) -> dict:
+def _item_scores(eval_dir: Path, split: str) -> dict:
+    import json
+
     from deepafx.recipes.mastering.evaluate import SCORED
     from deepafx.seeds import track_scores
 
+    results = json.loads((Path(eval_dir) / "results.json").read_text())
     scores = track_scores(results, split, SCORED)
     if (results.get("settings", {}).get("oracle") or {}).get("alias"):
         scores.pop("oracle_cmaes", None)  # a copy of the largest budget's row, listed under its own name too
