@@ -119,7 +119,7 @@ def aggregate(per_seed: SeedScores, reference: str = "model", resamples: int = 2
             lo, hi = bootstrap_ci(v.mean(axis=0), resamples, bootstrap_seed, level)
             out["methods"].setdefault(m, {})[metric] = {
                 "mean": float(seed_means.mean()),
-                "seed_std": float(seed_means.std(ddof=1)) if len(seeds) > 1 else 0.0,
+                "seed_std": _seed_std(seed_means),
                 "per_seed": {str(s): float(x) for s, x in zip(seeds, seed_means)},
                 "ci": [lo, hi], "num_items": len(items), "dropped_items": dropped,
             }
@@ -195,13 +195,20 @@ def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, t
     return "\n".join(lines) + "\n"
 
 
+def _seed_std(seed_means: np.ndarray) -> float:
+    """Standard deviation across seeds (``ddof=1``); exactly 0 when every seed gave the same value."""
+    if len(seed_means) < 2 or np.all(seed_means == seed_means[0]):
+        return 0.0
+    return float(seed_means.std(ddof=1))
+
+
 def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
 
 
 def _fmt(v: float, sign: bool = False) -> str:
-    a = abs(v)
-    text = f"{v:.3g}" if a >= 100 or a == 0 else (f"{v:.3f}" if a >= 0.01 else f"{v:.2e}")
+    """Three significant digits (whole numbers from 1000 on); ``+`` before positive differences."""
+    text = f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     return ("+" + text) if sign and v > 0 else text
 
 

@@ -47,8 +47,8 @@ def test_aggregate_matches_hand_computation():
     assert paired["pairs"] == 4 and paired["reference_lower"] == 1
     assert tuple(paired["ci"]) == bootstrap_ci([0.0, 1.0], 500, 0, 0.95)
     text = markdown(agg, {"m": "M ↓"})
-    assert "| model | 3.000 ± 1.414" in text and "| b | M ↓ | -0.500, +1.500 |" not in text
-    assert "| b | M ↓ | +0.500 [" in text and "| 1/4 | -0.500, +1.500 |" in text
+    assert "| model | 3 ± 1.41 [" in text and "| b | 2 ± 0 [2, 2] |" in text
+    assert "| b | M ↓ | +0.5 [" in text and "| 1/4 | -0.5, +1.5 |" in text
     with pytest.raises(ValueError):
         aggregate({})
 
