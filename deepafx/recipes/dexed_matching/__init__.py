@@ -41,6 +41,27 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return json.loads(Path(evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)).read_text())
 
 
+#: Per-sound metrics pooled over seeds, per domain (``lsd_in_domain`` …): key → display name.
+POOLED_METRICS = {f"{key}_{dom}": f"{name} {label}" for dom, label in (("in_domain", "in domain"),
+                                                                        ("out_of_domain", "out of domain"))
+                  for key, name in (("lsd", "LSD [dB] ↓"), ("mss", "MSS ↓"), ("mfcc_l1", "MFCC L1 ↓"))}
+
+
+def _item_scores(eval_dir: Path, split: str) -> dict:
+    """Per-sound scores of one seed from ``details.json``: ``{method: {"<metric>_<domain>": {index: value}}}``."""
+    import json
+
+    details = json.loads((Path(eval_dir) / "details.json").read_text())
+    out: dict = {}
+    for method, per_domain in details.items():
+        for dom, rows in per_domain.items():
+            for i, row in enumerate(rows):
+                for key in ("lsd", "mss", "mfcc_l1"):
+                    if key in row:
+                        out.setdefault(method, {}).setdefault(f"{key}_{dom}", {})[str(i)] = row[key]
+    return out
+
+
 def _match(args) -> int:
     from deepafx.recipes.dexed_matching.match import run
 
@@ -79,4 +100,7 @@ RECIPE = Recipe(
     evaluate=_evaluate,
     match=_match,
     tiny_overrides=_tiny_overrides,
+    item_scores=_item_scores,
+    metric_names=POOLED_METRICS,
+    reference_method="real",
 )
