@@ -6,8 +6,14 @@ objective, a :class:`Stage` schedule); the engine does the rest.
 * One entry point runs plain or under ``torchrun --nproc_per_node N``
   (:func:`init_distributed`: gloo on CPU, NCCL on CUDA); rank 0 alone writes files.
 * Checkpoints are written atomically (temporary file in the same directory,
-  ``fsync``, ``os.replace``) and hold everything needed to resume exactly:
-  model, optimizer, scheduler, RNG states, data-iterator and Fx-layer state.
+  ``fsync``, ``os.replace``; :mod:`deepafx.runs`) and hold everything needed to
+  resume exactly: model, optimizer, scheduler, RNG states, data-iterator and
+  Fx-layer state.
+* :func:`train` turns SIGTERM and Ctrl-C into :class:`Interrupted`, which
+  unwinds cleanly (render workers stopped); a signal during a checkpoint write
+  waits for the write (:func:`signals_deferred`).
+* A resume with a config that differs from the run's is refused, naming the keys
+  (:data:`RESUME_MAY_CHANGE` lists what may change).
 """
 
 from __future__ import annotations
@@ -383,7 +389,9 @@ class Trainer:
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint.
-        ValueError: a checkpoint of another recipe or model size.
+        ValueError: a checkpoint of another recipe or model size; ``resume`` with a config that
+            differs from the run's in keys outside :data:`RESUME_MAY_CHANGE` (each named, old → new);
+            an unreadable checkpoint (:class:`deepafx.runs.CheckpointError`, one line naming it).
     """
 
     def __init__(self, task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False):
@@ -671,7 +679,13 @@ class Trainer:
 
 
 def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False) -> dict[str, Any]:
-    """Train ``task`` to the end of its schedule in ``run_dir`` (see :class:`Trainer`); closes everything."""
+    """Train ``task`` to the end of its schedule in ``run_dir`` (see :class:`Trainer`); closes everything.
+
+    Raises:
+        Interrupted: SIGTERM or SIGINT arrived (a ``KeyboardInterrupt``; its one-line message names
+            ``last.pt`` and the step it holds); the task's render workers are stopped first.
+        FileNotFoundError, ValueError: as :class:`Trainer`.
+    """
     trainer = None
     try:
         with stop_on_signals():
