@@ -236,10 +236,8 @@ class _Differences:
         dyt = torch.from_numpy(dy)
         with warnings.catch_warnings():  # read-only views of the engine's buffers, only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            if self.dropped is None:
-                return torch.cat([torch.einsum("bcn,brcn->br", dyt[b : b + 1], torch.from_numpy(d)[None])
-                                  for b, d in enumerate(self.parts)])
-            return torch.cat([torch.zeros(1, d.shape[0], dtype=dyt.dtype) if self.dropped[b]
+            return torch.cat([torch.zeros(1, d.shape[0], dtype=dyt.dtype)
+                              if self.dropped is not None and self.dropped[b]
                               else torch.einsum("bcn,brcn->br", dyt[b : b + 1], torch.from_numpy(d)[None])
                               for b, d in enumerate(self.parts)])
 
