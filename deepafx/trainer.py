@@ -554,8 +554,6 @@ class Trainer:
         n = self._agree_steps(n)
         self.net.train()
         total = float(self.state.get("epoch_loss_sum", 0.0)) if start else 0.0
-        if not start:
-            self.state.pop("epoch_dropped_items", None)
         label = f"{stage.name}" + (f" epoch {epoch}" if stage.by_epoch else "")
         bar = tqdm(total=n, initial=start, desc=label, disable=not self.dist.is_main)
         try:  # closed on every way out, so an interruption's message is the last line printed
