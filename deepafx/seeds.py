@@ -107,6 +107,7 @@ def aggregate(per_seed: SeedScores, reference: str = "model", resamples: int = 2
     out: dict[str, Any] = {"seeds": seeds, "reference": reference, "methods": {}, "paired": {},
                            "bootstrap": {"resamples": int(resamples), "level": float(level), "seed": int(bootstrap_seed),
                                          "unit": "items (each with all its seeds)"}}
+    scored: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}  # (method, metric) → kept items, values
     for m in methods:
         metrics = []
         for s in seeds:
@@ -115,6 +116,7 @@ def aggregate(per_seed: SeedScores, reference: str = "model", resamples: int = 2
             items, v, dropped = matrix(m, metric)
             if not items:
                 continue
+            scored[m, metric] = items, v
             seed_means = v.mean(axis=1)
             lo, hi = bootstrap_ci(v.mean(axis=0), resamples, bootstrap_seed, level)
             out["methods"].setdefault(m, {})[metric] = {
@@ -123,26 +125,20 @@ def aggregate(per_seed: SeedScores, reference: str = "model", resamples: int = 2
                 "per_seed": {str(s): float(x) for s, x in zip(seeds, seed_means)},
                 "ci": [lo, hi], "num_items": len(items), "dropped_items": dropped,
             }
-    if reference in out["methods"]:
-        for m in methods:
-            if m == reference:
-                continue
-            for metric in out["methods"][reference]:
-                if metric not in out["methods"].get(m, {}):
-                    continue
-                items_r, _, _ = matrix(reference, metric)
-                items_m, _, _ = matrix(m, metric)
-                common = sorted(set(items_r) & set(items_m))
-                if not common:
-                    continue
-                r = np.array([[float(per_seed[s][reference][metric][i]) for i in common] for s in seeds])
-                o = np.array([[float(per_seed[s][m][metric][i]) for i in common] for s in seeds])
-                d = r - o
-                lo, hi = bootstrap_ci(d.mean(axis=0), resamples, bootstrap_seed, level)
-                out["paired"].setdefault(m, {})[metric] = {
-                    "mean": float(d.mean()), "per_seed": {str(s): float(x) for s, x in zip(seeds, d.mean(axis=1))},
-                    "ci": [lo, hi], "reference_lower": int((d < 0).sum()), "pairs": int(d.size),
-                }
+    for (m, metric), (items_m, values_m) in scored.items():
+        if m == reference or (reference, metric) not in scored:
+            continue
+        items_r, values_r = scored[reference, metric]
+        common = sorted(set(items_r) & set(items_m))
+        if not common:
+            continue
+        col_r, col_m = {i: k for k, i in enumerate(items_r)}, {i: k for k, i in enumerate(items_m)}
+        d = values_r[:, [col_r[i] for i in common]] - values_m[:, [col_m[i] for i in common]]
+        lo, hi = bootstrap_ci(d.mean(axis=0), resamples, bootstrap_seed, level)
+        out["paired"].setdefault(m, {})[metric] = {
+            "mean": float(d.mean()), "per_seed": {str(s): float(x) for s, x in zip(seeds, d.mean(axis=1))},
+            "ci": [lo, hi], "reference_lower": int((d < 0).sum()), "pairs": int(d.size),
+        }
     return out
 
 
