@@ -142,14 +142,17 @@ def aggregate(per_seed: SeedScores, reference: str = "model", resamples: int = 2
     return out
 
 
-def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, title: str = "") -> str:
+def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, title: str = "",
+             labels: Mapping[str, str] | None = None) -> str:
     """The pooled results as Markdown: one table of mean ± seed std [CI], per-seed values, paired differences.
 
     Args:
         agg: :func:`aggregate`'s result.
         metrics: Metric key → display name (and order); default every metric found.
         title: A heading line (omitted when empty).
+        labels: Method key → the label shown (default the key).
     """
+    labels = dict(labels or {})
     seeds = agg["seeds"]
     names = dict(metrics) if metrics else {}
     for cells in agg["methods"].values():
@@ -167,14 +170,15 @@ def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, t
         for k in keys:
             c = cells.get(k)
             row.append("–" if c is None else f"{_fmt(c['mean'])} ± {_fmt(c['seed_std'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]")
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append(f"| {labels.get(m, m)} | " + " | ".join(row) + " |")
     lines += ["", "Per seed (mean over items):", ""]
     lines.append("| method | metric | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     lines.append("|---|---|" + "---|" * len(seeds))
     for m, cells in agg["methods"].items():
         for k in keys:
             if k in cells:
-                lines.append(f"| {m} | {names[k]} | " + " | ".join(_fmt(cells[k]["per_seed"][str(s)]) for s in seeds) + " |")
+                lines.append(f"| {labels.get(m, m)} | {names[k]} | "
+                             + " | ".join(_fmt(cells[k]["per_seed"][str(s)]) for s in seeds) + " |")
     if agg["paired"]:
         ref = agg["reference"]
         lines += ["", f"Paired differences {ref} − method over (seed, item) pairs: mean [{pct} % interval, items "
@@ -185,7 +189,7 @@ def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, t
             for k in keys:
                 if k in cells:
                     c = cells[k]
-                    lines.append(f"| {m} | {names[k]} | {_fmt(c['mean'], sign=True)} [{_fmt(c['ci'][0], sign=True)}, "
+                    lines.append(f"| {labels.get(m, m)} | {names[k]} | {_fmt(c['mean'], sign=True)} [{_fmt(c['ci'][0], sign=True)}, "
                                  f"{_fmt(c['ci'][1], sign=True)}] | {c['reference_lower']}/{c['pairs']} | "
                                  + ", ".join(_fmt(c["per_seed"][str(s)], sign=True) for s in seeds) + " |")
     return "\n".join(lines) + "\n"

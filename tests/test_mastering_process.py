@@ -1,7 +1,7 @@
 """`deepafx process`: end to end on real rendered music through the real built-in mastering chain.
 
 The checkpoint is a tiny, untrained AutomationModel saved in the trainer's
-checkpoint format (the recipe config of recipes/mastering/quick.yaml with a
+checkpoint format (the recipe config of recipes/mastering/quick_scores.yaml with a
 tiny encoder); the audio is a real piece rendered by the music dataset builder
 (FluidSynth + FluidR3_GM).
 """
@@ -40,7 +40,7 @@ CLIP_SECONDS = 3.0
 
 def save_tiny_checkpoint(path: Path, recipe: str = "mastering") -> Path:
     """A checkpoint in the trainer's format: the quick recipe config with a tiny encoder (untrained)."""
-    cfg = load_config("recipes/mastering/quick.yaml")
+    cfg = load_config("recipes/mastering/quick_scores.yaml")
     cfg.pop("_path")
     cfg["model"] = dict(TINY_MODEL)
     cfg["recipe"] = recipe
@@ -249,7 +249,7 @@ def test_bad_output_names_fail_before_work(checkpoint, clip, tmp_path):
 
 
 def test_automation_units_and_most_varying():
-    spec = ChainSpec.from_dict(load_config("recipes/mastering/quick.yaml")["chain"])
+    spec = ChainSpec.from_dict(load_config("recipes/mastering/quick_scores.yaml")["chain"])
     table = spec.param_table
     rng = np.random.default_rng(0)
     norm = np.tile(table.defaults_normalized(), (5, 1))
@@ -298,7 +298,7 @@ def test_match_loudness_reaches_the_target_keeps_the_shape_and_says_when_it_cann
     from deepafx.automation.process import loudness_parameter, match_loudness
     from deepafx.metrics import lufs
 
-    cfg = load_config("recipes/mastering/quick.yaml")
+    cfg = load_config("recipes/mastering/quick_scores.yaml")
     spec = ChainSpec.from_dict(cfg["chain"])
     table = spec.param_table
     x = sf.read(str(clip), dtype="float32", always_2d=True)[0].T

@@ -54,6 +54,11 @@ from deepafx.params import ParamTable
 
 log = logging.getLogger(__name__)
 
+#: :meth:`Automation.saturation_share`: a parameter within this distance of 0 or 1 (normalized) is saturated …
+SATURATION_TOLERANCE = 0.01
+#: … and a frame counts when at least this share of its parameters is.
+SATURATION_FRACTION = 0.5
+
 __all__ = [
     "Automation",
     "ProcessedAudio",
@@ -180,6 +185,28 @@ class Automation:
         spread = self.normalized.std(axis=0) if len(self.times_s) > 1 else np.zeros(len(self.table))
         return [int(i) for i in np.argsort(-spread, kind="stable")[:count]]
 
+    def saturation_share(self, tolerance: float = SATURATION_TOLERANCE, fraction: float = SATURATION_FRACTION) -> float:
+        """Share of frames, on [0, 1], where at least ``fraction`` of the parameters sit near a range bound.
+
+        A parameter is *saturated* in a frame when its normalized value is within
+        ``tolerance`` of 0 or 1 (1 % of its range by default). An encoder whose
+        outputs are pinned at the bounds (the sigmoid saturated) keeps its
+        automation constant there whatever it hears; this share makes that visible.
+
+        Args:
+            tolerance: Distance to a bound on the normalized [0, 1] scale.
+            fraction: Share of parameters that must be saturated for a frame to count, (0, 1].
+
+        Raises:
+            ValueError: ``tolerance`` outside [0, 0.5) or ``fraction`` outside (0, 1].
+        """
+        if not 0.0 <= tolerance < 0.5 or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"need 0 <= tolerance < 0.5 and 0 < fraction <= 1, got {tolerance}, {fraction}")
+        near = (self.normalized <= tolerance) | (self.normalized >= 1.0 - tolerance)
+        if near.size == 0:
+            return 0.0
+        return float(np.mean(near.mean(axis=1) >= fraction))
+
     def to_json_dict(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """JSON form: ``time_s`` list and, per parameter, its unit, range, scale and values."""
         params = {}
@@ -194,6 +221,7 @@ class Automation:
             }
         out: dict[str, Any] = {"format": "deepafx-automation-1", "time_unit": "s"}
         out.update(dict(extra or {}))
+        out.setdefault("saturation_share", self.saturation_share())
         out["time_s"] = [float(t) for t in self.times_s]
         out["parameters"] = params
         return out
@@ -563,6 +591,8 @@ class ProcessResult:
         if self.automation_path:
             lines.append(f"automation: {self.automation_path} ({len(self.automation.times_s)} frames x "
                          f"{len(self.automation.table)} parameters, plugin units)")
+        lines.append(f"saturation: {100 * self.automation.saturation_share():.1f} % of frames have at least half "
+                     f"of the parameters within {100 * SATURATION_TOLERANCE:g} % of a range bound")
         if self.plot_path:
             lines.append(f"plot: {self.plot_path}")
         lines += [f"note: {n}" for n in self.notes]

@@ -85,7 +85,18 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
         files[str(seed)] = str(result_file)
     pooled = aggregate(per_seed, reference=recipe.reference_method)
     pooled.update(split=split, recipe=recipe.name, run=str(run_dir), per_seed_results=files)
-    text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds")
+    text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds",
+                    labels=recipe.method_labels)
+    if recipe.item_groups is not None:
+        groups = recipe.item_groups(default_out_dir(seed_runs(run_dir)[0][1], split), split)
+        pooled["groups"] = {}
+        for group in dict.fromkeys(groups.values()):
+            items = {i for i, g in groups.items() if g == group}
+            sub = {seed: {m: {k: {i: v for i, v in vals.items() if i in items} for k, vals in cells.items()}
+                          for m, cells in scores.items()} for seed, scores in per_seed.items()}
+            pooled["groups"][group] = aggregate(sub, reference=recipe.reference_method)
+            text += "\n" + markdown(pooled["groups"][group], recipe.metric_names, labels=recipe.method_labels,
+                                    title=f"{group} ({len(items)} items), {len(per_seed)} seeds")
     atomic_write_text(out_dir / "results.json", json.dumps(pooled, indent=1, allow_nan=False))
     atomic_write_text(out_dir / "results.md", text)
     print(text)

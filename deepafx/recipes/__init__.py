@@ -55,7 +55,10 @@ class Recipe:
             the per-item scores of one seed's evaluation (the folder its ``evaluate`` wrote), which
             ``deepafx evaluate`` pools over the seeds of a multi-seed run (:mod:`deepafx.seeds`);
             ``None`` when the recipe's results cannot be pooled.
+        item_groups: ``item_groups(eval_dir: Path, split: str) -> {item: group}`` (e.g. the album of
+            each excerpt): the pooled results are also given per group; ``None``: pooled only.
         metric_names: Metric key → display name for the pooled table (its order is the columns').
+        method_labels: Method key → label in the pooled table (e.g. which rows are given the loudness).
         reference_method: The method the pooled paired differences are taken against (the trained model).
     """
 
@@ -70,7 +73,9 @@ class Recipe:
     train_options: tuple[str, ...] = ()
     tiny_overrides: Sequence[str] | Callable[[Mapping[str, Any]], Sequence[str]] = ()
     item_scores: Callable[[Path, str], dict] | None = None
+    item_groups: Callable[[Path, str], dict] | None = None
     metric_names: Mapping[str, str] | None = None
+    method_labels: Mapping[str, str] | None = None
     reference_method: str = "model"
 
     def tiny(self, config: Mapping[str, Any]) -> list[str]:

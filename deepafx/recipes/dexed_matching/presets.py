@@ -18,8 +18,6 @@ The checksum is the low seven bits of the two's complement of the data sum
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -205,13 +203,16 @@ def write_bank(path: str | Path, voices: Sequence[tuple[str, np.ndarray]]) -> Pa
 def fetch_hexter_banks(dest_dir: str | Path) -> Path:
     """Make the hexter factory banks available in ``dest_dir`` and return that folder.
 
-    Uses an installed hexter (``/usr/share/hexter``) when present; otherwise runs
-    ``apt-get download hexter`` and ``dpkg -x`` in a temporary folder (the DSSI
-    plugin itself is not installed) and copies the ``.dx7`` files.
+    Uses an installed hexter (``/usr/share/hexter``) when present; otherwise
+    fetches the package's files with :func:`deepafx.data.debian.fetch_package`
+    (``apt-get download hexter`` and ``dpkg -x``, cached; the DSSI plugin itself
+    is not installed) and copies the ``.dx7`` files.
 
     Raises:
         RuntimeError: neither route worked; the message lists each attempt and why.
     """
+    from deepafx.data.debian import DebianFetchError, fetch_package
+
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if all((dest / b).exists() for b in HEXTER_BANKS):
@@ -222,23 +223,13 @@ def fetch_hexter_banks(dest_dir: str | Path) -> Path:
             shutil.copy(HEXTER_SYSTEM_DIR / b, dest / b)
         return dest
     attempts.append(f"{HEXTER_SYSTEM_DIR}: not installed")
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        attempts.append("apt-get/dpkg: not on PATH")
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                subprocess.run(["apt-get", "download", "hexter"], cwd=tmp, check=True, capture_output=True, timeout=300)
-                debs = sorted(Path(tmp).glob("hexter_*.deb"))
-                if not debs:
-                    raise RuntimeError("apt-get download produced no hexter_*.deb")
-                subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True, timeout=120)
-                src = Path(tmp) / "x" / "usr" / "share" / "hexter"
-                for b in HEXTER_BANKS:
-                    shutil.copy(src / b, dest / b)
-                return dest
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError, OSError) as exc:
-                detail = getattr(exc, "stderr", b"") or b""
-                attempts.append(f"apt-get download hexter: {exc} {detail.decode(errors='replace').strip()}")
+    try:
+        src = fetch_package("hexter", use_installed=False) / "usr" / "share" / "hexter"
+        for b in HEXTER_BANKS:
+            shutil.copy(src / b, dest / b)
+        return dest
+    except (DebianFetchError, OSError) as exc:
+        attempts.append(f"apt-get download hexter: {exc}")
     raise RuntimeError(
         "could not get the DX7 factory banks (hexter): " + "; ".join(attempts)
         + ". Fix: run `apt-get download hexter && dpkg -x hexter_*.deb DIR` on a machine with Debian "

@@ -4,6 +4,9 @@ Methods, each applied to every piece of the split (whole tracks), in table order
 
 * ``unprocessed`` — the unmastered input itself.
 * ``default`` — the chain at its default parameters (static).
+* ``loudnorm`` — loudness normalization alone (:func:`loudness_normalize`):
+  a gain to ``evaluate.loudnorm_lufs`` and a true-peak limiter, the baseline a
+  user has for free. It is *given* the loudness (the tables say so).
 * ``matchering`` — `Matchering <https://github.com/sergree/matchering>`_
   (Sergree, 2016–2022; PyPI ``matchering``), the open-source reference-based
   mastering library: it matches the input's RMS level, its average spectrum
@@ -71,6 +74,13 @@ searched over ``|τ| ≤ max_delay_ms`` (default 20 ms), and both signals are cu
 to their overlap. Polarity is not flipped (all metrics are magnitude-based).
 ``lufs_error`` and ``true_peak_dbtp`` use the whole, unaligned output.
 
+Per album: each piece's album (soundtrack datasets) or corpus source (score
+datasets) is in ``tracks[i]["album"]`` and ``results["albums"]`` holds the
+summary of every album's pieces. Saturation: ``results["saturation"]`` is the
+model's saturation share on the whole source tracks of the split
+(:func:`model_saturation`). Rows that do not depend on the checkpoint are kept
+in the dataset folder's ``eval_cache/`` and reused by the other seeds of a run.
+
 Results in ``OUT``:
 
 * ``results.json`` — ``{split: {method: {metric: mean, metric_ci: [low, high],
@@ -120,7 +130,11 @@ __all__ = [
 ]
 
 #: Methods in table order (``oracle_cmaes`` expands to one row per budget, see :func:`oracle_rows`).
-METHODS = ("unprocessed", "default", "matchering", "oracle_cmaes", "model", "model_loudness")
+METHODS = ("unprocessed", "default", "loudnorm", "matchering", "oracle_cmaes", "model", "model_loudness")
+#: Rows that are given the target loudness (a number from the config), labelled so in the tables.
+GIVEN_LOUDNESS = ("loudnorm", "model_loudness")
+#: Rows that do not depend on the checkpoint (cached across the seeds of a run, ``evaluate.cache_baselines``).
+BASELINES = ("unprocessed", "default", "loudnorm", "matchering")
 #: Metric keys, their display names, units and whether lower is better (None: no direction).
 METRICS = (
     ("mfcc_cosine", "MFCC cosine", "", True),
@@ -144,10 +158,12 @@ TARGETS = (
     ("mfcc_cosine_ratio", "MFCC cosine vs unprocessed", 0.5, "x"),
 )
 #: Pairs ``(a, b)`` whose per-piece differences ``a − b`` get a paired bootstrap interval.
-PAIRED = (("model", "unprocessed"), ("model", "matchering"), ("model_loudness", "model"),
+PAIRED = (("model", "unprocessed"), ("model", "loudnorm"), ("model", "matchering"), ("model_loudness", "model"),
           ("model_loudness", "matchering"))
 #: Metrics compared in those pairs.
-PAIRED_METRICS = ("mfcc_cosine", "lufs_error")
+PAIRED_METRICS = ("mfcc_cosine", "mrstft", "lufs_error")
+#: Version of the cached baseline rows' computation (part of the cache key).
+BASELINE_CACHE_VERSION = 1
 
 
 @dataclass
@@ -187,6 +203,20 @@ class EvaluateConfig:
         matchering_reference: Reference master for matchering: a piece id of
             the training split or an audio file path; ``None`` picks one with
             :func:`choose_matchering_reference`.
+        loudnorm_lufs: With a value (LUFS), the row ``loudnorm``: loudness normalization alone,
+            the baseline a user has for free: a static gain to this integrated loudness
+            (BS.1770-4, pyloudnorm) and a look-ahead true-peak limiter at
+            ``loudnorm_true_peak_dbtp`` (:func:`loudness_normalize`). It is *given* the
+            loudness (from the config, never from the test targets), and the table says so.
+        loudnorm_true_peak_dbtp: The ceiling of that limiter, dBTP.
+        saturation_tracks: Whole source tracks of the split's excerpts on which the model's
+            saturation share is measured (:meth:`deepafx.automation.process.Automation.saturation_share`;
+            encoder only, no rendering): ``None`` all of them, 0 none. Datasets of scores use
+            their pieces.
+        cache_baselines: Keep the rows that do not depend on the checkpoint (unprocessed,
+            default, loudnorm, matchering, the oracles) in the dataset folder
+            (``eval_cache/``, keyed by the data, chain and evaluation settings) so the seeds of a
+            multi-seed run compute them once.
         bootstrap_resamples: Bootstrap resamples of the confidence intervals (>= 100).
         confidence: Coverage of the confidence intervals, on (0, 1).
         plot: Write ``OUT/summary.png``.
@@ -211,6 +241,10 @@ class EvaluateConfig:
     loudness_param: str | None = None
     matchering: bool = True
     matchering_reference: str | None = None
+    loudnorm_lufs: float | None = -14.0
+    loudnorm_true_peak_dbtp: float = -1.0
+    saturation_tracks: int | None = None
+    cache_baselines: bool = True
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
     plot: bool = True
@@ -325,6 +359,37 @@ def short_term_loudness(audio: np.ndarray, sample_rate: float, window_seconds: f
     with np.errstate(divide="ignore"):
         loud = -0.691 + 10.0 * np.log10(np.maximum(ms, 0.0))
     return ends / float(sample_rate), loud
+
+
+# --------------------------------------------------------------------------- loudness normalization
+def loudness_normalize(audio: np.ndarray, sample_rate: float, target_lufs: float = -14.0,
+                       true_peak_dbtp: float = -1.0) -> np.ndarray:
+    """Loudness normalization alone: a static gain to ``target_lufs`` and a true-peak-safe limiter.
+
+    The trivial mastering baseline a user has for free (what a streaming
+    service's normalization with a limiter does): the reference engineer's
+    loudness and ceiling stages without its EQ
+    (:func:`deepafx.recipes.mastering.engineer.master` with ``eq_strength=0``
+    and no added air: BS.1770-4 gain via pyloudnorm, a look-ahead limiter on the
+    4x oversampled signal, iterated until the loudness is within 0.05 LU and
+    the true peak at or below the ceiling).
+
+    Args:
+        audio: ``(channels, samples)`` float, at least 0.4 s.
+        sample_rate: Hz.
+        target_lufs: Integrated loudness, LUFS.
+        true_peak_dbtp: Ceiling, dBTP (<= 0).
+
+    Returns:
+        ``(channels, samples)`` float32.
+
+    Raises:
+        deepafx.hosts.base.AudioError: silent, too short or non-finite audio.
+        ValueError: a ceiling above 0 dBTP.
+    """
+    from deepafx.recipes.mastering.engineer import master
+
+    return master(audio, sample_rate, target_lufs, true_peak_dbtp, eq_strength=0.0, eq_air_db_per_octave=0.0)
 
 
 # --------------------------------------------------------------------------- matchering
@@ -457,6 +522,89 @@ def _resolve_reference(ec: EvaluateConfig, ddir: Path) -> dict[str, Any]:
 def _split_pieces(dataset_dir: Path, split: str) -> list[str]:
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     return list(manifest["splits"][split]["pieces"])
+
+
+def piece_groups(dataset_dir: Path) -> dict[str, str]:
+    """Piece id → its album (soundtrack datasets) or its corpus source (score datasets)."""
+    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    return {p["piece_id"]: p.get("album") or p.get("source") for p in manifest.get("pieces", [])
+            if p.get("album") or p.get("source")}
+
+
+def read_json_file(path: Path) -> Any | None:
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_path(ddir: Path, split: str, config, chain, ec: EvaluateConfig) -> Path:
+    """``ddir/eval_cache/<split>-<key>.json``: the key covers everything the baseline rows depend on."""
+    import hashlib
+
+    from deepafx.recipes import RecipeConfig  # noqa: F401  (config is one)
+
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    irrelevant = {"max_tracks", "num_examples", "plot", "saturation_tracks", "cache_baselines", "bootstrap_resamples",
+                  "confidence", "loudness_lufs", "loudness_param", "smoothing_frames", "block_samples",
+                  "timeout_seconds"}
+    key = {"data": manifest.get("settings"), "software": manifest.get("software"), "split": split,
+           "chain": chain.to_dict(), "evaluate": {k: v for k, v in asdict(ec).items() if k not in irrelevant},
+           "version": BASELINE_CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return ddir / "eval_cache" / f"{split}-{digest}.json"
+
+
+def _write_cache(path: Path, cache: Mapping[str, Any]) -> None:
+    from deepafx.runs import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(json_safe(dict(cache))))
+
+
+def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], tracks: Sequence[tuple], data_sr: float,
+                     ec: EvaluateConfig) -> dict[str, Any]:
+    """The model's saturation share on whole tracks (encoder only; see ``evaluate.saturation_tracks``).
+
+    Returns:
+        ``{"definition", "tracks": [{"album", "track", "seconds", "share"}], "mean_share", "max_share",
+        "tracks_over_5_percent"}``.
+    """
+    from deepafx.audio import resample
+    from deepafx.automation.model import predict_automation
+    from deepafx.automation.process import SATURATION_FRACTION, SATURATION_TOLERANCE, Automation
+
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    sr = float(model.sample_rate)
+    items: list[tuple[dict[str, Any], Any]] = []
+    if manifest.get("source") == "soundtracks":
+        from deepafx.recipes.mastering.soundtracks import read_track, whole_tracks
+
+        for t in whole_tracks(ddir, split):
+            items.append(({"album": t["album"], "track": t["track"]},
+                          lambda path=t["path"]: read_track(path, int(sr))))
+    else:
+        groups = piece_groups(ddir)
+        for pid, (x, _) in zip(pieces, tracks):
+            items.append(({"album": groups.get(pid), "track": pid}, lambda x=x: resample(x, data_sr, sr)))
+    if ec.saturation_tracks is not None:
+        items = items[: int(ec.saturation_tracks)]
+    out = []
+    for info, load in items:
+        audio = load()
+        times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames)
+        share = Automation(times, params, model.chain.param_table).saturation_share()
+        out.append(dict(info, seconds=audio.shape[1] / sr, share=share))
+    shares = [t["share"] for t in out]
+    return {
+        "definition": (f"share of frames where at least {SATURATION_FRACTION:.0%} of the learned parameters sit "
+                       f"within {SATURATION_TOLERANCE:.0%} of a range bound (normalized), on whole tracks"),
+        "tracks": out,
+        "mean_share": float(np.mean(shares)) if shares else None,
+        "max_share": float(np.max(shares)) if shares else None,
+        "tracks_over_5_percent": int(sum(v > 0.05 for v in shares)),
+    }
 
 
 # --------------------------------------------------------------------------- figure
@@ -628,15 +776,44 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "| method | " + " | ".join(heads) + " |",
         "|---|" + "---:|" * len(heads),
     ]
+    given = s.get("given_loudness") or {}
+
+    def label(m: str) -> str:
+        name = f"**{m}**" if m == "model" else m
+        return name + (f" (given {given[m]:g} LUFS)" if given.get(m) is not None else "")
+
     for m in rows:
         row = results[split][m]
-        name = f"**{m}**" if m == "model" else m
+        name = label(m)
         n, missing = row.get("num_tracks"), row.get("failed_tracks")
         if missing:
             name += f" ({n} of {n + missing} pieces)"
         lines.append(f"| {name} | " + " | ".join(_cell(row, k) for k, *_ in METRICS) + " |")
     lines += ["", f"Mean over pieces [{conf * 100:g} % percentile bootstrap interval over pieces]; "
-              "`true peak` is the mean output true peak, `true peak max` the highest over pieces."]
+              "`true peak` is the mean output true peak, `true peak max` the highest over pieces. "
+              "A row marked *given* is told the loudness (a number from the config, never from the test targets)."]
+    albums = results.get("albums") or {}
+    if len(albums) > 1:
+        keys = ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp_max")
+        lines += ["", "## Per album (or source)", "",
+                  "| album | method | " + " | ".join(next(f"{n}{f' [{u}]' if u else ''}" for k2, n, u, _ in METRICS
+                                                        if k2 == k) for k in keys) + " |",
+                  "|---|---|" + "---:|" * len(keys)]
+        for album, summ in albums.items():
+            for m in rows:
+                row = summ.get(m)
+                if row is None:
+                    continue
+                lines.append(f"| {album} ({row.get('num_tracks')}) | {label(m)} | "
+                             + " | ".join(_cell(row, k) for k in keys) + " |")
+    sat = results.get("saturation")
+    if sat and sat.get("tracks"):
+        lines += ["", "## Saturation of the model's automation", "",
+                  f"{sat['definition']}: mean {100 * sat['mean_share']:.1f} %, highest {100 * sat['max_share']:.1f} %, "
+                  f"{sat['tracks_over_5_percent']} of {len(sat['tracks'])} tracks over 5 %.", "",
+                  "| album | track | minutes | saturated frames |", "|---|---|---:|---:|"]
+        for t in sat["tracks"]:
+            lines.append(f"| {t['album']} | {t['track']} | {t['seconds'] / 60:.2f} | {100 * t['share']:.1f} % |")
     paired = results.get("paired") or {}
     if paired:
         lines += ["", f"## Paired differences ({conf * 100:g} % paired bootstrap interval; < 0: the first is better)",
@@ -834,7 +1011,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     from tqdm import tqdm
 
     from deepafx.audio import write_files_atomic
-    from deepafx.recipes.mastering.music import build_dataset, load_split
+    from deepafx.recipes.mastering.data import build_dataset
+    from deepafx.recipes.mastering.music import load_split
     from deepafx.automation.oracle import CmaesOracle
     from deepafx.automation.model import render_automation
     from deepafx.automation.process import (apply_automation, check_loudness_target, load_automation_checkpoint,
@@ -855,7 +1033,10 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         raise ValueError(f"evaluate.bootstrap_resamples must be >= 100 (2000 is usual), got {ec.bootstrap_resamples}")
     if not 0.0 < float(ec.confidence) < 1.0:
         raise ValueError(f"evaluate.confidence must be on (0, 1), e.g. 0.95, got {ec.confidence}")
-    rows = ["unprocessed", "default"] + (["matchering"] if ec.matchering else []) + [r for r, _ in budgets] + ["model"]
+    rows = (["unprocessed", "default"] + (["loudnorm"] if ec.loudnorm_lufs is not None else [])
+            + (["matchering"] if ec.matchering else []) + [r for r, _ in budgets] + ["model"])
+    if ec.loudnorm_lufs is not None:
+        check_loudness_target(ec.loudnorm_lufs, "evaluate.loudnorm_lufs")
     if ec.loudness_lufs is not None:
         check_loudness_target(ec.loudness_lufs, "evaluate.loudness_lufs")
         rows.append("model_loudness")
@@ -896,6 +1077,10 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     per_track: list[dict[str, Any]] = []
     examples_dir = out_dir / "examples"
     example: dict[str, Any] | None = None
+    groups = piece_groups(ddir)
+    cache_rows = [m for m in rows if m not in ("model", "model_loudness")]
+    cache_path = _cache_path(ddir, split, config, chain, ec) if ec.cache_baselines else None
+    cache = (read_json_file(cache_path) or {}) if cache_path is not None else {}
     with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
@@ -909,41 +1094,54 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
             x, y = np.ascontiguousarray(x[:, :n]), np.ascontiguousarray(y[:, :n])
             seconds = n / sr
             entry: dict[str, Any] = {
-                "piece": pid, "seconds": seconds,
+                "piece": pid, "album": groups.get(pid), "seconds": seconds,
                 "target_lufs": metrics.lufs(y, sr), "target_true_peak_dbtp": metrics.true_peak_dbtp(y, sr),
                 "methods": {},
             }
+            keep_audio = k < max(ec.num_examples, 1)  # the example pieces need every row's audio
+            cached = None if keep_audio else cache.get(pid)
             outputs: dict[str, tuple[np.ndarray | None, float | None]] = {"unprocessed": (x, None)}
-            t0 = time.perf_counter()
-            outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
-            if ec.matchering:
-                if reference is None:
-                    outputs["matchering"] = (None, None)
-                    entry["matchering_error"] = mg_settings.get("error", "no reference")
-                else:
-                    t0 = time.perf_counter()
-                    try:
-                        out = matchering_master(x, sr, reference["path"])
-                        if out.shape[0] != y.shape[0]:  # matchering makes mono stereo
-                            out = out.mean(axis=0, keepdims=True)
-                        outputs["matchering"] = (out, time.perf_counter() - t0)
-                    except Exception as exc:  # matchering's ModuleError and anything else it raises
-                        outputs["matchering"] = (None, None)
-                        entry["matchering_error"] = f"{type(exc).__name__}: {exc}"
-                        log.warning("matchering failed on %s: %s", pid, entry["matchering_error"])
-            entry["oracles"] = {}
-            for row, renders in budgets:
-                oracle.renders = renders  # one pool for every budget; fit() reads the budget from here
+            if cached is not None:
+                entry["methods"].update(cached["methods"])
+                entry["oracles"] = cached["oracles"]
+                if "matchering_error" in cached:
+                    entry["matchering_error"] = cached["matchering_error"]
+            else:
                 t0 = time.perf_counter()
-                res = oracle.fit(x, y)
-                outputs[row] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
-                info = res.to_dict()
-                info["values"] = {p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}
-                entry["oracles"][row] = info
+                outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
+                if ec.loudnorm_lufs is not None:
+                    t0 = time.perf_counter()
+                    outputs["loudnorm"] = (loudness_normalize(x, sr, ec.loudnorm_lufs, ec.loudnorm_true_peak_dbtp),
+                                           time.perf_counter() - t0)
+                if ec.matchering:
+                    if reference is None:
+                        outputs["matchering"] = (None, None)
+                        entry["matchering_error"] = mg_settings.get("error", "no reference")
+                    else:
+                        t0 = time.perf_counter()
+                        try:
+                            out = matchering_master(x, sr, reference["path"])
+                            if out.shape[0] != y.shape[0]:  # matchering makes mono stereo
+                                out = out.mean(axis=0, keepdims=True)
+                            outputs["matchering"] = (out, time.perf_counter() - t0)
+                        except Exception as exc:  # matchering's ModuleError and anything else it raises
+                            outputs["matchering"] = (None, None)
+                            entry["matchering_error"] = f"{type(exc).__name__}: {exc}"
+                            log.warning("matchering failed on %s: %s", pid, entry["matchering_error"])
+                entry["oracles"] = {}
+                for row, renders in budgets:
+                    oracle.renders = renders  # one pool for every budget; fit() reads the budget from here
+                    t0 = time.perf_counter()
+                    res = oracle.fit(x, y)
+                    outputs[row] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
+                    info = res.to_dict()
+                    info["values"] = {p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}
+                    entry["oracles"][row] = info
             entry["oracle"] = entry["oracles"][budgets[-1][0]]
             mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
                                         smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds)
             outputs["model"] = (mastered.audio, mastered.process_seconds)
+            entry["model_saturation_share"] = mastered.automation.saturation_share()
             if ec.loudness_lufs is not None:
                 t0 = time.perf_counter()
                 auto = mastered.automation
@@ -953,6 +1151,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                     auto.normalized, table, ec.loudness_lufs, sr, param=ec.loudness_param, output=mastered.audio)
                 outputs["model_loudness"] = (loud, mastered.process_seconds + time.perf_counter() - t0)
             for m in rows:
+                if m in entry["methods"]:  # cached
+                    continue
                 audio, secs = outputs[m]
                 if audio is None:
                     row = {key: None for key in (*SCORED, "lag_samples")}
@@ -961,6 +1161,11 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                 row["seconds"] = secs
                 row["realtime_factor"] = None if secs is None else seconds / max(secs, 1e-9)
                 entry["methods"][m] = row
+            if cache_path is not None and cached is None:
+                cache[pid] = {"methods": {m: entry["methods"][m] for m in cache_rows}, "oracles": entry["oracles"]}
+                if "matchering_error" in entry:
+                    cache[pid]["matchering_error"] = entry["matchering_error"]
+                _write_cache(cache_path, cache)
             if len(budgets) > 1 or budgets[0][0] != "oracle_cmaes":
                 entry["methods"]["oracle_cmaes"] = dict(entry["methods"][budgets[-1][0]])
             entry["model_automation_frames"] = int(len(mastered.automation.times_s))
@@ -974,8 +1179,9 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                 d.mkdir(parents=True, exist_ok=True)
                 sf.write(str(d / "target.wav"), y.T, int(round(sr)), subtype="FLOAT")
                 for m in rows:
-                    if outputs[m][0] is not None:
+                    if outputs.get(m, (None, None))[0] is not None:
                         sf.write(str(d / f"{m}.wav"), outputs[m][0].T, int(round(sr)), subtype="FLOAT")
+    saturation = model_saturation(model, ddir, split, pieces, tracks, data_sr, ec)
 
     total_seconds = float(sum(t["seconds"] for t in per_track))
     summary = _summarize(per_track, rows, total_seconds, ec)
@@ -1060,8 +1266,16 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
         "torch_threads": torch.get_num_threads(),
         "summary_png": None,
     }
-    results = json_safe({split: summary, "tracks": per_track, "settings": settings,
-                       "paired": _paired(per_track, rows, ec), "targets": _targets(per_track, summary, rows, ec)})
+    albums = {}
+    for album in dict.fromkeys(t["album"] for t in per_track if t.get("album") is not None):
+        sub = [t for t in per_track if t.get("album") == album]
+        albums[album] = _summarize(sub, rows, float(sum(t["seconds"] for t in sub)), ec)
+    settings["given_loudness"] = {m: (ec.loudnorm_lufs if m == "loudnorm" else ec.loudness_lufs)
+                                  for m in GIVEN_LOUDNESS if m in rows}
+    settings["baseline_cache"] = None if cache_path is None else str(cache_path)
+    results = json_safe({split: summary, "tracks": per_track, "settings": settings, "albums": albums,
+                         "saturation": saturation,
+                         "paired": _paired(per_track, rows, ec), "targets": _targets(per_track, summary, rows, ec)})
     files = []
     if ec.plot:
         buf = io.BytesIO()

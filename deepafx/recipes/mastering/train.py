@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch.distributed as dist
 
-from deepafx.automation.task import AutomationTask, AutomationTrainConfig, chain_section, load_tracks
+from deepafx.automation.task import AutomationTask, AutomationTrainConfig, chain_section
 from deepafx.trainer import DistInfo, train
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,13 @@ def prepare_data(data_config, data_dir: Path, pairs: tuple[str, str] | None, sam
             raise ValueError("--pairs needs at least 2 matched files (one is held out for validation)")
         n_valid = max(1, len(tracks) // 10)
         return tracks[n_valid:], tracks[:n_valid]
-    from deepafx.recipes.mastering.music import build_dataset
+    from deepafx.recipes.mastering.data import build_dataset, load_training
 
     if dist_info.is_main:
         build_dataset(data_config, data_dir)
     if dist_info.distributed:
         dist.barrier()
-    return load_tracks(data_dir / "train"), load_tracks(data_dir / "valid")
+    return load_training(data_config, data_dir)
 
 
 class MasteringTask(AutomationTask):
