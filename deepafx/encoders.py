@@ -66,6 +66,13 @@ def _check_audio(audio: torch.Tensor, in_channels: int | None, who: str) -> None
         )
 
 
+#: Number of level features :class:`ContextEncoder` adds to its head with ``level_features=True``.
+NUM_LEVEL_FEATURES = 3
+#: Their scale: the range-normalized log-mel (0 at the floor, 1 at 0 dB) times this, so 1 dB of level
+#: moves a feature by about 0.08 with the default −120 dB floor.
+LEVEL_FEATURE_SCALE = 10.0
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
@@ -93,6 +100,11 @@ class ContextEncoder(nn.Module):
         downmix: Average channels to mono before the spectrogram. Default False.
         hidden: Width of the hidden dense layer. Default 256.
         dropout: Dropout probability before the output layer, on [0, 1).
+        level_features: Also feed the head the context's absolute level: the mean and the
+            maximum of the range-normalized log-mel over bands and frames, and the loudest
+            frame's mean over bands (3 numbers, times :data:`LEVEL_FEATURE_SCALE`).
+            The CNN's batch normalization and pooling keep only part of the level; a mastering
+            gain decision needs it whole. Default False (checkpoints without it load unchanged).
 
     Subclasses also take ``default_params``: optional ``(num_params,)``
     normalized defaults on [0, 1]; when given, :meth:`init_output_bias` is
@@ -114,8 +126,10 @@ class ContextEncoder(nn.Module):
         downmix: bool = False,
         hidden: int = 256,
         dropout: float = 0.0,
+        level_features: bool = False,
     ) -> None:
         super().__init__()
+        self.level_features = bool(level_features)
         if int(num_params) < 1:
             raise ValueError(f"num_params must be >= 1, got {num_params}")
         if int(in_channels) < 1:
@@ -141,8 +155,9 @@ class ContextEncoder(nn.Module):
         )
 
     def _build_head(self, backbone_channels: int, default_params: Sequence[float] | None) -> None:
+        extra = NUM_LEVEL_FEATURES if self.level_features else 0
         self.head = nn.Sequential(
-            nn.Linear(2 * backbone_channels, self.hidden),
+            nn.Linear(2 * backbone_channels + extra, self.hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(self.dropout_p),
         )
@@ -160,9 +175,14 @@ class ContextEncoder(nn.Module):
             ValueError: wrong rank or channel count.
         """
         _check_audio(audio, self._accept_channels, type(self).__name__)
-        z = self.backbone(self.features(audio))
-        z = torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1)
-        return self.out(self.head(z))
+        f = self.features(audio)
+        z = self.backbone(f)
+        parts = [z.mean(dim=(2, 3)), z.amax(dim=(2, 3))]
+        if self.level_features:
+            frame_level = f.mean(dim=(1, 2))  # (batch, frames)
+            parts.append(LEVEL_FEATURE_SCALE * torch.stack(
+                [f.mean(dim=(1, 2, 3)), f.amax(dim=(1, 2, 3)), frame_level.amax(dim=1)], dim=1))
+        return self.out(self.head(torch.cat(parts, dim=1)))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Normalized parameters.

@@ -340,3 +340,24 @@ def test_state_dict_roundtrip(name):
     x = _noise(2, 1, 8192)
     with torch.no_grad():
         np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["inception", "mobilenetv2"])
+def test_level_features_give_the_head_the_absolute_level(name):
+    """With level_features the head sees 3 more inputs that move 10x the range-normalized log-mel level."""
+    from deepafx.encoders import LEVEL_FEATURE_SCALE, NUM_LEVEL_FEATURES
+
+    torch.manual_seed(0)
+    plain = build_encoder(name, num_params=4, **SMALL[name])
+    torch.manual_seed(0)
+    enc = build_encoder(name, num_params=4, level_features=True, **SMALL[name])
+    assert enc.head[0].in_features == plain.head[0].in_features + NUM_LEVEL_FEATURES
+    seen = []
+    enc.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0][:, -NUM_LEVEL_FEATURES:].clone()))
+    enc.eval()
+    x = _noise(1, 1, 8192)
+    with torch.no_grad():
+        enc(x)
+        enc(x * 0.1)  # 20 dB quieter
+    step = (seen[0] - seen[1]) / LEVEL_FEATURE_SCALE * 120.0  # back to dB on the -120 dB floor's range
+    assert torch.allclose(step, torch.full_like(step, 20.0), atol=0.05)

@@ -163,7 +163,7 @@ PAIRED = (("model", "unprocessed"), ("model", "loudnorm"), ("model", "matchering
 #: Metrics compared in those pairs.
 PAIRED_METRICS = ("mfcc_cosine", "mrstft", "lufs_error")
 #: Version of the cached baseline rows' computation (part of the cache key).
-BASELINE_CACHE_VERSION = 1
+BASELINE_CACHE_VERSION = 2
 
 
 @dataclass
@@ -448,15 +448,17 @@ def matchering_master(audio: np.ndarray, sample_rate: float, reference: str | Pa
 def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -> dict[str, Any]:
     """The one reference master matchering gets: the most typical training master by spectrum.
 
-    For each target (master) of ``split``, its long-term average spectrum in
+    Matchering copies the reference's level, so only the masters at the
+    loudest level of the split (within 0.1 LU: the loudness convention; the
+    soundtrack targets held below it by their true-peak ceiling are left out) are
+    candidates. For each target (master) of ``split``, its long-term average spectrum in
     1/3-octave bands from 31.5 Hz to 16 kHz
     (:func:`deepafx.recipes.mastering.engineer.long_term_spectrum_db`: Welch
     PSD, dB) minus its mean over bands (so the level does not count) is
     compared with the band-wise median of all of them; the piece with the
     smallest mean absolute difference (dB) is chosen, the first in manifest
     order on a tie. Every target of the recipe's engineer sits at −14 LUFS
-    (within 0.03 LU on the quick data), so loudness cannot tell references
-    apart; the spectrum, which matchering copies, can.
+    (within 0.03 LU on the quick data), so all of them are candidates there.
 
     Args:
         dataset_dir: Dataset folder (``manifest.json``, ``<split>/<piece>_target.wav``).
@@ -476,7 +478,7 @@ def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -
     pieces = _split_pieces(ddir, split)
     if not pieces:
         raise ValueError(f"split {split!r} of {ddir} has no pieces to take a matchering reference from")
-    spectra, paths = [], []
+    spectra, paths, loudness = [], [], []
     for pid in pieces:
         path = ddir / split / f"{pid}_target.wav"
         if not path.is_file():
@@ -485,16 +487,23 @@ def choose_matchering_reference(dataset_dir: str | Path, split: str = "train") -
         _, level_db = long_term_spectrum_db(y.T, rate)
         spectra.append(level_db - level_db.mean())
         paths.append(path)
+        loudness.append(metrics.lufs(y.T, rate))
     spectra = np.stack(spectra)
     dist = np.mean(np.abs(spectra - np.median(spectra, axis=0)), axis=1)
-    k = int(np.argmin(dist))
+    # matchering copies the reference's level: only masters at the convention's loudness (the loudest ones,
+    # within 0.1 LU; targets quieter than it were held back by their true-peak ceiling) are candidates
+    loudest = max(loudness)
+    eligible = np.array([v >= loudest - 0.1 for v in loudness])
+    k = int(np.argmin(np.where(eligible, dist, np.inf)))
     path = paths[k]
     y, rate = sf.read(str(path), dtype="float32", always_2d=True)
     y = y.T
     return {
         "piece": pieces[k], "path": str(path), "split": split,
-        "rule": (f"the {split} master whose 1/3-octave long-term spectrum (31.5 Hz-16 kHz, level removed) is "
-                 f"closest (mean absolute dB) to the band-wise median over all {len(pieces)} {split} masters"),
+        "rule": (f"of the {int(eligible.sum())} {split} masters within 0.1 LU of the loudest "
+                 f"({loudest:.2f} LUFS), the one whose 1/3-octave long-term spectrum (31.5 Hz-16 kHz, level "
+                 f"removed) is closest (mean absolute dB) to the band-wise median over all {len(pieces)} "
+                 f"{split} masters"),
         "spectral_distance_db": float(dist[k]), "lufs": metrics.lufs(y, rate),
         "true_peak_dbtp": metrics.true_peak_dbtp(y, rate), "seconds": y.shape[1] / rate,
         "candidates": len(pieces),
