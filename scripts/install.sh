@@ -29,6 +29,11 @@ if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # the mastering recipe fetches Debian's soundtrack packages with `apt-get download` (no root): it needs the lists
+  if ! apt-cache show singularity-music >/dev/null 2>&1; then
+    echo "[install] apt-get update (package lists for the soundtrack data)"
+    $SUDO apt-get update -qq
+  fi
 else
   echo "[install] apt-get not found: install ${APT_PACKAGES[*]} with your package manager" >&2
 fi

@@ -18,7 +18,7 @@ from deepafx.recipes.mastering.train import MasteringTask, train_from_config
 from deepafx.runs import atomic_save, load_checkpoint
 from deepafx.trainer import Interrupted, config_changes, resume_may_change, signals_deferred, stop_on_signals
 
-QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
+QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick_scores.yaml"
 #: The mastering recipe's tiny settings (2 pretraining steps, then 2 epochs of 3 SPSA steps, one render worker).
 TINY = get_recipe("mastering").tiny({})
 

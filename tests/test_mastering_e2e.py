@@ -1,4 +1,4 @@
-"""End-to-end smoke test: the real quick config with tiny overrides through the real CLI."""
+"""End-to-end smoke test: the real quick config (real masters from Debian soundtracks) with tiny overrides through the real CLI."""
 
 import json
 import subprocess
@@ -10,12 +10,13 @@ import soundfile as sf
 
 QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
 TINY = [
-    "data.train_minutes=0.4", "data.max_piece_seconds=12", "data.min_piece_seconds=6",
+    "data.train_albums=[singularity]", "data.valid_albums=[hyperrogue]", "data.test_albums=[nexuiz]",
+    "data.tracks_per_album={train: 2, valid: 1, test: 1}", "data.excerpts_per_track=1", "data.excerpt_seconds=8",
     "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
     "model.encoder_kwargs={width_mult: 0.25}",
     "train.batch_size=2", "render.num_workers=1", "train.epochs=1", "train.steps_per_epoch=3",
     "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1",
-    "evaluate.cmaes_renders=8", "evaluate.excerpt_seconds=3",
+    "evaluate.cmaes_renders=8", "evaluate.excerpt_seconds=3", "evaluate.saturation_tracks=1",
 ]
 
 
@@ -62,3 +63,6 @@ def test_train_process_evaluate(tmp_path):
             assert np.isfinite(m[key]) and m[key] >= 0, (method, key, m[key])
     assert all(results[m]["seconds_per_track"] > 0 for m in ("oracle_cmaes", "model"))
     assert (run / "eval" / "results.md").read_text().count("|") > 10
+    saturation = json.loads((run / "eval" / "results.json").read_text())["saturation"]
+    assert len(saturation["tracks"]) == 1 and 0.0 <= saturation["max_share"] <= 1.0
+    assert "saturation_share" in auto and "saturation:" in proc.stdout

@@ -13,7 +13,7 @@ from deepafx.metrics import bootstrap_ci
 from deepafx.recipes import get_recipe
 from deepafx.seeds import aggregate, markdown, track_scores
 
-QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick.yaml"
+QUICK = Path(__file__).resolve().parent.parent / "recipes" / "mastering" / "quick_scores.yaml"
 
 
 def test_parse_seeds():
@@ -106,6 +106,12 @@ def test_train_over_seeds_resumes_and_evaluate_pools(tmp_path, capsys):
     assert set(pooled["paired"]) >= {"unprocessed", "default"}
     md = (run / "eval" / "results.md").read_text()
     assert "Seeds 0, 1, 2" in md and "Paired differences model − method" in md
+    # pooled per group too (an excerpt's album; a score piece's corpus source)
+    groups = {t["piece"]: t["album"] for t in one["tracks"]}
+    assert set(pooled["groups"]) == set(groups.values()) and all(groups.values())
+    for group, agg in pooled["groups"].items():
+        assert agg["methods"]["model"]["mfcc_cosine"]["num_items"] == sum(g == group for g in groups.values())
+        assert f"## {group} (" in md
     # a second evaluate keeps every seed's results (newer than its checkpoints) and pools the same numbers
     capsys.readouterr()
     assert _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, *sets) == 0

@@ -185,3 +185,15 @@ def test_evaluation_reports_albums_saturation_and_reuses_baselines(tiny_dataset,
             assert t1["methods"][m] == t2["methods"][m]
     text = (tmp_path / "e1" / "results.md").read_text()
     assert "loudnorm (given -14 LUFS)" in text and "Saturation of the model's automation" in text
+
+
+def test_fetching_an_unknown_package_fails_clearly_and_leaves_nothing(tmp_path):
+    import shutil as sh
+
+    from deepafx.data.debian import DebianFetchError, fetch_package
+
+    if sh.which("apt-get") is None:
+        pytest.skip("apt-get not on PATH: not a Debian machine")
+    with pytest.raises(DebianFetchError, match="apt-get download no-such-package-deepafx failed"):
+        fetch_package("no-such-package-deepafx", tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(cfg)
     if seed_runs(args.checkpoint):
-        return evaluate_seeds(recipe, cfg, Path(args.checkpoint), out_dir, args.split, data_dir, force=args.force)
+        return evaluate_seeds(recipe, cfg, Path(args.checkpoint), out_dir, args.split, data_dir, force=args.force,
+                              per_seed_root=Path(args.out) if args.out else None)
     results = recipe.evaluate(cfg, Path(args.checkpoint), out_dir, split=args.split, data_dir=data_dir)
     md = out_dir / "results.md"
     if results and md.is_file():
@@ -46,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_dir: Path, force: bool = False) -> int:
+def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_dir: Path, force: bool = False,
+                   per_seed_root: Path | None = None) -> int:
     """Evaluate every seed of a multi-seed run, then pool them into ``OUT/results.json`` and ``results.md``.
 
-    Each seed is evaluated into its own ``seed-<k>/eval`` (``eval_<split>``); a seed whose
+    Each seed is evaluated into its own ``seed-<k>/eval`` (``eval_<split>``), or into
+    ``per_seed_root/seed-<k>`` when given (``--out``: e.g. a run evaluated on another
+    config's data, which must not overwrite the run's own evaluation); a seed whose
     results are already there and newer than its checkpoints is not evaluated again (``force``
     redoes it), so a stopped evaluation continues where it stopped. The pooled results
     (:func:`deepafx.seeds.aggregate`) give, per method and metric, the mean over seeds, the
@@ -69,7 +73,7 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
                          f"{run_dir}/seed-<k> folder on its own")
     per_seed, files = {}, {}
     for seed, folder in seed_runs(run_dir):
-        one = default_out_dir(folder, split)
+        one = default_out_dir(folder, split) if per_seed_root is None else per_seed_root / folder.name
         result_file = one / "results.json"
         ckpts = list(RunLayout(folder).checkpoints.glob("*.pt"))
         if not ckpts:
@@ -88,7 +92,7 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
     text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds",
                     labels=recipe.method_labels)
     if recipe.item_groups is not None:
-        groups = recipe.item_groups(default_out_dir(seed_runs(run_dir)[0][1], split), split)
+        groups = recipe.item_groups(Path(files[str(seed_runs(run_dir)[0][0])]).parent, split)
         pooled["groups"] = {}
         for group in dict.fromkeys(groups.values()):
             items = {i for i, g in groups.items() if g == group}
