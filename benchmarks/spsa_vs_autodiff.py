@@ -62,7 +62,7 @@ from deepafx.fx import FxLayer
 from deepafx.losses import build_loss
 from deepafx.recipes import default_data_dir, get_recipe
 from deepafx.recipes.mastering.music import build_dataset
-from deepafx.recipes.mastering.train import load_tracks
+from deepafx.automation.task import load_tracks
 from deepafx.spsa import gradient_from_differences
 
 METHODS = ("autodiff", "spsa_k1", "spsa_k4", "fd")

@@ -123,8 +123,9 @@ def test_pyproject_lists_every_package():
 
 # --- a regular (non-editable) install ----------------------------------------------------------------------
 
-_TINY_TRAIN = [
-    "data.train_minutes=0.1", "data.max_piece_seconds=4", "data.min_piece_seconds=3",
+_TINY_TRAIN = [  # the packaged quick config trains on real masters: one short excerpt per split
+    "data.train_albums=[singularity]", "data.valid_albums=[hyperrogue]", "data.test_albums=[nexuiz]",
+    "data.tracks_per_album=1", "data.excerpts_per_track=1", "data.excerpt_seconds=5",
     "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.n_mels=32", "model.encoder_kwargs={width_mult: 0.25}",
     "train.batch_size=2", "render.num_workers=1", "train.epochs=1", "train.steps_per_epoch=2", "train.valid_steps=1",
     "train.pretrain_steps=1", "train.num_threads=1",

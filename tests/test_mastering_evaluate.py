@@ -109,7 +109,7 @@ def test_oracle_survives_failing_renders(rng):
 
 
 def _tiny_checkpoint(run_dir: Path) -> Path:
-    cfg = load_config("recipes/mastering/quick.yaml")
+    cfg = load_config("recipes/mastering/quick_scores.yaml")
     cfg.pop("_path")
     cfg["model"] = dict(TINY_MODEL)
     spec = ChainSpec.from_dict(cfg["chain"])
@@ -132,19 +132,22 @@ def tiny_evaluation(tmp_path_factory):
     overrides = [a for o in DATA_OVERRIDES + EVAL_OVERRIDES for a in ("--set", o)]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = main(["evaluate", "--config", "recipes/mastering/quick.yaml", "--checkpoint", str(run_dir),
+        rc = main(["evaluate", "--config", "recipes/mastering/quick_scores.yaml", "--checkpoint", str(run_dir),
                    "--out", str(out), "--data-dir", str(tmp_path / "data"), *overrides])
     assert rc == 0
     return {"out": out, "data": tmp_path / "data", "printed": stdout.getvalue(),
             "results": json.loads((out / "results.json").read_text())}
 
 
-ROWS = ["unprocessed", "default", "matchering", "oracle_cmaes_13", "oracle_cmaes_17", "model", "model_loudness"]
+ROWS = ["unprocessed", "default", "loudnorm", "matchering", "oracle_cmaes_13", "oracle_cmaes_17", "model",
+        "model_loudness"]
 
 
 def test_evaluate_cli_on_a_tiny_dataset(tiny_evaluation):
     out, res = tiny_evaluation["out"], tiny_evaluation["results"]
-    assert set(res) == {"test", "tracks", "settings", "paired", "targets"}
+    assert set(res) == {"test", "tracks", "settings", "paired", "targets", "albums", "saturation"}
+    assert set(res["albums"]) == {t["album"] for t in res["tracks"]}  # score pieces: their corpus source
+    assert len(res["saturation"]["tracks"]) == 2
     assert res["settings"]["methods"] == ROWS
     # Every row, plus `oracle_cmaes` repeating the largest budget's row under the single-budget name.
     assert set(res["test"]) == set(ROWS) | {"oracle_cmaes"} and set(METHODS) <= set(res["test"])
@@ -306,7 +309,7 @@ def test_evaluate_cli_rejects_unknown_recipe_and_bad_keys(tmp_path, capsys):
     assert "unknown recipe 'nonsense'; known: mastering, dexed_matching" in err and len(err.strip().splitlines()) == 1
     run_dir = tmp_path / "run"
     _tiny_checkpoint(run_dir)
-    rc = main(["evaluate", "--config", "recipes/mastering/quick.yaml", "--checkpoint", str(run_dir),
+    rc = main(["evaluate", "--config", "recipes/mastering/quick_scores.yaml", "--checkpoint", str(run_dir),
                "--out", str(tmp_path / "o"), "--set", "evaluate.cmaes_budget=5"])
     assert rc == 1 and "unknown key(s) ['cmaes_budget']" in capsys.readouterr().err
 
@@ -439,16 +442,20 @@ def test_matchering_reference_is_the_most_typical_training_master_by_spectrum(tm
         noise = np.fft.irfft(np.fft.rfft(rng.standard_normal((2, n))) * shape, n)
         return (gain * 0.1 * noise / np.abs(noise).max()).astype(np.float32)
 
-    masters = {"dark": tilted(-4.5, 1.0), "middle": tilted(-3.0, 0.1), "near": tilted(-2.5, 1.0),
-               "bright": tilted(3.0, 1.0)}
+    def at(audio, target_lufs):
+        return (audio * 10 ** ((target_lufs - lufs(audio, 44100)) / 20)).astype(np.float32)
+
+    masters = {"dark": at(tilted(-4.5, 1.0), -14), "middle": at(tilted(-3.0, 1.0), -34), "near": at(tilted(-2.5, 1.0), -14),
+               "bright": at(tilted(3.0, 1.0), -14)}
     (tmp_path / "train").mkdir()
     for pid, audio in masters.items():
         sf.write(str(tmp_path / "train" / f"{pid}_target.wav"), audio.T, 44100, subtype="FLOAT")
     (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"pieces": list(masters)}}}))
     ref = choose_matchering_reference(tmp_path)
-    # The band-wise median lies between "middle" and "near"; "middle" is 20 dB quieter, which does not count.
-    assert ref["piece"] in ("middle", "near") and ref["candidates"] == 4 and ref["split"] == "train"
-    assert ref["lufs"] == pytest.approx(lufs(masters[ref["piece"]], 44100))
+    # The band-wise median lies between "middle" and "near", but matchering copies the reference's level, so
+    # only the masters at the loudest level (within 0.1 LU) are candidates: "middle", 20 dB quieter, is not.
+    assert ref["piece"] == "near" and ref["candidates"] == 4 and ref["split"] == "train"
+    assert ref["lufs"] == pytest.approx(lufs(masters["near"], 44100)) and "3 train masters within 0.1 LU" in ref["rule"]
     assert ref["spectral_distance_db"] < 1.0
     (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"pieces": []}}}))
     with pytest.raises(ValueError, match="no pieces"):

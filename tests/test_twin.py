@@ -13,7 +13,8 @@ from deepafx.automation.twin import ChainTwin, brickwall_limiter, iir_filter, ju
 from deepafx.chain import ChainSpec, chain
 from deepafx.losses import build_loss
 from deepafx.recipes.mastering import music
-from deepafx.recipes.mastering.train import DEFAULT_CHAIN, load_tracks
+from deepafx.automation.task import load_tracks
+from deepafx.recipes.mastering.train import DEFAULT_CHAIN
 
 SR = 44100
 BLOCK = SR // 4
