@@ -13,9 +13,10 @@ Methods, each applied to every piece of the split (whole tracks), in table order
   (FFT 4096, LOWESS-smoothed) and its peak level to one *reference master*,
   then applies its own brickwall limiter. It gets ONE reference for every
   piece, chosen from the **training** split's targets by a fixed rule
-  (:func:`choose_matchering_reference`: the training master whose long-term
-  1/3-octave spectrum, level removed, is closest to the median spectrum of
-  all training masters; ``evaluate.matchering_reference`` overrides it), the
+  (:func:`choose_matchering_reference`: of the training masters at the
+  loudest level (the loudness convention), the one whose long-term 1/3-octave
+  spectrum, level removed, is closest to the median spectrum of all training
+  masters; ``evaluate.matchering_reference`` overrides it), the
   way a user would master an album against one reference record. It runs on
   files in a temporary folder (removed afterwards), with its console output
   silenced; a piece it fails on keeps its error in ``tracks[i]
