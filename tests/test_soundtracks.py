@@ -165,10 +165,14 @@ def test_evaluation_reports_albums_saturation_and_reuses_baselines(tiny_dataset,
 
     recipe = get_recipe("mastering")
     raw = load_config("mastering/quick")
-    cfg = recipe.bind(load_config("mastering/quick", tiny_overrides(raw) + ["evaluate.loudness_lufs=-14",
-                                                                            "evaluate.saturation_tracks=1"]))
+    cfg = recipe.bind(load_config("mastering/quick", tiny_overrides(raw) + ["evaluate.loudness_lufs=-14"]))
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
+    # the second test track's source is gone: its saturation is reported as not read, the evaluation goes on
+    manifest = json.loads((data / "manifest.json").read_text())
+    test_pieces = [p for p in manifest["pieces"] if p["split"] == "test"]
+    test_pieces[1]["source_path"] = str(tmp_path / "gone.ogg")
+    (data / "manifest.json").write_text(json.dumps(manifest))
     run = tmp_path / "run"
     train(recipe.task(cfg, data), run, cfg)
     first = recipe.evaluate(cfg, run, tmp_path / "e1", split="test", data_dir=data)
@@ -176,7 +180,9 @@ def test_evaluation_reports_albums_saturation_and_reuses_baselines(tiny_dataset,
     assert first["settings"]["given_loudness"] == {"loudnorm": -14.0, "model_loudness": -14.0}
     assert "loudnorm" in first["test"] and first["test"]["loudnorm"]["true_peak_dbtp_max"] <= -1.0 + 1e-3
     sat = first["saturation"]
-    assert len(sat["tracks"]) == 1 and sat["tracks"][0]["seconds"] > 45 and 0.0 <= sat["max_share"] <= 1.0
+    assert len(sat["tracks"]) == 2 and sat["tracks"][0]["seconds"] > 45 and 0.0 <= sat["max_share"] <= 1.0
+    assert sat["tracks"][1]["share"] is None and "gone.ogg" in sat["tracks"][1]["error"]
+    assert sat["tracks_not_read"] == 1
     cache = Path(first["settings"]["baseline_cache"])
     assert cache.is_file()
     second = recipe.evaluate(cfg, run, tmp_path / "e2", split="test", data_dir=data)

@@ -602,11 +602,16 @@ def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], track
         items = items[: int(ec.saturation_tracks)]
     out = []
     for info, load in items:
-        audio = load()
+        try:
+            audio = load()
+        except Exception as exc:  # an unreadable track must not cost the evaluation
+            out.append(dict(info, seconds=None, share=None, error=f"{type(exc).__name__}: {exc}"))
+            log.warning("saturation: %s/%s not read: %s", info["album"], info["track"], out[-1]["error"])
+            continue
         times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames)
         share = Automation(times, params, model.chain.param_table).saturation_share()
         out.append(dict(info, seconds=audio.shape[1] / sr, share=share))
-    shares = [t["share"] for t in out]
+    shares = [t["share"] for t in out if t["share"] is not None]
     return {
         "definition": (f"share of frames where at least {SATURATION_FRACTION:.0%} of the learned parameters sit "
                        f"within {SATURATION_TOLERANCE:.0%} of a range bound (normalized), on whole tracks"),
@@ -614,6 +619,7 @@ def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], track
         "mean_share": float(np.mean(shares)) if shares else None,
         "max_share": float(np.max(shares)) if shares else None,
         "tracks_over_5_percent": int(sum(v > 0.05 for v in shares)),
+        "tracks_not_read": int(sum(t["share"] is None for t in out)),
     }
 
 
@@ -817,13 +823,16 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
                 lines.append(f"| {album} ({row.get('num_tracks')}) | {label(m)} | "
                              + " | ".join(_cell(row, k) for k in keys) + " |")
     sat = results.get("saturation")
-    if sat and sat.get("tracks"):
+    if sat and sat.get("tracks") and sat.get("mean_share") is not None:
         lines += ["", "## Saturation of the model's automation", "",
                   f"{sat['definition']}: mean {100 * sat['mean_share']:.1f} %, highest {100 * sat['max_share']:.1f} %, "
                   f"{sat['tracks_over_5_percent']} of {len(sat['tracks'])} tracks over 5 %.", "",
                   "| album | track | minutes | saturated frames |", "|---|---|---:|---:|"]
         for t in sat["tracks"]:
-            lines.append(f"| {t['album']} | {t['track']} | {t['seconds'] / 60:.2f} | {100 * t['share']:.1f} % |")
+            if t["share"] is None:
+                lines.append(f"| {t['album']} | {t['track']} | – | not read: {t['error']} |")
+            else:
+                lines.append(f"| {t['album']} | {t['track']} | {t['seconds'] / 60:.2f} | {100 * t['share']:.1f} % |")
     paired = results.get("paired") or {}
     if paired:
         lines += ["", f"## Paired differences ({conf * 100:g} % paired bootstrap interval; < 0: the first is better)",
