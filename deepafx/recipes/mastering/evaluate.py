@@ -541,19 +541,9 @@ def piece_groups(dataset_dir: Path) -> dict[str, str]:
             if p.get("album") or p.get("source")}
 
 
-def read_json_file(path: Path) -> Any | None:
-    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _cache_path(ddir: Path, split: str, config, chain, ec: EvaluateConfig) -> Path:
     """``ddir/eval_cache/<split>-<key>.json``: the key covers everything the baseline rows depend on."""
     import hashlib
-
-    from deepafx.recipes import RecipeConfig  # noqa: F401  (config is one)
 
     manifest = json.loads((ddir / "manifest.json").read_text())
     irrelevant = {"max_tracks", "num_examples", "plot", "saturation_tracks", "cache_baselines", "bootstrap_resamples",
@@ -1030,6 +1020,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     from tqdm import tqdm
 
     from deepafx.audio import write_files_atomic
+    from deepafx.data.pieces import read_json
     from deepafx.recipes.mastering.data import build_dataset
     from deepafx.recipes.mastering.music import load_split
     from deepafx.automation.oracle import CmaesOracle
@@ -1099,7 +1090,7 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
     groups = piece_groups(ddir)
     cache_rows = [m for m in rows if m not in ("model", "model_loudness")]
     cache_path = _cache_path(ddir, split, config, chain, ec) if ec.cache_baselines else None
-    cache = (read_json_file(cache_path) or {}) if cache_path is not None else {}
+    cache = (read_json(cache_path) or {}) if cache_path is not None else {}
     with CmaesOracle(chain, renders=max(b for _, b in budgets), sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
