@@ -34,6 +34,10 @@ class ModelConfig:
         encoder_kwargs: Extra arguments of the encoder class (width, hidden …).
         channels: Audio channels the chain processes (2: stereo mastering, 1: a mono
             instrument); ``deepafx process`` converts inputs to this count.
+        level_relative: Optional level-relative gain (:class:`LevelRelative` as a mapping:
+            ``{param, output_range_db, default_db}``): the encoder's output for that gain
+            parameter is read as the *output level* it wants, and the gain is that level minus
+            the context's measured level. ``None`` (default): every output is the parameter.
     """
 
     encoder: str = "mobilenetv2"
@@ -45,6 +49,73 @@ class ModelConfig:
     downmix: bool = True
     encoder_kwargs: dict = field(default_factory=dict)
     channels: int = 2
+    level_relative: dict | None = None
+
+
+#: Block length of :func:`context_level_db` (seconds) and its absolute gate (dBFS mean square):
+#: the 400 ms blocks and −70 gate of ITU-R BS.1770, without K-weighting or the relative gate.
+LEVEL_BLOCK_SECONDS = 0.4
+LEVEL_GATE_DB = -70.0
+
+
+def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
+    """Gated mean-square level of context windows, dBFS (not differentiated).
+
+    The mean square over channels of non-overlapping ``LEVEL_BLOCK_SECONDS`` blocks, averaged
+    over the blocks above ``LEVEL_GATE_DB`` (BS.1770's absolute gate, so the zeros that pad a
+    context at a track's edges do not lower it); a window with no block above the gate reads
+    ``LEVEL_GATE_DB``.
+
+    Args:
+        context: ``(batch, channels, samples)``, full scale 1.0.
+        sample_rate: Hz.
+
+    Returns:
+        ``(batch,)`` level in dB relative to full scale (a full-scale sine reads −3 dB).
+    """
+    with torch.no_grad():
+        b, _, n = context.shape
+        block = max(1, min(n, int(round(LEVEL_BLOCK_SECONDS * sample_rate))))
+        nb = n // block
+        ms = context[..., : nb * block].reshape(b, context.shape[1], nb, block).pow(2).mean(dim=(1, 3))
+        gate = 10.0 ** (LEVEL_GATE_DB / 10.0)
+        keep = (ms > gate).to(ms.dtype)
+        mean = (ms * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return 10.0 * torch.log10(torch.where(keep.sum(1) > 0, mean, torch.full_like(mean, gate)))
+
+
+@dataclass
+class LevelRelative:
+    """The level-relative gain of :class:`ModelConfig` (``model.level_relative``).
+
+    The encoder's sigmoid output ``s`` for parameter ``param`` (a linear gain in dB, such as
+    ``gain.gain_db``) is read as an output level ``o = lo + s (hi − lo)`` dBFS, and the gain
+    rendered is ``o − L``, ``L`` the context's level (:func:`context_level_db`), clipped to the
+    parameter's range. A network that wants one output level for every input then needs no
+    input-dependent weights: the level of the input, which its log-mel front end and batch
+    normalization blur, is measured instead of inferred. Nothing about the targets is given:
+    ``o`` is learned like every other output.
+
+    Attributes:
+        param: Learned chain parameter, linear scale, in dB.
+        output_range_db: ``(lo, hi)`` output levels the encoder spans, dBFS mean square.
+        default_db: Output level the encoder starts from (initial bias and pretraining target).
+
+    Raises:
+        ValueError: an unknown or non-linear parameter, ``lo >= hi`` or ``default_db`` outside.
+    """
+
+    param: str
+    output_range_db: tuple[float, float] = (-40.0, 0.0)
+    default_db: float = -20.0
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.output_range_db)
+        if not lo < hi:
+            raise ValueError(f"model.level_relative.output_range_db must be (lo, hi) with lo < hi, got {self.output_range_db}")
+        if not lo <= float(self.default_db) <= hi:
+            raise ValueError(f"model.level_relative.default_db {self.default_db} is outside output_range_db ({lo}, {hi})")
+        self.output_range_db = (lo, hi)
 
 
 #: Defaults on the edge of a range (a neutral compressor: threshold 0 dB, ratio 1)
@@ -78,14 +149,50 @@ class AutomationModel(nn.Module):
             config.encoder, num_params=num_params, sample_rate=self.sample_rate, n_fft=config.n_fft,
             hop_length=config.hop_length, n_mels=config.n_mels, downmix=config.downmix, **config.encoder_kwargs,
         )
+        self.level_relative: LevelRelative | None = None
+        if config.level_relative is not None:
+            self.level_relative = bind(LevelRelative, config.level_relative, "model.level_relative")
+            table = chain.param_table
+            j = table.index(self.level_relative.param)
+            p = table[j]
+            if p.scale != "linear" or p.values is not None:
+                raise ValueError(f"model.level_relative.param {p.name!r} must be a continuous linear gain in dB")
+            self._relative = (j, float(p.min), float(p.max))
         if default_params is not None:
-            self.encoder.init_output_bias(pretrain_target(default_params), eps=DEFAULT_MARGIN)
+            start = np.array(default_params, dtype=np.float64)
+            if self.level_relative is not None:
+                lo, hi = self.level_relative.output_range_db
+                start[self._relative[0]] = (self.level_relative.default_db - lo) / (hi - lo)
+            self.encoder.init_output_bias(pretrain_target(start), eps=DEFAULT_MARGIN)
         self.num_params = int(num_params)
         self.channels = int(config.channels)
 
+    def _relative_gain(self, context: torch.Tensor, out_db: torch.Tensor) -> torch.Tensor:
+        """Normalized gain that brings the context's level to ``out_db`` (clipped to the range)."""
+        j, g_lo, g_hi = self._relative
+        gain_db = out_db - context_level_db(context, self.sample_rate)
+        return ((gain_db - g_lo) / (g_hi - g_lo)).clamp(0.0, 1.0)
+
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """``(batch, channels, context_samples)`` → normalized params ``(batch, num_params)`` on [0, 1]."""
-        return self.encoder(context)
+        params = self.encoder(context)
+        if self.level_relative is None:
+            return params
+        j = self._relative[0]
+        lo, hi = self.level_relative.output_range_db
+        gain = self._relative_gain(context, lo + params[:, j] * (hi - lo))
+        return torch.cat([params[:, :j], gain[:, None], params[:, j + 1 :]], dim=1)
+
+    def pretrain_goal(self, context: torch.Tensor, defaults: torch.Tensor) -> torch.Tensor:
+        """Stage-1 targets ``(batch, num_params)``: ``defaults`` (normalized, ``(num_params,)``), but for a
+        level-relative gain the gain that brings each context to ``default_db``."""
+        goal = defaults.to(context.device).expand(context.shape[0], -1)
+        if self.level_relative is None:
+            return goal
+        j = self._relative[0]
+        gain = self._relative_gain(context, torch.full((context.shape[0],), self.level_relative.default_db,
+                                                       device=context.device, dtype=goal.dtype))
+        return torch.cat([goal[:, :j], gain[:, None].to(goal.dtype), goal[:, j + 1 :]], dim=1)
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> AutomationModel:

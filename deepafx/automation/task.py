@@ -64,6 +64,14 @@ class AutomationTrainConfig(TrainSettings):
         alpha_time, alpha_freq: Weights α₁, α₂ of the delay-invariant loss.
         max_delay_ms: Extra delay searched on top of the chain's reported latency, ms.
         grad_clip: Gradient-norm clip (0 disables).
+        param_l2: Weight λ of a penalty ``λ · mean over items of Σ_p (θ_p − θ⁰_p)²`` added to the
+            end-to-end loss: normalized parameters θ are pulled toward the stage-1 goal θ⁰ (the
+            defaults; for a level-relative gain the default output level is exempt). SPSA
+            gradients are noisy, and Adam turns pure noise into steps of ``lr`` in random
+            directions: without a pull the parameters the loss barely constrains random-walk to
+            their range bounds and stay there (saturated automation). The penalty's gradient is
+            exact, so a parameter leaves its default only as far as the estimated gradient keeps
+            paying for it. 0 (default) disables it; validation losses never include it.
         valid_steps: Cap on validation batches per epoch (``None``: all).
         timeout_seconds: Longest a render request may take before the worker is restarted.
     """
@@ -84,6 +92,7 @@ class AutomationTrainConfig(TrainSettings):
     alpha_freq: float = 1.0
     max_delay_ms: float = 10.0
     grad_clip: float = 1.0
+    param_l2: float = 0.0
     valid_steps: int | None = None
     timeout_seconds: float = 120.0
 
@@ -235,26 +244,46 @@ class AutomationTask:
             return y.sum() * 0.0
         return self.loss_fn(y[idx], target[idx]).mean()
 
-    def _render_batch(self, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reset the slots that start a new track, predict, render; returns ``(output, loss)``."""
+    def _render_batch(self, b, penalty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset the slots that start a new track, predict, render; returns ``(output, loss)``
+        (with ``penalty``: ``(output, loss, param_l2 penalty)``)."""
         resets = [i for i in range(b.batch_size) if b.reset[i]]
         if resets:
             self.fx.reset(resets)
         dev = self.dist.device
-        params = self.ctx.net(torch.from_numpy(b.context).to(dev))
+        context = torch.from_numpy(b.context).to(dev)
+        params = self.ctx.net(context)
         y = self.fx(torch.from_numpy(b.frame).to(dev), params)
-        return y, self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
+        loss = self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
+        if not penalty:
+            return y, loss
+        return y, loss, self._param_penalty(context, params, torch.from_numpy(b.active).to(dev))
+
+    def _param_penalty(self, context: torch.Tensor, params: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """``train.param_l2`` × mean over active items of the squared distance to the stage-1 goal."""
+        lam = float(self.settings.param_l2)
+        if lam <= 0 or not bool(active.any()):
+            return params.sum() * 0.0
+        goal = self.model.pretrain_goal(context, self.defaults.to(params.device))
+        weight = torch.ones(params.shape[1], device=params.device, dtype=params.dtype)
+        if self.model.level_relative is not None:
+            weight[self.model._relative[0]] = 0.0  # the output level is the loss's to set
+        dist = ((params - goal.to(params.dtype)).pow(2) * weight).sum(1)
+        return lam * dist[active].mean()
 
     def step(self, stage: Stage, b) -> tuple[torch.Tensor, dict[str, float]]:
         if stage.name == "pretrain":
             ctx = torch.from_numpy(b.context).to(self.dist.device)
-            target = self.defaults.to(self.dist.device)
-            loss = torch.nn.functional.mse_loss(self.ctx.net(ctx), target.expand(ctx.shape[0], -1))
+            target = self.model.pretrain_goal(ctx, self.defaults.to(self.dist.device))
+            loss = torch.nn.functional.mse_loss(self.ctx.net(ctx), target)
             return loss, {"loss": loss.item()}
-        _, loss = self._render_batch(b)
+        _, loss, penalty = self._render_batch(b, penalty=True)
         active = torch.from_numpy(b.active)
         dropped = int(active.sum()) - int(self._kept(active).sum())  # NaN/Inf renders, left out of the step
-        return loss, {"loss": loss.item(), "epsilon": self.fx.current_epsilon(), "dropped_items": dropped}
+        info = {"loss": loss.item(), "epsilon": self.fx.current_epsilon(), "dropped_items": dropped}
+        if self.settings.param_l2 > 0:
+            info["param_l2"] = penalty.item()
+        return loss + penalty, info
 
     def validate(self, stage: Stage, epoch: int, tb) -> tuple[float, float]:
         self.ctx.net.eval()

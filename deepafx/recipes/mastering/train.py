@@ -34,6 +34,9 @@ DEFAULT_CHAIN = {
 }
 
 
+#: Sample-peak cap of ``train.level_augment_lufs`` (dBFS), the soundtrack data's ``input_peak_dbfs``.
+LEVEL_AUGMENT_PEAK_DBFS = -0.1
+
 #: The ``chain:`` section (default :data:`DEFAULT_CHAIN`).
 ChainConfig = chain_section(DEFAULT_CHAIN)
 
@@ -56,9 +59,28 @@ class TrainConfig(AutomationTrainConfig):
             default and in the score configs (on the old score data, −12…+6 dB
             raised the test loudness error, 4.58 vs 4.17 LU); leave it off for
             ``--pairs`` whose masters depend on the input level.
+        level_augment_lufs: ``[min, max]`` LUFS: each epoch every training input
+            is turned (gain only) to a seeded loudness drawn uniformly from this
+            range, its sample peak capped at −0.1 dBFS like the data's inputs,
+            its target kept. Unlike ``gain_augment_db`` the inputs stay inside
+            the loudness range the data were drawn from (the soundtrack data:
+            −34…−8 LUFS), so no input needs more gain than the chain has.
+            Exclusive with ``gain_augment_db``.
     """
 
     gain_augment_db: tuple[float, float] | None = None
+    level_augment_lufs: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        super_post = getattr(super(), "__post_init__", None)
+        if super_post is not None:
+            super_post()
+        for name in ("gain_augment_db", "level_augment_lufs"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or not float(v[0]) <= float(v[1])):
+                raise ValueError(f"train.{name} must be [min, max] with min <= max, got {v}")
+        if self.gain_augment_db is not None and self.level_augment_lufs is not None:
+            raise ValueError("train.gain_augment_db and train.level_augment_lufs are exclusive: set one")
 
 
 def prepare_data(data_config, data_dir: Path, pairs: tuple[str, str] | None, sample_rate: float,
@@ -101,17 +123,34 @@ class MasteringTask(AutomationTask):
         return prepare_data(self.config.data, self.data_dir, self.pairs, self.chain.sample_rate, self.dist)
 
     def augment(self, tracks: list, epoch: int) -> list:
-        """Training tracks with this epoch's seeded input gains (targets unchanged)."""
-        if not self.settings.gain_augment_db:
+        """Training tracks with this epoch's seeded input gains or loudness (targets unchanged)."""
+        s = self.settings
+        if not s.gain_augment_db and not s.level_augment_lufs:
             return tracks
-        lo, hi = self.settings.gain_augment_db
-        rng = np.random.default_rng([self.settings.seed, epoch, self.dist.rank, 17])
+        rng = np.random.default_rng([s.seed, epoch, self.dist.rank, 17])
+        if s.level_augment_lufs:
+            loudness = self._input_loudness(tracks)
         out = []
-        for x, y in tracks:
+        for i, (x, y) in enumerate(tracks):
             peak_db = 20 * np.log10(max(float(np.abs(x).max()), 1e-9))
-            g_db = min(rng.uniform(lo, hi), -0.5 - peak_db)
+            if s.level_augment_lufs:
+                # an input without measurable loudness (near silence) keeps its level
+                g_db = rng.uniform(*s.level_augment_lufs) - loudness[i] if np.isfinite(loudness[i]) else 0.0
+                g_db = min(g_db, LEVEL_AUGMENT_PEAK_DBFS - peak_db)
+            else:
+                g_db = min(rng.uniform(*s.gain_augment_db), -0.5 - peak_db)
             out.append(((x * np.float32(10 ** (g_db / 20))).astype(np.float32), y))
         return out
+
+    def _input_loudness(self, tracks: list) -> list[float]:
+        """Integrated loudness (LUFS) of every training input, measured once."""
+        cached = getattr(self, "_loudness_cache", None)
+        if cached is None or len(cached) != len(tracks):
+            from deepafx import metrics
+
+            cached = [float(metrics.lufs(x, self.chain.sample_rate)) for x, _ in tracks]
+            self._loudness_cache = cached
+        return cached
 
 
 def train_from_config(config, run_dir: Path, data_dir: Path, resume: bool = False,

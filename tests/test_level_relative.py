@@ -1,0 +1,106 @@
+"""The level-relative gain of the automation model (``model.level_relative``).
+
+The gain a level-relative model renders is its wanted output level minus the context's measured
+level, so scaling the input by g dB moves the rendered gain by −g dB (inside the range), the output
+level is what the encoder asks for, and nothing changes for the other parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepafx.automation.model import (AutomationModel, ModelConfig, context_level_db, model_from_checkpoint)
+from deepafx.chain import ChainSpec
+from deepafx.config import load_config
+
+TINY = {"encoder": "mobilenetv2", "context_seconds": 1.0, "frame_seconds": 0.25, "n_mels": 32,
+        "encoder_kwargs": {"width_mult": 0.25, "stages": [[1, 8, 1, 2], [2, 16, 1, 2]], "last_channels": 32,
+                           "hidden": 16}}
+RELATIVE = {"param": "gain.gain_db", "output_range_db": [-40, 0], "default_db": -20}
+
+
+def _model(**overrides):
+    cfg = load_config("recipes/mastering/quick.yaml")
+    spec = ChainSpec.from_dict(cfg["chain"])
+    table = spec.param_table
+    torch.manual_seed(0)
+    mc = ModelConfig(**{**TINY, "level_relative": dict(RELATIVE), **overrides})
+    return AutomationModel(mc, spec, len(table), table.defaults_normalized()).eval(), table
+
+
+def _noise(level_db: float, seconds: float = 1.0, sr: int = 44100) -> torch.Tensor:
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 2, int(seconds * sr)))).float()
+    return x * 10 ** (level_db / 20)  # unit-variance noise: mean square = level_db dBFS
+
+
+def test_context_level_reads_mean_square_and_ignores_padding():
+    x = _noise(-23.0)
+    assert context_level_db(x, 44100).item() == pytest.approx(-23.0, abs=0.1)
+    # a track's start: zeros pad the context (here two whole 400 ms blocks)
+    padded = torch.cat([torch.zeros(1, 2, 2 * 17640), x], dim=-1)
+    assert context_level_db(padded, 44100).item() == pytest.approx(-23.0, abs=0.1)
+    assert context_level_db(torch.zeros_like(x), 44100).item() == pytest.approx(-70.0)
+
+
+def test_gain_follows_the_input_level_and_reaches_the_default_output_level():
+    model, table = _model()
+    j = table.index("gain.gain_db")
+    p = table[j]
+    with torch.no_grad():
+        gains = {}
+        for level in (-30.0, -24.0):
+            x = _noise(level)
+            out = model(x)
+            gains[level] = p.min + out[0, j].item() * (p.max - p.min)
+            # untrained: the encoder sits at its initial bias, the default output level (−20 dBFS)
+            assert level + gains[level] == pytest.approx(-20.0, abs=0.6)
+    assert gains[-30.0] - gains[-24.0] == pytest.approx(6.0, abs=0.2)
+
+
+def test_other_parameters_are_the_encoders_and_pretraining_goal_matches_the_default_level():
+    model, table = _model()
+    plain, _ = _model(level_relative=None)
+    plain.load_state_dict(model.state_dict())
+    x = _noise(-26.0)
+    j = table.index("gain.gain_db")
+    with torch.no_grad():
+        a, b = model(x), plain(x)
+        goal = model.pretrain_goal(x, torch.tensor(table.defaults_normalized(), dtype=torch.float32))
+    keep = [i for i in range(len(table)) if i != j]
+    assert torch.equal(a[:, keep], b[:, keep])
+    assert goal[0, j].item() == pytest.approx(a[0, j].item(), abs=0.02)
+    assert torch.allclose(goal[0, keep], torch.tensor(table.defaults_normalized(), dtype=torch.float32)[keep])
+
+
+def test_gain_is_clipped_to_its_range():
+    model, table = _model()
+    j = table.index("gain.gain_db")
+    with torch.no_grad():
+        assert model(_noise(-65.0))[0, j].item() == 1.0  # needs +45 dB, the range stops at +24
+        assert model(_noise(-3.0))[0, j].item() == 0.0  # needs −17 dB, the range stops at −12
+        assert model(_noise(-10.0))[0, j].item() == pytest.approx((-10 + 12) / 36, abs=0.02)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"param": "nope.gain_db"}, "unknown parameter"),
+    ({"param": "gain.gain_db", "output_range_db": [0, -40]}, "lo < hi"),
+    ({"param": "gain.gain_db", "default_db": 5}, "outside output_range_db"),
+    ({"param": "gain.gain_db", "bogus": 1}, "unknown key"),
+])
+def test_bad_settings_are_refused(bad, match):
+    with pytest.raises(Exception, match=match):
+        _model(level_relative=bad)
+
+
+def test_checkpoint_round_trip_keeps_the_relative_gain(tmp_path):
+    model, table = _model()
+    cfg = load_config("recipes/mastering/quick.yaml")
+    cfg.pop("_path")
+    cfg["model"] = {**TINY, "level_relative": dict(RELATIVE)}
+    ckpt = {"config": cfg, "chain": model.chain.to_dict(), "num_params": len(table), "model": model.state_dict()}
+    again = model_from_checkpoint(ckpt)
+    x = _noise(-28.0)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
