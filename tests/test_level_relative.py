@@ -13,6 +13,7 @@ import torch
 
 from deepafx.automation.model import (AutomationModel, ModelConfig, context_level_db, model_from_checkpoint)
 from deepafx.chain import ChainSpec
+from deepafx import metrics
 from deepafx.config import load_config
 
 TINY = {"encoder": "mobilenetv2", "context_seconds": 1.0, "frame_seconds": 0.25, "n_mels": 32,
@@ -32,16 +33,26 @@ def _model(**overrides):
 
 def _noise(level_db: float, seconds: float = 1.0, sr: int = 44100) -> torch.Tensor:
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 2, int(seconds * sr)))).float()
-    return x * 10 ** (level_db / 20)  # unit-variance noise: mean square = level_db dBFS
+    return x * 10 ** (level_db / 20)  # unit-variance noise at level_db dBFS mean square
 
 
-def test_context_level_reads_mean_square_and_ignores_padding():
-    x = _noise(-23.0)
-    assert context_level_db(x, 44100).item() == pytest.approx(-23.0, abs=0.1)
-    # a track's start: zeros pad the context (here two whole 400 ms blocks)
-    padded = torch.cat([torch.zeros(1, 2, 2 * 17640), x], dim=-1)
-    assert context_level_db(padded, 44100).item() == pytest.approx(-23.0, abs=0.1)
+def _lufs(x: torch.Tensor) -> float:
+    return metrics.lufs(x[0].numpy(), 44100)
+
+
+def test_context_level_is_integrated_loudness_and_ignores_padding():
+    rng = np.random.default_rng(3)
+    # pink-ish noise with a loud and a quiet half: K-weighting and both gates matter
+    x = torch.from_numpy(rng.standard_normal((1, 2, 3 * 44100)).cumsum(-1) * 1e-3).float()
+    x = x - x.mean(-1, keepdim=True)
+    x[..., : 44100] *= 0.05
+    assert context_level_db(x, 44100).item() == pytest.approx(_lufs(x), abs=0.01)  # pyloudnorm's value
+    # a track's start: zeros pad the context; the absolute gate leaves them out
+    padded = torch.cat([torch.zeros(1, 2, 44100), x], dim=-1)
+    assert context_level_db(padded, 44100).item() == pytest.approx(_lufs(x), abs=0.05)
     assert context_level_db(torch.zeros_like(x), 44100).item() == pytest.approx(-70.0)
+    short = _noise(-20.0, seconds=0.1)  # shorter than a 400 ms block: one zero-padded block
+    assert np.isfinite(context_level_db(short, 44100).item())
 
 
 def test_gain_follows_the_input_level_and_reaches_the_default_output_level():
@@ -54,8 +65,8 @@ def test_gain_follows_the_input_level_and_reaches_the_default_output_level():
             x = _noise(level)
             out = model(x)
             gains[level] = p.min + out[0, j].item() * (p.max - p.min)
-            # untrained: the encoder sits at its initial bias, the default output level (−20 dBFS)
-            assert level + gains[level] == pytest.approx(-20.0, abs=0.6)
+            # untrained: the encoder sits at its initial bias, the default output loudness (−20 LUFS)
+            assert _lufs(x) + gains[level] == pytest.approx(-20.0, abs=0.6)
     assert gains[-30.0] - gains[-24.0] == pytest.approx(6.0, abs=0.2)
 
 
@@ -78,9 +89,10 @@ def test_gain_is_clipped_to_its_range():
     model, table = _model()
     j = table.index("gain.gain_db")
     with torch.no_grad():
-        assert model(_noise(-65.0))[0, j].item() == 1.0  # needs +45 dB, the range stops at +24
-        assert model(_noise(-3.0))[0, j].item() == 0.0  # needs −17 dB, the range stops at −12
-        assert model(_noise(-10.0))[0, j].item() == pytest.approx((-10 + 12) / 36, abs=0.02)
+        assert model(_noise(-65.0))[0, j].item() == 1.0  # needs about +45 dB, the range stops at +24
+        assert model(_noise(-3.0))[0, j].item() == 0.0  # needs about −17 dB, the range stops at −12
+        x = _noise(-22.0)
+        assert model(x)[0, j].item() == pytest.approx((-20 - _lufs(x) + 12) / 36, abs=0.02)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -8,6 +8,7 @@ low-pass smoothed and applied in small blocks (:func:`predict_automation`,
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -52,36 +53,62 @@ class ModelConfig:
     level_relative: dict | None = None
 
 
-#: Block length of :func:`context_level_db` (seconds) and its absolute gate (dBFS mean square):
-#: the 400 ms blocks and −70 gate of ITU-R BS.1770, without K-weighting or the relative gate.
+#: Gating of :func:`context_level_db`, as ITU-R BS.1770-4: 400 ms blocks with 75 % overlap,
+#: an absolute gate at −70 LUFS and a relative gate 10 LU below the absolutely gated loudness.
 LEVEL_BLOCK_SECONDS = 0.4
+LEVEL_BLOCK_OVERLAP = 0.75
 LEVEL_GATE_DB = -70.0
+LEVEL_RELATIVE_GATE_DB = -10.0
+
+
+@functools.lru_cache(maxsize=8)
+def _k_weighting(sample_rate: float) -> np.ndarray:
+    """BS.1770 K-weighting (high shelf +4 dB at 1.5 kHz, high-pass at 38 Hz) as pyloudnorm designs it,
+    as second-order sections ``(2, 6)``."""
+    import pyloudnorm
+
+    stages = [pyloudnorm.IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, sample_rate, "high_shelf"),
+              pyloudnorm.IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")]
+    return np.stack([np.concatenate([f.b, f.a]) for f in stages])
 
 
 def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
-    """Gated mean-square level of context windows, dBFS (not differentiated).
+    """Integrated loudness of each context window, LUFS (ITU-R BS.1770-4; not differentiated).
 
-    The mean square over channels of non-overlapping ``LEVEL_BLOCK_SECONDS`` blocks, averaged
-    over the blocks above ``LEVEL_GATE_DB`` (BS.1770's absolute gate, so the zeros that pad a
-    context at a track's edges do not lower it); a window with no block above the gate reads
-    ``LEVEL_GATE_DB``.
+    K-weighting (pyloudnorm's filter design), the channels' mean squares summed with weight 1,
+    gated 400 ms blocks with 75 % overlap (absolute gate −70 LUFS, relative gate −10 LU), so the
+    zeros that pad a context at a track's edges do not lower it. A window shorter than one block
+    is one block; a window with no block above the absolute gate reads ``LEVEL_GATE_DB``.
 
     Args:
         context: ``(batch, channels, samples)``, full scale 1.0.
         sample_rate: Hz.
 
     Returns:
-        ``(batch,)`` level in dB relative to full scale (a full-scale sine reads −3 dB).
+        ``(batch,)`` loudness in LUFS (float32, on ``context``'s device).
     """
-    with torch.no_grad():
-        b, _, n = context.shape
-        block = max(1, min(n, int(round(LEVEL_BLOCK_SECONDS * sample_rate))))
-        nb = n // block
-        ms = context[..., : nb * block].reshape(b, context.shape[1], nb, block).pow(2).mean(dim=(1, 3))
-        gate = 10.0 ** (LEVEL_GATE_DB / 10.0)
-        keep = (ms > gate).to(ms.dtype)
-        mean = (ms * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return 10.0 * torch.log10(torch.where(keep.sum(1) > 0, mean, torch.full_like(mean, gate)))
+    import scipy.signal
+
+    x = scipy.signal.sosfilt(_k_weighting(float(sample_rate)), context.detach().to("cpu", torch.float64).numpy(), axis=-1)
+    n = x.shape[-1]
+    step = max(1, int(round(LEVEL_BLOCK_SECONDS * (1 - LEVEL_BLOCK_OVERLAP) * sample_rate)))
+    per_block = int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))  # steps per block (4)
+    steps = max(n // step, per_block)
+    if n < steps * step:  # shorter than one block: zero-pad to one block
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (steps * step - n,))], axis=-1)
+    e = (x[..., : steps * step] ** 2).reshape(x.shape[0], x.shape[1], steps, step).sum(-1).sum(1)  # (batch, steps)
+    z = sum(e[:, k : steps - per_block + 1 + k] for k in range(per_block)) / (per_block * step)  # (batch, blocks)
+    with np.errstate(divide="ignore"):
+        loud = -0.691 + 10 * np.log10(z)
+    out = np.full(z.shape[0], LEVEL_GATE_DB)
+    for i in range(z.shape[0]):
+        keep = loud[i] > LEVEL_GATE_DB
+        if not keep.any():
+            continue
+        rel = -0.691 + 10 * np.log10(z[i, keep].mean()) + LEVEL_RELATIVE_GATE_DB
+        keep &= loud[i] > rel
+        out[i] = -0.691 + 10 * np.log10(z[i, keep].mean())
+    return torch.from_numpy(out).to(context.device, torch.float32)
 
 
 @dataclass
@@ -98,7 +125,7 @@ class LevelRelative:
 
     Attributes:
         param: Learned chain parameter, linear scale, in dB.
-        output_range_db: ``(lo, hi)`` output levels the encoder spans, dBFS mean square.
+        output_range_db: ``(lo, hi)`` output loudness the encoder spans, LUFS.
         default_db: Output level the encoder starts from (initial bias and pretraining target).
 
     Raises:
