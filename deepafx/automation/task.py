@@ -257,18 +257,18 @@ class AutomationTask:
         loss = self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
         if not penalty:
             return y, loss
-        return y, loss, self._param_penalty(context, params, torch.from_numpy(b.active).to(dev))
+        return y, loss, self._param_penalty(params, torch.from_numpy(b.active).to(dev))
 
-    def _param_penalty(self, context: torch.Tensor, params: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def _param_penalty(self, params: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """``train.param_l2`` × mean over active items of the squared distance to the stage-1 goal."""
         lam = float(self.settings.param_l2)
         if lam <= 0 or not bool(active.any()):
             return params.sum() * 0.0
-        goal = self.model.pretrain_goal(context, self.defaults.to(params.device))
+        goal = self.defaults.to(params.device, params.dtype)
         weight = torch.ones(params.shape[1], device=params.device, dtype=params.dtype)
         if self.model.level_relative is not None:
             weight[self.model._relative[0]] = 0.0  # the output level is the loss's to set
-        dist = ((params - goal.to(params.dtype)).pow(2) * weight).sum(1)
+        dist = ((params - goal).pow(2) * weight).sum(1)
         return lam * dist[active].mean()
 
     def step(self, stage: Stage, b) -> tuple[torch.Tensor, dict[str, float]]:
