@@ -1,30 +1,52 @@
 #!/bin/bash
-# Training choices of the real-music mastering configs, made on the VALIDATION album only (hyperrogue):
-# variants of mastering/quick, seed 0, each trained into /tmp/choices/<name> and evaluated with
-# `--split valid` (model and loudnorm rows; no matchering, an 8-render oracle, no saturation pass).
-# Usage: bash benchmarks/mastering_choices.sh [OUT_DIR]; one line per variant, then one JSON line.
+# Training choices of the real-music mastering configs, made on the VALIDATION album only (hyperrogue, all 17
+# tracks, one 20 s excerpt each): variants of mastering/medium trained 6 epochs (seed 0) into OUT/<name> and
+# evaluated with `--split valid` (model and loudnorm rows, saturation on the 17 whole tracks; no matchering,
+# an 8-render oracle). Each variant adds to the one before it:
+#   A_gainaug  the medium config of commit ad4eb6e: input gain augmentation -20..+10 dB
+#   B_rel      level-relative gain (mean-square level of a 4 s context) + level augmentation -34..-8 LUFS
+#   C_rel_l2   + parameter penalty toward the defaults, param_l2 = 1
+#   D_ctx10    + 10 s context
+#   E_lufs     level-relative gain reading BS.1770 loudness instead of the mean square (the code as committed;
+#              B-D were run before this change)
+#   F_mss      + multi-resolution STFT loss instead of the delay-invariant loss
+# Usage: bash benchmarks/mastering_choices.sh [OUT_DIR] [VARIANT ...]; one line per variant, then one JSON line.
 set -euo pipefail
-OUT=${1:-/tmp/choices}
-V="--split valid --set evaluate.matchering=false --set evaluate.cmaes_renders=8 --set evaluate.saturation_tracks=0 \
-   --set evaluate.plot=false --set evaluate.num_examples=0"
-LEVEL='model.encoder_kwargs={width_mult: 0.5, level_features: true}'
+OUT=${1:-/tmp/choices}; shift || true
+WANT=" ${*:-A_gainaug B_rel C_rel_l2 D_ctx10 E_lufs F_mss} "
+V="--split valid --set evaluate.matchering=false --set evaluate.cmaes_renders=8 --set evaluate.plot=false \
+   --set evaluate.num_examples=0"
+OLD=(--set model.level_relative=null --set model.context_seconds=4.0 --set "train.gain_augment_db=[-20,10]"
+     --set train.level_augment_lufs=null --set train.param_l2=0)
+REL=(--set "model.level_relative={param: gain.gain_db, output_range_db: [-40, 0], default_db: -20}"
+     --set train.gain_augment_db=null --set "train.level_augment_lufs=[-34,-8]")
 mkdir -p "$OUT"
 run() { name=$1; shift
-  rm -rf "$OUT/$name"
-  deepafx train --config mastering/quick --run-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
-  deepafx evaluate --config mastering/quick --checkpoint "$OUT/$name" --out "$OUT/$name/eval_valid" $V >> "$OUT/$name.log" 2>&1
+  [[ "$WANT" == *" $name "* ]] || return 0
+  rm -rf "${OUT:?}/$name"
+  deepafx train --config mastering/medium --run-dir "$OUT/$name" --set train.epochs=6 --set train.early_stop_patience=10 \
+    "$@" > "$OUT/$name.log" 2>&1
+  deepafx evaluate --config mastering/medium --checkpoint "$OUT/$name" --out "$OUT/$name/eval_valid" $V "$@" \
+    >> "$OUT/$name.log" 2>&1
 }
-run base --set train.gain_augment_db=null
-run gainaug
-run level --set train.gain_augment_db=null --set "$LEVEL"
-run both --set "$LEVEL"
+run A_gainaug "${OLD[@]}"
+run B_rel "${OLD[@]}" "${REL[@]}" --set train.param_l2=0
+run C_rel_l2 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1
+run D_ctx10 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1 --set model.context_seconds=10
+run E_lufs --set train.loss=delay_invariant
+run F_mss --set train.loss=mrstft
 python - "$OUT" <<'PY'
-import json, sys
+import json, os, sys
 out, rows = sys.argv[1], {}
-for name in ("base", "gainaug", "level", "both"):
-    r = json.load(open(f"{out}/{name}/eval_valid/results.json"))["valid"]
-    rows[name] = {m: {k: round(r[m][k], 4) for k in ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp_max")}
+for name in ("A_gainaug", "B_rel", "C_rel_l2", "D_ctx10", "E_lufs", "F_mss"):
+    path = f"{out}/{name}/eval_valid/results.json"
+    if not os.path.exists(path):
+        continue
+    r = json.load(open(path))
+    v = r["valid"]
+    rows[name] = {m: {k: round(v[m][k], 4) for k in ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp_max")}
                   for m in ("model", "loudnorm")}
-    print(name, rows[name]["model"])
+    rows[name]["saturation_max_share"] = r["saturation"]["max_share"]
+    print(name, rows[name]["model"], "saturation", rows[name]["saturation_max_share"])
 print(json.dumps({"benchmark": "mastering_choices", "split": "valid", "variants": rows}))
 PY
