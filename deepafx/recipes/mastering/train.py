@@ -52,13 +52,11 @@ class TrainConfig(AutomationTrainConfig):
             level-invariant targets such as the reference engineer's (loudness
             normalization makes ``master(g·x) = master(x)``); without it the
             network sees only one loudness correction per piece. The soundtrack
-            configs use −20…+10 dB (their targets are the masters at −14 LUFS,
-            whatever the input level): on the validation album it lowered the
-            model's loudness error from 5.20 to 1.59 LU and its MFCC cosine
-            distance from 0.0181 to 0.0056 (recipe README, "Choices"). Off by
-            default and in the score configs (on the old score data, −12…+6 dB
-            raised the test loudness error, 4.58 vs 4.17 LU); leave it off for
-            ``--pairs`` whose masters depend on the input level.
+            configs used −20…+10 dB until ``level_augment_lufs`` replaced it: a gain on top of
+            an input already at −34 LUFS asks for more gain than the chain has, and on the
+            validation album that config saturated every parameter (recipe README, "Choices").
+            Off by default and in the score configs; leave it off for ``--pairs`` whose masters
+            depend on the input level.
         level_augment_lufs: ``[min, max]`` LUFS: each epoch every training input
             is turned (gain only) to a seeded loudness drawn uniformly from this
             range, its sample peak capped at −0.1 dBFS like the data's inputs,
