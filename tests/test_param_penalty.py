@@ -15,8 +15,7 @@ def _task(lam: float, relative: int | None = None) -> AutomationTask:
     task = AutomationTask.__new__(AutomationTask)
     task.settings = types.SimpleNamespace(param_l2=lam)
     task.defaults = torch.tensor([0.5, 0.2, 0.8])
-    task.model = types.SimpleNamespace(level_relative=None if relative is None else object(),
-                                       _relative=(relative, -12.0, 24.0))
+    task.model = types.SimpleNamespace(relative_index=relative)
     return task
 
 

@@ -79,6 +79,9 @@ def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
     gated 400 ms blocks with 75 % overlap (absolute gate −70 LUFS, relative gate −10 LU), so the
     zeros that pad a context at a track's edges do not lower it. A window shorter than one block
     is one block; a window with no block above the absolute gate reads ``LEVEL_GATE_DB``.
+    The same value as :func:`deepafx.metrics.lufs` (tested), computed for a whole batch with
+    vectorized block sums: it runs on every training step, where pyloudnorm's per-block loop
+    over one window at a time would cost more than the encoder.
 
     Args:
         context: ``(batch, channels, samples)``, full scale 1.0.
@@ -193,6 +196,11 @@ class AutomationModel(nn.Module):
             self.encoder.init_output_bias(pretrain_target(start), eps=DEFAULT_MARGIN)
         self.num_params = int(num_params)
         self.channels = int(config.channels)
+
+    @property
+    def relative_index(self) -> int | None:
+        """Position of the level-relative gain among the normalized parameters (``None`` without one)."""
+        return None if self.level_relative is None else self._relative[0]
 
     def _relative_gain(self, context: torch.Tensor, out_db: torch.Tensor) -> torch.Tensor:
         """Normalized gain that brings the context's level to ``out_db`` (clipped to the range)."""

@@ -244,20 +244,15 @@ class AutomationTask:
             return y.sum() * 0.0
         return self.loss_fn(y[idx], target[idx]).mean()
 
-    def _render_batch(self, b, penalty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reset the slots that start a new track, predict, render; returns ``(output, loss)``
-        (with ``penalty``: ``(output, loss, param_l2 penalty)``)."""
+    def _render_batch(self, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reset the slots that start a new track, predict, render; returns ``(output, loss, params)``."""
         resets = [i for i in range(b.batch_size) if b.reset[i]]
         if resets:
             self.fx.reset(resets)
         dev = self.dist.device
-        context = torch.from_numpy(b.context).to(dev)
-        params = self.ctx.net(context)
+        params = self.ctx.net(torch.from_numpy(b.context).to(dev))
         y = self.fx(torch.from_numpy(b.frame).to(dev), params)
-        loss = self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev))
-        if not penalty:
-            return y, loss
-        return y, loss, self._param_penalty(params, torch.from_numpy(b.active).to(dev))
+        return y, self._frame_loss(y, torch.from_numpy(b.target).to(dev), torch.from_numpy(b.active).to(dev)), params
 
     def _param_penalty(self, params: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """``train.param_l2`` × mean over active items of the squared distance to the stage-1 goal."""
@@ -266,8 +261,8 @@ class AutomationTask:
             return params.sum() * 0.0
         goal = self.defaults.to(params.device, params.dtype)
         weight = torch.ones(params.shape[1], device=params.device, dtype=params.dtype)
-        if self.model.level_relative is not None:
-            weight[self.model._relative[0]] = 0.0  # the output level is the loss's to set
+        if self.model.relative_index is not None:
+            weight[self.model.relative_index] = 0.0  # the output level is the loss's to set
         dist = ((params - goal).pow(2) * weight).sum(1)
         return lam * dist[active].mean()
 
@@ -277,8 +272,9 @@ class AutomationTask:
             target = self.model.pretrain_goal(ctx, self.defaults.to(self.dist.device))
             loss = torch.nn.functional.mse_loss(self.ctx.net(ctx), target)
             return loss, {"loss": loss.item()}
-        _, loss, penalty = self._render_batch(b, penalty=True)
+        _, loss, params = self._render_batch(b)
         active = torch.from_numpy(b.active)
+        penalty = self._param_penalty(params, active.to(params.device))
         dropped = int(active.sum()) - int(self._kept(active).sum())  # NaN/Inf renders, left out of the step
         info = {"loss": loss.item(), "epsilon": self.fx.current_epsilon(), "dropped_items": dropped}
         if self.settings.param_l2 > 0:
@@ -296,7 +292,7 @@ class AutomationTask:
         total, count, example = 0.0, 0, None
         for _ in range(steps):
             b = next(it)
-            y, loss = self._render_batch(b)
+            y, loss, _ = self._render_batch(b)
             n_active = float(self._kept(torch.from_numpy(b.active)).sum())  # items the loss averaged
             total += loss.item() * n_active
             count += n_active

@@ -141,14 +141,14 @@ class MasteringTask(AutomationTask):
         return out
 
     def _input_loudness(self, tracks: list) -> list[float]:
-        """Integrated loudness (LUFS) of every training input, measured once."""
+        """Integrated loudness (LUFS) of every input of ``tracks``, measured once per list."""
         cached = getattr(self, "_loudness_cache", None)
-        if cached is None or len(cached) != len(tracks):
+        if cached is None or cached[0] is not tracks:
             from deepafx import metrics
 
-            cached = [float(metrics.lufs(x, self.chain.sample_rate)) for x, _ in tracks]
+            cached = (tracks, [float(metrics.lufs(x, self.chain.sample_rate)) for x, _ in tracks])
             self._loudness_cache = cached
-        return cached
+        return cached[1]
 
 
 def train_from_config(config, run_dir: Path, data_dir: Path, resume: bool = False,
