@@ -116,3 +116,50 @@ def test_checkpoint_round_trip_keeps_the_relative_gain(tmp_path):
     x = _noise(-28.0)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+
+
+def test_sliding_context_levels_equal_each_window_measured_alone():
+    """A whole track's levels, K-weighted once, equal :func:`context_level_db` window by window."""
+    from deepafx.automation.model import sliding_context_levels
+
+    rng = np.random.default_rng(5)
+    sr, hop, ctx = 44100, 22050, 2 * 44100
+    # low-frequency-heavy noise (the 38 Hz high-pass's state matters), a quiet stretch and silence
+    x = rng.standard_normal((2, 7 * sr)).cumsum(-1) * 1e-3
+    x -= x.mean(-1, keepdims=True)
+    x[:, 2 * sr : 3 * sr] *= 0.02
+    x[:, 5 * sr :] = 0.0
+    frames = (x.shape[1] - ctx) // hop + 1
+    got = sliding_context_levels(x, sr, hop, ctx, frames)
+    windows = torch.from_numpy(np.stack([x[:, i * hop : i * hop + ctx] for i in range(frames)]))
+    want = context_level_db(windows, sr).double().numpy()
+    assert got.shape == (frames,)
+    np.testing.assert_allclose(got, want, atol=1e-4)  # float32 output of context_level_db
+    assert want.max() - want.min() > 30  # the test covers loud, quiet and silent windows
+    with pytest.raises(ValueError, match="multiples"):
+        sliding_context_levels(x, sr, hop + 1, ctx, frames)
+    with pytest.raises(ValueError, match="samples"):
+        sliding_context_levels(x[:, : ctx], sr, hop, ctx, frames)
+
+
+@pytest.mark.parametrize("frame_seconds, shared", [(0.5, True), (0.25, False)])
+def test_predict_automation_uses_the_levels_of_its_windows(frame_seconds, shared, monkeypatch):
+    """Whole-track levels computed at once (hop a multiple of 100 ms) or per batch give the window's own."""
+    from deepafx.automation import model as model_module
+    from deepafx.automation.model import predict_automation
+
+    calls = []
+    real = model_module.sliding_context_levels
+    monkeypatch.setattr(model_module, "sliding_context_levels", lambda *a: calls.append(1) or real(*a))
+    model, table = _model(frame_seconds=frame_seconds)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((2, 5 * 44100)) * 0.05).astype(np.float32)
+    x[:, 44100:] *= 0.1
+    times, params = predict_automation(model, x, batch_size=4, smoothing_frames=1)
+    hop, ctx = model.frame_samples, model.context_samples
+    padded = np.zeros((2, len(times) * hop + ctx), dtype=np.float32)
+    padded[:, (ctx - hop) // 2 : (ctx - hop) // 2 + x.shape[1]] = x
+    with torch.no_grad():
+        want = model(torch.from_numpy(np.stack([padded[:, i * hop : i * hop + ctx] for i in range(len(times))])))
+    np.testing.assert_allclose(params, want.numpy(), atol=1e-5)
+    assert bool(calls) == shared

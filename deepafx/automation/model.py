@@ -94,12 +94,25 @@ def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
 
     x = scipy.signal.sosfilt(_k_weighting(float(sample_rate)), context.detach().to("cpu", torch.float64).numpy(), axis=-1)
     n = x.shape[-1]
-    step = max(1, int(round(LEVEL_BLOCK_SECONDS * (1 - LEVEL_BLOCK_OVERLAP) * sample_rate)))
-    per_block = int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))  # steps per block (4)
+    step, per_block = _level_steps(sample_rate)
     steps = max(n // step, per_block)
     if n < steps * step:  # shorter than one block: zero-pad to one block
         x = np.concatenate([x, np.zeros(x.shape[:-1] + (steps * step - n,))], axis=-1)
     e = (x[..., : steps * step] ** 2).reshape(x.shape[0], x.shape[1], steps, step).sum(-1).sum(1)  # (batch, steps)
+    return torch.from_numpy(_gated_loudness(e, step)).to(context.device, torch.float32)
+
+
+def _level_steps(sample_rate: float) -> tuple[int, int]:
+    """``(step, per_block)``: the 100 ms hop of the 400 ms gating blocks in samples, and hops per block."""
+    step = max(1, int(round(LEVEL_BLOCK_SECONDS * (1 - LEVEL_BLOCK_OVERLAP) * sample_rate)))
+    return step, int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))
+
+
+def _gated_loudness(e: np.ndarray, step: int) -> np.ndarray:
+    """Gated loudness (LUFS) from ``(batch, steps)`` sums of K-weighted squares over ``step`` samples each
+    (channels summed), blocks of ``per_block`` consecutive steps (:func:`context_level_db`)."""
+    per_block = int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))
+    steps = e.shape[1]
     z = sum(e[:, k : steps - per_block + 1 + k] for k in range(per_block)) / (per_block * step)  # (batch, blocks)
     with np.errstate(divide="ignore"):
         loud = -0.691 + 10 * np.log10(z)
@@ -111,7 +124,62 @@ def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
         rel = -0.691 + 10 * np.log10(z[i, keep].mean()) + LEVEL_RELATIVE_GATE_DB
         keep &= loud[i] > rel
         out[i] = -0.691 + 10 * np.log10(z[i, keep].mean())
-    return torch.from_numpy(out).to(context.device, torch.float32)
+    return out
+
+
+def sliding_context_levels(padded: np.ndarray, sample_rate: float, hop: int, context: int, frames: int) -> np.ndarray:
+    """:func:`context_level_db` of the windows ``padded[:, i·hop : i·hop + context]``, ``i < frames``, at once.
+
+    A whole track's windows overlap (10 s of context every 0.5 s: each sample is in 20 windows), so
+    K-weighting every window anew costs twenty times the track. Here the track is K-weighted once,
+    in segments of ``hop`` samples that keep the filter state at every window start. A window's own
+    K-weighted signal (from rest, as :func:`context_level_db` filters it) is the shared one minus the
+    filter's zero-input response from that state; the response is subtracted over the window's first
+    100 ms step, after which it has decayed below 1e-9 of its start (the 38 Hz high-pass, Q 0.5, has a
+    4 ms time constant). The gating then reads the shared 100 ms energies. The values equal
+    :func:`context_level_db` per window (tested to 1e-6 LU).
+
+    Args:
+        padded: ``(channels, samples)`` float, at least ``(frames − 1)·hop + context`` samples.
+        sample_rate: Hz.
+        hop: Window hop, samples; a multiple of the 100 ms step.
+        context: Window length, samples; a multiple of the 100 ms step and at least 400 ms.
+        frames: Number of windows.
+
+    Returns:
+        ``(frames,)`` loudness in LUFS, float64.
+
+    Raises:
+        ValueError: ``hop`` or ``context`` not a multiple of the step, ``context`` shorter than a block, or
+            ``padded`` too short.
+    """
+    import scipy.signal
+
+    step, per_block = _level_steps(sample_rate)
+    if hop % step or context % step or context < per_block * step:
+        raise ValueError(f"hop {hop} and context {context} must be multiples of the {step}-sample loudness step "
+                         f"and the context at least {per_block * step} samples")
+    if padded.shape[-1] < (frames - 1) * hop + context:
+        raise ValueError(f"padded has {padded.shape[-1]} samples, {frames} windows need {(frames - 1) * hop + context}")
+    sos = _k_weighting(float(sample_rate))
+    channels, total = padded.shape[0], (frames - 1) * hop + context
+    zi = np.zeros((sos.shape[0], channels, 2))
+    states = np.empty((frames,) + zi.shape)  # filter state at each window start
+    heads = np.empty((frames, channels, step))  # the shared output over each window's first step
+    energies = []
+    for i in range(frames):
+        states[i] = zi
+        a, b = i * hop, (i + 1) * hop if i + 1 < frames else total
+        y, zi = scipy.signal.sosfilt(sos, np.asarray(padded[:, a:b], dtype=np.float64), zi=zi, axis=-1)
+        heads[i] = y[:, :step]
+        energies.append((y ** 2).reshape(channels, (b - a) // step, step).sum(-1).sum(0))
+    e_shared = np.concatenate(energies)  # (steps,)
+    ws, hs = context // step, hop // step
+    e = np.stack([e_shared[i * hs : i * hs + ws] for i in range(frames)])  # (frames, steps per window)
+    # the first step of every window, filtered from rest: shared output minus the zero-input response
+    zir = scipy.signal.sosfilt(sos, np.zeros((frames, channels, step)), zi=np.moveaxis(states, 0, 1), axis=-1)[0]
+    e[:, 0] = ((heads - zir) ** 2).sum(-1).sum(-1)
+    return _gated_loudness(e, step)
 
 
 @dataclass
@@ -202,20 +270,27 @@ class AutomationModel(nn.Module):
         """Position of the level-relative gain among the normalized parameters (``None`` without one)."""
         return None if self.level_relative is None else self._relative[0]
 
-    def _relative_gain(self, context: torch.Tensor, out_db: torch.Tensor) -> torch.Tensor:
+    def _relative_gain(self, context: torch.Tensor, out_db: torch.Tensor,
+                       level_db: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized gain that brings the context's level to ``out_db`` (clipped to the range)."""
         j, g_lo, g_hi = self._relative
-        gain_db = out_db - context_level_db(context, self.sample_rate)
+        if level_db is None:
+            level_db = context_level_db(context, self.sample_rate)
+        gain_db = out_db - level_db.to(out_db.device, out_db.dtype)
         return ((gain_db - g_lo) / (g_hi - g_lo)).clamp(0.0, 1.0)
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        """``(batch, channels, context_samples)`` → normalized params ``(batch, num_params)`` on [0, 1]."""
+    def forward(self, context: torch.Tensor, level_db: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, channels, context_samples)`` → normalized params ``(batch, num_params)`` on [0, 1].
+
+        ``level_db``: ``(batch,)`` the contexts' :func:`context_level_db`, when the caller has it already
+        (:func:`predict_automation` computes a whole track's at once); measured here otherwise.
+        """
         params = self.encoder(context)
         if self.level_relative is None:
             return params
         j = self._relative[0]
         lo, hi = self.level_relative.output_range_db
-        gain = self._relative_gain(context, lo + params[:, j] * (hi - lo))
+        gain = self._relative_gain(context, lo + params[:, j] * (hi - lo), level_db)
         return torch.cat([params[:, :j], gain[:, None], params[:, j + 1 :]], dim=1)
 
     def pretrain_goal(self, context: torch.Tensor, defaults: torch.Tensor) -> torch.Tensor:
@@ -263,11 +338,17 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
     padded = np.zeros((c, frames * hop + ctx), dtype=np.float32)
     padded[:, before : before + n] = audio
     device = next(model.parameters()).device
+    levels = None
+    if model.level_relative is not None:
+        step, per_block = _level_steps(model.sample_rate)
+        if hop % step == 0 and ctx % step == 0 and ctx >= per_block * step:  # else each batch measures its own
+            levels = torch.from_numpy(sliding_context_levels(padded, model.sample_rate, hop, ctx, frames))
     out = []
     for start in range(0, frames, batch_size):
         idx = range(start, min(frames, start + batch_size))
         batch = np.stack([padded[:, i * hop : i * hop + ctx] for i in idx])
-        out.append(model(torch.from_numpy(batch).to(device)).cpu().numpy())
+        level = None if levels is None else levels[start : start + len(idx)]
+        out.append(model(torch.from_numpy(batch).to(device), level).cpu().numpy())
     params = np.concatenate(out).astype(np.float64)
     if smoothing_frames > 1 and frames > 1:
         k = np.ones(smoothing_frames) / smoothing_frames
