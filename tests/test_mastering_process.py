@@ -142,6 +142,25 @@ def test_csv_automation_has_units_in_header(checkpoint, clip, tmp_path):
     assert res.realtime_factor > 0
 
 
+def test_static_writes_one_parameter_set_the_mean_of_the_automation(checkpoint, clip, tmp_path, capsys):
+    """``--static``: every parameter held at the mean of its frame values (a preset per file)."""
+    out, auto = tmp_path / "out.wav", tmp_path / "auto.json"
+    rc = main(["process", "--checkpoint", str(checkpoint.parent), str(clip), str(out), "--automation", str(auto),
+               "--static"])
+    assert rc == 0
+    doc = json.loads(auto.read_text())
+    assert doc["static"] is True
+    ckpt = torch.load(checkpoint, weights_only=False)
+    model = model_from_checkpoint(ckpt)
+    table = ChainSpec.from_dict(ckpt["chain"]).param_table
+    x = sf.read(str(clip), dtype="float32", always_2d=True)[0].T
+    _, frames = predict_automation(model, x, smoothing_frames=1)
+    assert np.ptp(frames, axis=0).max() > 1e-4  # the automation itself moves
+    values = np.stack([doc["parameters"][n]["values"] for n in table.names], 1)
+    np.testing.assert_allclose(values, np.repeat(table.denormalize(frames.mean(0, keepdims=True)), len(values), 0),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_resamples_and_duplicates_mono(checkpoint, clip, tmp_path):
     x, sr = sf.read(str(clip), dtype="float32", always_2d=True)
     mono48 = soxr.resample(x.mean(1), sr, 48000, quality="VHQ").astype(np.float32)

@@ -317,7 +317,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> AutomationModel:
 
 @torch.no_grad()
 def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: int = 16,
-                       smoothing_frames: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                       smoothing_frames: int = 3, static: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame normalized parameters for a whole track.
 
     Args:
@@ -326,6 +326,9 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
         batch_size: Context windows per encoder call.
         smoothing_frames: Centred moving-average length over frames (1 = none);
             DeepAFx low-pass smooths the parameter curves before rendering.
+        static: Hold every parameter for the whole track at the mean of its frame values
+            (normalized, so the mean of a dB parameter is in dB): one preset per track
+            instead of automation; ``smoothing_frames`` is then moot.
 
     Returns:
         ``(times_s (frames,), params (frames, num_params))``: frame-centre times
@@ -350,7 +353,9 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
         level = None if levels is None else levels[start : start + len(idx)]
         out.append(model(torch.from_numpy(batch).to(device), level).cpu().numpy())
     params = np.concatenate(out).astype(np.float64)
-    if smoothing_frames > 1 and frames > 1:
+    if static:
+        params = np.repeat(params.mean(axis=0, keepdims=True), frames, axis=0)
+    elif smoothing_frames > 1 and frames > 1:
         k = np.ones(smoothing_frames) / smoothing_frames
         pad = smoothing_frames // 2
         ext = np.pad(params, ((pad, smoothing_frames - 1 - pad), (0, 0)), mode="edge")

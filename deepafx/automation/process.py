@@ -426,7 +426,7 @@ def match_loudness(render: Callable[[np.ndarray], np.ndarray], params: np.ndarra
 def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples: int = 1024,
                  smoothing_frames: int = 3, batch_size: int = 16, timeout_seconds: float = 120.0,
                  channel_mask: int | None = None, what: str = "input", loudness_lufs: float | None = None,
-                 loudness_param: str | None = None) -> ProcessedAudio:
+                 loudness_param: str | None = None, static: bool = False) -> ProcessedAudio:
     """Process ``audio`` with ``model``: predict the automation and render the chain.
 
     Args:
@@ -449,6 +449,8 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
             notes). ``None``: the model's automation as predicted.
         loudness_param: The parameter that offset moves (default: the chain's
             ``<processor>.gain_db``).
+        static: One parameter set for the whole track, the mean of the frames' values
+            (:func:`~deepafx.automation.model.predict_automation`): a preset, not automation.
 
     Returns:
         :class:`ProcessedAudio`: ``model.channels`` output at ``sample_rate`` with as many
@@ -489,7 +491,8 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
                      f"{sample_rate:g} Hz for the output (soxr, very high quality)")
     t_resample = time.perf_counter() - t0
     t0 = time.perf_counter()
-    times_s, params = predict_automation(model, x, batch_size=batch_size, smoothing_frames=int(smoothing_frames))
+    times_s, params = predict_automation(model, x, batch_size=batch_size, smoothing_frames=int(smoothing_frames),
+                                         static=bool(static))
     t_predict = time.perf_counter() - t0
     t0 = time.perf_counter()
     y = render_automation(model.chain, x, times_s, params, block_samples=int(block_samples), timeout_seconds=timeout_seconds)
@@ -604,7 +607,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
                  automation_path: str | Path | None = None, plot_path: str | Path | None = None,
                  block_samples: int = 1024, smoothing_frames: int = 3, force: bool = False,
                  timeout_seconds: float = 120.0, recipe: str | None = None, loudness_lufs: float | None = None,
-                 loudness_param: str | None = None) -> ProcessResult:
+                 loudness_param: str | None = None, static: bool = False) -> ProcessResult:
     """Process one file (the ``deepafx process`` command of automation recipes).
 
     Args:
@@ -626,6 +629,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         loudness_lufs: Optional integrated-loudness target of the output, LUFS
             (:func:`apply_automation`; recorded in the automation file).
         loudness_param: The dB parameter offset for it (default: ``<processor>.gain_db``).
+        static: One parameter set for the whole file instead of automation (:func:`apply_automation`).
 
     Returns:
         :class:`ProcessResult`.
@@ -664,7 +668,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
     model, ckpt, ckpt_path = load_automation_checkpoint(checkpoint, recipe)
     processed = apply_automation(model, src.audio, src.sample_rate, block_samples=block_samples,
                             smoothing_frames=smoothing_frames, timeout_seconds=timeout_seconds, channel_mask=src.channel_mask,
-                            what=str(inp), loudness_lufs=loudness_lufs, loudness_param=loudness_param)
+                            what=str(inp), loudness_lufs=loudness_lufs, loudness_param=loudness_param,
+                            static=static)
     notes = list(processed.notes)
     if fmt_note:
         notes.append(fmt_note)
@@ -681,6 +686,7 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
             "model_sample_rate_hz": model.sample_rate,
             "frame_seconds": model.frame_samples / model.sample_rate,
             "smoothing_frames": int(smoothing_frames),
+            "static": bool(static),
             "block_samples": int(block_samples),
         }
         if processed.loudness is not None:

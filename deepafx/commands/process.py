@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     result = recipe.process(
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
         block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
-        loudness_lufs=args.loudness, loudness_param=args.loudness_param,
+        loudness_lufs=args.loudness, loudness_param=args.loudness_param, static=args.static,
     )
     for w in result.warnings:
         print(f"deepafx process: warning: {w}", file=sys.stderr)
@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="render block in samples at the model's rate; parameters are interpolated per block (default 1024)")
     p.add_argument("--smoothing-frames", type=int, default=3,
                    help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
+    p.add_argument("--static", action="store_true",
+                   help="one parameter set for the whole file (each parameter's mean over the frames): a preset "
+                        "instead of automation")
     p.add_argument("--loudness", metavar="LUFS", type=float, default=None,
                    help="integrated-loudness target of the output, e.g. -14: the output-gain parameter's automation "
                         "is offset until the output meets it (ITU-R BS.1770-4; a few more renders)")

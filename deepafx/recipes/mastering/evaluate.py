@@ -187,6 +187,8 @@ class EvaluateConfig:
         max_delay_ms: Largest lag searched when aligning outputs to targets, ms.
         block_samples: Model rendering block, samples.
         smoothing_frames: Model parameter smoothing, frames.
+        static: Score the model with one parameter set per piece, each parameter's mean over
+            the frames (``deepafx process --static``) instead of its automation.
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         num_examples: Pieces whose renders are written to ``OUT/examples``.
         seed: CMA-ES seed, and the seed of the bootstrap resampling.
@@ -234,6 +236,7 @@ class EvaluateConfig:
     max_delay_ms: float = 20.0
     block_samples: int = 1024
     smoothing_frames: int = 3
+    static: bool = False
     max_tracks: int | None = None
     num_examples: int = 1
     seed: int = 0
@@ -547,7 +550,7 @@ def _cache_path(ddir: Path, split: str, config, chain, ec: EvaluateConfig) -> Pa
 
     manifest = json.loads((ddir / "manifest.json").read_text())
     irrelevant = {"max_tracks", "num_examples", "plot", "saturation_tracks", "cache_baselines", "bootstrap_resamples",
-                  "confidence", "loudness_lufs", "loudness_param", "smoothing_frames", "block_samples",
+                  "confidence", "loudness_lufs", "loudness_param", "smoothing_frames", "static", "block_samples",
                   "timeout_seconds"}
     key = {"data": manifest.get("settings"), "software": manifest.get("software"), "split": split,
            "chain": chain.to_dict(), "evaluate": {k: v for k, v in asdict(ec).items() if k not in irrelevant},
@@ -598,7 +601,7 @@ def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], track
             out.append(dict(info, seconds=None, share=None, error=f"{type(exc).__name__}: {exc}"))
             log.warning("saturation: %s/%s not read: %s", info["album"], info["track"], out[-1]["error"])
             continue
-        times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames)
+        times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames, static=ec.static)
         share = Automation(times, params, model.chain.param_table).saturation_share()
         out.append(dict(info, seconds=audio.shape[1] / sr, share=share))
     shares = [t["share"] for t in out if t["share"] is not None]
@@ -1149,7 +1152,8 @@ def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "
                     entry["oracles"][row] = info
             entry["oracle"] = entry["oracles"][budgets[-1][0]]
             mastered = apply_automation(model, x, sr, block_samples=ec.block_samples,
-                                        smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds)
+                                        smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds,
+                                        static=ec.static)
             outputs["model"] = (mastered.audio, mastered.process_seconds)
             entry["model_saturation_share"] = mastered.automation.saturation_share()
             if ec.loudness_lufs is not None:
