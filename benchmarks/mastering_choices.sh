@@ -10,14 +10,16 @@
 #   E_lufs     level-relative gain reading BS.1770 loudness instead of the mean square (the code as committed;
 #              B-D were run before this change)
 #   F_mss      + multi-resolution STFT loss instead of the delay-invariant loss
+# and, evaluation only, E's checkpoint scored with its parameters smoothed over 1, 41 or 1001 frames instead of 9
+# (E_sm1, E_sm41, E_sm1001), or held at their mean over each track (E_static: the configs as committed).
 # Usage: bash benchmarks/mastering_choices.sh [OUT_DIR] [VARIANT ...]; one line per variant, then one JSON line.
 set -euo pipefail
 OUT=${1:-/tmp/choices}; shift || true
-WANT=" ${*:-A_gainaug B_rel C_rel_l2 D_ctx10 E_lufs F_mss} "
+WANT=" ${*:-A_gainaug B_rel C_rel_l2 D_ctx10 E_lufs F_mss E_sm1 E_sm41 E_sm1001 E_static} "
 V="--split valid --set evaluate.matchering=false --set evaluate.cmaes_renders=8 --set evaluate.plot=false \
    --set evaluate.num_examples=0"
 OLD=(--set model.level_relative=null --set model.context_seconds=4.0 --set "train.gain_augment_db=[-20,10]"
-     --set train.level_augment_lufs=null --set train.param_l2=0)
+     --set train.level_augment_lufs=null --set train.param_l2=0 --set evaluate.static=false)
 REL=(--set "model.level_relative={param: gain.gain_db, output_range_db: [-40, 0], default_db: -20}"
      --set train.gain_augment_db=null --set "train.level_augment_lufs=[-34,-8]")
 mkdir -p "$OUT"
@@ -33,12 +35,21 @@ run A_gainaug "${OLD[@]}"
 run B_rel "${OLD[@]}" "${REL[@]}" --set train.param_l2=0
 run C_rel_l2 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1
 run D_ctx10 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1 --set model.context_seconds=10
-run E_lufs --set train.loss=delay_invariant
-run F_mss --set train.loss=mrstft
+run E_lufs --set train.loss=delay_invariant --set evaluate.static=false
+run F_mss --set train.loss=mrstft --set evaluate.static=false
+score() { name=$1; shift  # evaluation-only variants of E's checkpoint
+  [[ "$WANT" == *" $name "* ]] || return 0
+  deepafx evaluate --config mastering/medium --checkpoint "$OUT/E_lufs" --out "$OUT/$name/eval_valid" $V "$@" \
+    > "$OUT/$name.log" 2>&1
+}
+score E_sm1 --set evaluate.static=false --set evaluate.smoothing_frames=1
+score E_sm41 --set evaluate.static=false --set evaluate.smoothing_frames=41
+score E_sm1001 --set evaluate.static=false --set evaluate.smoothing_frames=1001
+score E_static --set evaluate.static=true
 python - "$OUT" <<'PY'
 import json, os, sys
 out, rows = sys.argv[1], {}
-for name in ("A_gainaug", "B_rel", "C_rel_l2", "D_ctx10", "E_lufs", "F_mss"):
+for name in ("A_gainaug", "B_rel", "C_rel_l2", "D_ctx10", "E_lufs", "F_mss", "E_sm1", "E_sm41", "E_sm1001", "E_static"):
     path = f"{out}/{name}/eval_valid/results.json"
     if not os.path.exists(path):
         continue
