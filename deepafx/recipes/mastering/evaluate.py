@@ -570,6 +570,9 @@ def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], track
                      ec: EvaluateConfig) -> dict[str, Any]:
     """The model's saturation share on whole tracks (encoder only; see ``evaluate.saturation_tracks``).
 
+    Measured on the per-frame automation (smoothed over ``ec.smoothing_frames``) also when
+    ``ec.static`` scores the model with one parameter set per piece.
+
     Returns:
         ``{"definition", "tracks": [{"album", "track", "seconds", "share"}], "mean_share", "max_share",
         "tracks_over_5_percent"}``.
@@ -601,7 +604,9 @@ def model_saturation(model, ddir: Path, split: str, pieces: Sequence[str], track
             out.append(dict(info, seconds=None, share=None, error=f"{type(exc).__name__}: {exc}"))
             log.warning("saturation: %s/%s not read: %s", info["album"], info["track"], out[-1]["error"])
             continue
-        times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames, static=ec.static)
+        # per-frame automation even when the model is scored static: the share asks whether the encoder's
+        # outputs are pinned whatever it hears, which a mean over the track would hide
+        times, params = predict_automation(model, audio, smoothing_frames=ec.smoothing_frames)
         share = Automation(times, params, model.chain.param_table).saturation_share()
         out.append(dict(info, seconds=audio.shape[1] / sr, share=share))
     shares = [t["share"] for t in out if t["share"] is not None]
