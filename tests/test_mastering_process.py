@@ -19,6 +19,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from deepafx import metrics
+
 from deepafx.audio import conform
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
@@ -38,16 +40,16 @@ TINY_MODEL = {
 CLIP_SECONDS = 3.0
 
 
-def save_tiny_checkpoint(path: Path, recipe: str = "mastering") -> Path:
+def save_tiny_checkpoint(path: Path, recipe: str = "mastering", level_relative: dict | None = None) -> Path:
     """A checkpoint in the trainer's format: the quick recipe config with a tiny encoder (untrained)."""
     cfg = load_config("recipes/mastering/quick_scores.yaml")
     cfg.pop("_path")
-    cfg["model"] = dict(TINY_MODEL)
+    cfg["model"] = dict(TINY_MODEL, level_relative=level_relative)
     cfg["recipe"] = recipe
     spec = ChainSpec.from_dict(cfg["chain"])
     table = spec.param_table
     torch.manual_seed(0)
-    model = AutomationModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
+    model = AutomationModel(ModelConfig(**cfg["model"]), spec, len(table), table.defaults_normalized())
     with torch.no_grad():  # spread the outputs a little so the automation moves
         model.encoder.out.weight.mul_(1000.0)
     atomic_save({"recipe": recipe, "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
@@ -142,8 +144,11 @@ def test_csv_automation_has_units_in_header(checkpoint, clip, tmp_path):
     assert res.realtime_factor > 0
 
 
-def test_static_writes_one_parameter_set_the_mean_of_the_automation(checkpoint, clip, tmp_path, capsys):
-    """``--static``: every parameter held at the mean of its frame values (a preset per file)."""
+def test_static_writes_one_parameter_set_from_the_mean_of_the_encoder_outputs(clip, tmp_path, capsys):
+    """``--static``: every parameter held at the mean of the encoder's outputs over the frames, the
+    level-relative gain set from the whole file's integrated loudness (a preset per file)."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "run" / "best.pt", level_relative={
+        "param": "gain.gain_db", "output_range_db": [-40, 0], "default_db": -20})
     out, auto = tmp_path / "out.wav", tmp_path / "auto.json"
     rc = main(["process", "--checkpoint", str(checkpoint.parent), str(clip), str(out), "--automation", str(auto),
                "--static"])
@@ -154,11 +159,24 @@ def test_static_writes_one_parameter_set_the_mean_of_the_automation(checkpoint, 
     model = model_from_checkpoint(ckpt)
     table = ChainSpec.from_dict(ckpt["chain"]).param_table
     x = sf.read(str(clip), dtype="float32", always_2d=True)[0].T
-    _, frames = predict_automation(model, x, smoothing_frames=1)
-    assert np.ptp(frames, axis=0).max() > 1e-4  # the automation itself moves
+    _, moving = predict_automation(model, x, smoothing_frames=1)
+    assert np.ptp(moving, axis=0).max() > 1e-4  # the automation itself moves
     values = np.stack([doc["parameters"][n]["values"] for n in table.names], 1)
-    np.testing.assert_allclose(values, np.repeat(table.denormalize(frames.mean(0, keepdims=True)), len(values), 0),
-                               rtol=1e-6, atol=1e-6)
+    assert np.ptp(values, axis=0).max() == 0.0 and len(values) == len(moving)
+    # independently: the encoder over the same context windows, averaged
+    hop, ctx = model.frame_samples, model.context_samples
+    padded = np.zeros((2, len(moving) * hop + ctx), dtype=np.float32)
+    padded[:, (ctx - hop) // 2 : (ctx - hop) // 2 + x.shape[1]] = x
+    with torch.no_grad():
+        raw = model.encoder(torch.from_numpy(np.stack([padded[:, i * hop : i * hop + ctx]
+                                                       for i in range(len(moving))]))).double().mean(0).numpy()
+    j = table.index("gain.gain_db")
+    rest = [i for i in range(len(table)) if i != j]
+    np.testing.assert_allclose(values[0, rest], table.denormalize(raw[None])[0, rest], rtol=1e-5, atol=1e-5)
+    lo, hi = model.level_relative.output_range_db
+    gain = table["gain.gain_db"]
+    want_db = np.clip(lo + raw[j] * (hi - lo) - metrics.lufs(x, 44100), gain.min, gain.max)
+    assert values[0, j] == pytest.approx(want_db, abs=0.01)
 
 
 def test_resamples_and_duplicates_mono(checkpoint, clip, tmp_path):

@@ -279,6 +279,17 @@ class AutomationModel(nn.Module):
         gain_db = out_db - level_db.to(out_db.device, out_db.dtype)
         return ((gain_db - g_lo) / (g_hi - g_lo)).clamp(0.0, 1.0)
 
+    def with_level(self, outputs: torch.Tensor, level_db: torch.Tensor) -> torch.Tensor:
+        """The encoder's ``outputs`` ``(batch, num_params)`` as chain parameters for inputs at ``level_db``
+        ``(batch,)`` LUFS: the level-relative column (the wanted output loudness) becomes the gain that
+        brings the input there; unchanged without a level-relative gain."""
+        if self.level_relative is None:
+            return outputs
+        j = self._relative[0]
+        lo, hi = self.level_relative.output_range_db
+        gain = self._relative_gain(None, lo + outputs[:, j] * (hi - lo), level_db)
+        return torch.cat([outputs[:, :j], gain[:, None], outputs[:, j + 1 :]], dim=1)
+
     def forward(self, context: torch.Tensor, level_db: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, channels, context_samples)`` → normalized params ``(batch, num_params)`` on [0, 1].
 
@@ -288,10 +299,7 @@ class AutomationModel(nn.Module):
         params = self.encoder(context)
         if self.level_relative is None:
             return params
-        j = self._relative[0]
-        lo, hi = self.level_relative.output_range_db
-        gain = self._relative_gain(context, lo + params[:, j] * (hi - lo), level_db)
-        return torch.cat([params[:, :j], gain[:, None], params[:, j + 1 :]], dim=1)
+        return self.with_level(params, context_level_db(context, self.sample_rate) if level_db is None else level_db)
 
     def pretrain_goal(self, context: torch.Tensor, defaults: torch.Tensor) -> torch.Tensor:
         """Stage-1 targets ``(batch, num_params)``: ``defaults`` (normalized, ``(num_params,)``), but for a
@@ -326,9 +334,11 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
         batch_size: Context windows per encoder call.
         smoothing_frames: Centred moving-average length over frames (1 = none);
             DeepAFx low-pass smooths the parameter curves before rendering.
-        static: Hold every parameter for the whole track at the mean of its frame values
-            (normalized, so the mean of a dB parameter is in dB): one preset per track
-            instead of automation; ``smoothing_frames`` is then moot.
+        static: One parameter set for the whole track instead of automation: the mean over
+            the frames of the encoder's outputs (normalized, so the mean of a dB parameter is in
+            dB); a level-relative gain is then the gain that brings the whole track's integrated
+            loudness to the mean wanted output loudness (not the mean of the frames' gains, which
+            follow each context's level). ``smoothing_frames`` is moot.
 
     Returns:
         ``(times_s (frames,), params (frames, num_params))``: frame-centre times
@@ -342,19 +352,25 @@ def predict_automation(model: AutomationModel, audio: np.ndarray, batch_size: in
     padded[:, before : before + n] = audio
     device = next(model.parameters()).device
     levels = None
-    if model.level_relative is not None:
+    if model.level_relative is not None and not static:
         step, per_block = _level_steps(model.sample_rate)
         if hop % step == 0 and ctx % step == 0 and ctx >= per_block * step:  # else each batch measures its own
             levels = torch.from_numpy(sliding_context_levels(padded, model.sample_rate, hop, ctx, frames))
     out = []
     for start in range(0, frames, batch_size):
         idx = range(start, min(frames, start + batch_size))
-        batch = np.stack([padded[:, i * hop : i * hop + ctx] for i in idx])
+        batch = torch.from_numpy(np.stack([padded[:, i * hop : i * hop + ctx] for i in idx])).to(device)
+        if static:  # the encoder's outputs; the gain is set from the whole track below
+            out.append(model.encoder(batch).cpu().numpy())
+            continue
         level = None if levels is None else levels[start : start + len(idx)]
-        out.append(model(torch.from_numpy(batch).to(device), level).cpu().numpy())
+        out.append(model(batch, level).cpu().numpy())
     params = np.concatenate(out).astype(np.float64)
     if static:
-        params = np.repeat(params.mean(axis=0, keepdims=True), frames, axis=0)
+        mean = torch.from_numpy(params.mean(axis=0, keepdims=True))
+        if model.level_relative is not None:
+            mean = model.with_level(mean, context_level_db(torch.from_numpy(audio[None]), model.sample_rate).double())
+        params = np.repeat(mean.numpy(), frames, axis=0)
     elif smoothing_frames > 1 and frames > 1:
         k = np.ones(smoothing_frames) / smoothing_frames
         pad = smoothing_frames // 2
