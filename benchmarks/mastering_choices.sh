@@ -11,7 +11,8 @@
 #              B-D were run before this change)
 #   F_mss      + multi-resolution STFT loss instead of the delay-invariant loss
 # and, evaluation only, E's checkpoint scored with its parameters smoothed over 1, 41 or 1001 frames instead of 9
-# (E_sm1, E_sm41, E_sm1001), or held at their mean over each track (E_static: the configs as committed).
+# (E_sm1, E_sm41, E_sm1001), or held static per track (E_static: the encoder's mean outputs, the gain from the
+# track's loudness; the configs as committed).
 # Usage: bash benchmarks/mastering_choices.sh [OUT_DIR] [VARIANT ...]; one line per variant, then one JSON line.
 set -euo pipefail
 OUT=${1:-/tmp/choices}; shift || true

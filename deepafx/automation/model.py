@@ -137,7 +137,8 @@ def sliding_context_levels(padded: np.ndarray, sample_rate: float, hop: int, con
     filter's zero-input response from that state; the response is subtracted over the window's first
     100 ms step, after which it has decayed below 1e-9 of its start (the 38 Hz high-pass, Q 0.5, has a
     4 ms time constant). The gating then reads the shared 100 ms energies. The values equal
-    :func:`context_level_db` per window (tested to 1e-6 LU).
+    :func:`context_level_db` per window (tested to 1e-4 LU, the float32 precision of
+    :func:`context_level_db`'s output).
 
     Args:
         padded: ``(channels, samples)`` float, at least ``(frames − 1)·hop + context`` samples.

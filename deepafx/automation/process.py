@@ -449,8 +449,9 @@ def apply_automation(model, audio: np.ndarray, sample_rate: float, block_samples
             notes). ``None``: the model's automation as predicted.
         loudness_param: The parameter that offset moves (default: the chain's
             ``<processor>.gain_db``).
-        static: One parameter set for the whole track, the mean of the frames' values
-            (:func:`~deepafx.automation.model.predict_automation`): a preset, not automation.
+        static: One parameter set for the whole track, the encoder's mean outputs with the gain
+            from the track's loudness (:func:`~deepafx.automation.model.predict_automation`): a
+            preset, not automation.
 
     Returns:
         :class:`ProcessedAudio`: ``model.channels`` output at ``sample_rate`` with as many

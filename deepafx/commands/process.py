@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoothing-frames", type=int, default=3,
                    help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
     p.add_argument("--static", action="store_true",
-                   help="one parameter set for the whole file (each parameter's mean over the frames): a preset "
-                        "instead of automation")
+                   help="one parameter set for the whole file (the encoder's mean outputs over the frames, the gain "
+                        "from the file's loudness): a preset instead of automation")
     p.add_argument("--loudness", metavar="LUFS", type=float, default=None,
                    help="integrated-loudness target of the output, e.g. -14: the output-gain parameter's automation "
                         "is offset until the output meets it (ITU-R BS.1770-4; a few more renders)")

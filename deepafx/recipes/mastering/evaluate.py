@@ -187,8 +187,9 @@ class EvaluateConfig:
         max_delay_ms: Largest lag searched when aligning outputs to targets, ms.
         block_samples: Model rendering block, samples.
         smoothing_frames: Model parameter smoothing, frames.
-        static: Score the model with one parameter set per piece, each parameter's mean over
-            the frames (``deepafx process --static``) instead of its automation.
+        static: Score the model with one parameter set per piece instead of its automation: the
+            encoder's mean outputs, the level-relative gain from the piece's loudness
+            (:func:`deepafx.automation.model.predict_automation`, ``deepafx process --static``).
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         num_examples: Pieces whose renders are written to ``OUT/examples``.
         seed: CMA-ES seed, and the seed of the bootstrap resampling.
