@@ -99,7 +99,7 @@ def context_level_db(context: torch.Tensor, sample_rate: float) -> torch.Tensor:
     if n < steps * step:  # shorter than one block: zero-pad to one block
         x = np.concatenate([x, np.zeros(x.shape[:-1] + (steps * step - n,))], axis=-1)
     e = (x[..., : steps * step] ** 2).reshape(x.shape[0], x.shape[1], steps, step).sum(-1).sum(1)  # (batch, steps)
-    return torch.from_numpy(_gated_loudness(e, step)).to(context.device, torch.float32)
+    return torch.from_numpy(_gated_loudness(e, step, per_block)).to(context.device, torch.float32)
 
 
 def _level_steps(sample_rate: float) -> tuple[int, int]:
@@ -108,10 +108,9 @@ def _level_steps(sample_rate: float) -> tuple[int, int]:
     return step, int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))
 
 
-def _gated_loudness(e: np.ndarray, step: int) -> np.ndarray:
+def _gated_loudness(e: np.ndarray, step: int, per_block: int) -> np.ndarray:
     """Gated loudness (LUFS) from ``(batch, steps)`` sums of K-weighted squares over ``step`` samples each
-    (channels summed), blocks of ``per_block`` consecutive steps (:func:`context_level_db`)."""
-    per_block = int(round(1 / (1 - LEVEL_BLOCK_OVERLAP)))
+    (channels summed), blocks of ``per_block`` consecutive steps (:func:`_level_steps`, :func:`context_level_db`)."""
     steps = e.shape[1]
     z = sum(e[:, k : steps - per_block + 1 + k] for k in range(per_block)) / (per_block * step)  # (batch, blocks)
     with np.errstate(divide="ignore"):
@@ -180,7 +179,7 @@ def sliding_context_levels(padded: np.ndarray, sample_rate: float, hop: int, con
     # the first step of every window, filtered from rest: shared output minus the zero-input response
     zir = scipy.signal.sosfilt(sos, np.zeros((frames, channels, step)), zi=np.moveaxis(states, 0, 1), axis=-1)[0]
     e[:, 0] = ((heads - zir) ** 2).sum(-1).sum(-1)
-    return _gated_loudness(e, step)
+    return _gated_loudness(e, step, per_block)
 
 
 @dataclass
@@ -271,12 +270,9 @@ class AutomationModel(nn.Module):
         """Position of the level-relative gain among the normalized parameters (``None`` without one)."""
         return None if self.level_relative is None else self._relative[0]
 
-    def _relative_gain(self, context: torch.Tensor, out_db: torch.Tensor,
-                       level_db: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalized gain that brings the context's level to ``out_db`` (clipped to the range)."""
+    def _relative_gain(self, out_db: torch.Tensor, level_db: torch.Tensor) -> torch.Tensor:
+        """Normalized gain that brings inputs at ``level_db`` to ``out_db`` (clipped to the range)."""
         j, g_lo, g_hi = self._relative
-        if level_db is None:
-            level_db = context_level_db(context, self.sample_rate)
         gain_db = out_db - level_db.to(out_db.device, out_db.dtype)
         return ((gain_db - g_lo) / (g_hi - g_lo)).clamp(0.0, 1.0)
 
@@ -288,7 +284,7 @@ class AutomationModel(nn.Module):
             return outputs
         j = self._relative[0]
         lo, hi = self.level_relative.output_range_db
-        gain = self._relative_gain(None, lo + outputs[:, j] * (hi - lo), level_db)
+        gain = self._relative_gain(lo + outputs[:, j] * (hi - lo), level_db)
         return torch.cat([outputs[:, :j], gain[:, None], outputs[:, j + 1 :]], dim=1)
 
     def forward(self, context: torch.Tensor, level_db: torch.Tensor | None = None) -> torch.Tensor:
@@ -309,8 +305,9 @@ class AutomationModel(nn.Module):
         if self.level_relative is None:
             return goal
         j = self._relative[0]
-        gain = self._relative_gain(context, torch.full((context.shape[0],), self.level_relative.default_db,
-                                                       device=context.device, dtype=goal.dtype))
+        gain = self._relative_gain(torch.full((context.shape[0],), self.level_relative.default_db,
+                                              device=context.device, dtype=goal.dtype),
+                                   context_level_db(context, self.sample_rate))
         return torch.cat([goal[:, :j], gain[:, None].to(goal.dtype), goal[:, j + 1 :]], dim=1)
 
 
