@@ -12,11 +12,13 @@
 #   F_mss      + multi-resolution STFT loss instead of the delay-invariant loss
 # and, evaluation only, E's checkpoint scored with its parameters smoothed over 1, 41 or 1001 frames instead of 9
 # (E_sm1, E_sm41, E_sm1001), or held static per track (E_static: the encoder's mean outputs, the gain from the
-# track's loudness; the configs as committed).
+# track's loudness; the configs as committed), and
+#   G_both     E trained on both data sources (data.scores: the 48 min of scores of mastering/medium_scores added
+#              to the real training excerpts; the config mastering/medium_both), scored static as E_static.
 # Usage: bash benchmarks/mastering_choices.sh [OUT_DIR] [VARIANT ...]; one line per variant, then one JSON line.
 set -euo pipefail
 OUT=${1:-/tmp/choices}; shift || true
-WANT=" ${*:-A_gainaug B_rel C_rel_l2 D_ctx10 E_lufs F_mss E_sm1 E_sm41 E_sm1001 E_static} "
+WANT=" ${*:-A_gainaug B_rel C_rel_l2 D_ctx10 E_lufs F_mss E_sm1 E_sm41 E_sm1001 E_static G_both} "
 V="--split valid --set evaluate.matchering=false --set evaluate.cmaes_renders=8 --set evaluate.plot=false \
    --set evaluate.num_examples=0"
 OLD=(--set model.level_relative=null --set model.context_seconds=4.0 --set "train.gain_augment_db=[-20,10]"
@@ -38,6 +40,8 @@ run C_rel_l2 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1
 run D_ctx10 "${OLD[@]}" "${REL[@]}" --set train.param_l2=1 --set model.context_seconds=10
 run E_lufs --set train.loss=delay_invariant --set evaluate.static=false
 run F_mss --set train.loss=mrstft --set evaluate.static=false
+run G_both --data-dir data/mastering/medium_both \
+  --set "data.scores={train_minutes: 48.0, max_piece_seconds: 20.0, test_fraction: 0.1, valid_fraction: 0.1, seed: 0}"
 score() { name=$1; shift  # evaluation-only variants of E's checkpoint
   [[ "$WANT" == *" $name "* ]] || return 0
   deepafx evaluate --config mastering/medium --checkpoint "$OUT/E_lufs" --out "$OUT/$name/eval_valid" $V "$@" \
@@ -50,7 +54,7 @@ score E_static --set evaluate.static=true
 python - "$OUT" <<'PY'
 import json, os, sys
 out, rows = sys.argv[1], {}
-for name in ("A_gainaug", "B_rel", "C_rel_l2", "D_ctx10", "E_lufs", "F_mss", "E_sm1", "E_sm41", "E_sm1001", "E_static"):
+for name in ("A_gainaug", "B_rel", "C_rel_l2", "D_ctx10", "E_lufs", "F_mss", "E_sm1", "E_sm41", "E_sm1001", "E_static", "G_both"):
     path = f"{out}/{name}/eval_valid/results.json"
     if not os.path.exists(path):
         continue

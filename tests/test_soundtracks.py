@@ -132,6 +132,34 @@ def test_dataset_splits_by_album_and_is_deterministic(tiny_dataset, tmp_path):
     assert (tiny_dataset / "manifest.json").stat().st_mtime_ns == stamp
 
 
+def test_scores_add_their_training_pieces_and_only_those(tiny_dataset, tmp_path):
+    """``data.scores``: the score dataset's training split joins the real training excerpts; validation
+    and test stay the real albums, and the real excerpts already cut are reused."""
+    from deepafx.recipes.mastering.data import load_training
+
+    shutil.copytree(tiny_dataset, tmp_path / "both")
+    scores = {"train_minutes": 0.25, "max_piece_seconds": 6.0, "min_piece_seconds": 3.0}
+    cfg = st.SoundtrackDataConfig.from_dict(dict(TINY, source="soundtracks", scores=scores))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "both" / "train").glob("*.wav")}
+    both = st.build_dataset(cfg, tmp_path / "both")
+    assert {p.name: p.stat().st_mtime_ns for p in (both / "train").glob("*.wav")} == before
+    manifest = json.loads((both / "manifest.json").read_text())
+    smanifest = json.loads((both / "scores" / "manifest.json").read_text())
+    n_scores = len(smanifest["splits"]["train"]["pieces"])
+    assert n_scores >= 1 and manifest["scores"]["train_pieces"] == n_scores
+    real_train, real_valid = load_training(st.SoundtrackDataConfig.from_dict(dict(TINY, source="soundtracks")),
+                                           tiny_dataset)
+    train, valid = load_training(cfg, both)
+    assert len(train) == len(real_train) + n_scores and len(valid) == len(real_valid) == 1
+    for (x, y), (rx, ry) in zip(train, real_train):
+        assert np.array_equal(x, rx) and np.array_equal(y, ry)
+    assert all(x.shape[0] == 2 and x.shape == y.shape for x, y in train)
+    with pytest.raises(ValueError, match="scores.sample_rate"):
+        st.SoundtrackDataConfig.from_dict(dict(TINY, scores=dict(scores, sample_rate=22050)))
+    with pytest.raises(ValueError, match="scores must be a mapping"):
+        st.SoundtrackDataConfig.from_dict(dict(TINY, scores=3))
+
+
 def test_loudness_normalization_baseline_meets_loudness_and_ceiling(masters):
     for m in masters:
         quiet = m * np.float32(0.1)
