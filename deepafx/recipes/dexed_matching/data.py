@@ -1,8 +1,12 @@
 """Dataset of the Dexed sound-matching recipe (``deepafx data --config recipes/dexed_matching/quick.yaml``).
 
 In-domain (made by Dexed): the real DX7 factory voices of Debian's ``hexter``
-package, split *by preset* into train/valid/test (a test voice never appears,
-even perturbed, in training), plus presets sampled around each *training*
+package, split into train/valid/test by *groups of related voices*
+(``data.split: grouped``, the default: near-twins within ``data.group_threshold``
+of each other and voices of one name family stay together, see
+:mod:`~deepafx.recipes.dexed_matching.split`; ``data.split: index`` is the
+former split by voice, kept to reproduce older results). A test voice never
+appears, even perturbed, in training. Plus presets sampled around each *training*
 voice (:func:`~deepafx.recipes.dexed_matching.presets.sample_around`: perturbed continuous
 values, neighbouring discrete values, other algorithms) for volume. Only the
 normalized preset vectors ``(145,)`` and the note pitch are stored; audio is
@@ -22,12 +26,23 @@ Le Vaillant et al. as channels with transpose 0.
 
 Layout of ``out_dir``::
 
-    manifest.json          settings, counts, level reference, split programs
+    manifest.json          settings, counts, level reference, split programs, the
+                           split (method, threshold, group id of every factory
+                           voice), novelty summaries
     in_domain.npz          x_{train,valid,test} (M, 145), pitch_{split} (M,),
-                           source_{split} (M,) factory index, factory_names
+                           source_{split} (M,) factory index, factory_names,
+                           factory_x, factory_cluster (F,) group id,
+                           novelty_{valid,test} (M,) dB, novelty_voice_{valid,test} (M,)
     out_of_domain.npz      audio_{train,valid,test} (M, C, N) float32,
-                           program_{split}, pitch_{split}, velocity_{split}
+                           program_{split}, pitch_{split}, velocity_{split},
+                           novelty_{valid,test} (M,) dB, novelty_voice_{valid,test} (M,)
     factory/               the hexter banks used
+
+Novelty of a held-out sound (``novelty_*``): the six-note (or one-note)
+log-spectral distortion, dB (:func:`deepafx.metrics.lsd_db`), to the nearest
+*training* factory voice rendered at the sound's pitch; ``novelty_voice_*`` is
+that voice's factory index. The evaluation reports its results in novelty
+terciles as well as pooled.
 """
 
 from __future__ import annotations
@@ -40,11 +55,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from deepafx.recipes.dexed_matching.presets import HEXTER_BANKS, fetch_hexter_banks, load_factory_presets, sample_around, set_transpose
+from deepafx.recipes.dexed_matching.split import (
+    DEFAULT_GROUP_THRESHOLD,
+    SPLIT_METHODS,
+    grouped_split,
+    nearest_lsd,
+    voice_clusters,
+)
 from deepafx.data.soundfont import DEFAULT_SOUNDFONT, render_notes
 from deepafx.hosts.dexed_host import MULTI_NOTES, DexedRenderer
 
-#: Version of the on-disk layout; bump when it changes.
-DATASET_VERSION = 1
+#: Version of the on-disk layout; bump when it changes. 2: grouped split, group ids, novelty arrays.
+DATASET_VERSION = 2
 
 
 @dataclass
@@ -66,6 +88,15 @@ class DataConfig:
         max_factory_presets: Keep at most this many unique factory voices
             (``None``: all, 186 after removing duplicates).
         valid_fraction, test_fraction: Fractions of factory voices held out.
+        split: ``"grouped"`` (default): whole groups of related voices go to one split
+            (:func:`~deepafx.recipes.dexed_matching.split.voice_clusters`,
+            :func:`~deepafx.recipes.dexed_matching.split.grouped_split`); ``"index"``: the
+            former split of single voices, as datasets of version 1 were built.
+        group_threshold: Mean absolute normalized-parameter distance, on [0, 1], within which two
+            voices are grouped (single linkage; default 0.04, measured in
+            :mod:`~deepafx.recipes.dexed_matching.split`).
+        group_by_name: Also group voices whose names match once the bank's variant suffixes are
+            removed (:func:`~deepafx.recipes.dexed_matching.split.normalize_voice_name`).
         samples_per_preset: Presets sampled around each training voice.
         sample_sigma: Std of the Gaussian noise on continuous values (normalized).
         discrete_change_prob: Probability a discrete value moves one step.
@@ -98,6 +129,9 @@ class DataConfig:
     max_factory_presets: int | None = None
     valid_fraction: float = 0.1
     test_fraction: float = 0.15
+    split: str = "grouped"
+    group_threshold: float = DEFAULT_GROUP_THRESHOLD
+    group_by_name: bool = True
     samples_per_preset: int = 4
     sample_sigma: float = 0.05
     discrete_change_prob: float = 0.05
@@ -143,6 +177,12 @@ class DataConfig:
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
+        if self.split not in SPLIT_METHODS:
+            raise ValueError(f"split must be one of {SPLIT_METHODS} ('grouped': whole groups of related voices; "
+                             f"'index': single voices, the former split), got {self.split!r}")
+        if not 0.0 <= float(self.group_threshold) <= 1.0:
+            raise ValueError(f"group_threshold must be on [0, 1] (mean absolute normalized-parameter distance), "
+                             f"got {self.group_threshold}")
         if self.samples_per_preset < 0:
             raise ValueError(f"samples_per_preset must be >= 0, got {self.samples_per_preset}")
         if self.corpus_size < 0:
@@ -163,10 +203,16 @@ class DataConfig:
 
     @property
     def corpus_settings(self) -> dict:
-        """The settings the corpus depends on (a change rebuilds it)."""
+        """The settings the corpus depends on (a change rebuilds it).
+
+        The split's settings (``split``, ``group_threshold``, ``group_by_name``) are included except
+        for ``split: index``, whose corpora were built before those settings existed and stay current.
+        """
         keys = ("sample_rate", "duration_seconds", "note_duration_seconds", "multi_note", "velocity", "banks", "max_factory_presets",
                 "valid_fraction", "test_fraction", "min_level_db", "seed", "corpus_size", "corpus_radii",
                 "corpus_random_fraction", "n_fft", "hop_length", "n_mels")
+        if self.split != "index":
+            keys += ("split", "group_threshold", "group_by_name")
         return _jsonable({k: getattr(self, k) for k in keys})
 
     def feature_settings(self):
@@ -253,10 +299,20 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
     reference_level_db = float(np.median(levels))
     say(f"factory voices: {len(voices)} kept (median level {reference_level_db:.1f} dBFS) from {bank_dir}")
 
-    splits = _split_indices(len(voices), cfg.valid_fraction, cfg.test_fraction, rng)
+    factory_x = np.stack([v.x for v in voices])
+    clusters = voice_clusters(factory_x, [v.name for v in voices] if cfg.group_by_name else None, cfg.group_threshold)
+    if cfg.split == "index":
+        splits = _split_indices(len(voices), cfg.valid_fraction, cfg.test_fraction, rng)
+    else:
+        splits = grouped_split(clusters, cfg.valid_fraction, cfg.test_fraction, rng)
+    straddling = _straddling_groups(clusters, splits)
+    say(f"factory split ({cfg.split}): {len(np.unique(clusters))} groups at distance {cfg.group_threshold:g}"
+        f"{' and by name' if cfg.group_by_name else ''}; " + ", ".join(f"{s} {len(i)}" for s, i in splits.items())
+        + f" voices; {len(straddling)} group(s) straddle splits")
     pitches = np.asarray(cfg.pitches, dtype=np.int64)
     arrays: dict[str, np.ndarray] = {"factory_names": np.array([v.name.strip() for v in voices])}
-    arrays["factory_x"] = np.stack([v.x for v in voices])
+    arrays["factory_x"] = factory_x
+    arrays["factory_cluster"] = clusters
     for split, idx in splits.items():
         xs, src = [], []
         for i in idx:
@@ -275,6 +331,11 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
         arrays[f"pitch_{split}"] = pitch[ok]
         arrays[f"source_{split}"] = np.asarray(src)[ok]
         say(f"in-domain {split}: {int(ok.sum())} presets from {len(idx)} factory voices")
+    train_voices = np.asarray(splits["train"])
+    for split in ("valid", "test"):
+        audio = np.stack([renderer.render(x) for x in arrays[f"x_{split}"]])
+        arrays[f"novelty_{split}"], arrays[f"novelty_voice_{split}"] = novelty(
+            audio, arrays[f"pitch_{split}"], factory_x[train_voices], renderer, train_voices)
     np.savez(out / "in_domain.npz", **arrays)
 
     # out-of-domain notes, split by instrument
@@ -303,6 +364,9 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
         ood[f"pitch_{split}"] = meta[ok, 0, 1] if not cfg.multi_note else np.full(int(ok.sum()), 60)
         ood[f"velocity_{split}"] = meta[ok, 0, 2]
         say(f"out-of-domain {split}: {int(ok.sum())} notes from {len(progs)} GM programs")
+        if split != "train":
+            ood[f"novelty_{split}"], ood[f"novelty_voice_{split}"] = novelty(
+                ood[f"audio_{split}"], ood[f"pitch_{split}"], factory_x[train_voices], renderer, train_voices)
     np.savez(out / "out_of_domain.npz", **ood)
     manifest = {
         "version": DATASET_VERSION,
@@ -316,11 +380,77 @@ def build_dataset(config: Mapping[str, Any], out_dir: str | Path, force: bool = 
         },
         "ood_programs": {s: [int(p) for p in v] for s, v in prog_split.items()},
         "factory_split": {s: [arrays["factory_names"][i] for i in v] for s, v in splits.items()},
+        "split": {
+            "method": cfg.split,
+            "group_threshold": float(cfg.group_threshold),
+            "group_by_name": bool(cfg.group_by_name),
+            "num_groups": int(len(np.unique(clusters))),
+            "group_sizes": sorted(np.bincount(clusters).tolist(), reverse=True),
+            "straddling_groups": straddling,
+            "factory_cluster": [int(c) for c in clusters],
+        },
+        "novelty": {
+            dom: {s: _summary(src[f"novelty_{s}"]) for s in ("valid", "test")}
+            for dom, src in (("in_domain", arrays), ("out_of_domain", ood))
+        },
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
     say(f"dataset written to {out}")
     _ensure_corpus(cfg, out, force=force, progress=progress)
     return out
+
+
+def novelty(audio: np.ndarray, pitch: np.ndarray, train_x: np.ndarray, renderer: DexedRenderer,
+            train_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Novelty of sounds: the LSD (dB, :func:`deepafx.metrics.lsd_db`) to the nearest training voice at their pitch.
+
+    Each training voice is rendered with its transpose set to ``pitch − 60`` (once per distinct pitch;
+    multi-note datasets play every sound at 60) and compared with every sound of that pitch.
+
+    Args:
+        audio: ``(M, notes, samples)`` sounds as ``renderer`` renders them.
+        pitch: ``(M,)`` MIDI pitch of each sound, 36–84.
+        train_x: ``(V, 145)`` normalized training factory voices.
+        renderer: The dataset's renderer.
+        train_ids: ``(V,)`` factory index of each training voice (default ``0 … V−1``).
+
+    Returns:
+        ``(novelty_db (M,) float64, nearest (M,) int64 factory index)``; empty arrays for ``M = 0``.
+
+    Raises:
+        ValueError: mismatched lengths, no training voice.
+    """
+    audio = np.asarray(audio)
+    pitch = np.asarray(pitch, dtype=np.int64)
+    ids = np.arange(len(train_x)) if train_ids is None else np.asarray(train_ids, dtype=np.int64)
+    if len(audio) != len(pitch) or len(ids) != len(train_x) or len(train_x) == 0:
+        raise ValueError(f"need one pitch per sound and at least one training voice with one id each, got "
+                         f"{len(audio)} sounds, {len(pitch)} pitches, {len(train_x)} voices, {len(ids)} ids")
+    lsd = np.zeros(len(audio))
+    nearest = np.zeros(len(audio), dtype=np.int64)
+    for p in np.unique(pitch):
+        rows = np.flatnonzero(pitch == p)
+        voices = renderer.render_batch(set_transpose(train_x, int(p) - 60))
+        lsd[rows], j = nearest_lsd(audio[rows], voices)
+        nearest[rows] = ids[j]
+    return lsd, nearest
+
+
+def _summary(values: np.ndarray) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return {"n": 0}
+    q = np.quantile(v, [0.0, 1 / 3, 0.5, 2 / 3, 1.0])
+    return {"n": int(len(v)), "min": float(q[0]), "tercile_1": float(q[1]), "median": float(q[2]),
+            "tercile_2": float(q[3]), "max": float(q[4])}
+
+
+def _straddling_groups(groups: np.ndarray, splits: Mapping[str, np.ndarray]) -> list[int]:
+    """Ids of the groups whose voices lie in more than one split (none for the grouped split)."""
+    where = np.empty(len(groups), dtype=object)
+    for s, idx in splits.items():
+        where[np.asarray(idx, dtype=np.int64)] = s
+    return [int(k) for k in np.unique(groups) if len(set(where[groups == k])) > 1]
 
 
 def _ensure_corpus(cfg: DataConfig, out: Path, force: bool, progress: bool) -> None:
@@ -378,6 +508,9 @@ class RecipeData:
         ood_pitch: ``{split: (M,)}``; ood_program: ``{split: (M,)}``.
         reference_level_db: Median RMS level of the factory voices, dBFS.
         factory_names: Names of the kept factory voices.
+        factory_cluster: ``(F,)`` group id of each kept factory voice (empty for datasets of version 1).
+        novelty: ``{"in_domain" | "out_of_domain": {"valid" | "test": (M,)}}`` LSD in dB of each held-out
+            sound to the nearest training factory voice (empty for datasets of version 1).
     """
 
     config: DataConfig
@@ -389,6 +522,8 @@ class RecipeData:
     ood_program: dict[str, np.ndarray]
     reference_level_db: float
     factory_names: np.ndarray = field(default_factory=lambda: np.array([]))
+    factory_cluster: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    novelty: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def load_dataset(data_dir: str | Path) -> RecipeData:
@@ -401,10 +536,15 @@ def load_dataset(data_dir: str | Path) -> RecipeData:
     if not (d / "manifest.json").exists():
         raise FileNotFoundError(f"no Dexed dataset in {d}; build it with `deepafx data --config CONFIG --out {d}`")
     manifest = json.loads((d / "manifest.json").read_text())
-    cfg = DataConfig.from_dict(_stored_settings(manifest["settings"]))
+    settings = dict(_stored_settings(manifest["settings"]))
+    if int(manifest.get("version", 1)) < 2:  # built before the grouped split existed: split by index
+        settings.setdefault("split", "index")
+    cfg = DataConfig.from_dict(settings)
     ind = np.load(d / "in_domain.npz")
     ood = np.load(d / "out_of_domain.npz")
     splits = ("train", "valid", "test")
+    novelty = {dom: {s: src[f"novelty_{s}"] for s in ("valid", "test") if f"novelty_{s}" in src.files}
+               for dom, src in (("in_domain", ind), ("out_of_domain", ood))}
     return RecipeData(
         config=cfg,
         x={s: ind[f"x_{s}"] for s in splits},
@@ -415,6 +555,8 @@ def load_dataset(data_dir: str | Path) -> RecipeData:
         ood_program={s: ood[f"program_{s}"] for s in splits},
         reference_level_db=float(manifest["reference_level_db"]),
         factory_names=ind["factory_names"],
+        factory_cluster=ind["factory_cluster"] if "factory_cluster" in ind.files else np.zeros(0, dtype=np.int64),
+        novelty={dom: v for dom, v in novelty.items() if v},
     )
 
 
@@ -424,5 +566,6 @@ __all__ = [
     "RecipeData",
     "build_dataset",
     "load_dataset",
+    "novelty",
     "rms_db",
 ]

@@ -177,4 +177,110 @@ def log_mel_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean((a - b[None]) ** 2, axis=1))
 
 
-__all__ = ["DDSP_FFT_SIZES", "LogMelFeatures", "SpectralTarget", "grouped_mss", "log_mel_distance"]
+def lsd_power_db(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Power spectra in dB exactly as :func:`deepafx.metrics.lsd_db` takes them, float64.
+
+    ``10 log10(|STFT|² + LSD_EPS)`` with a periodic Hann window of ``LSD_N_FFT`` (2048) samples,
+    hop ``LSD_HOP`` (512), centred frames padded with zeros (librosa's ``stft`` defaults).
+
+    Args:
+        audio: ``(..., samples)`` float audio, full scale 1.0.
+
+    Returns:
+        ``(..., 1025, frames)`` float64 tensor, dB.
+
+    Raises:
+        ValueError: NaN/Inf in ``audio`` or fewer than 2 samples.
+    """
+    from deepafx.metrics import LSD_EPS, LSD_HOP, LSD_N_FFT
+
+    a = torch.as_tensor(np.ascontiguousarray(audio) if isinstance(audio, np.ndarray) else audio).double()
+    if a.shape[-1] < 2 or not bool(torch.isfinite(a).all()):
+        raise ValueError(f"audio must hold at least 2 finite samples per channel, got shape {tuple(a.shape)}")
+    lead = a.shape[:-1]
+    s = torch.stft(a.reshape(-1, a.shape[-1]), LSD_N_FFT, LSD_HOP, window=torch.hann_window(LSD_N_FFT, dtype=torch.float64),
+                   center=True, pad_mode="constant", return_complex=True)
+    p = s.real.square() + s.imag.square()
+    return (10.0 * torch.log10(p + LSD_EPS)).reshape(*lead, *p.shape[-2:])
+
+
+class LSDTarget:
+    """Log-spectral distortion (dB) of candidates against one target, the target's spectra cached.
+
+    The value of :func:`deepafx.metrics.lsd_db` (per-frame RMS over the frequency bins of the dB
+    difference, mean over frames and channels; `Masuda & Saito, 2021 <https://arxiv.org/abs/2107.05050>`_),
+    computed with :func:`lsd_power_db` in float64 (equal to ``lsd_db`` within 1e-6 dB, tested).
+
+    Args:
+        target: ``(channels, samples)`` float audio.
+
+    Raises:
+        ValueError: target not 2-D, or NaN/Inf.
+    """
+
+    def __init__(self, target: np.ndarray) -> None:
+        t = np.asarray(target, dtype=np.float64)
+        if t.ndim != 2:
+            raise ValueError(f"target must be (channels, samples), got shape {t.shape}")
+        if not np.all(np.isfinite(t)):
+            raise ValueError("target holds NaN or Inf")
+        self.shape = t.shape
+        self._ref = lsd_power_db(t)  # (channels, bins, frames)
+
+    @torch.no_grad()
+    def __call__(self, candidates: np.ndarray) -> np.ndarray:
+        """LSD of each candidate in dB.
+
+        Args:
+            candidates: ``(batch, channels, samples)`` or ``(channels, samples)`` with the target's shape.
+
+        Returns:
+            ``(batch,)`` float64 LSD values, dB, ≥ 0 (``(1,)`` for a single candidate).
+
+        Raises:
+            ValueError: shape mismatch with the target, NaN/Inf.
+        """
+        y = np.asarray(candidates, dtype=np.float64)
+        if y.ndim == 2:
+            y = y[None]
+        if y.shape[1:] != self.shape:
+            raise ValueError(f"candidates of shape {y.shape[1:]} do not match the target {self.shape}")
+        diff = lsd_power_db(y) - self._ref[None]
+        return diff.square().mean(2).sqrt().mean((1, 2)).numpy()
+
+
+@torch.no_grad()
+def lsd_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Log-spectral distortion (dB) of every sound of ``a`` against every sound of ``b``.
+
+    :func:`deepafx.metrics.lsd_db` for all pairs, from each sound's :func:`lsd_power_db` spectra computed
+    once and ``Σ_f (x − y)² = Σ x² + Σ y² − 2 x·y`` per frame (one matrix product per channel and frame,
+    float64: within 1e-4 dB of ``lsd_db``, tested).
+
+    Args:
+        a: ``(M, channels, samples)`` audio.
+        b: ``(V, channels, samples)`` audio, the same channels and samples.
+
+    Returns:
+        ``(M, V)`` float64 LSD, dB.
+
+    Raises:
+        ValueError: not 3-D, different channels or samples, empty, NaN/Inf.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:] or len(a) == 0 or len(b) == 0:
+        raise ValueError(f"need non-empty (M, channels, samples) and (V, channels, samples) audio with the same "
+                         f"channels and samples, got {a.shape} and {b.shape}")
+    out = torch.zeros(len(a), len(b), dtype=torch.float64)
+    for c in range(a.shape[1]):  # one channel at a time: (frames, M, bins) and (frames, bins, V) in memory
+        x = lsd_power_db(a[:, c]).permute(2, 0, 1)
+        y = lsd_power_db(b[:, c]).permute(2, 1, 0)
+        bins = x.shape[2]
+        d2 = x.square().sum(2)[:, :, None] + y.square().sum(1)[:, None, :] - 2.0 * torch.bmm(x, y)
+        out += d2.clamp_min(0.0).div(bins).sqrt().mean(0)
+    return (out / a.shape[1]).numpy()
+
+
+__all__ = ["DDSP_FFT_SIZES", "LSDTarget", "LogMelFeatures", "SpectralTarget", "grouped_mss", "log_mel_distance", "lsd_matrix",
+           "lsd_power_db"]
