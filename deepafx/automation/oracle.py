@@ -43,6 +43,20 @@ Search (:class:`CmaesOracle`)
   silent render still gets a finite score). The magnitude terms make the
   score insensitive to the few samples of group delay the crossovers add, so
   no alignment is done inside the search.
+
+  With ``objective="esr_pre"`` (or ``"esr"``) the score is instead the
+  error-to-signal ratio ``Σ(t−y)²/Σt²`` of the pre-emphasised (``1 − 0.95 z⁻¹``)
+  or plain signals (:class:`EsrObjective`; Wright, Damskägg & Välimäki, DAFx
+  2019), after shifting the output by the chain's reported latency: the
+  objective the amp-emulation model trains on, so that oracle bounds what the
+  static chain can reach on the table's own metric. ESR is sample-exact, so it
+  is only meaningful for chains whose latency is reported exactly.
+* **Budget curve**: ``fit(..., checkpoints=(100, 300))`` also records the best
+  candidate among the first 100 and 300 renders of the same search (one search
+  of the largest budget gives every point of the curve; a shorter search would
+  draw its last partial generation anew, so the points are those of the long
+  search's prefix, not of independent shorter searches).
+* **Whole tracks**: ``excerpt_seconds=None`` scores the whole track (no pre-roll).
 * **Crash safety**: renders run in a :class:`deepafx.workers.RenderEngine`,
   worker processes by default or Ray actors (one slot per worker, ``ceil(popsize / workers)`` chain
   instances each). If a render batch fails (a plugin crashes, hangs or
@@ -68,12 +82,14 @@ from deepafx.workers import RenderConfig, RenderRequest, rank_workers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CmaesOracle", "OracleObjective", "OracleResult", "FAILED_RENDER_SCORE", "middle_excerpt", "cmaes_oracle"]
+__all__ = ["CmaesOracle", "EsrObjective", "OBJECTIVES", "OracleObjective", "OracleResult", "FAILED_RENDER_SCORE", "middle_excerpt", "cmaes_oracle"]
 
 #: Score of a candidate whose render failed twice (crash, hang or NaN output).
 FAILED_RENDER_SCORE = 1e3
 #: Cap on the loudness error inside the objective, LU.
 LOUDNESS_CAP_LU = 60.0
+#: The oracle's objectives: MR-STFT + loudness (the default), ESR of pre-emphasised or plain signals.
+OBJECTIVES = ("mrstft", "esr_pre", "esr")
 
 
 def middle_excerpt(num_samples: int, excerpt_samples: int, preroll_samples: int) -> tuple[int, int, int]:
@@ -164,6 +180,53 @@ class OracleObjective:
         return spec + self.loudness_weight * loud
 
 
+class EsrObjective:
+    """Error-to-signal ratio against one target excerpt, after the chain's latency (lower is better).
+
+    ``J = Σ (t − y)² / Σ t²`` over every channel and sample, both signals first
+    filtered by ``1 − coeff z⁻¹`` when ``pre_emphasis`` (Wright, Damskägg & Välimäki,
+    DAFx 2019; Wright & Välimäki, ICASSP 2020). Output sample ``n + latency``
+    is compared with target sample ``n``; the last ``latency`` target samples are
+    not scored. 0 is a perfect match, 1 what silence scores.
+
+    Args:
+        target: ``(channels, samples)`` target excerpt.
+        latency_samples: The chain's reported latency, samples (>= 0, shorter than the excerpt).
+        pre_emphasis: Filter coefficient (0.95 in Wright et al.); ``None``: plain ESR.
+
+    Raises:
+        ValueError: a negative latency, one as long as the excerpt, or a silent target.
+    """
+
+    def __init__(self, target: np.ndarray, latency_samples: int = 0, pre_emphasis: float | None = 0.95):
+        from scipy.signal import lfilter
+
+        self.latency = int(latency_samples)
+        t = np.asarray(target, dtype=np.float64)
+        if not 0 <= self.latency < t.shape[-1]:
+            raise ValueError(f"latency_samples must be on [0, {t.shape[-1]}) for this excerpt, got {latency_samples}")
+        self.coeff = pre_emphasis
+        # y[n] = x[n] − coeff·x[n−1] from zero state
+        self._emphasise = (lambda x: x) if pre_emphasis is None else (lambda x: lfilter([1.0, -pre_emphasis], [1.0], x))
+        self._target = self._emphasise(t[:, : t.shape[-1] - self.latency])
+        self._energy = float(np.sum(self._target ** 2))
+        if self._energy == 0.0:
+            raise ValueError("the target excerpt is silent: its ESR is undefined")
+
+    def __call__(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores ``(k,)`` of ``k`` outputs, each ``(channels, samples)`` shaped like the target."""
+        n = self._target.shape[-1]
+        scores = []
+        for o in outputs:
+            o = np.asarray(o, dtype=np.float64)
+            if o.shape[0] != self._target.shape[0] or o.shape[-1] < self.latency + n:
+                raise ValueError(f"an output of shape {o.shape} does not cover the target {self._target.shape} "
+                                 f"after {self.latency} samples of latency")
+            y = self._emphasise(o[:, self.latency : self.latency + n])
+            scores.append(float(np.sum((self._target - y) ** 2)) / self._energy)
+        return np.array(scores)
+
+
 @dataclass
 class OracleResult:
     """Outcome of one CMA-ES search.
@@ -181,6 +244,9 @@ class OracleResult:
         excerpt_start_seconds: Start of the scored excerpt in the track, seconds.
         excerpt_seconds: Length of the scored excerpt, seconds.
         history: Best objective so far after the defaults and after each generation.
+        checkpoints: ``{renders: {"params": [...], "objective": float}}``: the best candidate among
+            the search's first ``renders`` renders, for each budget asked of :meth:`CmaesOracle.fit`.
+        objective_name: The objective searched (:data:`OBJECTIVES`).
     """
 
     params: np.ndarray
@@ -195,6 +261,8 @@ class OracleResult:
     excerpt_start_seconds: float
     excerpt_seconds: float
     history: list[float] = field(default_factory=list)
+    checkpoints: dict = field(default_factory=dict)
+    objective_name: str = "mrstft"
 
     @property
     def renders_per_second(self) -> float:
@@ -208,7 +276,8 @@ class OracleResult:
             "search_seconds": self.search_seconds, "render_seconds": self.render_seconds,
             "renders_per_second": self.renders_per_second, "excerpt_start_seconds": self.excerpt_start_seconds,
             "excerpt_seconds": self.excerpt_seconds, "history": list(self.history),
-            "params": [float(v) for v in self.params],
+            "params": [float(v) for v in self.params], "objective_name": self.objective_name,
+            "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
         }
 
 
@@ -222,9 +291,12 @@ class CmaesOracle:
         renders: Render budget per track (>= 1).
         sigma0: Initial CMA-ES step size on normalized parameters (> 0). Default 0.1.
         popsize: Population size (>= 2); ``None``: ``4 + floor(3 ln P)``.
-        excerpt_seconds: Scored excerpt from the middle of the track, seconds (>= 0.5).
+        excerpt_seconds: Scored excerpt from the middle of the track, seconds (>= 0.5);
+            ``None``: the whole track, no pre-roll.
         preroll_seconds: Unscored lead-in rendered before the excerpt, seconds (>= 0).
-        loudness_weight: Objective weight per LU of loudness error (>= 0).
+        objective: ``"mrstft"`` (MR-STFT + loudness, the default), ``"esr_pre"`` or ``"esr"``
+            (:class:`EsrObjective`, after the chain's reported latency).
+        loudness_weight: Objective weight per LU of loudness error (>= 0; ``mrstft`` only).
         fft_sizes: MR-STFT FFT sizes of the objective, samples.
         overlap: MR-STFT overlap of the objective, [0, 1).
         num_workers: Render workers, replacing ``render.num_workers`` when given (default:
@@ -240,15 +312,20 @@ class CmaesOracle:
     """
 
     def __init__(self, chain: ChainSpec, renders: int = 60, sigma0: float = 0.1, popsize: int | None = None,
-                 excerpt_seconds: float = 10.0, preroll_seconds: float = 1.0, loudness_weight: float = 0.1,
+                 excerpt_seconds: float | None = 10.0, preroll_seconds: float = 1.0, loudness_weight: float = 0.1,
                  fft_sizes: Sequence[int] = (2048, 512, 128), overlap: float = 0.5, num_workers: int | None = None,
-                 seed: int = 0, timeout_seconds: float = 120.0, render: RenderConfig | None = None):
+                 seed: int = 0, timeout_seconds: float = 120.0, render: RenderConfig | None = None,
+                 objective: str = "mrstft"):
         if int(renders) < 1:
             raise ValueError(f"renders must be >= 1 (the render budget per track), got {renders}")
         if not sigma0 > 0:
             raise ValueError(f"sigma0 must be > 0 (normalized units), got {sigma0}")
-        if excerpt_seconds < 0.5:
-            raise ValueError(f"excerpt_seconds must be >= 0.5 s (loudness needs 400 ms blocks), got {excerpt_seconds}")
+        if excerpt_seconds is not None and excerpt_seconds < 0.5:
+            raise ValueError(f"excerpt_seconds must be >= 0.5 s (loudness needs 400 ms blocks) or None (the whole "
+                             f"track), got {excerpt_seconds}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
         if preroll_seconds < 0:
             raise ValueError(f"preroll_seconds must be >= 0 s, got {preroll_seconds}")
         self.chain = chain
@@ -262,7 +339,8 @@ class CmaesOracle:
         if self.popsize < 2:
             raise ValueError(f"popsize must be >= 2, got {popsize}")
         self.renders, self.sigma0 = int(renders), float(sigma0)
-        self.excerpt_seconds, self.preroll_seconds = float(excerpt_seconds), float(preroll_seconds)
+        self.excerpt_seconds = None if excerpt_seconds is None else float(excerpt_seconds)
+        self.preroll_seconds = float(preroll_seconds)
         self.loudness_weight, self.fft_sizes, self.overlap = float(loudness_weight), tuple(fft_sizes), float(overlap)
         self.seed = int(seed)
         render = render or RenderConfig()
@@ -326,19 +404,22 @@ class CmaesOracle:
         return result, failed
 
     # -- search -----------------------------------------------------------------
-    def fit(self, audio: np.ndarray, target: np.ndarray) -> OracleResult:
+    def fit(self, audio: np.ndarray, target: np.ndarray, checkpoints: Sequence[int] = ()) -> OracleResult:
         """Search static parameters that make the chain's output match ``target``.
 
         Args:
             audio: ``(channels, samples)`` input at the chain's rate.
             target: ``(channels_out, samples)`` target, time-aligned with ``audio``
                 (same length; the longer one is cut).
+            checkpoints: Render counts (each on ``[1, renders]``) at which to record the best
+                candidate so far (:attr:`OracleResult.checkpoints`; the module docstring).
 
         Returns:
             :class:`OracleResult` (``params`` are the best found on the excerpt).
 
         Raises:
-            ValueError: mismatched channel counts or a track shorter than 0.5 s.
+            ValueError: mismatched channel counts, a track shorter than 0.5 s, a checkpoint
+                outside ``[1, renders]``, or (ESR objectives) a silent target.
         """
         import cma
 
@@ -348,10 +429,22 @@ class CmaesOracle:
         sr = self.chain.sample_rate
         if n < int(0.5 * sr):
             raise ValueError(f"the oracle needs at least 0.5 s of audio, got {n / sr:.3f} s")
-        r0, s0, stop = middle_excerpt(n, int(round(self.excerpt_seconds * sr)), int(round(self.preroll_seconds * sr)))
+        marks = sorted({int(c) for c in checkpoints})
+        if marks and not 1 <= marks[0] <= marks[-1] <= self.renders:
+            raise ValueError(f"checkpoints must be render counts on [1, {self.renders}], got {list(checkpoints)}")
+        if self.excerpt_seconds is None:
+            r0, s0, stop = 0, 0, n
+        else:
+            r0, s0, stop = middle_excerpt(n, int(round(self.excerpt_seconds * sr)),
+                                          int(round(self.preroll_seconds * sr)))
         x = np.ascontiguousarray(audio[:, r0:stop])
         skip = s0 - r0
-        objective = OracleObjective(target[:, s0:stop], sr, self.loudness_weight, self.fft_sizes, self.overlap)
+        if self.objective == "mrstft":
+            objective = OracleObjective(target[:, s0:stop], sr, self.loudness_weight, self.fft_sizes, self.overlap)
+        else:
+            objective = EsrObjective(target[:, s0:stop], self.pool.latency_samples,
+                                     0.95 if self.objective == "esr_pre" else None)
+        trace: list[tuple[float, np.ndarray]] = []  # every render's score and candidate, in order
 
         t_start = time.perf_counter()
         render_time = 0.0
@@ -373,6 +466,7 @@ class CmaesOracle:
                         f"the chain outputs {outs[ok[0]].shape[0]} channel(s) but the target has {target.shape[0]}"
                     )
                 scores[ok] = np.minimum(objective([outs[i][:, skip:] for i in ok]), FAILED_RENDER_SCORE)
+            trace.extend(zip(scores.tolist(), cands))
             return scores
 
         best_x = self.defaults.copy()
@@ -406,10 +500,15 @@ class CmaesOracle:
                 history.append(best_f)
         finally:
             np.random.set_state(saved_rng)
+        recorded = {}
+        for c in marks:
+            k = int(np.argmin([f for f, _ in trace[:c]]))
+            recorded[c] = {"objective": float(trace[k][0]), "params": [float(v) for v in trace[k][1]]}
         return OracleResult(
             params=best_x, objective=best_f, default_objective=default_f, renders=used, failed_renders=failed,
             generations=generations, popsize=self.popsize, search_seconds=time.perf_counter() - t_start,
             render_seconds=render_time, excerpt_start_seconds=s0 / sr, excerpt_seconds=(stop - s0) / sr, history=history,
+            checkpoints=recorded, objective_name=self.objective,
         )
 
 

@@ -4,17 +4,27 @@ Methods, each applied to every piece of the split (whole pieces):
 
 * ``unprocessed`` — the DI itself.
 * ``default`` — the learned chain at its default parameters (static).
-* ``oracle_cmaes`` — the chain with static parameters fitted per piece by
-  CMA-ES directly against the target (:mod:`deepafx.automation.oracle`,
-  objective MR-STFT + loudness error on a middle excerpt): it needs the target,
-  so it bounds what the static chain can do with that render budget.
+* ``oracle_esr_<N>`` — the **fair oracle**: the chain with static parameters fitted
+  per piece by CMA-ES directly against the target on the objective the model
+  trains on (pre-emphasised ESR, after the chain's reported latency), over the
+  whole piece the table scores (:mod:`deepafx.automation.oracle`,
+  ``objective="esr_pre"``). One search of the largest budget of
+  ``esr_oracle_renders``; the row for each smaller budget ``N`` is the best of
+  that search's first ``N`` renders, so the rows show whether more renders still
+  help. It needs the target, so it bounds what the *static* chain can reach on
+  ESR with that budget; the model's per-frame automation can go beyond it.
+* ``oracle_spectral`` — the earlier oracle, kept as its own row: CMA-ES on
+  MR-STFT + loudness error over a middle excerpt (``cmaes_renders``; 0 drops
+  the row). It bounds nothing on ESR (a spectral match can be far off sample by
+  sample); it shows what the chain can do in tone.
 * ``model`` — the trained encoder driving the chain through the
   ``deepafx process`` pipeline (per-frame parameters, smoothing, block rendering;
   :func:`deepafx.automation.process.apply_automation`).
 * ``neural_amp`` — what users pick instead: a direct neural amp model, an LSTM
   with a residual skip (:mod:`deepafx.recipes.amp_emulation.neural_amp`)
-  trained here on the same training pairs with the ESR loss (pre-emphasis) for
-  the same wall-clock time the model's training took (read from its checkpoint).
+  trained here on the same training pairs with the ESR loss (pre-emphasis) to
+  convergence, as its users train it: early stopping on the validation pieces,
+  its training time reported beside the model's.
 
 Metrics per piece (then mean and a 95 % bootstrap confidence interval over pieces):
 
@@ -63,8 +73,8 @@ log = logging.getLogger(__name__)
 __all__ = ["EvaluateConfig", "METHODS", "bootstrap_ci", "evaluate_from_config", "results_markdown", "run_train_seconds",
            "track_metrics"]
 
-#: Methods in table order.
-METHODS = ("unprocessed", "default", "oracle_cmaes", "model", "neural_amp")
+#: Methods in table order (the fair oracle's rows, ``oracle_esr_<N>`` per budget, sit after ``oracle_spectral``).
+METHODS = ("unprocessed", "default", "oracle_spectral", "model", "neural_amp")
 #: Per-piece metrics: key, display name, lower is better.
 METRICS = (("esr", "ESR", True), ("esr_pre", "ESR pre-emph.", True), ("mrstft", "MR-STFT", True),
            ("mfcc_cosine", "MFCC cosine", True))
@@ -75,7 +85,12 @@ class EvaluateConfig:
     """The ``evaluate:`` section of an amp-emulation config (defaults in code).
 
     Attributes:
-        cmaes_renders: Oracle render budget per piece.
+        cmaes_renders: Spectral oracle's render budget per piece (0: no ``oracle_spectral`` row).
+        esr_oracle_renders: Budgets of the fair oracle (CMA-ES on pre-emphasised ESR over the
+            whole piece), renders per piece: one row ``oracle_esr_<N>`` each, all from one search
+            of the largest (empty: no fair oracle).
+        esr_oracle_excerpt_seconds: The fair oracle's scored excerpt, seconds (``None``: the whole
+            piece, what the table scores).
         cmaes_sigma: Initial CMA-ES step size on normalized parameters.
         cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
         excerpt_seconds: Oracle's scored excerpt from the middle of each piece, seconds.
@@ -90,8 +105,9 @@ class EvaluateConfig:
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
         bootstrap: Bootstrap resamples of the 95 % confidence intervals.
         neural_amp: Settings of the LSTM baseline
-            (:class:`~deepafx.recipes.amp_emulation.neural_amp.NeuralAmpConfig`;
-            ``budget_seconds: null`` = the model's training time).
+            (:class:`~deepafx.recipes.amp_emulation.neural_amp.NeuralAmpConfig`): trained to
+            convergence with early stopping on the validation pieces (``match_model_time: true``:
+            for the model's training time instead, as earlier tables did).
         plot_piece: Index of the test piece drawn in the figures.
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
@@ -100,6 +116,8 @@ class EvaluateConfig:
     """
 
     cmaes_renders: int = 100
+    esr_oracle_renders: tuple[int, ...] = (100, 300, 1000)
+    esr_oracle_excerpt_seconds: float | None = None
     cmaes_sigma: float = 0.1
     cmaes_popsize: int | None = None
     excerpt_seconds: float = 6.0
@@ -117,6 +135,30 @@ class EvaluateConfig:
     threads: int | None = 1
     seed: int = 0
     timeout_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        budgets = self.esr_oracle_renders
+        budgets = [] if budgets is None else [budgets] if isinstance(budgets, int) else list(budgets)
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets) or \
+                len(set(budgets)) != len(budgets):
+            raise ValueError(f"esr_oracle_renders must list distinct budgets of >= 1 render, got {budgets}")
+        self.esr_oracle_renders = tuple(sorted(budgets))
+        if isinstance(self.cmaes_renders, bool) or not isinstance(self.cmaes_renders, int) or self.cmaes_renders < 0:
+            raise ValueError(f"cmaes_renders must be an integer >= 0 (0: no spectral oracle), got {self.cmaes_renders}")
+        if self.esr_oracle_excerpt_seconds is not None and self.esr_oracle_excerpt_seconds < 0.5:
+            raise ValueError(f"esr_oracle_excerpt_seconds must be >= 0.5 s or null, got {self.esr_oracle_excerpt_seconds}")
+
+    def methods(self) -> list[str]:
+        """Rows in table order for these settings."""
+        return (["unprocessed", "default"] + (["oracle_spectral"] if self.cmaes_renders else [])
+                + [f"oracle_esr_{b}" for b in self.esr_oracle_renders] + ["model", "neural_amp"])
+
+
+def _fit(oracle, x: np.ndarray, y: np.ndarray, objective: str, renders: int, excerpt: float | None,
+         checkpoints: tuple[int, ...] = ()):
+    """One oracle search on the shared pool with these settings (:meth:`CmaesOracle.fit` reads them)."""
+    oracle.objective, oracle.renders, oracle.excerpt_seconds = objective, int(renders), excerpt
+    return oracle.fit(x, y, checkpoints)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -176,7 +218,7 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "| method | " + " | ".join(heads) + " |",
         "|---|" + "---:|" * len(heads),
     ]
-    for m in METHODS:
+    for m in rows:
         r = rows[m]
         cells = [f"{_fmt(r[k]['mean'])} {_fmt(r[k]['ci95'])}" for k, _, _ in METRICS]
         cells += [r.get("parameters_text", "–"), _fmt(r.get("seconds_per_track"), 2),
@@ -190,13 +232,18 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         cells = [f"{_fmt(d['mean'])} {_fmt(d['ci95'])} ({d['model_better']}/{d['n']})" for d in diffs.values()]
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     na = s["neural_amp"]
+    if na["settings"].get("match_model_time"):
+        how = f"for the model's training time ({na['budget_seconds']:.0f} s)"
+    else:
+        how = (f"to convergence: early stopping on {na['valid_pieces']} validation pieces ({na['stopped']}, "
+               f"best at update {na['best_update']})")
+    model_s = na.get("model_train_seconds")
     lines += [
         "",
-        f"Neural amp: LSTM, hidden {na['hidden_size']}, {na['parameters']} weights, trained {na['seconds']:.0f} s "
-        f"(budget {na['budget_seconds']:.0f} s = the model's training time) with {na['updates']} updates on "
-        f"{na['segments']} segments, {na['threads']} torch thread(s).",
-        f"Oracle: CMA-ES, {s['oracle']['renders']} renders per piece on a {s['oracle']['excerpt_seconds']:g} s excerpt "
-        f"(objective MR-STFT + {s['oracle']['loudness_weight']:g} x LU error); it sees the target.",
+        f"Neural amp: LSTM, hidden {na['hidden_size']}, {na['parameters']} weights, trained {how}: {na['seconds']:.0f} s "
+        f"and {na['updates']} updates on {na['segments']} segments, {na['threads']} torch thread(s)"
+        + (f"; the model trained {model_s:.0f} s." if model_s else "."),
+        *_oracle_lines(s["oracle"]),
         f"Model: {s['model_parameters']} encoder weights predicting {s['num_params']} chain parameters every "
         f"{s['frame_seconds']:g} s (smoothed over {s['smoothing_frames']} frames).",
         "Alignment: " + s["alignment"] + ".",
@@ -205,6 +252,23 @@ def results_markdown(results: Mapping[str, Any], split: str = "test") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _oracle_lines(o: Mapping[str, Any]) -> list[str]:
+    """What each oracle row is and what it bounds (both see the target)."""
+    lines = []
+    fair = o.get("esr")
+    if fair and fair.get("renders"):
+        where = "the whole piece" if fair["excerpt_seconds"] is None else f"a {fair['excerpt_seconds']:g} s excerpt"
+        lines.append(f"Fair oracle (`oracle_esr_<N>`): CMA-ES on pre-emphasised ESR (the model's training objective) "
+                     f"over {where}, one search of {max(fair['renders'])} renders per piece, the best of its first N "
+                     f"renders for each row; it bounds what static settings of this chain reach on ESR with N renders.")
+    spectral = o.get("spectral")
+    if spectral and spectral.get("renders"):
+        lines.append(f"Spectral oracle (`oracle_spectral`): CMA-ES, {spectral['renders']} renders per piece on a "
+                     f"{spectral['excerpt_seconds']:g} s excerpt (objective MR-STFT + {spectral['loudness_weight']:g} "
+                     "x LU error): a bound in tone only, none on ESR.")
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -225,24 +289,35 @@ def run_train_seconds(ckpt: Mapping[str, Any], ckpt_path: Path) -> float | None:
 
 
 def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, ddir: Path):
-    """Train the LSTM baseline for the model's training time; returns ``(model, info)``."""
+    """Train the LSTM baseline to convergence (early stopping on the validation pieces), or for the
+    model's training time with ``match_model_time``; returns ``(model, info)``."""
     from deepafx.config import bind
     from deepafx.recipes.amp_emulation.data import load_split
     from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
 
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
-    budget = nc.budget_seconds
-    if budget is None:
+    budget, valid = nc.budget_seconds, []
+    if nc.match_model_time:
         budget = run_train_seconds(ckpt, ckpt_path)
         if budget is None:
-            raise ValueError("the checkpoint records no training time (train_seconds); set "
-                             "evaluate.neural_amp.budget_seconds to give the neural amp a budget in seconds")
+            raise ValueError("evaluate.neural_amp.match_model_time: the checkpoint records no training time "
+                             "(train_seconds); set budget_seconds instead")
+    else:
+        valid = load_split(ddir, "valid")[1]
+        if not valid and budget is None and nc.max_updates is None:
+            raise ValueError("the neural amp trains to convergence on the validation pieces, but the dataset has "
+                             "none: raise data.valid_fraction, or set evaluate.neural_amp.budget_seconds")
     train_tracks = load_split(ddir, "train")[1]
-    log.info("training the neural amp baseline for %.0f s", budget)
-    trained = train_neural_amp(train_tracks, nc, float(budget))
-    info = {"hidden_size": nc.hidden_size, "parameters": trained.model.num_parameters, "budget_seconds": float(budget),
-            "seconds": trained.seconds, "updates": trained.updates, "threads": nc.threads, "segments": trained.segments,
-            "final_train_loss": trained.final_loss, "settings": asdict(nc)}
+    log.info("training the neural amp baseline (%s)", "for the model's training time, %.0f s" % budget
+             if nc.match_model_time else "to convergence on the validation pieces")
+    trained = train_neural_amp(train_tracks, nc, budget, valid_tracks=valid)
+    info = {"hidden_size": nc.hidden_size, "parameters": trained.model.num_parameters,
+            "budget_seconds": None if budget is None else float(budget), "seconds": trained.seconds,
+            "updates": trained.updates, "threads": nc.threads, "segments": trained.segments,
+            "final_train_loss": trained.final_loss, "stopped": trained.stopped,
+            "best_valid_loss": trained.best_valid_loss, "best_update": trained.best_update,
+            "valid_history": trained.valid_history, "valid_pieces": len(valid),
+            "model_train_seconds": run_train_seconds(ckpt, ckpt_path), "settings": asdict(nc)}
     return trained.model, info
 
 
@@ -312,7 +387,10 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
     defaults = table.defaults_normalized()
     per_track: list[dict[str, Any]] = []
     plot_k = min(max(int(ec.plot_piece), 0), len(tracks) - 1)
-    with CmaesOracle(chain, renders=ec.cmaes_renders, sigma0=ec.cmaes_sigma, popsize=ec.cmaes_popsize,
+    methods = ec.methods()
+    budgets = ec.esr_oracle_renders
+    with CmaesOracle(chain, renders=max([ec.cmaes_renders, *budgets, 1]), sigma0=ec.cmaes_sigma,
+                     popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
                      seed=ec.seed, timeout_seconds=ec.timeout_seconds,
@@ -326,23 +404,41 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
             outputs: dict[str, tuple[np.ndarray, float | None]] = {"unprocessed": (x, None)}
             t0 = time.perf_counter()
             outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            res = oracle.fit(x, y)
-            outputs["oracle_cmaes"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
+            oracles: dict[str, Any] = {}
+            if ec.cmaes_renders:
+                t0 = time.perf_counter()
+                res = _fit(oracle, x, y, "mrstft", ec.cmaes_renders, ec.excerpt_seconds)
+                outputs["oracle_spectral"] = (oracle.render_track(x, res.params), time.perf_counter() - t0)
+                oracles["oracle_spectral"] = {**res.to_dict(), "values": {
+                    p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}}
+            if budgets:
+                res = _fit(oracle, x, y, "esr_pre", budgets[-1], ec.esr_oracle_excerpt_seconds, budgets)
+                info = res.to_dict()
+                for b in budgets:
+                    params = np.asarray(res.checkpoints[b]["params"])
+                    t0 = time.perf_counter()
+                    audio = oracle.render_track(x, params)
+                    # the search's time up to its N-th render, plus this render
+                    secs = res.search_seconds * b / res.renders + time.perf_counter() - t0
+                    outputs[f"oracle_esr_{b}"] = (audio, secs)
+                    oracles[f"oracle_esr_{b}"] = {"renders": b, "objective": res.checkpoints[b]["objective"],
+                                                  "values": {p.name: float(v) for p, v in
+                                                             zip(table, table.denormalize(params))}}
+                oracles["esr_search"] = {k: info[k] for k in ("default_objective", "renders", "history",
+                                                              "search_seconds", "render_seconds", "popsize")}
             processed = apply_automation(model, x, sr, block_samples=ec.block_samples,
                                          smoothing_frames=ec.smoothing_frames, timeout_seconds=ec.timeout_seconds)
             outputs["model"] = (processed.audio, processed.process_seconds)
             t0 = time.perf_counter()
             outputs["neural_amp"] = (lstm.process(x), time.perf_counter() - t0)
             entry: dict[str, Any] = {"piece": pid, "seconds": seconds, "methods": {}}
-            for m in METHODS:
+            for m in methods:
                 audio, secs = outputs[m]
-                row = track_metrics(audio, y, sr, align if m in ("default", "oracle_cmaes", "model") else None)
+                row = track_metrics(audio, y, sr, None if m in ("unprocessed", "neural_amp") else align)
                 row["seconds"] = secs
                 row["realtime_factor"] = None if secs is None else seconds / max(secs, 1e-9)
                 entry["methods"][m] = row
-            entry["oracle"] = {**res.to_dict(), "values": {p.name: float(v) for p, v in
-                                                           zip(table, table.denormalize(res.params))}}
+            entry["oracles"] = oracles
             per_track.append(entry)
             if k == plot_k:
                 title = f"{pid} ({split})"
@@ -354,14 +450,14 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                 ex = out_dir / "examples" / pid
                 ex.mkdir(parents=True, exist_ok=True)
                 sf.write(str(ex / "target.wav"), y.T, int(round(sr)), subtype="FLOAT")
-                for m in METHODS:
+                for m in methods:
                     sf.write(str(ex / f"{m}.wav"), outputs[m][0].T, int(round(sr)), subtype="FLOAT")
                 (ex / "automation.json").write_text(json.dumps(processed.automation.to_json_dict(), indent=1))
 
     total_seconds = float(sum(t["seconds"] for t in per_track))
     model_weights = int(sum(p.numel() for p in model.parameters()))
     summary: dict[str, dict[str, Any]] = {}
-    for m in METHODS:
+    for m in methods:
         rows = [t["methods"][m] for t in per_track]
         s: dict[str, Any] = {}
         for key, _, _ in METRICS:
@@ -379,10 +475,12 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
     summary["model"]["parameters_text"] = f"{model_weights} (+{len(table)} per frame)"
     summary["neural_amp"]["parameters"] = lstm_info["parameters"]
     summary["neural_amp"]["parameters_text"] = str(lstm_info["parameters"])
-    summary["oracle_cmaes"]["parameters_text"] = f"{len(table)} per piece"
+    for m in methods:
+        if m.startswith("oracle_"):
+            summary[m]["parameters_text"] = f"{len(table)} per piece"
     summary["default"]["parameters_text"] = f"{len(table)} fixed"
     paired: dict[str, dict[str, Any]] = {}
-    for other in ("unprocessed", "default", "oracle_cmaes", "neural_amp"):
+    for other in (m for m in methods if m != "model"):
         paired[other] = {}
         for key, _, _ in METRICS:
             d = np.array(summary["model"][key]["per_piece"]) - np.array(summary[other][key]["per_piece"])
@@ -407,8 +505,14 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         "train_seconds": (ckpt.get("task") or {}).get("train_seconds"),
         "neural_amp": lstm_info,
         "evaluate": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
-        "oracle": {"renders": ec.cmaes_renders, "excerpt_seconds": ec.excerpt_seconds,
-                   "loudness_weight": ec.loudness_weight, "popsize": oracle.popsize},
+        "methods": methods,
+        "oracle": {"popsize": oracle.popsize,
+                   "spectral": {"renders": ec.cmaes_renders, "excerpt_seconds": ec.excerpt_seconds,
+                                "loudness_weight": ec.loudness_weight, "objective": "MR-STFT + loudness error"},
+                   "esr": {"renders": list(budgets), "excerpt_seconds": ec.esr_oracle_excerpt_seconds,
+                           "objective": "ESR after pre-emphasis 1 - 0.95 z^-1, output shifted by the chain's latency",
+                           "rows_are": "the best of the first N renders of one search of the largest budget",
+                           "seconds_are": "the search's time up to its N-th render plus the row's render"}},
         "chain_latency_samples": latency,
         "alignment": ("none: every method is scored sample by sample (the chain reports no latency)" if align is None
                       else f"chain methods aligned by cross-correlation within ±{align:.1f} ms; others not"),
