@@ -197,7 +197,8 @@ def test_spsa_refine_lowers_the_loss_in_process(factory, renderer):
     rng = np.random.default_rng(3)
     target = renderer.render(factory[10].x)
     start = sample_around(factory[10].x, rng, 0.08, 0.0, 0.0)
-    res = spsa_refine(target, start, renderer, budget_renders=61, learning_rate=3e-3, seed=0)
+    # kept by the loss it descends (keeping by LSD, the default: tests/test_dexed_split.py)
+    res = spsa_refine(target, start, renderer, budget_renders=61, learning_rate=3e-3, seed=0, keep="mss")
     assert res.renders == 61 and len(res.curve) == 61
     assert np.all(np.diff(res.curve) <= 0)  # best-so-far
     assert res.loss < 0.9 * res.start_loss
@@ -207,7 +208,7 @@ def test_spsa_refine_lowers_the_loss_in_process(factory, renderer):
 def test_cmaes_respects_budget_and_never_worsens(factory, renderer):
     target = renderer.render(factory[20].x)
     x0 = np.stack([v.x for v in factory]).mean(0)
-    res = cmaes_search(target, x0, renderer, budget_renders=25, sigma0=0.2, seed=0)
+    res = cmaes_search(target, x0, renderer, budget_renders=25, sigma0=0.2, seed=0, keep="mss")
     assert res.renders <= 25
     assert res.loss <= res.start_loss
     assert float(SpectralTarget(target)(renderer.render(res.x))[0]) == pytest.approx(res.loss, rel=1e-6)

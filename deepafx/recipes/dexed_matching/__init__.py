@@ -41,14 +41,20 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: Pat
     return json.loads(Path(evaluate_from_config(config, checkpoint, out_dir, split=split, data_dir=data_dir)).read_text())
 
 
-#: Per-sound metrics pooled over seeds, per domain (``lsd_in_domain`` …): key → display name.
-POOLED_METRICS = {f"{key}_{dom}": f"{name} {label}" for dom, label in (("in_domain", "in domain"),
-                                                                        ("out_of_domain", "out of domain"))
-                  for key, name in (("lsd", "LSD [dB] ↓"), ("mss", "MSS ↓"), ("mfcc_l1", "MFCC L1 ↓"))}
+_DOMAIN_LABELS = (("in_domain", "in domain"), ("out_of_domain", "out of domain"))
+#: Per-sound metrics pooled over seeds, per domain (``lsd_in_domain`` …), then the LSD per novelty tercile
+#: (``lsd_in_domain_novelty_low`` …, the sounds of that tercile only): key → display name.
+POOLED_METRICS = {
+    **{f"{key}_{dom}": f"{name} {label}" for dom, label in _DOMAIN_LABELS
+       for key, name in (("lsd", "LSD [dB] ↓"), ("mss", "MSS ↓"), ("mfcc_l1", "MFCC L1 ↓"))},
+    **{f"lsd_{dom}_novelty_{b}": f"LSD [dB] ↓ {label}, {b} novelty" for dom, label in _DOMAIN_LABELS
+       for b in ("low", "mid", "high")},
+}
 
 
 def _item_scores(eval_dir: Path, split: str) -> dict:
-    """Per-sound scores of one seed from ``details.json``: ``{method: {"<metric>_<domain>": {index: value}}}``."""
+    """Per-sound scores of one seed from ``details.json``: ``{method: {"<metric>_<domain>": {index: value}}}``,
+    and ``"lsd_<domain>_novelty_<bin>"`` for the sounds of each novelty tercile (rows with ``novelty_bin``)."""
     import json
 
     details = json.loads((Path(eval_dir) / "details.json").read_text())
@@ -59,6 +65,8 @@ def _item_scores(eval_dir: Path, split: str) -> dict:
                 for key in ("lsd", "mss", "mfcc_l1"):
                     if key in row:
                         out.setdefault(method, {}).setdefault(f"{key}_{dom}", {})[str(i)] = row[key]
+                if "novelty_bin" in row and "lsd" in row:
+                    out.setdefault(method, {}).setdefault(f"lsd_{dom}_novelty_{row['novelty_bin']}", {})[str(i)] = row["lsd"]
     return out
 
 

@@ -9,8 +9,8 @@ out-of-domain sampled-instrument notes of held-out GM programs (columns):
 * ``voice`` — with ``model.voice_classifier``: the voice classifier of
   ``voice.pt``, i.e. the training voice it chooses, intact (network alone);
 * ``<method>+refine`` — each of those followed by test-time SPSA through Dexed
-  on the target's multi-scale spectral loss (``refine_renders`` renders, best
-  point kept);
+  on the target's multi-scale spectral loss (``refine_renders`` renders, the
+  point with the lowest LSD kept: ``evaluate.refine_keep``);
 * ``cmaes`` — the gradient-free reference: per-target CMA-ES from the mean
   training preset with the same render budget.
 
@@ -22,6 +22,15 @@ parameters exactly right); ``seconds_per_sound`` (wall time to produce the
 preset, one core for the searches). Writes ``results.json`` (form
 ``{"models": {method: {"in_domain": {...}, "out_of_domain": {...}}}, ...}``),
 ``results.md`` (a table like DiffSynth's) and ``details.json`` (per target).
+
+Novelty: each held-out sound carries its novelty, the LSD (dB) to the nearest
+training factory voice (computed when the dataset is built,
+:func:`~deepafx.recipes.dexed_matching.data.novelty`), as ``novelty_db`` in
+``details.json``. Per domain the evaluated sounds are cut into novelty terciles
+(``low`` ≤ the first tercile < ``mid`` ≤ the second < ``high``; edges in
+``results.json["novelty"]``), and every method's LSD and the paired
+differences are also reported per tercile (``by_novelty``, ``paired_by_novelty``
+and a second table in ``results.md``).
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ class EvalConfig:
         seed: Seed of the target choice and the searches.
         refine_methods: Starting points refined (``None``: every method; names
             such as ``retrieval``, ``retrieval_corpus``, ``ploss``, ``synth``, ``real``).
+        refine_keep: Metric the refinement and CMA-ES keep their best rendered point by:
+            ``"lsd"`` (default; the table's log-spectral distortion) or ``"mss"`` (the spectral loss
+            they descend; how results before this option were made).
         cmaes: Run the CMA-ES reference.
         ndb_bins: ``K`` of the NDB metric (``None``: one bin per 6 targets, at least 2).
         pitch_tolerance_cents: A matched note's pitch is right within this many cents.
@@ -79,6 +91,7 @@ class EvalConfig:
     num_workers: int = 2
     seed: int = 0
     refine_methods: list[str] | None = None
+    refine_keep: str = "lsd"
     cmaes: bool = True
     ndb_bins: int | None = None
     pitch_tolerance_cents: float = 50.0
@@ -87,9 +100,13 @@ class EvalConfig:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "EvalConfig":
         from deepafx.config import bind
 
+        from deepafx.recipes.dexed_matching.search import KEEP_METRICS
+
         cfg = bind(cls, d, "evaluate")
         if cfg.refine_renders < 0 or cfg.num_workers < 1:
             raise ValueError("refine_renders must be >= 0 and num_workers >= 1")
+        if cfg.refine_keep not in KEEP_METRICS:
+            raise ValueError(f"evaluate.refine_keep must be one of {KEEP_METRICS}, got {cfg.refine_keep!r}")
         return cfg
 
 
@@ -110,12 +127,12 @@ def _init_worker(renderer_args: tuple) -> None:
 
 
 def _run_search(job: tuple) -> tuple:
-    key, kind, target, x0, budget, lr, eps, sigma, seed = job
+    key, kind, target, x0, budget, lr, eps, sigma, seed, keep = job
     r = _WORKER["renderer"]
     if kind == "refine":
-        res = spsa_refine(target, x0, r, budget, lr, eps, seed=seed)
+        res = spsa_refine(target, x0, r, budget, lr, eps, seed=seed, keep=keep)
     else:
-        res = cmaes_search(target, x0, r, budget, sigma, seed=seed)
+        res = cmaes_search(target, x0, r, budget, sigma, seed=seed, keep=keep)
     return key, res.x, res.seconds, res.renders
 
 
@@ -200,13 +217,16 @@ def evaluate_from_config(
             "x": data.x[split][in_idx],
             "pitch": data.pitch[split][in_idx],
             "audio": renderer.render_batch(data.x[split][in_idx]),
+            "novelty": _novelty_of(data, "in_domain", split, in_idx),
         },
         "out_of_domain": {
             "pitch": data.ood_pitch[split][ood_idx],
             "audio": data.ood_audio[split][ood_idx],
             "program": data.ood_program[split][ood_idx],
+            "novelty": _novelty_of(data, "out_of_domain", split, ood_idx),
         },
     }
+    novelty_bins = {dom: novelty_terciles(targets[dom]["novelty"]) for dom in DOMAINS if targets[dom]["novelty"] is not None}
     say(f"evaluating on {len(in_idx)} in-domain presets and {len(ood_idx)} out-of-domain notes")
 
     # starting points
@@ -275,12 +295,14 @@ def evaluate_from_config(
             for dom in DOMAINS:
                 for i, x0 in enumerate(starts[method][dom]):
                     jobs.append(((f"{method}+refine", dom, i), "refine", targets[dom]["audio"][i], x0, ecfg.refine_renders,
-                                 ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
+                                 ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i,
+                                 ecfg.refine_keep))
         for dom in DOMAINS if ecfg.cmaes else ():
             for i, p in enumerate(targets[dom]["pitch"]):
                 x0 = set_transpose(mean_x, int(p) - 60)
                 jobs.append((("cmaes", dom, i), "cmaes", targets[dom]["audio"][i], x0, ecfg.refine_renders,
-                             ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i))
+                             ecfg.refine_learning_rate, ecfg.refine_epsilon, ecfg.cmaes_sigma, ecfg.seed + i,
+                             ecfg.refine_keep))
     if jobs:
         say(f"running {len(jobs)} per-target searches ({ecfg.refine_renders} renders each) on {ecfg.num_workers} worker(s)")
         t0 = time.perf_counter()
@@ -326,12 +348,18 @@ def evaluate_from_config(
                 ok = np.isfinite(cents)
                 m["pitch_correct"] = float(np.mean(cents[ok] <= tol)) if ok.any() else float("nan")
                 m["seconds"] = float(seconds[method][dom][i])
+                if dom in novelty_bins:
+                    m["novelty_db"] = float(targets[dom]["novelty"][i])
+                    m["novelty_bin"] = novelty_bins[dom]["bins"][i]
                 rows.append(m)
-            agg = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "seconds"}
+            agg = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k not in ("seconds", "novelty_bin")}
             lsd = [r["lsd"] for r in rows]
             agg["lsd_ci"] = list(bootstrap_ci(lsd, seed=ecfg.seed))
             agg["seconds_per_sound"] = float(np.mean([r["seconds"] for r in rows]))
             agg["n"] = len(rows)
+            if dom in novelty_bins:
+                agg["by_novelty"] = {b: _lsd_summary([r["lsd"] for r in rows if r["novelty_bin"] == b], ecfg.seed)
+                                     for b in NOVELTY_BINS}
             results_json["models"][method][dom] = agg
             details[method][dom] = rows
     # NDB: k-means bins of the targets' log-mel spectrograms, matches assigned to them
@@ -345,9 +373,19 @@ def evaluate_from_config(
                 r = ndb(tf, _ndb_features(renders[method][dom], dcfg.sample_rate), k, seed=ecfg.seed)
                 results_json["models"][method][dom].update({"ndb": r["ndb"], "ndb_k": r["k"]})
     results_json["paired"] = _paired_comparisons(details, seed=ecfg.seed)
+    if novelty_bins:
+        results_json["novelty"] = {dom: {"edges_db": b["edges_db"], "counts": {k: b["bins"].count(k) for k in NOVELTY_BINS},
+                                         "median_db": float(np.median(targets[dom]["novelty"]))}
+                                   for dom, b in novelty_bins.items()}
+        results_json["paired_by_novelty"] = _paired_comparisons(details, seed=ecfg.seed, by_novelty=True)
+    else:
+        notes.append("no novelty in this dataset (built before DATASET_VERSION 2): no novelty bins")
     results_json["settings"] = {
         "refine_renders": ecfg.refine_renders,
         "refine_learning_rate": ecfg.refine_learning_rate,
+        "refine_keep": ecfg.refine_keep,
+        "data_split": dcfg.split,
+        "group_threshold": dcfg.group_threshold,
         "cmaes_sigma": ecfg.cmaes_sigma,
         "num_in_domain": int(len(in_idx)),
         "num_out_of_domain": int(len(ood_idx)),
@@ -363,6 +401,46 @@ def evaluate_from_config(
     (out / "results.md").write_text(table + "\n")
     say(table)
     return out / "results.json"
+
+
+#: Novelty terciles, least novel first.
+NOVELTY_BINS = ("low", "mid", "high")
+
+
+def _novelty_of(data: RecipeData, domain: str, split: str, index: np.ndarray) -> np.ndarray | None:
+    """Novelty (dB) of the evaluated sounds ``index`` of ``split``, or ``None`` if the dataset has none."""
+    values = data.novelty.get(domain, {}).get(split)
+    return None if values is None else np.asarray(values, dtype=np.float64)[index]
+
+
+def novelty_terciles(novelty_db: np.ndarray) -> dict[str, Any]:
+    """Cut sounds into novelty terciles.
+
+    Args:
+        novelty_db: ``(M,)`` LSD in dB of each sound to its nearest training voice.
+
+    Returns:
+        ``{"edges_db": [t1, t2], "bins": [bin name per sound]}``: ``"low"`` for ``v ≤ t1``, ``"mid"`` for
+        ``t1 < v ≤ t2``, ``"high"`` above, ``t1``/``t2`` the 1/3 and 2/3 quantiles (linear interpolation);
+        with ``M < 3`` every sound is ``"low"`` or ``"high"`` around the median.
+
+    Raises:
+        ValueError: empty input or NaN/Inf.
+    """
+    v = np.asarray(novelty_db, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"novelty must be a non-empty 1-D array of finite dB values, got shape {v.shape}")
+    t1, t2 = (float(q) for q in np.quantile(v, [1 / 3, 2 / 3]))
+    if len(v) < 3:
+        t1 = t2 = float(np.median(v))
+    bins = ["low" if x <= t1 else "mid" if x <= t2 else "high" for x in v]
+    return {"edges_db": [t1, t2], "bins": bins}
+
+
+def _lsd_summary(values: list[float], seed: int) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "lsd": float(np.mean(values)), "lsd_ci": list(bootstrap_ci(values, seed=seed))}
 
 
 def _ndb_features(audio: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -384,15 +462,24 @@ def best_network(details: Mapping[str, Any], suffix: str = "") -> str | None:
     return min(cands, key=lambda m: np.mean([r["lsd"] for r in details[m]["in_domain"]]))
 
 
-def _paired_comparisons(details: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
-    """Per-sound paired LSD differences (network − retrieval) with 95 % bootstrap intervals."""
+def _paired_comparisons(details: Mapping[str, Any], seed: int = 0, by_novelty: bool = False) -> list[dict[str, Any]]:
+    """Per-sound paired LSD differences (network − retrieval) with 95 % bootstrap intervals; with ``by_novelty``,
+    one set per novelty tercile (each entry gets ``"novelty": bin``)."""
     pairs = []
     for suffix in ("", "+refine"):
         net = best_network(details, suffix)
         for base in ("retrieval", "retrieval_corpus"):
             if net is not None and base + suffix in details:
                 pairs.append((net, base + suffix))
-    return paired_lsd_differences(details, pairs, seed)
+    if not by_novelty:
+        return paired_lsd_differences(details, pairs, seed)
+    out = []
+    for b in NOVELTY_BINS:
+        sub = {m: {dom: [r for r in rows if r.get("novelty_bin") == b] for dom, rows in per.items()}
+               for m, per in details.items()}
+        sub = {m: {dom: rows for dom, rows in per.items() if len(rows) >= 2} for m, per in sub.items()}
+        out += [dict(c, novelty=b) for c in paired_lsd_differences(sub, [p for p in pairs if p[0] in sub and p[1] in sub], seed)]
+    return out
 
 
 def paired_lsd_differences(details: Mapping[str, Any], pairs: list[tuple[str, str]], seed: int = 0) -> list[dict[str, Any]]:
@@ -463,7 +550,37 @@ def results_table(results: Mapping[str, Any]) -> str:
         for p in results["paired"]:
             lines.append(f"| {p['a']} − {p['b']} | {p['domain']} | {p['n']} | {p['mean_diff_lsd']:+.2f} "
                          f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
+    if results.get("novelty"):
+        lines += ["", novelty_table(results)]
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluate_from_config", "param_metrics", "results_table", "sound_metrics"]
+def novelty_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of every method's LSD per novelty tercile and domain (``results.json``'s ``by_novelty``),
+    followed by the paired differences per tercile (``paired_by_novelty``)."""
+    models, nov = results["models"], results["novelty"]
+    doms = [d for d in DOMAINS if d in nov]
+    head = "| method | " + " | ".join(f"{'ID' if d == 'in_domain' else 'OOD'} LSD, {b} novelty (dB) [95 % CI]"
+                                      for d in doms for b in NOVELTY_BINS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(doms) * len(NOVELTY_BINS))]
+    for m in _order(list(models)):
+        cells = []
+        for d in doms:
+            for b in NOVELTY_BINS:
+                c = models[m].get(d, {}).get("by_novelty", {}).get(b, {})
+                cells.append(f"{c['lsd']:.2f} [{c['lsd_ci'][0]:.2f}, {c['lsd_ci'][1]:.2f}] (n={c['n']})" if c.get("n") else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Novelty: LSD of each target to the nearest training factory voice; terciles per domain, edges "
+                 + "; ".join(f"{d} {nov[d]['edges_db'][0]:.2f} / {nov[d]['edges_db'][1]:.2f} dB" for d in doms) + ".")
+    if results.get("paired_by_novelty"):
+        lines += ["", "| paired LSD difference (a − b) | domain | novelty | n | mean (dB) | 95 % CI | a better on |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in results["paired_by_novelty"]:
+            lines.append(f"| {p['a']} − {p['b']} | {p['domain']} | {p['novelty']} | {p['n']} | {p['mean_diff_lsd']:+.2f} "
+                         f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
+    return "\n".join(lines)
+
+
+__all__ = ["NOVELTY_BINS", "EvalConfig", "evaluate_from_config", "novelty_table", "novelty_terciles", "param_metrics",
+           "results_table", "sound_metrics"]

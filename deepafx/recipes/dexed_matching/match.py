@@ -4,7 +4,8 @@
 ``dexed_matching`` estimator, prepares the input (any rate, length and channel
 count; every conversion is reported), predicts a preset, also looks up the
 nearest training preset, starts from whichever sounds closer and refines it with
-test-time SPSA through Dexed (``--refine-renders``, 0 disables). It writes:
+test-time SPSA through Dexed (``--refine-renders``, 0 disables; the rendered
+point with the lowest LSD is kept, :func:`~deepafx.recipes.dexed_matching.search.spsa_refine`). It writes:
 
 * ``preset.syx`` — DX7 single-voice dump (163 bytes) for a DX7 or Dexed;
 * ``preset_bank.syx`` — 32-voice bank with the voice in slot 1 (Dexed's
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if args.refine_renders > 0:
         torch.set_num_threads(1)
         res = spsa_refine(target, x, renderer, args.refine_renders, args.learning_rate, objective=objective, seed=args.seed)
-        print(f"refined with {res.renders} Dexed renders in {res.seconds:.1f} s: loss {res.start_loss:.3f} -> {res.loss:.3f}")
+        print(f"refined with {res.renders} Dexed renders in {res.seconds:.1f} s: {res.metric.upper()} "
+              f"{res.start_loss:.3f} -> {res.loss:.3f} (the point kept is the best by {res.metric.upper()})")
         x = res.x
     x = set_transpose(x, pitch - 60)
     match = renderer.render(x)
