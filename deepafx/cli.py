@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "deepafx.commands.process",
     "deepafx.commands.evaluate",
     "deepafx.commands.match",
+    "deepafx.commands.export",
 )
 
 

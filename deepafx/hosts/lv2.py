@@ -484,6 +484,26 @@ class LV2Processor(Processor):
             for pp in self._port_params:
                 inst.controls[pp.port] = self._controls[pp.port]
 
+    def port_values(self, values: np.ndarray) -> list[tuple[int, float]]:
+        """The control-port values :meth:`set_values` writes for table values, without writing them.
+
+        Args:
+            values: ``(num_params,)`` table values in table units (dB for LSP gain ports).
+
+        Returns:
+            ``(port index, port value)`` per table parameter, in table order: port
+            units (linear gain for gain ports shown in dB, integers rounded, clipped
+            to the port's range), what a host such as a DAW sets the port to.
+
+        Raises:
+            ValueError: ``values`` has not ``len(param_table)`` entries.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (len(self._port_params),):
+            raise ValueError(f"{self.label}: expected {len(self._port_params)} table values, got shape {values.shape}")
+        return [(pp.port, float(pp.to_port(vmap.to_raw(v))))
+                for pp, vmap, v in zip(self._port_params, self._maps, values)]
+
     def port_value(self, symbol: str, instance: int = 0) -> float:
         """Current value of the control port ``symbol`` (inputs and outputs such as meters).
 
