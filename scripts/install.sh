@@ -19,6 +19,9 @@ APT_PACKAGES=(
   fluidsynth libfluidsynth3
 )
 
+# tests only: Ardour 7's headless tools (ardour7-lua, ardour7-export) render the sessions `deepafx export` writes
+if [ "${1:-}" = "--test" ]; then APT_PACKAGES+=(ardour); fi
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null 2>&1; then
