@@ -1,7 +1,9 @@
 """Which DX7 parameters carry a Dexed estimator's spectral error: oracle substitution by parameter group.
 
 The checkpoint's network estimates a preset for every held-out factory voice of
-the test split (network alone, six notes); then, one group at a time, that
+the validation split (``--split valid``, the default: what this analysis shows
+informs choices, so it does not look at the test split; ``--split test``
+reproduces figures made before that rule) (network alone, six notes); then, one group at a time, that
 group's values are replaced by the true ones and the six-note log-spectral
 distortion (LSD, dB) is measured again. A group's figure is the mean LSD gain
 (positive: the true values of that group alone would have lowered the error).
@@ -17,7 +19,7 @@ retrieval (the recipe's ``RetrievalIndex``) picks that voice.
 Usage:
     python benchmarks/dexed_error_groups.py [--config dexed_matching/medium]
         [--checkpoint runs/dexed_matching/medium/checkpoints/ploss.pt] [--data-dir data/dexed_matching/medium]
-        [--ceiling]
+        [--ceiling] [--split valid|test]
 Prints one line per group and, last, one JSON line.
 """
 
@@ -38,6 +40,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="runs/dexed_matching/medium/checkpoints/ploss.pt")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--ceiling", action="store_true", help="also the oracle choice among the training voices")
+    ap.add_argument("--split", default="valid", choices=("valid", "test"),
+                    help="held-out voices analysed (default valid: the test split is not used for choices)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -51,7 +55,7 @@ def main() -> None:
     config = get_recipe("dexed_matching").bind(load_config(args.config))
     ddir = Path(args.data_dir) if args.data_dir else default_data_dir(config)
     renderer = config.data.renderer()
-    x_true = np.load(ddir / "in_domain.npz")["x_test"].astype(np.float64)
+    x_true = np.load(ddir / "in_domain.npz")[f"x_{args.split}"].astype(np.float64)
     targets = renderer.render_batch(x_true)
     model, _ = load_estimator(Path(args.checkpoint))
     x_est = predict(model, targets, np.full(len(x_true), 60))
@@ -74,7 +78,7 @@ def main() -> None:
         gains[g] = float(base.mean() - lsd(x).mean())
     for g, v in sorted(gains.items(), key=lambda kv: -kv[1]):
         print(f"{g:28s} {v:+.2f} dB", flush=True)
-    out = {"benchmark": "dexed_error_groups", "checkpoint": args.checkpoint, "n_test_voices": len(x_true),
+    out = {"benchmark": "dexed_error_groups", "checkpoint": args.checkpoint, "split": args.split, "n_voices": len(x_true),
            "network_lsd": float(base.mean()),
            "gain_db": {g: round(v, 3) for g, v in sorted(gains.items(), key=lambda kv: -kv[1])}}
     if args.ceiling:

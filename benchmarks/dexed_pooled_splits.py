@@ -6,6 +6,8 @@ the per-sound six-note LSD of both splits and reports, per domain, the mean
 paired difference ``a − b`` with its 95 % percentile-bootstrap interval, as
 ``deepafx evaluate`` reports it for one split
 (:func:`deepafx.recipes.dexed_matching.evaluate.paired_lsd_differences`, seed 0).
+A pooled figure is not a headline result: the validation split is where choices
+are made and the test split reports each config once (recipes/dexed_matching/README.md).
 
 Usage:
     python benchmarks/dexed_pooled_splits.py [--run runs/dexed_matching/medium]

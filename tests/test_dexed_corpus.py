@@ -119,6 +119,11 @@ def test_corpus_features_equal_the_models_and_split_holds(bank_dir, tiny):
     ind = np.load(tiny / "in_domain.npz")
     held_out = set(ind["source_test"]) | set(ind["source_valid"])
     assert not held_out & set(c.source[c.source >= 0])  # split by source voice
+    # every corpus item derived from a voice derives from a training voice, of a group held out nowhere
+    src = c.source[c.source >= 0]
+    groups = ind["factory_cluster"]
+    assert set(src.tolist()) <= set(ind["source_train"].tolist()) and (c.kind[c.source < 0] == 2).all()
+    assert set(groups[src].tolist()).isdisjoint(groups[sorted(held_out)].tolist())
     idx = np.array([7, 0, 39])
     audio = torch.from_numpy(DexedRenderer(16000.0, MULTI_NOTES, 3.0, 4.0).render_batch(c.params[idx].astype(np.float64)))
     model = DexedEstimator(6, 16000.0, n_mels=64, hop_length=512, features="ifmel")
