@@ -241,8 +241,8 @@ def spsa_refine(
         raise ValueError(
             f"need budget_renders >= 0, learning_rate > 0 and 0 < epsilon < 0.5, got {budget_renders}, {learning_rate}, {epsilon}"
         )
-    kept = _Keeper(keep, target)
     t0 = time.perf_counter()
+    kept = _Keeper(keep, target)
     obj = objective or SpectralTarget(target)
     free = numeric_free_mask() if free is None else np.asarray(free, dtype=bool)
     x = quantize_normalized(x0)
@@ -318,8 +318,8 @@ def cmaes_search(
     """
     import cma
 
-    kept = _Keeper(keep, target)
     t0 = time.perf_counter()
+    kept = _Keeper(keep, target)
     obj = objective or SpectralTarget(target)
     free = all_free_mask() if free is None else np.asarray(free, dtype=bool)
     base = quantize_normalized(x0)
