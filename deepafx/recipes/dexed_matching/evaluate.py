@@ -556,8 +556,18 @@ def results_table(results: Mapping[str, Any]) -> str:
 
 
 def novelty_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of every method's LSD per novelty tercile and domain (``results.json``'s ``by_novelty``),
-    followed by the paired differences per tercile (``paired_by_novelty``)."""
+    """Markdown table of every method's LSD per novelty tercile and domain, then the paired differences per tercile.
+
+    Args:
+        results: ``results.json`` content with ``"novelty"`` (per domain ``edges_db``), the models'
+            ``by_novelty`` entries and optionally ``"paired_by_novelty"``.
+
+    Returns:
+        Markdown text (LSD in dB with 95 % bootstrap intervals and the number of sounds per cell).
+
+    Raises:
+        KeyError: ``results`` has no ``"novelty"`` (a dataset built before novelty was recorded).
+    """
     models, nov = results["models"], results["novelty"]
     doms = [d for d in DOMAINS if d in nov]
     head = "| method | " + " | ".join(f"{'ID' if d == 'in_domain' else 'OOD'} LSD, {b} novelty (dB) [95 % CI]"
