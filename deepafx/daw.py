@@ -1,7 +1,8 @@
 """Automation into a real DAW: an Ardour 7 session that renders what deepafx rendered.
 
 :func:`export_ardour` (the command ``deepafx export --format ardour``) writes an
-Ardour session folder that holds one stereo track playing the input, the
+Ardour session folder that holds one track playing the input (stereo, or mono
+for a mono model such as amp emulation's), the
 chain's plugins inserted on it in chain order with every parameter that is not
 learned set as deepafx sets it, and one automation lane per learned parameter
 in Play mode, so that opening it in Ardour plays what ``deepafx process``
@@ -19,8 +20,8 @@ One step is not in that API: importing an audio file. Ardour's import
 7.3 create no source from a file. So between two ``ardour7-lua`` runs the
 exporter writes the input as Ardour's import stores it (one mono float WAV per
 channel, ``<name>%L.wav`` / ``<name>%R.wav`` in
-``interchange/<session>/audiofiles``), adds the two ``<Source>`` entries and one
-stereo whole-file ``<Region>`` over them and the session range (a
+``interchange/<session>/audiofiles``), adds one ``<Source>`` entry per channel
+and one whole-file ``<Region>`` over them and the session range (a
 ``<Location>``; the Lua bindings construct none) to the saved session XML (the
 format Ardour 7.3 writes, version 7002), and the second run loads the session,
 where Ardour itself puts a copy of that region on the track and saves everything.
@@ -55,6 +56,17 @@ Read back at the blocks' starts a lane equals the model's automation at the
 blocks' centre times; at the frame times it differs from the frame values by at
 most what the curve moves in half a block.
 
+**Plugins whose output depends on where runs start.** Ardour runs plugins in
+its own cycles (1024 samples in ``ardour7-export``, split at automation points),
+deepafx in its render blocks (and in ``fixed_block`` runs where a chain asks for
+them, e.g. 128 samples for guitarix). A plugin that renders the same stream
+differently for other run lengths renders differently in Ardour: measured on
+the guitarix amp (``amp_emulation/quick_gx``, ``fixed_block`` 128), a static
+preset differs by -14 dB and moving automation by +3 dB (relative to the
+signal), where the LSP mastering chain of ``mastering/quick_lv2`` stays below
+-45 dB. Such sessions open and play with the right plugins and lanes, but are
+not a faithful render.
+
 **Thinning** (``tolerance``): a fraction of each parameter's range on deepafx's
 normalized scale (linear or logarithmic, as the chain's table says; 0.01 = 1 %
 of the range, e.g. 0.24 dB of a ±12 dB EQ gain). A block's point is kept only
@@ -65,9 +77,9 @@ default) keeps every change: the render then matches deepafx's to float rounding
 
 **Sample rate and channels.** The session runs at the model's rate; the track
 holds the input as deepafx's chain receives it (resampled with soxr to the
-model's rate and conformed to stereo as ``deepafx process`` does, see
-:mod:`deepafx.audio`), so an input at the model's rate in stereo is copied
-sample for sample. **Latency.** Ardour compensates the plugins' latency
+model's rate and conformed to the model's channels as ``deepafx process`` does,
+see :mod:`deepafx.audio`), so an input at the model's rate and channel count is
+copied sample for sample; a mono track's one output feeds both master inputs. **Latency.** Ardour compensates the plugins' latency
 (:attr:`deepafx.chain.Chain.latency_samples`, e.g. 220 samples of look-ahead in
 LSP's limiter), ``deepafx process`` does not: Ardour's render of sample ``t``
 lines up with deepafx's sample ``t + latency``.
@@ -293,17 +305,20 @@ def _lua_str(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def _lua_create(session_dir: Path, name: str, sample_rate: int) -> str:
+def _lua_create(session_dir: Path, name: str, sample_rate: int, channels: int) -> str:
+    # a mono track has one output, connected to both master inputs (no panner: both channels carry the track)
     return f"""
 local s = create_session({_lua_str(str(session_dir))}, {_lua_str(name)}, {sample_rate})
 assert(s, "create_session failed")
-local tl = Session:new_audio_track(2, 2, nil, 1, {_lua_str(TRACK_NAME)}, ARDOUR.PresentationInfo.max_order,
-                                   ARDOUR.TrackMode.Normal, true)
+local tl = Session:new_audio_track({channels}, {channels}, nil, 1, {_lua_str(TRACK_NAME)},
+                                   ARDOUR.PresentationInfo.max_order, ARDOUR.TrackMode.Normal, true)
 assert(tl:size() == 1, "new_audio_track failed")
 local out = tl:front():output()
 local master = Session:master_out():input()
+out:disconnect_all(nil)
 for c = 0, 1 do
-  assert(out:connect(out:audio(c), master:audio(c):name(), nil) == 0, "cannot connect the track to the master bus")
+  assert(out:connect(out:audio(c % {channels}), master:audio(c):name(), nil) == 0,
+         "cannot connect the track to the master bus")
 end
 Session:save_state("", false, false, false, false, false)
 close_session()
@@ -518,7 +533,9 @@ class ExportResult:
         num_blocks: Render blocks of the track (points per lane without thinning, at most).
         sample_rate: Session rate, Hz (the model's).
         num_samples: Track length in samples.
-        latency_samples: The chain's latency in deepafx (Ardour compensates it).
+        latency_samples: The chain's latency in deepafx, samples: ``deepafx process``'s output
+            sample ``t + latency_samples`` lines up with Ardour's sample ``t`` (Ardour compensates
+            the plugins' own latency; deepafx's ``fixed_block`` FIFOs do not exist in Ardour).
         tolerance: Thinning tolerance used (fraction of each range).
         notes: What was changed on the way (resampling, channels).
         seconds: Wall time of the export.
@@ -546,7 +563,8 @@ class ExportResult:
                  f"{self.num_samples / self.sample_rate:.2f} s)",
                  f"automation: {len(self.lanes)} lanes, {self.num_points} points "
                  f"({self.num_blocks} render blocks; tolerance {self.tolerance:g} of each range), Discrete, Play",
-                 f"latency: {self.latency_samples} samples (Ardour compensates it)"]
+                 f"latency: {self.latency_samples} samples in deepafx (Ardour compensates the plugins' own: "
+                 f"deepafx process output sample t + {self.latency_samples} lines up with Ardour's sample t)"]
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"exported in {self.seconds:.1f} s; open it with: ardour7 {self.session_file}")
         return "\n".join(lines)
@@ -610,8 +628,9 @@ def export_ardour(checkpoint: str | Path, input_path: str | Path, out_dir: str |
         x = resample(x, src.sample_rate, model.sample_rate)
         notes.append(f"resampled from {src.sample_rate:g} Hz to the model's {rate} Hz (soxr): the session runs at "
                      f"{rate} Hz")
-    if x.shape[0] != 2:
-        raise ValueError(f"the exported track is stereo; this model processes {x.shape[0]} channel(s)")
+    channels = int(x.shape[0])
+    if channels not in (1, 2):
+        raise ValueError(f"a session track is mono or stereo; this model processes {channels} channels")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[1]
     times_s, params = predict_automation(model, x, smoothing_frames=int(smoothing_frames), static=bool(static))
@@ -623,18 +642,18 @@ def export_ardour(checkpoint: str | Path, input_path: str | Path, out_dir: str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         sdir = tmp / name
-        _run_lua(_lua_create(sdir, name, rate), "creating the session", timeout_seconds)
+        _run_lua(_lua_create(sdir, name, rate, channels), "creating the session", timeout_seconds)
         import soundfile as sf
 
         audio_dir = sdir / "interchange" / name / "audiofiles"
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(input_path).stem) or "input"
-        files = [f"{stem}%L.wav", f"{stem}%R.wav"]
+        files = [f"{stem}%L.wav", f"{stem}%R.wav"] if channels == 2 else [f"{stem}.wav"]
         for ch, fname in enumerate(files):
             sf.write(audio_dir / fname, x[ch], rate, subtype="FLOAT")
         session_file = sdir / f"{name}.ardour"
         _add_input_region(session_file, stem, files, n, rate)
         _run_lua(_lua_build(sdir, name, stem, n, plugins), "inserting the plugins and automation", timeout_seconds)
-        _check_saved(session_file, plugins, stem)
+        _check_saved(session_file, plugins, channels)
         for leftover in sdir.glob("*.bak"):
             leftover.unlink()
         old = None
@@ -650,13 +669,13 @@ def export_ardour(checkpoint: str | Path, input_path: str | Path, out_dir: str |
                         time.perf_counter() - t_start)
 
 
-def _check_saved(session_file: Path, plugins: list[_Plugin], region_name: str) -> None:
+def _check_saved(session_file: Path, plugins: list[_Plugin], channels: int) -> None:
     """The saved session holds the region on the track and every plugin and lane, in order (else ArdourError)."""
     root = ET.parse(session_file).getroot()
     regions = [r for pl in root.iter("Playlist") for r in pl.findall("Region")]
-    if len(regions) != 1 or regions[0].get("channels") != "2":
+    if len(regions) != 1 or regions[0].get("channels") != str(channels):
         raise ArdourError(f"Ardour saved {len(regions)} region(s) on the playlist of {session_file}, expected one "
-                           "stereo region")
+                          f"region of {channels} channel(s)")
     lanes = read_session_lanes(session_file)
     uris = sorted({(v["order"], v["uri"]) for v in lanes.values()})
     for k, plug in enumerate(plugins):
