@@ -3,7 +3,8 @@
 For one checkpoint and one input, renders the input with ``deepafx process`` (the
 reference), then for each ``--tolerances`` value exports an Ardour session with
 ``deepafx export --tolerance`` (:func:`deepafx.daw.export_ardour`), renders it with
-``ardour7-export`` and compares: the difference after aligning by the chain's
+``ardour7-export`` and compares (an input at another rate is first resampled
+to the model's, at which the session runs): the difference after aligning by the chain's
 latency (Ardour compensates it, deepafx does not), in dB relative to the reference
 (energy of ``ardour - deepafx`` over the energy of ``deepafx``), and the automation
 points kept over all lanes (the trade of thinning: fewer points, editable lanes,
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from deepafx.audio import resample
 from deepafx.automation.process import load_automation_checkpoint, process_file
 from deepafx.daw import export_ardour, render_session
 
@@ -52,8 +54,12 @@ def main() -> None:
         d = Path(tmp)
         audio, sr = sf.read(args.input, dtype="float32", always_2d=True)
         a = int(args.offset_seconds * sr)
+        audio = audio[a: a + int(args.seconds * sr)]
+        if sr != model.sample_rate:  # the session runs at the model's rate: compare at that rate
+            audio = resample(np.ascontiguousarray(audio.T), sr, model.sample_rate).T
+            sr = int(model.sample_rate)
         clip = d / "in.wav"
-        sf.write(clip, audio[a: a + int(args.seconds * sr)], sr, subtype="FLOAT")
+        sf.write(clip, audio, sr, subtype="FLOAT")
         process_file(args.checkpoint, clip, d / "deepafx.wav")
         reference = sf.read(str(d / "deepafx.wav"), dtype="float64", always_2d=True)[0]
         for tol in args.tolerances:
