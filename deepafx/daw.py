@@ -30,8 +30,12 @@ where Ardour itself puts a copy of that region on the track and saves everything
 ``lv2`` (inserted by URI). Stages no DAW has (pedalboard's built-ins
 ``pedalboard.*``, deepafx's ``builtin.*`` and ``ddsp.*`` processors, Faust code,
 the Dexed engine) are refused with one line naming them. VST3/VST2 stages are
-refused too: Ardour finds those only through its plugin scan, which a headless
-session does not run.
+refused too (not done): a headless Ardour session lists a VST3 plugin only after
+Ardour's own scanner has indexed it (``ardour-vst3-scanner BUNDLE``; checked with
+ZamComp.vst3), and Ardour's VST3 lanes hold the plugin's plain values while
+deepafx writes VST3 normalized values through pedalboard, a conversion only the
+plugin's controller knows; exporting them needs that mapping and a round trip
+that checks it.
 
 **Units.** A lane holds the plugin's own port value, exactly what deepafx's LV2
 host writes to the port (:meth:`deepafx.hosts.lv2.LV2Processor.port_values`):
