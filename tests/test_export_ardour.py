@@ -118,6 +118,26 @@ def test_missing_ardour_is_named(tmp_path, monkeypatch):
     assert not (tmp_path / "session").exists()
 
 
+def test_port_values_are_what_the_lanes_hold():
+    """LSP gain ports shown in dB hold linear gain; other ports their value; clipped to the port's range."""
+    if not os.path.isdir(LSP):
+        pytest.skip(f"LSP LV2 plugins absent ({LSP}): apt-get install lsp-plugins-lv2")
+    from deepafx.hosts.lv2 import LV2Processor
+
+    proc = LV2Processor("http://lsp-plug.in/plugins/lv2/compressor_stereo", 44100.0, param_map={
+        "only_listed": True, "params": {"al": {"name": "threshold_db"}, "cr": {"name": "ratio"}}})
+    try:
+        ports = {p.symbol: p.index for p in proc.ports}
+        values = np.array([-12.0, 3.0]) if proc.param_table.names[0] == "threshold_db" else np.array([3.0, -12.0])
+        got = dict(proc.port_values(values))
+        assert got[ports["al"]] == pytest.approx(10 ** (-12 / 20), rel=1e-12)
+        assert got[ports["cr"]] == pytest.approx(3.0)
+        with pytest.raises(ValueError, match="expected 2 table values"):
+            proc.port_values(np.zeros(3))
+    finally:
+        proc.close()
+
+
 # --------------------------------------------------------------------------- fast: automation resolution
 @pytest.mark.parametrize("num_samples,block", [(10_000, 1024), (4096, 1024), (5, 2), (44_100, 333)])
 def test_block_staircase_is_the_render_schedule(num_samples, block):
