@@ -285,6 +285,19 @@ def test_lstm_early_stopping_keeps_the_best_validation_weights():
     assert conv.best_valid_loss == min(v for _, v in conv.valid_history)
 
 
+def test_the_lstm_sees_training_and_validation_pieces_only(tiny_data):
+    from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig, _neural_amp
+
+    _, ddir = tiny_data
+    ec = EvaluateConfig(neural_amp={"hidden_size": 4, "segment_samples": 2000, "warmup_samples": 200,
+                                    "batch_size": 2, "budget_seconds": 1.0})
+    _, info = _neural_amp(ec, {}, Path("none.pt"), ddir)
+    ids = {s: set(load_split(ddir, s)[0]) for s in ("train", "valid", "test")}
+    assert ids["valid"] and ids["test"]
+    assert set(info["train_piece_ids"]) == ids["train"] and set(info["valid_piece_ids"]) == ids["valid"]
+    assert not (ids["train"] | ids["valid"]) & ids["test"]
+
+
 # --------------------------------------------------------------------------- fair oracle (CMA-ES on ESR)
 def test_esr_objective_by_hand_and_after_latency():
     from deepafx.automation.oracle import EsrObjective

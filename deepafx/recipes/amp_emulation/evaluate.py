@@ -296,18 +296,18 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
     from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
 
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
-    budget, valid = nc.budget_seconds, []
+    budget, valid, valid_ids = nc.budget_seconds, [], []
     if nc.match_model_time:
         budget = run_train_seconds(ckpt, ckpt_path)
         if budget is None:
             raise ValueError("evaluate.neural_amp.match_model_time: the checkpoint records no training time "
                              "(train_seconds); set budget_seconds instead")
     else:
-        valid = load_split(ddir, "valid")[1]
+        valid_ids, valid = load_split(ddir, "valid")
         if not valid and budget is None and nc.max_updates is None:
             raise ValueError("the neural amp trains to convergence on the validation pieces, but the dataset has "
                              "none: raise data.valid_fraction, or set evaluate.neural_amp.budget_seconds")
-    train_tracks = load_split(ddir, "train")[1]
+    train_ids, train_tracks = load_split(ddir, "train")  # never the test split: the baseline sees what the model saw
     log.info("training the neural amp baseline (%s)", "for the model's training time, %.0f s" % budget
              if nc.match_model_time else "to convergence on the validation pieces")
     trained = train_neural_amp(train_tracks, nc, budget, valid_tracks=valid)
@@ -317,6 +317,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
             "final_train_loss": trained.final_loss, "stopped": trained.stopped,
             "best_valid_loss": trained.best_valid_loss, "best_update": trained.best_update,
             "valid_history": trained.valid_history, "valid_pieces": len(valid),
+            "train_piece_ids": list(train_ids), "valid_piece_ids": list(valid_ids),
             "model_train_seconds": run_train_seconds(ckpt, ckpt_path), "settings": asdict(nc)}
     return trained.model, info
 
