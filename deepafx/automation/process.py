@@ -585,6 +585,7 @@ class ProcessResult:
     automation: Automation
     checkpoint_path: Path
     warnings: list[str] = field(default_factory=list)
+    preset_paths: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
         """Human-readable report for the command line."""
@@ -599,6 +600,8 @@ class ProcessResult:
                      f"of the parameters within {100 * SATURATION_TOLERANCE:g} % of a range bound")
         if self.plot_path:
             lines.append(f"plot: {self.plot_path}")
+        for path in self.preset_paths:
+            lines.append(f"LV2 preset: {path.parent} (copy the folder to ~/.lv2 to load it in the plugin)")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"processed in {self.process_seconds:.2f} s ({self.realtime_factor:.3g}x real time)")
         return "\n".join(lines)
@@ -608,7 +611,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
                  automation_path: str | Path | None = None, plot_path: str | Path | None = None,
                  block_samples: int = 1024, smoothing_frames: int = 3, force: bool = False,
                  timeout_seconds: float = 120.0, recipe: str | None = None, loudness_lufs: float | None = None,
-                 loudness_param: str | None = None, static: bool = False) -> ProcessResult:
+                 loudness_param: str | None = None, static: bool = False,
+                 lv2_preset_dir: str | Path | None = None) -> ProcessResult:
     """Process one file (the ``deepafx process`` command of automation recipes).
 
     Args:
@@ -631,6 +635,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
             (:func:`apply_automation`; recorded in the automation file).
         loudness_param: The dB parameter offset for it (default: ``<processor>.gain_db``).
         static: One parameter set for the whole file instead of automation (:func:`apply_automation`).
+        lv2_preset_dir: With ``static``: also write that parameter set as one LV2 preset bundle per
+            LV2 stage in this folder (:mod:`deepafx.presets`), named after the input file.
 
     Returns:
         :class:`ProcessResult`.
@@ -663,6 +669,8 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace")
+    if lv2_preset_dir is not None and not static:
+        raise ValueError("an LV2 preset holds one parameter set: add --static (one set for the whole file)")
     output_format(out)  # validates the extension before any work
     src = read_audio(inp)
     fmt, subtype, fmt_note = output_format(out, src.subtype)
@@ -697,6 +705,17 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         title = f"{inp.name} processed by {ckpt_path.parent.name}/{ckpt_path.name}"
         outputs.append((plot_p, _render_plot_png(plot_process, src.audio, processed.audio, src.sample_rate,
                                                  processed.automation, title=title)))
+    preset_paths: list[Path] = []
+    if lv2_preset_dir is not None:
+        from deepafx.presets import lv2_preset_files
+
+        files, skipped = lv2_preset_files(model.chain, processed.automation.normalized[0], lv2_preset_dir, inp.stem)
+        existing = [str(p) for p, _ in files if p.exists()]
+        if existing and not force:
+            raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace")
+        outputs += files
+        notes += skipped
+        preset_paths = [p for p, _ in files if p.name != "manifest.ttl"]
     write_files_atomic(outputs)
     warnings = src.warnings + processed.warnings
     for n in notes:
@@ -706,5 +725,5 @@ def process_file(checkpoint: str | Path, input_path: str | Path, output_path: st
         model_sample_rate=model.sample_rate, input_channels=src.audio.shape[0],
         output_channels=processed.audio.shape[0], subtype=subtype, seconds=processed.seconds,
         process_seconds=processed.process_seconds, realtime_factor=processed.realtime_factor, notes=notes,
-        automation=processed.automation, checkpoint_path=ckpt_path, warnings=warnings,
+        automation=processed.automation, checkpoint_path=ckpt_path, warnings=warnings, preset_paths=preset_paths,
     )

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.input, args.output, automation_path=args.automation, plot_path=args.plot,
         block_samples=args.block_samples, smoothing_frames=args.smoothing_frames, force=args.force,
         loudness_lufs=args.loudness, loudness_param=args.loudness_param, static=args.static,
+        lv2_preset_dir=args.lv2_preset,
     )
     for w in result.warnings:
         print(f"deepafx process: warning: {w}", file=sys.stderr)
@@ -62,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static", action="store_true",
                    help="one parameter set for the whole file (the encoder's mean outputs over the frames, the gain "
                         "from the file's loudness): a preset instead of automation")
+    p.add_argument("--lv2-preset", metavar="DIR", default=None,
+                   help="with --static: also write the parameter set as an LV2 preset bundle per LV2 stage in DIR "
+                        "(<input name>-<stage>.lv2/); copy it to ~/.lv2 to load it in the same plugin in any LV2 host")
     p.add_argument("--loudness", metavar="LUFS", type=float, default=None,
                    help="integrated-loudness target of the output, e.g. -14: the output-gain parameter's automation "
                         "is offset until the output meets it (ITU-R BS.1770-4; a few more renders)")

@@ -32,6 +32,7 @@ import ctypes
 import difflib
 import math
 import threading
+from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -156,6 +157,10 @@ _PRINTF_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _cp)
 _VPRINTF_FN = ctypes.CFUNCTYPE(ctypes.c_int, _vp, _u32, _cp, _vp)
 
 
+# LilvSetPortValueFunc: (port symbol, user data, value, size in bytes, value type URID)
+_SET_PORT_VALUE_FN = ctypes.CFUNCTYPE(None, _cp, _vp, _vp, _u32, _u32)
+
+
 class _Log(ctypes.Structure):
     _fields_ = [("handle", _vp), ("printf", _PRINTF_FN), ("vprintf", _VPRINTF_FN)]
 
@@ -206,6 +211,11 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "lilv_scale_points_free": (None, [_vp]),
     "lilv_scale_point_get_label": (_vp, [_vp]),
     "lilv_scale_point_get_value": (_vp, [_vp]),
+    "lilv_state_new_from_file": (_vp, [_vp, _vp, _vp, _cp]),
+    "lilv_state_get_plugin_uri": (_vp, [_vp]),
+    "lilv_state_get_label": (_cp, [_vp]),
+    "lilv_state_emit_port_values": (None, [_vp, _vp, _vp]),
+    "lilv_state_free": (None, [_vp]),
 }
 
 _LIB: Any = None
@@ -360,6 +370,42 @@ class LV2World:
                 "--no-install-recommends lsp-plugins-lv2 x42-plugins guitarix-lv2 zam-plugins)"
             )
         return p
+
+    def read_preset(self, path: str | Path) -> dict[str, Any]:
+        """Read an LV2 preset file the way a host does (``lilv_state_new_from_file``).
+
+        Args:
+            path: The preset's Turtle file (``.ttl``), e.g. one written by :mod:`deepafx.presets`.
+
+        Returns:
+            ``{"plugin": URI it applies to, "label": str, "values": {port symbol: value}}``
+            (float port values; values of other types are skipped).
+
+        Raises:
+            PluginError: lilv cannot read a preset from the file.
+        """
+        from deepafx.hosts.base import PluginError
+
+        lib = self.lib
+        state = lib.lilv_state_new_from_file(self.ptr, ctypes.addressof(self._urid_map), None,
+                                             str(Path(path).resolve()).encode())
+        if not state:
+            raise PluginError(f"lilv could not read an LV2 preset from {path}")
+        float_urid = self.map("http://lv2plug.in/ns/ext/atom#Float")
+        values: dict[str, float] = {}
+
+        def take(symbol: bytes, _user: Any, value: int, size: int, vtype: int) -> None:
+            if vtype == float_urid and size == 4 and value:
+                values[_str(symbol)] = float(ctypes.cast(value, ctypes.POINTER(ctypes.c_float))[0])
+
+        callback = _SET_PORT_VALUE_FN(take)
+        try:
+            lib.lilv_state_emit_port_values(state, ctypes.cast(callback, _vp), None)
+            uri = lib.lilv_state_get_plugin_uri(state)
+            return {"plugin": _str(lib.lilv_node_as_uri(uri)) if uri else "",
+                    "label": _str(lib.lilv_state_get_label(state)), "values": values}
+        finally:
+            lib.lilv_state_free(state)
 
     def nodes_as_strings(self, nodes: int, free: bool = True) -> list[str]:
         """Strings of a ``LilvNodes*`` collection (freed unless ``free`` is False)."""

@@ -1,0 +1,110 @@
+"""LV2 presets of one parameter set (``deepafx process --static --lv2-preset``), read back by liblilv as a host
+reads them (real guitarix and LSP LV2 plugins; skipped, saying why, where they are not installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from test_export_ardour import LSP, save_tiny_checkpoint, write_clip
+
+from deepafx.audio import write_files_atomic
+from deepafx.chain import ChainSpec
+from deepafx.cli import main
+from deepafx.hosts.base import PluginError
+from deepafx.presets import lv2_preset_files
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _world_or_skip():
+    try:
+        from deepafx.hosts.lilv import lv2_world
+
+        return lv2_world()
+    except PluginError as exc:
+        pytest.skip(f"liblilv is not installed: {exc}")
+
+
+def _expected_ports(spec: ChainSpec, normalized: np.ndarray) -> list[dict[str, float]]:
+    """Per LV2 stage, the port values deepafx's host writes for these parameters, by port symbol."""
+    chain = spec.build()
+    try:
+        out = []
+        for proc, values in zip(chain.processors, chain.plugin_values(normalized)):
+            symbols = {p.index: p.symbol for p in proc.ports}
+            out.append({symbols[i]: float(np.float32(v)) for i, v in proc.port_values(values)})
+        return out
+    finally:
+        chain.close()
+
+
+def test_guitarix_preset_is_read_back_by_lilv_and_listed_by_a_host(tmp_path):
+    world = _world_or_skip()
+    spec = ChainSpec.from_dict(yaml.safe_load((REPO / "recipes/amp_emulation/quick_gx.yaml").read_text())["chain"])
+    try:
+        spec.build().close()
+    except PluginError as exc:
+        pytest.skip(f"guitarix LV2 amp not installed (Debian: guitarix-lv2): {exc}")
+    x = np.linspace(0.1, 0.9, len(spec.param_table))
+    files, skipped = lv2_preset_files(spec, x, tmp_path, "take 1")
+    assert skipped == [] and [p.relative_to(tmp_path).as_posix() for p, _ in files] == [
+        "take_1-amp.lv2/manifest.ttl", "take_1-amp.lv2/take_1-amp.ttl"]
+    write_files_atomic(files)
+    state = world.read_preset(files[1][0])
+    assert state["plugin"] == spec.processors[0].options["uri"] and state["label"] == "deepafx take 1 (amp)"
+    expected = _expected_ports(spec, x)[0]
+    assert {k: state["values"][k] for k in expected} == pytest.approx(expected)
+    # the fixed discrete choices and the ports deepafx does not learn are in the preset too
+    assert state["values"]["model"] == 14 and state["values"]["t_model"] == 4 and state["values"]["c_model"] == 18
+    assert state["values"]["PreGain"] == pytest.approx(-16.0) and state["values"]["MasterGain"] == pytest.approx(16.0)
+    if shutil.which("lv2info"):  # a host finds it through the bundle's manifest on LV2_PATH
+        info = subprocess.run(["lv2info", spec.processors[0].options["uri"]], capture_output=True, text=True,
+                              env=dict(os.environ, LV2_PATH=f"{tmp_path}:/usr/lib/lv2"), timeout=120).stdout
+        assert "deepafx take 1 (amp)" in info[info.index("Presets:"):]
+
+
+def test_process_writes_the_static_set_as_presets(tmp_path, capsys):
+    world = _world_or_skip()
+    if not os.path.isdir(LSP):
+        pytest.skip(f"LSP LV2 plugins not installed ({LSP}; Debian: lsp-plugins-lv2)")
+    ckpt = save_tiny_checkpoint(tmp_path / "best.pt", "mastering/quick_lv2")
+    clip = write_clip(tmp_path / "song.wav")
+    presets = tmp_path / "presets"
+    args = ["process", "--checkpoint", str(ckpt), str(clip), str(tmp_path / "out.wav"),
+            "--automation", str(tmp_path / "a.json")]
+    # a preset holds one parameter set: without --static it is refused and nothing is written
+    assert main(args + ["--lv2-preset", str(presets)]) != 0
+    assert "--static" in capsys.readouterr().err and not presets.exists() and not (tmp_path / "out.wav").exists()
+    assert main(args + ["--static", "--lv2-preset", str(presets)]) == 0
+    assert "LV2 preset:" in capsys.readouterr().out
+    auto = json.loads((tmp_path / "a.json").read_text())
+    spec = ChainSpec.from_dict(yaml.safe_load((REPO / "recipes/mastering/quick_lv2.yaml").read_text())["chain"])
+    table = spec.param_table
+    x = table.normalize([auto["parameters"][n]["values"][0] for n in table.names])
+    assert auto["static"] and all(len(set(auto["parameters"][n]["values"])) == 1 for n in table.names)
+    expected = _expected_ports(spec, x)
+    bundles = sorted(presets.glob("*.lv2"))
+    assert [b.name for b in bundles] == sorted(f"song-{p.name}.lv2" for p in spec.processors if p.backend == "lv2")
+    for ps, exp in zip(spec.processors, expected):
+        state = world.read_preset(presets / f"song-{ps.name}.lv2" / f"song-{ps.name}.ttl")
+        assert state["plugin"] == ps.options["uri"]
+        assert {k: state["values"][k] for k in exp} == pytest.approx(exp, rel=1e-4, abs=1e-6)
+    # an existing preset is not overwritten without --force
+    stamp = {p: p.stat().st_mtime_ns for p in presets.rglob("*.ttl")}
+    assert main(["process", "--checkpoint", str(ckpt), str(clip), str(tmp_path / "out2.wav"), "--static",
+                 "--lv2-preset", str(presets)]) != 0
+    assert "--force" in capsys.readouterr().err and not (tmp_path / "out2.wav").exists()
+    assert {p: p.stat().st_mtime_ns for p in presets.rglob("*.ttl")} == stamp
+
+
+def test_a_chain_without_lv2_stages_has_no_preset(tmp_path):
+    spec = ChainSpec.from_dict(yaml.safe_load((REPO / "recipes/mastering/quick.yaml").read_text())["chain"])
+    with pytest.raises(ValueError, match="no LV2 stage.*quick_lv2"):
+        lv2_preset_files(spec, spec.param_table.defaults_normalized(), tmp_path, "x")
