@@ -79,10 +79,11 @@ not a faithful render.
 
 **Thinning** (``tolerance``): a fraction of each parameter's range on deepafx's
 normalized scale (linear or logarithmic, as the chain's table says; 0.01 = 1 %
-of the range, e.g. 0.24 dB of a ±12 dB EQ gain). A block's point is kept only
-when its value is more than ``tolerance`` away from the last kept value, so
-every block is rendered within ``tolerance`` of its deepafx value and a slowly
-moving lane keeps a handful of points a person can edit. ``tolerance=0`` (the
+of the range, e.g. 0.24 dB of a ±12 dB EQ gain). Consecutive blocks whose values
+span at most twice the tolerance share one point holding the middle of their
+span (:func:`thin_staircase`), so every block is rendered within ``tolerance`` of
+its deepafx value and a slowly moving lane keeps a handful of points a person
+can edit. ``tolerance=0`` (the
 default) keeps every change: the render then matches deepafx's to float rounding.
 
 **Sample rate and channels.** The session runs at the model's rate; the track
@@ -203,17 +204,24 @@ def block_staircase(times_s: np.ndarray, params: np.ndarray, num_samples: int, s
     return starts, values
 
 
-def thin_staircase(values: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
-    """Indices of the blocks that keep a point on a Discrete lane, within ``tolerance``.
+def thin_staircase(values: np.ndarray, tolerance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a Discrete lane that renders every block within ``tolerance`` of its value.
+
+    Greedy runs of consecutive blocks whose values span at most ``2 * tolerance``;
+    each run becomes one point at its first block holding the middle of the run's
+    span, so every block is within ``tolerance`` of the lane and the errors are
+    centred (holding a run's first value instead lags a moving curve, always in
+    the same direction). With ``tolerance=0`` the runs are the blocks of equal
+    value and the lane holds exactly the blocks' values.
 
     Args:
         values: ``(blocks,)`` one parameter's per-block values, normalized on [0, 1].
         tolerance: Largest allowed distance, on the normalized scale, between a
-            block's value and the lane's (the last kept value); 0 keeps every change.
+            block's value and the lane's; 0 keeps every change.
 
     Returns:
-        ``(points,)`` int64 block indices, the first block always included; a
-        block is kept when ``|value - last kept value| > tolerance``.
+        ``(indices (points,) int64, held (points,) float64)``: the first block of
+        each run (block 0 always) and the value the lane holds from there.
 
     Raises:
         ValueError: ``tolerance`` outside [0, 1).
@@ -221,13 +229,18 @@ def thin_staircase(values: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     if not 0.0 <= tolerance < 1.0:
         raise ValueError(f"tolerance is a fraction of each parameter's range on [0, 1), got {tolerance}")
     values = np.asarray(values, dtype=np.float64)
-    keep = [0]
-    last = values[0]
-    for b in range(1, len(values)):
-        if abs(values[b] - last) > tolerance:
-            keep.append(b)
-            last = values[b]
-    return np.asarray(keep, dtype=np.int64)
+    keep, held = [], []
+    b = 0
+    while b < len(values):
+        lo = hi = values[b]
+        e = b + 1
+        while e < len(values) and max(hi, values[e]) - min(lo, values[e]) <= 2 * tolerance:
+            lo, hi = min(lo, values[e]), max(hi, values[e])
+            e += 1
+        keep.append(b)
+        held.append(values[b] if tolerance == 0 else (lo + hi) / 2)
+        b = e
+    return np.asarray(keep, dtype=np.int64), np.asarray(held, dtype=np.float64)
 
 
 @dataclass
@@ -240,7 +253,8 @@ class Lane:
         port: LV2 port index (Ardour's parameter id of the plugin control).
         samples: ``(points,)`` int64 point times in samples from the session start.
         values: ``(points,)`` float32 port values (plugin units).
-        normalized: ``(points,)`` the same values on deepafx's normalized scale.
+        normalized: ``(points,)`` the same values on deepafx's normalized scale (with
+            thinning, the middle of each run's span; else the blocks' values).
     """
 
     processor: str
@@ -266,8 +280,15 @@ def _plugins(spec: ChainSpec, starts: np.ndarray, block_values: np.ndarray, tole
     try:
         table = chain.param_table
         plugins = []
-        # port values of every block (learned entries vary, the rest stay as deepafx sets them)
-        per_block = [chain.plugin_values(v) for v in block_values]
+        # each learned column as its thinned lane holds it, block by block
+        held = block_values.copy()
+        points = []
+        for col in range(block_values.shape[1]):
+            keep, value = thin_staircase(block_values[:, col], tolerance)
+            held[:, col] = value[np.searchsorted(keep, np.arange(len(held)), side="right") - 1]
+            points.append(keep)
+        # port values of every block (learned entries from the lanes, the rest as deepafx sets them)
+        per_block = [chain.plugin_values(v) for v in held]
         offset = 0
         for k, (ps, proc, sub) in enumerate(zip(spec.processors, chain.processors, chain.tables)):
             learned = [n.split(".", 1)[1] for n in sub.names]
@@ -279,10 +300,10 @@ def _plugins(spec: ChainSpec, starts: np.ndarray, block_values: np.ndarray, tole
             ports = np.array([[v for _, v in proc.port_values(pb[k])] for pb in per_block], dtype=np.float32)
             for j, name in enumerate(learned):
                 col = offset + j
-                keep = thin_staircase(block_values[:, col], tolerance)
+                keep = points[col]
                 i = proc.param_table.index(name)
                 plug.lanes.append(Lane(ps.name, table.names[col], first[i][0], starts[keep].astype(np.int64),
-                                       ports[keep, i], block_values[keep, col]))
+                                       ports[keep, i], held[keep, col]))
             offset += len(learned)
             plugins.append(plug)
         return plugins
