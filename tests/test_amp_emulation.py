@@ -226,6 +226,20 @@ def test_configs_bind_and_their_chains_render_mono(name):
         live.close()
 
 
+def test_esr_loss_after_a_chains_latency():
+    """A plugin chain's output is late by its reported latency (guitarix's amp: 128 samples); the training
+    loss compares it after that shift, as the oracle and the evaluation do."""
+    from deepafx.losses import build_loss
+
+    ref = torch.from_numpy((0.3 * np.random.default_rng(7).standard_normal((2, 1, 4000))).astype(np.float32))
+    late = torch.nn.functional.pad(ref, (128, 0))[..., :4000]
+    loss = build_loss("esr", latency_samples=128, sample_rate=44100)
+    assert torch.allclose(loss(late, ref), torch.zeros(2), atol=1e-6)
+    assert (build_loss("esr", sample_rate=44100)(late, ref) > 0.5).all()
+    with pytest.raises(ValueError, match="latency"):
+        loss(late[..., :100], ref[..., :100])
+
+
 # --------------------------------------------------------------------------- neural amp
 def test_lstm_residual_and_streaming():
     from deepafx.recipes.amp_emulation.neural_amp import LstmAmp

@@ -98,14 +98,29 @@ class EsrLoss(nn.Module):
     Args:
         pre_emphasis: Coefficient of ``1 − a z⁻¹`` (``None``: plain ESR). Default 0.95.
         reduction: ``"none"`` (``(batch,)``) or ``"mean"``.
+        latency_samples: The chain's reported latency, samples (>= 0): estimate sample
+            ``n + latency`` is compared with reference sample ``n``, the first ``latency``
+            estimate samples and the last ``latency`` reference samples of each frame unscored
+            (a plugin chain's output is late by its latency; ESR is sample-exact).
+
+    Raises:
+        ValueError: a bad reduction or a negative latency; at call time, frames not longer than the latency.
     """
 
-    def __init__(self, pre_emphasis: float | None = PRE_EMPHASIS, reduction: str = "none"):
+    def __init__(self, pre_emphasis: float | None = PRE_EMPHASIS, reduction: str = "none", latency_samples: int = 0):
         super().__init__()
         if reduction not in ("none", "mean"):
             raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
-        self.coeff, self.reduction = pre_emphasis, reduction
+        if int(latency_samples) < 0:
+            raise ValueError(f"latency_samples must be >= 0, got {latency_samples}")
+        self.coeff, self.reduction, self.latency = pre_emphasis, reduction, int(latency_samples)
 
     def forward(self, est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        if self.latency:
+            n = ref.shape[-1] - self.latency
+            if n <= 0:
+                raise ValueError(f"frames of {ref.shape[-1]} samples are not longer than the latency "
+                                 f"({self.latency} samples)")
+            est, ref = est[..., self.latency:], ref[..., :n]
         loss = esr_loss(est, ref, self.coeff)
         return loss.mean() if self.reduction == "mean" else loss

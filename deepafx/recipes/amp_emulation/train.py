@@ -54,9 +54,9 @@ ChainConfig = chain_section(DEFAULT_CHAIN)
 
 if "esr" not in LOSSES:
     @LOSSES.register("esr")
-    def _esr(*, pre_emphasis: float = 0.95, reduction: str = "none", **_: Any) -> EsrLoss:
-        """Error-to-signal ratio of pre-emphasised frames (Wright et al. 2019/2020)."""
-        return EsrLoss(pre_emphasis=pre_emphasis, reduction=reduction)
+    def _esr(*, pre_emphasis: float = 0.95, reduction: str = "none", latency_samples: int = 0, **_: Any) -> EsrLoss:
+        """Error-to-signal ratio of pre-emphasised frames (Wright et al. 2019/2020), after the chain's latency."""
+        return EsrLoss(pre_emphasis=pre_emphasis, reduction=reduction, latency_samples=latency_samples)
 
 
 @dataclass
