@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_mastering_process import TINY_MODEL
 
 from deepafx.assets import resolve_config
 from deepafx.automation.model import AutomationModel, ModelConfig
@@ -32,13 +33,6 @@ from deepafx.runs import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 LSP = "/usr/lib/lv2/lsp-plugins.lv2"
-TINY_MODEL = {
-    "encoder": "mobilenetv2",
-    "context_seconds": 1.0,
-    "frame_seconds": 0.25,
-    "n_mels": 32,
-    "encoder_kwargs": {"width_mult": 0.25, "stages": [[1, 8, 1, 2], [2, 16, 1, 2]], "last_channels": 32, "hidden": 16},
-}
 #: The round trip's bound: Ardour's render minus deepafx's, relative to deepafx's, in dB.
 ROUND_TRIP_DB = -40.0
 
