@@ -332,6 +332,27 @@ def test_esr_objective_by_hand_and_after_latency():
         EsrObjective(t, latency_samples=4000)
 
 
+def test_metrics_shift_a_chain_by_its_latency_as_the_oracle_does():
+    """A chain method is scored after its reported latency, exactly as :class:`EsrObjective` scores it,
+    so the fair oracle's rows are what its search minimised."""
+    from deepafx.automation.oracle import EsrObjective
+    from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig, track_metrics
+
+    rng = np.random.default_rng(7)
+    t = (0.3 * rng.standard_normal((1, 44100))).astype(np.float32)
+    y = (0.7 * t + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+    late = np.pad(y, ((0, 0), (128, 0)))[:, : t.shape[1]]  # what a chain with 128 samples of latency returns
+    m = track_metrics(late, t, 44100, shift=128)
+    assert m["lag_samples"] == 128
+    assert m["esr_pre"] == pytest.approx(EsrObjective(t, latency_samples=128)([late])[0], rel=1e-9)
+    assert m["esr_pre"] == pytest.approx(esr(y[:, :-128], t[:, :-128], 0.95), rel=1e-9)
+    assert track_metrics(late, t, 44100)["esr_pre"] > 2 * m["esr_pre"]  # unshifted: far worse
+    with pytest.raises(ValueError, match="shift"):
+        track_metrics(late, t, 44100, shift=-1)
+    with pytest.raises(ValueError, match="align"):
+        EvaluateConfig(align="nearest")
+
+
 def test_esr_oracle_records_its_budget_curve_on_whole_tracks():
     from conftest import music_like
 
@@ -444,6 +465,8 @@ def test_cli_data_train_process_evaluate(tmp_path):
             assert rows[f"oracle_esr_{b}"]["esr_pre"]["per_piece"][k] == pytest.approx(
                 track["oracles"][f"oracle_esr_{b}"]["objective"], rel=1e-4)
         assert rows["oracle_esr_8"]["esr_pre"]["per_piece"][k] <= rows["oracle_esr_4"]["esr_pre"]["per_piece"][k]
+        # the search starts from the defaults and keeps its best: never worse than them on what it minimises
+        assert rows["oracle_esr_4"]["esr_pre"]["per_piece"][k] <= rows["default"]["esr_pre"]["per_piece"][k] + 1e-9
     # the DI row is the DI itself: its ESR is recomputable from the files
     ids, pairs = load_split(data, "test")
     assert rows["unprocessed"]["esr"]["per_piece"][0] == pytest.approx(esr(*pairs[0]), rel=1e-9)

@@ -36,12 +36,17 @@ Metrics per piece (then mean and a 95 % bootstrap confidence interval over piece
   the oracle's includes its search, the model's its encoder, rendering and the
   start of its render worker, the neural amp's its inference only).
 
-Alignment: a method whose chain reports latency (not the embedded chain) is
-aligned to the target by the lag maximising the absolute cross-correlation,
-searched within ``latency + max_delay_ms``
-(:func:`deepafx.metrics.align_to_target`), both cut to their
-overlap; polarity is never flipped. Methods without latency are scored sample
-by sample as they come.
+Alignment (``align``): by default (``"latency"``) a chain method's output is
+shifted by the chain's reported latency, exactly as the ESR training loss and
+the fair oracle's objective shift it: output sample ``n + latency`` is compared
+with target sample ``n`` and the last ``latency`` target samples are not
+scored, so the ``oracle_esr_<N>`` rows score what their search minimised (and
+are never worse than the defaults on ``esr_pre``, where the search starts).
+``"xcorr"`` aligns instead by the lag maximising the absolute
+cross-correlation within ``latency + max_delay_ms``
+(:func:`deepafx.metrics.align_to_target`; earlier tables). Polarity is never
+flipped. The DI and the neural amp have no latency and are scored sample by
+sample.
 
 Results: ``OUT/results.json`` (per-piece values, means, intervals, paired
 differences of the model against the other rows), ``OUT/results.md`` (the
@@ -98,8 +103,10 @@ class EvaluateConfig:
         loudness_weight: Oracle objective weight per LU of loudness error.
         oracle_fft_sizes: FFT sizes of the oracle's MR-STFT objective, samples.
         oracle_overlap: Frame overlap of that objective, [0, 1).
-        max_delay_ms: Lag searched beyond a chain's reported latency when aligning, ms
-            (only for chains that report latency).
+        align: How a chain method's output meets the target: ``"latency"`` (shift by the
+            chain's reported latency, as training and the oracle do) or ``"xcorr"`` (bounded
+            cross-correlation; see the module docstring).
+        max_delay_ms: Lag searched beyond a chain's reported latency with ``align: xcorr``, ms.
         block_samples: Model rendering block, samples.
         smoothing_frames: Model parameter smoothing, frames.
         max_tracks: Evaluate only the first N pieces of the split (``None``: all).
@@ -125,6 +132,7 @@ class EvaluateConfig:
     loudness_weight: float = 0.1
     oracle_fft_sizes: tuple[int, ...] = (2048, 512, 128)
     oracle_overlap: float = 0.5
+    align: str = "latency"
     max_delay_ms: float = 20.0
     block_samples: int = 1024
     smoothing_frames: int = 3
@@ -147,6 +155,8 @@ class EvaluateConfig:
             raise ValueError(f"cmaes_renders must be an integer >= 0 (0: no spectral oracle), got {self.cmaes_renders}")
         if self.esr_oracle_excerpt_seconds is not None and self.esr_oracle_excerpt_seconds < 0.5:
             raise ValueError(f"esr_oracle_excerpt_seconds must be >= 0.5 s or null, got {self.esr_oracle_excerpt_seconds}")
+        if self.align not in ("latency", "xcorr"):
+            raise ValueError(f"evaluate.align must be 'latency' or 'xcorr', got {self.align!r}")
 
     def methods(self) -> list[str]:
         """Rows in table order for these settings."""
@@ -162,23 +172,35 @@ def _fit(oracle, x: np.ndarray, y: np.ndarray, objective: str, renders: int, exc
 
 
 # --------------------------------------------------------------------------- metrics
-def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, align_ms: float | None = None) -> dict:
+def track_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float, align_ms: float | None = None,
+                  shift: int = 0) -> dict:
     """Every metric of one output against its target.
 
     Args:
         output: ``(channels, samples)``.
         target: ``(channels, samples)`` (the shorter one bounds both).
         sample_rate: Hz.
-        align_ms: ``None``: compare sample by sample; otherwise align by
-            cross-correlation within ``±align_ms`` first (chains with latency).
+        align_ms: ``None``: no lag search; otherwise align by cross-correlation
+            within ``±align_ms`` (after ``shift``).
+        shift: Output samples dropped first (a chain's reported latency, >= 0):
+            output sample ``n + shift`` meets target sample ``n``.
 
     Returns:
-        ``{"esr", "esr_pre", "mrstft", "mfcc_cosine", "lag_samples"}``.
+        ``{"esr", "esr_pre", "mrstft", "mfcc_cosine", "lag_samples"}`` (``lag_samples``
+        includes ``shift``).
+
+    Raises:
+        ValueError: a negative shift, or one that leaves no samples to compare.
     """
+    shift = int(shift)
+    if shift < 0 or shift >= output.shape[-1]:
+        raise ValueError(f"shift must be on [0, {output.shape[-1]}) samples, got {shift}")
+    output = output[:, shift:]
     n = min(output.shape[-1], target.shape[-1])
     out, tgt, lag = output[:, :n], target[:, :n], 0
     if align_ms is not None:
         out, tgt, lag = align_to_target(out, tgt, sample_rate, align_ms)
+    lag += shift
     return {
         "esr": esr(out, tgt),
         "esr_pre": esr(out, tgt, PRE_EMPHASIS),
@@ -397,7 +419,9 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                      seed=ec.seed, timeout_seconds=ec.timeout_seconds,
                      render=config.sections.get("render")) as oracle:
         latency = int(oracle.pool.latency_samples)
-        align = None if latency == 0 else latency / sr * 1e3 + ec.max_delay_ms
+        xcorr = ec.align == "xcorr" and latency > 0
+        align = latency / sr * 1e3 + ec.max_delay_ms if xcorr else None
+        shift = 0 if xcorr else latency
         for k, (pid, (x, y)) in enumerate(tqdm(list(zip(pieces, tracks)), desc=f"evaluate {split}", unit="piece")):
             n = min(x.shape[1], y.shape[1])
             x, y = np.ascontiguousarray(x[:, :n]), np.ascontiguousarray(y[:, :n])
@@ -435,7 +459,8 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
             entry: dict[str, Any] = {"piece": pid, "seconds": seconds, "methods": {}}
             for m in methods:
                 audio, secs = outputs[m]
-                row = track_metrics(audio, y, sr, None if m in ("unprocessed", "neural_amp") else align)
+                chain_row = m not in ("unprocessed", "neural_amp")
+                row = track_metrics(audio, y, sr, align if chain_row else None, shift if chain_row else 0)
                 row["seconds"] = secs
                 row["realtime_factor"] = None if secs is None else seconds / max(secs, 1e-9)
                 entry["methods"][m] = row
@@ -515,8 +540,10 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                            "rows_are": "the best of the first N renders of one search of the largest budget",
                            "seconds_are": "the search's time up to its N-th render plus the row's render"}},
         "chain_latency_samples": latency,
-        "alignment": ("none: every method is scored sample by sample (the chain reports no latency)" if align is None
-                      else f"chain methods aligned by cross-correlation within ±{align:.1f} ms; others not"),
+        "alignment": ("none: every method is scored sample by sample (the chain reports no latency)" if latency == 0
+                      else f"chain methods aligned by cross-correlation within ±{align:.1f} ms; others not" if xcorr
+                      else f"chain methods shifted by the chain's reported latency ({latency} samples), as the "
+                           "training loss and the ESR oracle's objective; others not"),
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
