@@ -458,6 +458,8 @@ def test_cli_data_train_process_evaluate(tmp_path):
     assert rows["neural_amp"]["parameters"] == 4 * (32 * 33 + 64) + 33
     assert results["settings"]["neural_amp"]["budget_seconds"] == 4
     assert results["settings"]["neural_amp"]["stopped"] in ("budget", "early_stop")
+    # the baselines draw with the run's training seed (train.seed=3 in the tiny overrides): a seed spread of their own
+    assert results["settings"]["neural_amp"]["settings"]["seed"] == 3 and results["settings"]["oracle"]["seed"] == 3
     # the fair oracle's rows score what its search minimised (whole pieces, ESR after pre-emphasis), and more
     # renders never do worse
     for k, track in enumerate(results["tracks"]):

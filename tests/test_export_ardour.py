@@ -19,38 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from test_mastering_process import TINY_MODEL
+from test_mastering_process import save_tiny_checkpoint
 
 from deepafx.assets import resolve_config
-from deepafx.automation.model import AutomationModel, ModelConfig
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
 from deepafx.config import load_config
 from deepafx.daw import (ARDOUR_EXPORT, ARDOUR_LUA, block_staircase, check_exportable, export_ardour,
                          read_session_lanes, render_session, thin_staircase)
-from deepafx.runs import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 LSP = "/usr/lib/lv2/lsp-plugins.lv2"
 #: The round trip's bound: Ardour's render minus deepafx's, relative to deepafx's, in dB.
 ROUND_TRIP_DB = -40.0
-
-
-def save_tiny_checkpoint(path: Path, config: str) -> Path:
-    """A checkpoint in the trainer's format: a packaged config with a tiny, untrained encoder whose outputs move."""
-    cfg = load_config(resolve_config(config))
-    cfg.pop("_path")
-    cfg["model"] = dict(TINY_MODEL, level_relative=cfg["model"].get("level_relative"))
-    spec = ChainSpec.from_dict(cfg["chain"])
-    table = spec.param_table
-    torch.manual_seed(0)
-    model = AutomationModel(ModelConfig(**cfg["model"]), spec, len(table), table.defaults_normalized())
-    with torch.no_grad():  # spread the outputs so that every lane moves
-        model.encoder.out.weight.mul_(1000.0)
-    atomic_save({"recipe": "mastering", "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
-                 "param_names": table.names, "model": model.state_dict()}, path)
-    return path
 
 
 def write_clip(path: Path, seconds: float = 1.0, sample_rate: int = 44100) -> Path:

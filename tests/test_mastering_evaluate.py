@@ -15,28 +15,19 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import music_like
+from test_mastering_process import save_tiny_checkpoint
 
-from deepafx.chain import ChainSpec, chain
+from deepafx.chain import chain
 from deepafx.cli import main
-from deepafx.config import load_config
 from deepafx.losses import MultiResolutionSTFTLoss
 from deepafx.recipes.mastering.evaluate import (
     METHODS, EvaluateConfig, _summarize, bootstrap_ci, bootstrap_ratio_ci, matchering_master, oracle_rows,
     paired_bootstrap_ci, results_markdown, short_term_loudness, track_metrics, align_to_target,
 )
-from deepafx.automation.model import AutomationModel, ModelConfig
 from deepafx.automation.oracle import FAILED_RENDER_SCORE, CmaesOracle, OracleObjective, middle_excerpt
 from deepafx.metrics import lufs, mrstft_distance
-from deepafx.runs import atomic_save
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
-TINY_MODEL = {
-    "encoder": "mobilenetv2",
-    "context_seconds": 1.0,
-    "frame_seconds": 0.25,
-    "n_mels": 32,
-    "encoder_kwargs": {"width_mult": 0.25, "stages": [[1, 8, 1, 2], [2, 16, 1, 2]], "last_channels": 32, "hidden": 16},
-}
 DATA_OVERRIDES = [
     "data.num_pieces=4", "data.test_fraction=0.4", "data.valid_fraction=0.1",
     "data.max_piece_seconds=3.0", "data.min_piece_seconds=3.0",
@@ -108,18 +99,6 @@ def test_oracle_survives_failing_renders(rng):
         CmaesOracle(one, renders=5)
 
 
-def _tiny_checkpoint(run_dir: Path) -> Path:
-    cfg = load_config("recipes/mastering/quick_scores.yaml")
-    cfg.pop("_path")
-    cfg["model"] = dict(TINY_MODEL)
-    spec = ChainSpec.from_dict(cfg["chain"])
-    table = spec.param_table
-    torch.manual_seed(0)
-    model = AutomationModel(ModelConfig(**TINY_MODEL), spec, len(table), table.defaults_normalized())
-    return atomic_save({"recipe": "mastering", "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
-                        "param_names": table.names, "model": model.state_dict()}, run_dir / "best.pt")
-
-
 @pytest.fixture(scope="module")
 def tiny_evaluation(tmp_path_factory):
     """One `deepafx evaluate` run on a tiny rendered dataset with an untrained tiny model, shared by the tests below."""
@@ -127,7 +106,7 @@ def tiny_evaluation(tmp_path_factory):
         pytest.skip(f"General MIDI SoundFont {SOUNDFONT} absent (apt-get install fluid-soundfont-gm)")
     tmp_path = tmp_path_factory.mktemp("tiny_eval")
     run_dir = tmp_path / "run"
-    _tiny_checkpoint(run_dir)
+    save_tiny_checkpoint(run_dir / "best.pt", spread=False)
     out = tmp_path / "eval"
     overrides = [a for o in DATA_OVERRIDES + EVAL_OVERRIDES for a in ("--set", o)]
     stdout = io.StringIO()
@@ -308,7 +287,7 @@ def test_evaluate_cli_rejects_unknown_recipe_and_bad_keys(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown recipe 'nonsense'; known: mastering, dexed_matching" in err and len(err.strip().splitlines()) == 1
     run_dir = tmp_path / "run"
-    _tiny_checkpoint(run_dir)
+    save_tiny_checkpoint(run_dir / "best.pt", spread=False)
     rc = main(["evaluate", "--config", "recipes/mastering/quick_scores.yaml", "--checkpoint", str(run_dir),
                "--out", str(tmp_path / "o"), "--set", "evaluate.cmaes_budget=5"])
     assert rc == 1 and "unknown key(s) ['cmaes_budget']" in capsys.readouterr().err

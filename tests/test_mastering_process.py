@@ -22,6 +22,7 @@ import torch
 from deepafx import metrics
 
 from deepafx.audio import conform
+from deepafx.assets import resolve_config
 from deepafx.chain import ChainSpec
 from deepafx.cli import main
 from deepafx.config import load_config
@@ -40,18 +41,24 @@ TINY_MODEL = {
 CLIP_SECONDS = 3.0
 
 
-def save_tiny_checkpoint(path: Path, recipe: str = "mastering", level_relative: dict | None = None) -> Path:
-    """A checkpoint in the trainer's format: the quick recipe config with a tiny encoder (untrained)."""
-    cfg = load_config("recipes/mastering/quick_scores.yaml")
+def save_tiny_checkpoint(path: Path, config: str = "mastering/quick_scores", recipe: str = "mastering",
+                         level_relative: dict | None = None, spread: bool = True) -> Path:
+    """A checkpoint in the trainer's format: a packaged config with a tiny, untrained encoder.
+
+    ``level_relative`` replaces the config's (``None``: keep it); ``spread`` scales the output layer so the
+    automation moves (every lane of an export, every curve of a plot).
+    """
+    cfg = load_config(resolve_config(config))
     cfg.pop("_path")
-    cfg["model"] = dict(TINY_MODEL, level_relative=level_relative)
+    cfg["model"] = dict(TINY_MODEL, level_relative=level_relative or cfg["model"].get("level_relative"))
     cfg["recipe"] = recipe
     spec = ChainSpec.from_dict(cfg["chain"])
     table = spec.param_table
     torch.manual_seed(0)
     model = AutomationModel(ModelConfig(**cfg["model"]), spec, len(table), table.defaults_normalized())
-    with torch.no_grad():  # spread the outputs a little so the automation moves
-        model.encoder.out.weight.mul_(1000.0)
+    if spread:
+        with torch.no_grad():
+            model.encoder.out.weight.mul_(1000.0)
     atomic_save({"recipe": recipe, "config": cfg, "chain": spec.to_dict(), "num_params": len(table),
                  "param_names": table.names, "model": model.state_dict()}, path)
     return path

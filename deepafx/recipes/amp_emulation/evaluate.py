@@ -118,7 +118,9 @@ class EvaluateConfig:
         plot_piece: Index of the test piece drawn in the figures.
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
-        seed: Seed of CMA-ES and of the bootstrap.
+        seed: Seed of the bootstrap; CMA-ES draws with ``seed`` plus the run's training seed
+            (``train.seed`` of the checkpoint) and the LSTM with its own ``neural_amp.seed`` plus
+            that training seed, so the baselines of a multi-seed run get a seed spread of their own.
         timeout_seconds: Longest one render request may take, seconds.
     """
 
@@ -310,6 +312,11 @@ def run_train_seconds(ckpt: Mapping[str, Any], ckpt_path: Path) -> float | None:
     return max(values) if values else None
 
 
+def run_seed(ckpt: Mapping[str, Any]) -> int:
+    """The training seed (``train.seed``) a checkpoint was trained with; 0 when it records none."""
+    return int(((ckpt.get("config") or {}).get("train") or {}).get("seed") or 0)
+
+
 def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, ddir: Path):
     """Train the LSTM baseline to convergence (early stopping on the validation pieces), or for the
     model's training time with ``match_model_time``; returns ``(model, info)``."""
@@ -318,6 +325,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
     from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
 
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
+    nc.seed = int(nc.seed) + run_seed(ckpt)
     budget, valid, valid_ids = nc.budget_seconds, [], []
     if nc.match_model_time:
         budget = run_train_seconds(ckpt, ckpt_path)
@@ -416,7 +424,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                      popsize=ec.cmaes_popsize,
                      excerpt_seconds=ec.excerpt_seconds, preroll_seconds=ec.preroll_seconds,
                      loudness_weight=ec.loudness_weight, fft_sizes=ec.oracle_fft_sizes, overlap=ec.oracle_overlap,
-                     seed=ec.seed, timeout_seconds=ec.timeout_seconds,
+                     seed=ec.seed + run_seed(ckpt), timeout_seconds=ec.timeout_seconds,
                      render=config.sections.get("render")) as oracle:
         latency = int(oracle.pool.latency_samples)
         xcorr = ec.align == "xcorr" and latency > 0
@@ -532,7 +540,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         "neural_amp": lstm_info,
         "evaluate": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
         "methods": methods,
-        "oracle": {"popsize": oracle.popsize,
+        "oracle": {"popsize": oracle.popsize, "seed": ec.seed + run_seed(ckpt),
                    "spectral": {"renders": ec.cmaes_renders, "excerpt_seconds": ec.excerpt_seconds,
                                 "loudness_weight": ec.loudness_weight, "objective": "MR-STFT + loudness error"},
                    "esr": {"renders": list(budgets), "excerpt_seconds": ec.esr_oracle_excerpt_seconds,
