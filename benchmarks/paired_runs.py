@@ -9,7 +9,9 @@ all its seeds), and how many pairs A wins. An evaluation of one seed (``results.
 ``tracks``) counts as seed 0.
 
 Usage:
-    python benchmarks/paired_runs.py EVAL_A EVAL_B [--method model] [--names A B]
+    python benchmarks/paired_runs.py EVAL_A EVAL_B [--method model] [--method-b ROW] [--names A B]
+
+``--method-b`` compares another row of B (e.g. the same run's ``neural_amp``: pass one folder twice).
 
 ``EVAL_A``/``EVAL_B``: evaluation folders holding ``results.json`` (pooled over seeds, with
 ``per_seed_results``, or one seed's). Prints a Markdown table, then one JSON line.
@@ -27,7 +29,8 @@ from pathlib import Path
 
 from deepafx.seeds import aggregate, track_scores
 
-METRICS = ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp")
+#: Metrics compared when both runs score them (mastering's, then amp emulation's).
+METRICS = ("mfcc_cosine", "mrstft", "lufs_error", "true_peak_dbtp", "esr", "esr_pre")
 
 
 def per_seed_results(eval_dir: Path) -> dict[int, dict]:
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("eval_a", type=Path)
     ap.add_argument("eval_b", type=Path)
     ap.add_argument("--method", default="model", help="row compared in both (default model)")
+    ap.add_argument("--method-b", default=None, help="row of B when it differs (e.g. neural_amp, oracle_esr_300)")
     ap.add_argument("--names", nargs=2, default=None, metavar=("A", "B"))
     args = ap.parse_args(argv)
     name_a, name_b = args.names or (str(args.eval_a), str(args.eval_b))
@@ -65,10 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     pooled = {}
     for s in seeds:
         sa = track_scores(a[s], "", METRICS).get(args.method, {})
-        sb = track_scores(b[s], "", METRICS).get(args.method, {})
+        sb = track_scores(b[s], "", METRICS).get(args.method_b or args.method, {})
         pooled[s] = {"A": sa, "B": sb}
     agg = aggregate(pooled, reference="A")
-    lines = [f"A = {name_a}, B = {name_b}; seeds {seeds}; row {args.method!r}", "",
+    rows = args.method if not args.method_b else f"{args.method} against {args.method_b}"
+    lines = [f"A = {name_a}, B = {name_b}; seeds {seeds}; row {rows!r}", "",
              "| metric | A | B | A − B [95 % CI] | A lower in |", "|---|---:|---:|---:|---:|"]
     out = {}
     for metric in METRICS:
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not out:
         raise SystemExit("no metric scored by both on common items")
     print("\n".join(lines))
-    result = {"benchmark": "paired_runs", "a": name_a, "b": name_b, "method": args.method, "seeds": seeds,
+    result = {"benchmark": "paired_runs", "a": name_a, "b": name_b, "method": args.method,
+              "method_b": args.method_b or args.method, "seeds": seeds,
               "metrics": out}
     print(json.dumps(result))
     return result

@@ -51,6 +51,10 @@ def test_paired_difference_over_common_seeds_and_items(tmp_path):
     assert r["metrics"]["lufs_error"]["a_minus_b"] == pytest.approx(-0.2)
     one = _run(tmp_path / "a0", tmp_path / "b0")  # one seed's results count as seed 0
     assert one["seeds"] == [0] and one["metrics"]["mrstft"]["pairs"] == 6
+    # another row of B: the model against the same run's loudnorm row (9.0 on every item)
+    row = _run(tmp_path / "a0", tmp_path / "a0", "--method-b", "loudnorm")
+    assert row["method_b"] == "loudnorm" and list(row["metrics"]) == ["mrstft"]
+    assert row["metrics"]["mrstft"]["a_minus_b"] == pytest.approx(np.mean(list(a_vals[0].values())) - 9.0)
 
 
 def test_missing_results_or_no_common_seed_is_an_error(tmp_path):
