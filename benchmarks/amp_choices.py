@@ -17,7 +17,10 @@ The test split is never read (``--split test`` is refused).
 Usage:
     python benchmarks/amp_choices.py --config amp_emulation/quick_gx \\
         --choice model 0-17 --choice tonestack_model 0-26 [--stage amp] [--renders 81] \\
-        [--excerpt-seconds 4] [--split valid] [--data-dir DIR] [--set KEY=VALUE ...]
+        [--excerpt-seconds 4] [--split valid] [--data-dir DIR] [--invert] [--set KEY=VALUE ...]
+
+``--invert`` appends a polarity flip to the chain (amp models with an odd number of inverting
+stages come out inverted, and ESR is polarity-sensitive).
 
 Prints one line per value tried, a table, then one JSON line (the choices, every
 value's objective, the winners, the time taken).
@@ -88,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--renders", type=int, default=81, help="CMA-ES renders per value (default 81)")
     ap.add_argument("--excerpt-seconds", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--invert", action="store_true",
+                    help="append a polarity flip (pedalboard.Invert) to the chain: for amp models that invert")
     args = ap.parse_args(argv)
     if args.split == "test":
         raise SystemExit("choices are made on the validation split; the test split is scored once per config")
 
     _, cfg = load_recipe_config(args.config, args.set)
     base = cfg.sections["chain"].to_dict()
+    if args.invert:
+        base["processors"].append({"backend": "pedalboard.Invert", "name": "invert"})
     procs = base["processors"]
     names = [p for p, _ in args.choice]
     if args.stage is None:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {v} | {r['objective']:.4f} | {r['default_objective']:.4f} |")
     print(json.dumps({"benchmark": "amp_choices", "config": args.config, "split": args.split,
                       "pieces": pieces, "search_seconds_audio": x.shape[1] / sr, "renders": args.renders,
-                      "excerpt_seconds": args.excerpt_seconds, "stage": stage.get("name"), "best": best,
+                      "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "stage": stage.get("name"), "best": best,
                       "tried": tried, "seconds": time.perf_counter() - t_all}))
     return 0
 

@@ -62,3 +62,14 @@ def test_brickwall_limiter_latency_ceiling_and_chunking(rng):
     lim.reset()
     y = lim.process(quiet, p)
     np.testing.assert_allclose(y[:, 220:], quiet[:, :-220], atol=1e-6)
+
+
+def test_invert_flips_polarity_in_a_chain(rng):
+    """``pedalboard.Invert`` (no parameters) flips polarity exactly, alone or between learned stages."""
+    x = (0.3 * rng.standard_normal((1, 4096))).astype(np.float32)
+    inv = chain({"backend": "pedalboard.Invert", "name": "inv"}, sample_rate=44100)
+    assert inv.param_table.names == [] and np.array_equal(inv.build().process(x), -x)
+    both = chain({"backend": "pedalboard.Gain", "name": "g"}, {"backend": "pedalboard.Invert", "name": "inv"},
+                 sample_rate=44100)
+    out = both.build().process(x, both.param_table.normalize([-6.0]))
+    assert np.allclose(out, -x * 10 ** (-6 / 20), atol=1e-6)

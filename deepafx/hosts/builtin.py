@@ -5,7 +5,8 @@ Backends registered here:
 * ``pedalboard.<Effect>`` for single built-ins: ``Compressor``, ``Limiter``,
   ``BrickwallLimiter``, ``Gain``, ``PeakFilter``, ``LowShelfFilter``, ``HighShelfFilter``,
   ``HighpassFilter``, ``LowpassFilter``, ``Distortion``, ``NoiseGate``,
-  ``Clipping``, ``Reverb``.
+  ``Clipping``, ``Reverb``, ``Invert`` (polarity flip, no parameters: for a
+  target that inverts, such as an odd number of tube stages).
 * ``builtin.multiband_compressor`` — three-band compressor assembled from
   pedalboard built-ins: complementary bands that sum back exactly to the
   input, one ``Compressor`` + makeup ``Gain`` per band, bands summed with
@@ -83,6 +84,7 @@ BUILTIN_TABLES: dict[str, list[Param]] = {
         Param("dry_level", 0.0, 1.0, 0.4),
         Param("width", 0.0, 1.0, 1.0),
     ],
+    "Invert": [],
 }
 # Param name → pedalboard attribute where they differ.
 _ATTR = {"cutoff_frequency_hz": "cutoff_frequency_hz"}
