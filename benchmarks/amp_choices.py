@@ -4,13 +4,13 @@ A player picks the amp model closest to the amp they match before turning knobs;
 this does the same, measured. For every value of each ``--choice`` parameter in turn
 (coordinate search, one pass, in the order given, the others at the best found so
 far, starting from the config's ``fixed`` values), CMA-ES searches the learned knobs
-(:class:`deepafx.automation.oracle.CmaesOracle`, objective ``esr_pre``: pre-emphasised
-ESR after the chain's reported latency, the objective the model trains on) on a
-search track made of the middle ``--excerpt-seconds`` of every piece of ``--split``
-(0.25 s of silence between them), with ``--renders`` renders, starting from the
-knobs' defaults. The value with the lowest best objective wins. Each value's best
-objective is the static bound of that amp model on that audio, not a trained
-model's score; only the winning values go into a config.
+of every piece of ``--split`` on its own (:class:`deepafx.automation.oracle.CmaesOracle`,
+objective ``esr_pre``: pre-emphasised ESR after the chain's reported latency, the
+objective the model trains on; the middle ``--excerpt-seconds`` of the piece after
+0.5 s of unscored pre-roll; ``--renders`` renders from the knobs' defaults). A value's
+score is the mean over pieces of each piece's best: the static bound of that amp model
+per piece, as the model sets the knobs per piece (per frame, in fact), not a trained
+model's score. The value with the lowest mean wins; only the winners go into a config.
 
 The test split is never read (``--split test`` is refused).
 
@@ -19,10 +19,12 @@ Usage:
         --choice model 0-17 --choice tonestack_model 0-26 [--stage amp] [--renders 81] \\
         [--excerpt-seconds 4] [--split valid] [--data-dir DIR] [--invert] [--set KEY=VALUE ...]
 
+Without ``--choice`` the chain is scored as configured, the same way (a per-piece static
+bound on validation, to compare chains, e.g. ``--config amp_emulation/quick``).
 ``--invert`` appends a polarity flip to the chain (amp models with an odd number of inverting
 stages come out inverted, and ESR is polarity-sensitive).
 
-Prints one line per value tried, a table, then one JSON line (the choices, every
+Prints one line per value tried (its per-piece bests), a table, then one JSON line (the choices, every
 value's objective, the winners, the time taken).
 
 Raises (exits with the message): an unknown stage or parameter, a parameter that is
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -40,37 +43,21 @@ import numpy as np
 
 
 def parse_values(text: str) -> list[float]:
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (integer ranges inclusive; plain numbers as given)."""
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (``a-b``: the integers from a to b inclusive; plain numbers as given).
+
+    Raises:
+        SystemExit: no values, or a part that is neither a number nor an integer range.
+    """
     values: list[float] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part[1:]:
-            lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0],
-                                                                            part[1:].split("-", 1)[1])
-            values.extend(float(v) for v in range(int(lo), int(hi) + 1))
-        elif part:
-            values.append(float(part))
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        try:
+            values.extend(float(v) for v in range(int(m[1]), int(m[2]) + 1)) if m else values.append(float(part))
+        except ValueError:
+            raise SystemExit(f"{part!r} in {text!r} is neither a number nor a range such as 0-17") from None
     if not values:
         raise SystemExit(f"no values in {text!r}")
     return values
-
-
-def search_track(pairs, sample_rate: float, excerpt_seconds: float, gap_seconds: float = 0.25):
-    """The middle ``excerpt_seconds`` of every ``(input, target)`` pair, joined with silence.
-
-    Returns:
-        ``(input, target)``, each ``(channels, samples)`` float32.
-    """
-    n_ex, gap = int(round(excerpt_seconds * sample_rate)), int(round(gap_seconds * sample_rate))
-    xs, ys = [], []
-    for x, y in pairs:
-        n = min(x.shape[1], y.shape[1])
-        start = max(0, (n - n_ex) // 2)
-        stop = min(n, start + n_ex)
-        for out, a in ((xs, x), (ys, y)):
-            out.append(a[:, start:stop])
-            out.append(np.zeros((a.shape[0], gap), np.float32))
-    return np.concatenate(xs, 1).astype(np.float32), np.concatenate(ys, 1).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--split", default="valid", choices=("train", "valid", "test"))
     ap.add_argument("--stage", help="processor name holding the choices (default: the first with them)")
-    ap.add_argument("--choice", nargs=2, action="append", required=True, metavar=("PARAM", "VALUES"),
-                    help="a fixed parameter and the values to try, e.g. model 0-17")
+    ap.add_argument("--choice", nargs=2, action="append", default=[], metavar=("PARAM", "VALUES"),
+                    help="a fixed parameter and the values to try, e.g. model 0-17 (none: score the chain as "
+                         "configured, the same way: to compare chains)")
     ap.add_argument("--renders", type=int, default=81, help="CMA-ES renders per value (default 81)")
     ap.add_argument("--excerpt-seconds", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -113,47 +101,61 @@ def main(argv: list[str] | None = None) -> int:
     stage = procs[idx]
     ddir = args.data_dir or default_data_dir(cfg)
     build_dataset(cfg.sections["data"], ddir)
-    sr = float(base.get("sample_rate", 44100))
     pieces, pairs = load_split(ddir, args.split)
     if not pairs:
         raise SystemExit(f"split {args.split!r} of {ddir} has no pieces")
-    x, y = search_track(pairs, sr, args.excerpt_seconds)
-    print(f"search track: {len(pieces)} {args.split} pieces, {x.shape[1] / sr:.1f} s; chain {base.get('name')}, "
-          f"stage {stage.get('name')}, {args.renders} renders per value", flush=True)
+    print(f"{len(pieces)} {args.split} pieces, {args.excerpt_seconds:g} s of each; chain {base.get('name')}, "
+          f"stage {stage.get('name')}, {args.renders} renders per piece and value", flush=True)
 
-    best = {n: float(stage["fixed"][n]) for n in names}
+    def score(spec: ChainSpec) -> dict:
+        """Every piece searched on its own: mean and per-piece best, defaults, knobs, time."""
+        t0 = time.perf_counter()
+        per_piece, knobs, defaults = [], [], []
+        with CmaesOracle(spec, renders=args.renders, excerpt_seconds=args.excerpt_seconds, preroll_seconds=0.5,
+                         objective="esr_pre", seed=args.seed) as oracle:
+            for x, y in pairs:
+                res = oracle.fit(x, y)
+                per_piece.append(res.objective)
+                defaults.append(res.default_objective)
+                knobs.append(dict(zip(spec.param_table.names, spec.param_table.denormalize(res.params).tolist())))
+        return {"objective": float(np.mean(per_piece)), "per_piece": per_piece,
+                "default_objective": float(np.mean(defaults)), "default_per_piece": defaults,
+                "seconds": time.perf_counter() - t0, "knobs": knobs}
+
+    def report(label: str, r: dict) -> None:
+        print(f"  {label}: ESR pre-emph. {r['objective']:.4f} (defaults {r['default_objective']:.4f}; pieces "
+              f"{' '.join(f'{o:.3f}' for o in r['per_piece'])}), {r['seconds']:.0f} s", flush=True)
+
+    fixed = dict(stage.get("fixed") or {})
+    best = {n: float(fixed[n]) for n in names}
     tried: dict[str, dict[str, dict]] = {}
     t_all = time.perf_counter()
+    if not args.choice:
+        tried["config"] = {"as configured": score(ChainSpec.from_dict(base))}
+        report("as configured", tried["config"]["as configured"])
     for name, text in args.choice:
         tried[name] = {}
         for v in parse_values(text):
             spec_d = json.loads(json.dumps(base))
-            spec_d["processors"][idx]["fixed"] = {**stage["fixed"], **best, name: v}
+            spec_d["processors"][idx]["fixed"] = {**fixed, **best, name: v}
             try:
                 spec = ChainSpec.from_dict(spec_d)
             except ValueError as exc:
                 raise SystemExit(f"{name}={v:g}: {exc}") from None
-            t0 = time.perf_counter()
-            with CmaesOracle(spec, renders=args.renders, excerpt_seconds=None, objective="esr_pre",
-                             seed=args.seed) as oracle:
-                res = oracle.fit(x, y)
-                values = dict(zip(spec.param_table.names, spec.param_table.denormalize(res.params).tolist()))
-            tried[name][f"{v:g}"] = {"objective": res.objective, "default_objective": res.default_objective,
-                                     "seconds": time.perf_counter() - t0, "knobs": values}
-            print(f"  {name}={v:g}: ESR pre-emph. {res.objective:.4f} (defaults {res.default_objective:.4f}), "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            tried[name][f"{v:g}"] = score(spec)
+            report(f"{name}={v:g}", tried[name][f"{v:g}"])
         winner = min(tried[name], key=lambda k: tried[name][k]["objective"])
         best[name] = float(winner)
         print(f"{name}: best {winner} (ESR pre-emph. {tried[name][winner]['objective']:.4f})", flush=True)
 
     print()
-    print("| parameter | value | best ESR pre-emph. | at the knobs' defaults |")
+    print("| parameter | value | best ESR pre-emph. (mean of pieces) | at the knobs' defaults |")
     print("|---|---:|---:|---:|")
     for name in tried:
         for v, r in sorted(tried[name].items(), key=lambda kv: kv[1]["objective"]):
             print(f"| {name} | {v} | {r['objective']:.4f} | {r['default_objective']:.4f} |")
     print(json.dumps({"benchmark": "amp_choices", "config": args.config, "split": args.split,
-                      "pieces": pieces, "search_seconds_audio": x.shape[1] / sr, "renders": args.renders,
+                      "pieces": pieces, "renders": args.renders,
                       "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "stage": stage.get("name"), "best": best,
                       "tried": tried, "seconds": time.perf_counter() - t_all}))
     return 0
