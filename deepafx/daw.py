@@ -72,7 +72,7 @@ its own cycles (1024 samples in ``ardour7-export``, split at automation points),
 deepafx in its render blocks (and in ``fixed_block`` runs where a chain asks for
 them, e.g. 128 samples for guitarix). A plugin that renders the same stream
 differently for other run lengths renders differently in Ardour: measured on
-the guitarix amp (``amp_emulation/quick_gx``, ``fixed_block`` 128), a static
+the guitarix amp (the chain ``plugins/chains/guitarix_amp.yaml``, ``fixed_block`` 128), a static
 preset differs by -14 dB and moving automation by +3 dB (relative to the
 signal), where the LSP mastering chain of ``mastering/quick_lv2`` stays below
 -45 dB. Such sessions open and play with the right plugins and lanes, but are
