@@ -312,6 +312,28 @@ def test_the_lstm_sees_training_and_validation_pieces_only(tiny_data):
     assert not (ids["train"] | ids["valid"]) & ids["test"]
 
 
+def test_the_trained_lstm_is_kept_with_the_data_and_reused(tiny_data):
+    """Another chain's evaluation on the same data (or a rerun) reuses the LSTM of the same settings and
+    seed; another seed trains its own."""
+    import torch
+
+    from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig, _neural_amp
+
+    _, ddir = tiny_data
+    ec = EvaluateConfig(neural_amp={"hidden_size": 4, "segment_samples": 2000, "warmup_samples": 200,
+                                    "batch_size": 2, "max_updates": 3, "valid_every_updates": 2})
+    first, info = _neural_amp(ec, {"config": {"train": {"seed": 11}}}, Path("none.pt"), ddir)
+    again, info2 = _neural_amp(ec, {"config": {"train": {"seed": 11}}}, Path("none.pt"), ddir)
+    assert not info["reused"] and info2["reused"] and info2["cache"] == info["cache"]
+    assert Path(info["cache"]).parent == Path(ddir) / "baselines" and info2["seconds"] == info["seconds"]
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    other, info3 = _neural_amp(ec, {"config": {"train": {"seed": 12}}}, Path("none.pt"), ddir)
+    assert not info3["reused"] and info3["cache"] != info["cache"] and info3["settings"]["seed"] == 12
+    off = EvaluateConfig(neural_amp=ec.neural_amp, neural_amp_cache=False)
+    assert _neural_amp(off, {"config": {"train": {"seed": 11}}}, Path("none.pt"), ddir)[1]["cache"] is None
+
+
 # --------------------------------------------------------------------------- fair oracle (CMA-ES on ESR)
 def test_esr_objective_by_hand_and_after_latency():
     from deepafx.automation.oracle import EsrObjective

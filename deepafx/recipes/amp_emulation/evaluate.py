@@ -63,7 +63,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -115,6 +115,9 @@ class EvaluateConfig:
             (:class:`~deepafx.recipes.amp_emulation.neural_amp.NeuralAmpConfig`): trained to
             convergence with early stopping on the validation pieces (``match_model_time: true``:
             for the model's training time instead, as earlier tables did).
+        neural_amp_cache: Keep the trained LSTM in ``DATA/baselines/`` and reuse it when the same
+            settings, seed and data come again (another chain's evaluation, a rerun;
+            :func:`neural_amp_cache_path`). Its reported training time is the original one.
         plot_piece: Index of the test piece drawn in the figures.
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
@@ -141,6 +144,7 @@ class EvaluateConfig:
     max_tracks: int | None = None
     bootstrap: int = 2000
     neural_amp: dict = field(default_factory=dict)
+    neural_amp_cache: bool = True
     plot_piece: int = 0
     threads: int | None = 1
     seed: int = 0
@@ -317,12 +321,32 @@ def run_seed(ckpt: Mapping[str, Any]) -> int:
     return int(((ckpt.get("config") or {}).get("train") or {}).get("seed") or 0)
 
 
+def neural_amp_cache_path(ddir: Path, nc, budget: float | None, train_ids: Sequence[str],
+                          valid_ids: Sequence[str]) -> Path:
+    """Where the LSTM trained with these settings on this dataset is kept: ``DATA/baselines/neural_amp-<key>.pt``.
+
+    The key hashes the LSTM's settings (seed included), its budget, the training and
+    validation piece ids and the dataset's ``manifest.json`` (DI and target settings), so
+    an evaluation of another chain on the same data, or a rerun, finds it, and any change
+    of data or settings misses it.
+    """
+    import hashlib
+
+    manifest = hashlib.sha256((Path(ddir) / "manifest.json").read_bytes()).hexdigest()
+    payload = json.dumps({"settings": asdict(nc), "budget_seconds": budget, "train": list(train_ids),
+                          "valid": list(valid_ids), "manifest": manifest}, sort_keys=True, default=str)
+    return Path(ddir) / "baselines" / f"neural_amp-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.pt"
+
+
 def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, ddir: Path):
     """Train the LSTM baseline to convergence (early stopping on the validation pieces), or for the
-    model's training time with ``match_model_time``; returns ``(model, info)``."""
+    model's training time with ``match_model_time``; returns ``(model, info)``. With
+    ``ec.neural_amp_cache`` the trained LSTM is kept in the data folder and reused
+    (:func:`neural_amp_cache_path`)."""
     from deepafx.config import bind
     from deepafx.recipes.amp_emulation.data import load_split
-    from deepafx.recipes.amp_emulation.neural_amp import NeuralAmpConfig, train_neural_amp
+    from deepafx.recipes.amp_emulation.neural_amp import LstmAmp, NeuralAmpConfig, train_neural_amp
+    from deepafx.runs import atomic_save
 
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
     nc.seed = int(nc.seed) + run_seed(ckpt)
@@ -338,6 +362,14 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
             raise ValueError("the neural amp trains to convergence on the validation pieces, but the dataset has "
                              "none: raise data.valid_fraction, or set evaluate.neural_amp.budget_seconds")
     train_ids, train_tracks = load_split(ddir, "train")  # never the test split: the baseline sees what the model saw
+    cache = neural_amp_cache_path(ddir, nc, budget, train_ids, valid_ids) if ec.neural_amp_cache else None
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        model = LstmAmp(nc.hidden_size, nc.threads)
+        model.load_state_dict(saved["model"])
+        model.eval()
+        log.info("neural amp baseline reused from %s (trained in %.0f s)", cache, saved["info"]["seconds"])
+        return model, {**saved["info"], "cache": str(cache), "reused": True}
     log.info("training the neural amp baseline (%s)", "for the model's training time, %.0f s" % budget
              if nc.match_model_time else "to convergence on the validation pieces")
     trained = train_neural_amp(train_tracks, nc, budget, valid_tracks=valid)
@@ -349,7 +381,10 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
             "valid_history": trained.valid_history, "valid_pieces": len(valid),
             "train_piece_ids": list(train_ids), "valid_piece_ids": list(valid_ids),
             "model_train_seconds": run_train_seconds(ckpt, ckpt_path), "settings": asdict(nc)}
-    return trained.model, info
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"model": trained.model.state_dict(), "info": info}, cache)
+    return trained.model, {**info, "cache": None if cache is None else str(cache), "reused": False}
 
 
 def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "test",
