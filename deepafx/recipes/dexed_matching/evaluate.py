@@ -40,7 +40,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -545,11 +545,7 @@ def results_table(results: Mapping[str, Any]) -> str:
     lines.append(f"{n_in} in-domain (ID) sounds, {n_out} out-of-domain (OOD) sounds; 95 % percentile-bootstrap "
                  "intervals of the mean; pitch ok: share of notes within the pitch tolerance; NDB: different bins / K.")
     if results.get("paired"):
-        lines += ["", "| paired LSD difference (a − b) | domain | n | mean (dB) | 95 % CI | a better on |",
-                  "|---|---|---|---|---|---|"]
-        for p in results["paired"]:
-            lines.append(f"| {p['a']} − {p['b']} | {p['domain']} | {p['n']} | {p['mean_diff_lsd']:+.2f} "
-                         f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
+        lines += ["", *_paired_lines(results["paired"])]
     if results.get("novelty"):
         lines += ["", novelty_table(results)]
     return "\n".join(lines)
@@ -584,12 +580,20 @@ def novelty_table(results: Mapping[str, Any]) -> str:
     lines.append("Novelty: LSD of each target to the nearest training factory voice; terciles per domain, edges "
                  + "; ".join(f"{d} {nov[d]['edges_db'][0]:.2f} / {nov[d]['edges_db'][1]:.2f} dB" for d in doms) + ".")
     if results.get("paired_by_novelty"):
-        lines += ["", "| paired LSD difference (a − b) | domain | novelty | n | mean (dB) | 95 % CI | a better on |",
-                  "|---|---|---|---|---|---|---|"]
-        for p in results["paired_by_novelty"]:
-            lines.append(f"| {p['a']} − {p['b']} | {p['domain']} | {p['novelty']} | {p['n']} | {p['mean_diff_lsd']:+.2f} "
-                         f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
+        lines += ["", *_paired_lines(results["paired_by_novelty"], by_novelty=True)]
     return "\n".join(lines)
+
+
+def _paired_lines(pairs: Sequence[Mapping[str, Any]], by_novelty: bool = False) -> list[str]:
+    """Markdown rows of paired LSD differences (with a novelty column when ``by_novelty``)."""
+    nov = " novelty |" if by_novelty else ""
+    lines = [f"| paired LSD difference (a − b) | domain |{nov} n | mean (dB) | 95 % CI | a better on |",
+             "|---|---|" + ("---|" if by_novelty else "") + "---|---|---|---|"]
+    for p in pairs:
+        cell = f" {p['novelty']} |" if by_novelty else ""
+        lines.append(f"| {p['a']} − {p['b']} | {p['domain']} |{cell} {p['n']} | {p['mean_diff_lsd']:+.2f} "
+                     f"| [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['a_wins']}/{p['n']} sounds |")
+    return lines
 
 
 __all__ = ["NOVELTY_BINS", "EvalConfig", "evaluate_from_config", "novelty_table", "novelty_terciles", "param_metrics",
