@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from deepafx.commands.process import add_render_arguments
+
 
 def run(args: argparse.Namespace) -> int:
     from deepafx.daw import export_ardour
@@ -42,11 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="thin each lane: keep a point only where the value moves more than this fraction of the "
                         "parameter's range (normalized scale, e.g. 0.01 = 1%%) from the last point kept; 0 keeps "
                         "every block's change (default 0: renders like deepafx process)")
-    p.add_argument("--block-samples", type=int, default=1024,
-                   help="deepafx's render block at the model's rate: one automation step per block (default 1024, "
-                        "as deepafx process)")
-    p.add_argument("--smoothing-frames", type=int, default=3,
-                   help="moving-average length over frames, as deepafx process (default 3)")
-    p.add_argument("--static", action="store_true", help="one parameter set for the whole file, as deepafx process --static")
+    add_render_arguments(p)  # as deepafx process, so the session renders what it renders
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     p.set_defaults(func=run)

@@ -42,6 +42,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_render_arguments(p: argparse.ArgumentParser) -> None:
+    """``--block-samples``, ``--smoothing-frames`` and ``--static``: how a model's automation is rendered
+    (shared by ``deepafx process`` and ``deepafx export``, which must render alike)."""
+    p.add_argument("--block-samples", type=int, default=1024,
+                   help="render block in samples at the model's rate; parameters are interpolated per block, and an "
+                        "exported lane steps once per block (default 1024)")
+    p.add_argument("--smoothing-frames", type=int, default=3,
+                   help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
+    p.add_argument("--static", action="store_true",
+                   help="one parameter set for the whole file (the encoder's mean outputs over the frames, the gain "
+                        "from the file's loudness): a preset instead of automation")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "process", help="master an audio file with a trained mastering model",
@@ -56,13 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write per-frame parameters to FILE (.json or .csv): time in s, values in plugin units")
     p.add_argument("--plot", metavar="PNG", default=None,
                    help="write a figure: input/output log spectrograms and the most varying parameter curves")
-    p.add_argument("--block-samples", type=int, default=1024,
-                   help="render block in samples at the model's rate; parameters are interpolated per block (default 1024)")
-    p.add_argument("--smoothing-frames", type=int, default=3,
-                   help="moving-average length over frames for the parameter curves; 1 = none (default 3)")
-    p.add_argument("--static", action="store_true",
-                   help="one parameter set for the whole file (the encoder's mean outputs over the frames, the gain "
-                        "from the file's loudness): a preset instead of automation")
+    add_render_arguments(p)
     p.add_argument("--lv2-preset", metavar="DIR", default=None,
                    help="with --static: also write the parameter set as an LV2 preset bundle per LV2 stage in DIR "
                         "(<input name>-<stage>.lv2/); copy it to ~/.lv2 to load it in the same plugin in any LV2 host")
