@@ -394,6 +394,10 @@ def test_voice_classifier_learns_trains_with_the_schedule_and_is_an_evaluation_r
     assert proc.returncode == 0, proc.stderr[-3000:]
     starts = next(line for line in proc.stdout.splitlines() if line.startswith("start points"))
     assert "network " in starts and "voice " in starts and "retrieval " in starts, starts
+    # the start is the candidate with the lowest LSD (the metric reported), not the lowest spectral loss
+    info = json.loads((tmp_path / "m" / "preset.json").read_text())
+    assert set(info["start_lsd_db"]) == {"network", "voice", "retrieval"}
+    assert info["start"] == min(info["start_lsd_db"], key=info["start_lsd_db"].get)
 
 
 def test_ddp_voice_stage_with_lsd_labels(bank_dir, tiny, tmp_path):

@@ -3,7 +3,8 @@
 ``deepafx match --checkpoint RUN_OR_CKPT IN.wav OUT_DIR`` loads a trained
 ``dexed_matching`` estimator, prepares the input (any rate, length and channel
 count; every conversion is reported), predicts a preset, also looks up the
-nearest training preset, starts from whichever sounds closer and refines it with
+nearest training preset (and the voice classifier's voice), starts from whichever has the lowest
+LSD to the input (the metric reported; ``preset.json`` lists every candidate's) and refines it with
 test-time SPSA through Dexed (``--refine-renders``, 0 disables; the rendered
 point with the lowest LSD is kept, :func:`~deepafx.recipes.dexed_matching.search.spsa_refine`). It writes:
 
@@ -209,9 +210,13 @@ def run(args: argparse.Namespace) -> int:
     if ckpt.get("retrieval_x") is not None and not args.no_retrieval:
         index = RetrievalIndex(np.asarray(ckpt["retrieval_x"], dtype=np.float64), renderer)
         candidates["retrieval"] = index.retrieve(target, pitch)
-    losses = {k: float(objective(renderer.render(x))[0]) for k, x in candidates.items()}
-    start = min(losses, key=losses.get)
-    print("start points (multi-scale spectral loss): " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + f" -> {start}")
+    # the start is the candidate with the lowest LSD, the metric reported (and the one refinement keeps by)
+    renders = {k: renderer.render(x) for k, x in candidates.items()}
+    start_lsd = {k: float(lsd_db(r, target)) for k, r in renders.items()}
+    start_mss = {k: float(objective(r)[0]) for k, r in renders.items()}
+    start = min(start_lsd, key=start_lsd.get)
+    print("start points (LSD dB / multi-scale spectral loss): "
+          + ", ".join(f"{k} {start_lsd[k]:.2f} / {start_mss[k]:.3f}" for k in candidates) + f" -> {start}")
     x = candidates[start]
     if args.refine_renders > 0:
         torch.set_num_threads(1)
@@ -236,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(ckpt_path),
         "pitch_midi": pitch,
         "start": start,
+        "start_lsd_db": start_lsd,
+        "start_mss": start_mss,
         "refine_renders": args.refine_renders,
         "lsd_db": lsd,
         "mss": mss,
