@@ -206,7 +206,7 @@ def test_builtin_chain_is_mono():
     assert y.shape == (1, 4096) and live.latency_samples == 0
 
 
-@pytest.mark.parametrize("name", ["quick", "quick_gx", "quick_zamtube", "full", "full_zam"])
+@pytest.mark.parametrize("name", ["quick", "quick_gx", "quick_zamtube", "quick_gx_zamtube", "full", "full_zam"])
 def test_configs_bind_and_their_chains_render_mono(name):
     from deepafx.hosts.base import PluginError
     from deepafx.recipes import get_recipe
@@ -225,8 +225,8 @@ def test_configs_bind_and_their_chains_render_mono(name):
         x = (0.05 * np.random.default_rng(0).standard_normal((1, 8192))).astype(np.float32)
         y = live.process(x, np.full(len(live.param_table), 0.5))
         assert y.shape == (1, 8192) and np.all(np.isfinite(y))
-        assert len(live.param_table) == {"quick": 23, "quick_gx": 9, "quick_zamtube": 23, "full": 29, "full_zam": 22}[name]
-        if name == "quick_zamtube":  # an independent amp as the target, flipped back to the chain's polarity
+        assert len(live.param_table) == {"quick": 23, "quick_gx": 9, "quick_zamtube": 23, "quick_gx_zamtube": 9, "full": 29, "full_zam": 22}[name]
+        if name.endswith("zamtube"):  # an independent amp as the target, flipped back to the chain's polarity
             assert cfg.data.target["processors"][0]["options"]["path"].endswith("ZamTube.vst3") and cfg.data.invert_target
     finally:
         live.close()
