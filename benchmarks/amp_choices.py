@@ -17,10 +17,11 @@ The test split is never read (``--split test`` is refused).
 Usage:
     python benchmarks/amp_choices.py --config amp_emulation/quick_gx \\
         --choice model 0-17 --choice tonestack_model 0-26 [--stage amp] [--renders 81] \\
-        [--excerpt-seconds 4] [--split valid] [--data-dir DIR] [--invert] [--set KEY=VALUE ...]
+        [--excerpt-seconds 4] [--split valid] [--data-dir DIR] [--invert] [--without STAGE] [--set KEY=VALUE ...]
 
 Without ``--choice`` the chain is scored as configured, the same way (a per-piece static
 bound on validation, to compare chains, e.g. ``--config amp_emulation/quick``).
+``--without STAGE`` drops a processor (e.g. ``--without boost``: the amp alone).
 ``--invert`` appends a polarity flip to the chain (amp models with an odd number of inverting
 stages come out inverted, and ESR is polarity-sensitive).
 
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--renders", type=int, default=81, help="CMA-ES renders per value (default 81)")
     ap.add_argument("--excerpt-seconds", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--without", action="append", default=[], metavar="STAGE",
+                    help="drop this processor from the chain (e.g. boost: the amp alone); repeatable")
     ap.add_argument("--invert", action="store_true",
                     help="append a polarity flip (pedalboard.Invert) to the chain: for amp models that invert")
     args = ap.parse_args(argv)
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _, cfg = load_recipe_config(args.config, args.set)
     base = cfg.sections["chain"].to_dict()
+    names_in_chain = [p.get("name") for p in base["processors"]]
+    for stage_name in args.without:
+        if stage_name not in names_in_chain:
+            raise SystemExit(f"--without {stage_name}: chain {base.get('name')!r} has no such stage ({names_in_chain})")
+    base["processors"] = [p for p in base["processors"] if p.get("name") not in args.without]
     if args.invert:
         base["processors"].append({"backend": "pedalboard.Invert", "name": "invert"})
     procs = base["processors"]
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {v} | {r['objective']:.4f} | {r['default_objective']:.4f} |")
     print(json.dumps({"benchmark": "amp_choices", "config": args.config, "split": args.split,
                       "pieces": pieces, "renders": args.renders,
-                      "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "stage": stage.get("name"), "best": best,
+                      "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "without": args.without, "stage": stage.get("name"), "best": best,
                       "tried": tried, "seconds": time.perf_counter() - t_all}))
     return 0
 
