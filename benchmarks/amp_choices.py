@@ -35,6 +35,7 @@ learned rather than fixed, a value outside the parameter's range, the test split
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -52,8 +53,11 @@ def parse_values(text: str) -> list[float]:
     values: list[float] = []
     for part in (p.strip() for p in text.split(",")):
         m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            values.extend(float(v) for v in range(int(m[1]), int(m[2]) + 1))
+            continue
         try:
-            values.extend(float(v) for v in range(int(m[1]), int(m[2]) + 1)) if m else values.append(float(part))
+            values.append(float(part))
         except ValueError:
             raise SystemExit(f"{part!r} in {text!r} is neither a number nor a range such as 0-17") from None
     if not values:
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in args.choice:
         tried[name] = {}
         for v in parse_values(text):
-            spec_d = json.loads(json.dumps(base))
+            spec_d = copy.deepcopy(base)
             spec_d["processors"][idx]["fixed"] = {**fixed, **best, name: v}
             try:
                 spec = ChainSpec.from_dict(spec_d)

@@ -346,7 +346,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
     from deepafx.config import bind
     from deepafx.recipes.amp_emulation.data import load_split
     from deepafx.recipes.amp_emulation.neural_amp import LstmAmp, NeuralAmpConfig, train_neural_amp
-    from deepafx.runs import atomic_save
+    from deepafx.runs import atomic_save, load_checkpoint
 
     nc = bind(NeuralAmpConfig, ec.neural_amp, "evaluate.neural_amp")
     nc.seed = int(nc.seed) + run_seed(ckpt)
@@ -364,7 +364,7 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
     train_ids, train_tracks = load_split(ddir, "train")  # never the test split: the baseline sees what the model saw
     cache = neural_amp_cache_path(ddir, nc, budget, train_ids, valid_ids) if ec.neural_amp_cache else None
     if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(cache)
         model = LstmAmp(nc.hidden_size, nc.threads)
         model.load_state_dict(saved["model"])
         model.eval()
