@@ -26,6 +26,7 @@ TINY = TINY_DATA + [
     "model.encoder_kwargs={width_mult: 0.25}",
     "train.batch_size=2", "render.num_workers=1", "train.epochs=2", "train.steps_per_epoch=3",
     "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3",
+    "train.start_renders=8", "train.start_seconds=2",
 ]
 
 
@@ -477,8 +478,12 @@ def test_cli_data_train_process_evaluate(tmp_path):
     _cli("evaluate", "--config", "amp_emulation/quick", "--checkpoint", run, "--data-dir", data, *sets)
     results = json.loads((run / "eval" / "results.json").read_text())
     rows = results["test"]
-    assert list(rows) == ["unprocessed", "default", "oracle_spectral", "oracle_esr_4", "oracle_esr_8", "model",
-                          "neural_amp"]
+    assert list(rows) == ["unprocessed", "default", "static_train", "oracle_spectral", "oracle_esr_4", "oracle_esr_8",
+                          "model", "neural_amp"]
+    # this run started from the defaults: the static preset was searched on the training pieces, with the run's seed
+    static = results["settings"]["static_train"]
+    assert static["source"].startswith("searched") and static["renders"] == 8
+    assert static["objective"] <= static["default_objective"]
     for method, row in rows.items():
         for key in ("esr", "esr_pre", "mrstft", "mfcc_cosine"):
             lo, hi = row[key]["ci95"]

@@ -82,7 +82,8 @@ from deepafx.workers import RenderConfig, RenderRequest, rank_workers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CmaesOracle", "EsrObjective", "OBJECTIVES", "OracleObjective", "OracleResult", "FAILED_RENDER_SCORE", "middle_excerpt", "cmaes_oracle"]
+__all__ = ["CmaesOracle", "EsrObjective", "OBJECTIVES", "OracleObjective", "OracleResult", "FAILED_RENDER_SCORE", "middle_excerpt", "cmaes_oracle",
+           "static_preset"]
 
 #: Score of a candidate whose render failed twice (crash, hang or NaN output).
 FAILED_RENDER_SCORE = 1e3
@@ -189,16 +190,24 @@ class EsrObjective:
     is compared with target sample ``n``; the last ``latency`` target samples are
     not scored. 0 is a perfect match, 1 what silence scores.
 
+    With ``segments`` (the start sample of each of several excerpts laid end to end, the
+    first 0), each segment is pre-emphasised from zero state and the score is the mean over
+    segments of each segment's ESR, so that a quiet excerpt counts as much as a loud one, as
+    in a mean of per-frame losses.
+
     Args:
         target: ``(channels, samples)`` target excerpt.
         latency_samples: The chain's reported latency, samples (>= 0, shorter than the excerpt).
         pre_emphasis: Filter coefficient (0.95 in Wright et al.); ``None``: plain ESR.
+        segments: Increasing segment starts, samples, the first 0; ``None``: one segment.
 
     Raises:
-        ValueError: a negative latency, one as long as the excerpt, or a silent target.
+        ValueError: a negative latency, one as long as the excerpt, a silent target or segment,
+            or segments that are not increasing starts inside the excerpt.
     """
 
-    def __init__(self, target: np.ndarray, latency_samples: int = 0, pre_emphasis: float | None = 0.95):
+    def __init__(self, target: np.ndarray, latency_samples: int = 0, pre_emphasis: float | None = 0.95,
+                 segments: Sequence[int] | None = None):
         from scipy.signal import lfilter
 
         self.latency = int(latency_samples)
@@ -208,10 +217,19 @@ class EsrObjective:
         self.coeff = pre_emphasis
         # y[n] = x[n] − coeff·x[n−1] from zero state
         self._emphasise = (lambda x: x) if pre_emphasis is None else (lambda x: lfilter([1.0, -pre_emphasis], [1.0], x))
-        self._target = self._emphasise(t[:, : t.shape[-1] - self.latency])
-        self._energy = float(np.sum(self._target ** 2))
-        if self._energy == 0.0:
-            raise ValueError("the target excerpt is silent: its ESR is undefined")
+        n = t.shape[-1] - self.latency
+        starts = [0] if segments is None else [int(v) for v in segments]
+        if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= n:
+            raise ValueError(f"segments must be increasing starts on [0, {n}) beginning with 0, got {segments}")
+        self._bounds = list(zip(starts, starts[1:] + [n]))
+        self._target = self._filter(t[:, :n])
+        self._energy = np.array([np.sum(self._target[:, a:b] ** 2) for a, b in self._bounds])
+        if np.any(self._energy == 0.0):
+            raise ValueError("the target excerpt (or one of its segments) is silent: its ESR is undefined")
+
+    def _filter(self, x: np.ndarray) -> np.ndarray:
+        """Pre-emphasis of each segment from zero state (segments are separate excerpts)."""
+        return np.concatenate([self._emphasise(x[:, a:b]) for a, b in self._bounds], axis=-1)
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """Scores ``(k,)`` of ``k`` outputs, each ``(channels, samples)`` shaped like the target."""
@@ -222,8 +240,8 @@ class EsrObjective:
             if o.shape[0] != self._target.shape[0] or o.shape[-1] < self.latency + n:
                 raise ValueError(f"an output of shape {o.shape} does not cover the target {self._target.shape} "
                                  f"after {self.latency} samples of latency")
-            y = self._emphasise(o[:, self.latency : self.latency + n])
-            scores.append(float(np.sum((self._target - y) ** 2)) / self._energy)
+            err = (self._target - self._filter(o[:, self.latency : self.latency + n])) ** 2
+            scores.append(float(np.mean(np.array([np.sum(err[:, a:b]) for a, b in self._bounds]) / self._energy)))
         return np.array(scores)
 
 
@@ -404,7 +422,8 @@ class CmaesOracle:
         return result, failed
 
     # -- search -----------------------------------------------------------------
-    def fit(self, audio: np.ndarray, target: np.ndarray, checkpoints: Sequence[int] = ()) -> OracleResult:
+    def fit(self, audio: np.ndarray, target: np.ndarray, checkpoints: Sequence[int] = (),
+            segments: Sequence[int] | None = None) -> OracleResult:
         """Search static parameters that make the chain's output match ``target``.
 
         Args:
@@ -413,13 +432,16 @@ class CmaesOracle:
                 (same length; the longer one is cut).
             checkpoints: Render counts (each on ``[1, renders]``) at which to record the best
                 candidate so far (:attr:`OracleResult.checkpoints`; the module docstring).
+            segments: Starts of excerpts laid end to end in ``audio`` (ESR objectives, whole-track
+                mode only): the score is the mean of their ESRs (:class:`EsrObjective`).
 
         Returns:
             :class:`OracleResult` (``params`` are the best found on the excerpt).
 
         Raises:
             ValueError: mismatched channel counts, a track shorter than 0.5 s, a checkpoint
-                outside ``[1, renders]``, or (ESR objectives) a silent target.
+                outside ``[1, renders]``, (ESR objectives) a silent target, or ``segments`` with
+                an MR-STFT objective or an excerpt.
         """
         import cma
 
@@ -432,6 +454,8 @@ class CmaesOracle:
         marks = sorted({int(c) for c in checkpoints})
         if marks and not 1 <= marks[0] <= marks[-1] <= self.renders:
             raise ValueError(f"checkpoints must be render counts on [1, {self.renders}], got {list(checkpoints)}")
+        if segments is not None and (self.objective == "mrstft" or self.excerpt_seconds is not None):
+            raise ValueError("segments need an ESR objective and whole-track scoring (excerpt_seconds=None)")
         if self.excerpt_seconds is None:
             r0, s0, stop = 0, 0, n
         else:
@@ -443,7 +467,7 @@ class CmaesOracle:
             objective = OracleObjective(target[:, s0:stop], sr, self.loudness_weight, self.fft_sizes, self.overlap)
         else:
             objective = EsrObjective(target[:, s0:stop], self.pool.latency_samples,
-                                     0.95 if self.objective == "esr_pre" else None)
+                                     0.95 if self.objective == "esr_pre" else None, segments=segments)
         trace: list[tuple[float, np.ndarray]] = []  # every render's score and candidate, in order
 
         t_start = time.perf_counter()
@@ -526,3 +550,50 @@ def cmaes_oracle(chain: ChainSpec, audio: np.ndarray, target: np.ndarray, **kwar
     """
     with CmaesOracle(chain, **kwargs) as oracle:
         return oracle.fit(audio, target)
+
+
+def static_preset(chain: ChainSpec, tracks: Sequence[tuple[np.ndarray, np.ndarray]], renders: int = 300,
+                  seconds: float = 24.0, objective: str = "esr_pre", seed: int = 0, sigma0: float = 0.1,
+                  render: RenderConfig | None = None, num_workers: int | None = None,
+                  timeout_seconds: float = 120.0) -> OracleResult:
+    """One static preset for many tracks: CMA-ES (:class:`CmaesOracle`) on their middle excerpts laid end to end.
+
+    Each of the ``tracks`` gives its middle ``seconds / len(tracks)`` (at least 0.5 s, the whole
+    track when shorter); the excerpts are rendered as one signal from reset plugin state (the
+    seams are not scored apart), and the score is, for the ESR objectives, the mean of the
+    excerpts' ESRs (:class:`EsrObjective` with ``segments``), for ``"mrstft"`` the objective of
+    the whole concatenation. It is the best single setting a user could dial for the material —
+    a start for a trained model (``train.start: static``) and a non-adaptive baseline.
+
+    Args:
+        chain: The chain searched (its sample rate is the tracks').
+        tracks: ``(input, target)`` pairs, each ``(channels, samples)`` float32.
+        renders: Render budget (>= 1).
+        seconds: Total seconds of audio per render, split evenly over the tracks (> 0).
+        objective: One of :data:`OBJECTIVES`.
+        seed, sigma0, render, num_workers, timeout_seconds: As in :class:`CmaesOracle`.
+
+    Returns:
+        :class:`OracleResult` (``params``: the preset, normalized on [0, 1]).
+
+    Raises:
+        ValueError: no tracks, ``seconds <= 0``, or what :meth:`CmaesOracle.fit` raises.
+    """
+    if not tracks:
+        raise ValueError("static_preset needs at least one (input, target) track")
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    sr = chain.sample_rate
+    each = max(int(round(seconds / len(tracks) * sr)), int(0.5 * sr))
+    xs, ts, starts, at = [], [], [], 0
+    for x, t in tracks:
+        n = min(x.shape[-1], t.shape[-1])
+        _, a, b = middle_excerpt(n, each, 0)
+        xs.append(x[:, a:b])
+        ts.append(t[:, a:b])
+        starts.append(at)
+        at += b - a
+    audio, target = np.concatenate(xs, axis=1), np.concatenate(ts, axis=1)
+    with CmaesOracle(chain, renders=renders, sigma0=sigma0, excerpt_seconds=None, objective=objective, seed=seed,
+                     render=render, num_workers=num_workers, timeout_seconds=timeout_seconds) as oracle:
+        return oracle.fit(audio, target, segments=None if objective == "mrstft" else starts)

@@ -24,6 +24,9 @@ number of steps per epoch; rank 0 alone writes files (the engine,
 from __future__ import annotations
 
 import itertools
+import json
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,6 +43,14 @@ from deepafx.hybrid import HybridChain, is_hybrid
 from deepafx.losses import build_loss
 from deepafx.trainer import Stage, TrainSettings
 from deepafx.workers import RenderConfig
+
+log = logging.getLogger(__name__)
+
+
+#: ``train.start`` values: the chain's defaults, or one static preset fit on the training tracks.
+START_MODES = ("defaults", "static")
+#: File of the static start in the run folder.
+STATIC_START_FILE = "static_start.json"
 
 
 @dataclass
@@ -74,6 +85,16 @@ class AutomationTrainConfig(TrainSettings):
             paying for it. 0 (default) disables it; validation losses never include it.
         valid_steps: Cap on validation batches per epoch (``None``: all).
         timeout_seconds: Longest a render request may take before the worker is restarted.
+        start: Where the encoder starts (its output bias and the stage-1 goal, and the point
+            ``param_l2`` pulls toward): ``"defaults"``, the chain's defaults, or ``"static"``,
+            one static preset for all the training tracks found by CMA-ES
+            (:func:`deepafx.automation.oracle.static_preset`: ``start_renders`` renders of
+            ``start_seconds`` of training audio, the middle of every track, seeded by ``seed``;
+            pre-emphasised ESR when ``loss`` is ``"esr"``, MR-STFT + loudness otherwise). The
+            preset is saved in the run folder (``static_start.json``) and reused on resume.
+        start_renders: CMA-ES renders of the static start (>= 1).
+        start_seconds: Seconds of training audio per render of the static start (> 0).
+        start_sigma: Initial CMA-ES step size of the static start, normalized units (> 0).
     """
 
     batch_size: int = 8
@@ -95,6 +116,41 @@ class AutomationTrainConfig(TrainSettings):
     param_l2: float = 0.0
     valid_steps: int | None = None
     timeout_seconds: float = 120.0
+    start: str = "defaults"
+    start_renders: int = 600
+    start_seconds: float = 24.0
+    start_sigma: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.start not in START_MODES:
+            raise ValueError(f"train.start must be one of {START_MODES}, got {self.start!r}")
+        if int(self.start_renders) < 1 or not float(self.start_seconds) > 0 or not float(self.start_sigma) > 0:
+            raise ValueError(f"train.start_renders must be >= 1, train.start_seconds and train.start_sigma > 0, got "
+                             f"{self.start_renders}, {self.start_seconds} and {self.start_sigma}")
+
+
+def search_static_start(chain: ChainSpec, tracks: list, settings: AutomationTrainConfig,
+                        render: RenderConfig | None = None) -> dict[str, Any]:
+    """The static start of ``train.start: static`` for ``tracks`` (``(input, target)`` pairs): one static
+    preset by :func:`deepafx.automation.oracle.static_preset` with the settings' ``start_renders``,
+    ``start_seconds``, ``start_sigma``, ``seed`` and objective (pre-emphasised ESR when ``loss`` is ``"esr"``, else
+    MR-STFT + loudness).
+
+    Returns:
+        ``{"params"`` (normalized), ``"values"`` (name → value in the parameter's unit), ``"objective"``,
+        ``"default_objective"``, ``"renders"``, ``"search_seconds"}``.
+    """
+    from deepafx.automation.oracle import static_preset
+
+    t0 = time.perf_counter()
+    result = static_preset(chain, tracks, renders=settings.start_renders, seconds=settings.start_seconds,
+                           objective="esr_pre" if settings.loss == "esr" else "mrstft", seed=settings.seed,
+                           sigma0=settings.start_sigma, render=render, timeout_seconds=settings.timeout_seconds)
+    table = chain.param_table
+    return {"params": [float(v) for v in result.params],
+            "values": dict(zip(table.names, (float(v) for v in table.denormalize(result.params)))),
+            "objective": result.objective, "default_objective": result.default_objective,
+            "renders": result.renders, "search_seconds": time.perf_counter() - t0}
 
 
 def load_tracks(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -140,7 +196,7 @@ class AutomationTask:
     """A context encoder driving a chain, trained through it: a :class:`~deepafx.trainer.TrainingTask`.
 
     Stages: ``pretrain`` (``pretrain_steps`` steps, MSE toward the chain's
-    defaults, ``pretrain_lr``, no rendering) then ``spsa`` (``epochs`` epochs
+    defaults or the static start, ``train.start``; ``pretrain_lr``, no rendering) then ``spsa`` (``epochs`` epochs
     through the black-box chain with the configured loss, ``lr``, validation,
     early stopping).
 
@@ -167,20 +223,57 @@ class AutomationTask:
         self.dist = ctx.dist
         self.ctx = ctx
         self.chain = self.config.chain
-        self.train_tracks, self.valid_tracks = self.load_tracks()
-        self.train_tracks = self.train_tracks[self.dist.rank :: self.dist.world_size] or self.train_tracks
+        self.all_train_tracks, self.valid_tracks = self.load_tracks()
+        self.train_tracks = self.all_train_tracks[self.dist.rank :: self.dist.world_size] or self.all_train_tracks
         tc = self.settings
         render: RenderConfig = self.config.sections.get("render") or RenderConfig()  # owns the worker count
+        self.start_seconds = 0.0  # time spent finding the static start in this set-up
+        start = self.chain.param_table.defaults_normalized() if tc.start == "defaults" else self._static_start(render)
         eps = (ExponentialEpsilon(tc.epsilon, tc.epsilon_end, tc.epsilon_decay_steps) if tc.epsilon_end else tc.epsilon)
         layer = HybridChain if is_hybrid(self.chain) else FxLayer  # ddsp. entries: autograd for them
         self.fx = layer(self.chain, tc.batch_size, estimator=tc.estimator,
                         epsilon=eps, num_perturbations=tc.num_perturbations,
                         seed=tc.seed * 1009 + self.dist.rank, timeout_seconds=tc.timeout_seconds,
                         render=render, worker_share=self.dist.world_size)
-        self.defaults = torch.tensor(pretrain_target(self.chain.param_table.defaults_normalized()), dtype=torch.float32)
+        self.defaults = torch.tensor(pretrain_target(start), dtype=torch.float32)
         self.loss_fn = build_loss(tc.loss, sample_rate=self.chain.sample_rate, latency_samples=self.fx.latency_samples,
                                   max_delay_ms=tc.max_delay_ms, alpha_time=tc.alpha_time, alpha_freq=tc.alpha_freq,
                                   reduction="none").to(self.dist.device)
+
+    def _static_start(self, render: RenderConfig) -> np.ndarray:
+        """``(P,)`` normalized static preset of ``train.start: static``: read from the run folder when it
+        was found with these settings, else searched (rank 0) and saved there atomically."""
+        from deepafx.runs import atomic_write_text
+
+        tc = self.settings
+        if is_hybrid(self.chain):
+            raise ValueError("train.start: static searches rendered chains only; this chain has ddsp. stages "
+                             "(use train.start: defaults)")
+        path = self.ctx.run.root / STATIC_START_FILE
+        settings = {"chain": self.chain.to_dict(), "renders": int(tc.start_renders), "seconds": float(tc.start_seconds),
+                    "sigma": float(tc.start_sigma), "seed": int(tc.seed), "loss": tc.loss, "data": self.data_dir.name,
+                    "tracks": len(self.all_train_tracks)}
+
+        def saved() -> np.ndarray | None:
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            return np.asarray(doc["params"], dtype=np.float64) if doc.get("settings") == settings else None
+
+        if self.dist.is_main and saved() is None:
+            doc = search_static_start(self.chain, self.all_train_tracks, tc, render)
+            self.start_seconds = doc["search_seconds"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"settings": settings, **doc}, indent=1))
+            log.info("static start: objective %.4f (defaults %.4f), %d renders, %.0f s", doc["objective"],
+                     doc["default_objective"], doc["renders"], doc["search_seconds"])
+        if self.dist.distributed:
+            torch.distributed.barrier()
+        start = saved()
+        if start is None:
+            raise RuntimeError(f"{path} could not be read after the static start was searched")
+        return start
 
     def build_model(self) -> AutomationModel:
         self.model = AutomationModel(self.mc, self.chain, self.fx.num_params, self.defaults.numpy())

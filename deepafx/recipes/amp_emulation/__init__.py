@@ -60,13 +60,15 @@ def _process(checkpoint, input_path, output_path, **options):
 #: Any amp-emulation config in seconds (:attr:`deepafx.recipes.Recipe.tiny_overrides`): about 20 s of DI
 #: in 3-6 s pieces, a quarter-width encoder on 0.5 s of context, 2 pretrain steps and 2 epochs of 3 steps
 #: on one render worker; evaluation with a spectral oracle of 8 renders on 2 s excerpts and a fair (ESR)
-#: oracle of 4 and 8 renders on at most 2 whole test pieces, and an LSTM baseline trained for at most 2 s.
+#: oracle of 4 and 8 renders on at most 2 whole test pieces, a static preset of 8 renders on 2 s of
+#: training audio, and an LSTM baseline trained for at most 2 s.
 TINY_OVERRIDES = (
     "data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_piece_seconds=3",
     "model.context_seconds=0.5", "model.frame_seconds=0.25", "model.hop_length=2048", "model.n_mels=32",
     "model.encoder_kwargs={width_mult: 0.25}",
     "train.batch_size=2", "train.epochs=2", "train.steps_per_epoch=3", "train.valid_steps=2",
     "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3", "render.num_workers=1",
+    "train.start_renders=8", "train.start_seconds=2",
     "evaluate.cmaes_renders=8", "evaluate.esr_oracle_renders=[4, 8]", "evaluate.excerpt_seconds=2",
     "evaluate.preroll_seconds=0.5",
     "evaluate.max_tracks=2", "evaluate.bootstrap=200",

@@ -17,6 +17,13 @@ Methods, each applied to every piece of the split (whole pieces):
   MR-STFT + loudness error over a middle excerpt (``cmaes_renders``; 0 drops
   the row). It bounds nothing on ESR (a spectral match can be far off sample by
   sample); it shows what the chain can do in tone.
+* ``static_train`` — the best *single* setting for the material: one static preset
+  CMA-ES finds on the training pieces (pre-emphasised ESR, the mean over pieces;
+  :func:`deepafx.automation.task.search_static_start`, the ``train.start_*``
+  settings and the run's seed), applied unchanged to every test piece. It is what
+  a player gets from a tone-match preset, the non-adaptive baseline of the model;
+  a run trained with ``train.start: static`` started from it (read from its run
+  folder, ``static_start.json``), other runs get it searched here.
 * ``model`` — the trained encoder driving the chain through the
   ``deepafx process`` pipeline (per-frame parameters, smoothing, block rendering;
   :func:`deepafx.automation.process.apply_automation`).
@@ -79,7 +86,7 @@ __all__ = ["EvaluateConfig", "METHODS", "bootstrap_ci", "evaluate_from_config", 
            "track_metrics"]
 
 #: Methods in table order (the fair oracle's rows, ``oracle_esr_<N>`` per budget, sit after ``oracle_spectral``).
-METHODS = ("unprocessed", "default", "oracle_spectral", "model", "neural_amp")
+METHODS = ("unprocessed", "default", "static_train", "oracle_spectral", "model", "neural_amp")
 #: Per-piece metrics: key, display name, lower is better.
 METRICS = (("esr", "ESR", True), ("esr_pre", "ESR pre-emph.", True), ("mrstft", "MR-STFT", True),
            ("mfcc_cosine", "MFCC cosine", True))
@@ -118,6 +125,7 @@ class EvaluateConfig:
         neural_amp_cache: Keep the trained LSTM in ``DATA/baselines/`` and reuse it when the same
             settings, seed and data come again (another chain's evaluation, a rerun;
             :func:`neural_amp_cache_path`). Its reported training time is the original one.
+        static_train: Add the ``static_train`` row (see the module docstring).
         plot_piece: Index of the test piece drawn in the figures.
         threads: torch threads of the evaluation process (``None``: torch's default); the
             render workers run beside it, and on a 2-core machine one thread was fastest.
@@ -145,6 +153,7 @@ class EvaluateConfig:
     bootstrap: int = 2000
     neural_amp: dict = field(default_factory=dict)
     neural_amp_cache: bool = True
+    static_train: bool = True
     plot_piece: int = 0
     threads: int | None = 1
     seed: int = 0
@@ -166,7 +175,8 @@ class EvaluateConfig:
 
     def methods(self) -> list[str]:
         """Rows in table order for these settings."""
-        return (["unprocessed", "default"] + (["oracle_spectral"] if self.cmaes_renders else [])
+        return (["unprocessed", "default"] + (["static_train"] if self.static_train else [])
+                + (["oracle_spectral"] if self.cmaes_renders else [])
                 + [f"oracle_esr_{b}" for b in self.esr_oracle_renders] + ["model", "neural_amp"])
 
 
@@ -387,6 +397,27 @@ def _neural_amp(ec: EvaluateConfig, ckpt: Mapping[str, Any], ckpt_path: Path, dd
     return trained.model, {**info, "cache": None if cache is None else str(cache), "reused": False}
 
 
+def _static_train(config, chain, ckpt: Mapping[str, Any], ckpt_path: Path, ddir: Path) -> dict[str, Any]:
+    """The ``static_train`` preset: the run's own static start (``static_start.json`` beside its
+    ``checkpoints/``) when it trained from one, else searched on the training pieces with the config's
+    ``train.start_*`` settings and the run's seed. Returns :func:`search_static_start`'s record plus
+    ``"source"``."""
+    from dataclasses import replace
+
+    from deepafx.automation.task import STATIC_START_FILE, search_static_start
+    from deepafx.recipes.amp_emulation.data import load_split
+
+    saved = Path(ckpt_path).parent.parent / STATIC_START_FILE
+    if saved.is_file():
+        doc = json.loads(saved.read_text())
+        doc.pop("settings", None)
+        return {**doc, "source": str(saved)}
+    settings = replace(config.train, seed=run_seed(ckpt))
+    doc = search_static_start(chain, load_split(ddir, "train")[1], settings, config.sections.get("render"))
+    log.info("static_train: searched %d renders on the training pieces (%.0f s)", doc["renders"], doc["search_seconds"])
+    return {**doc, "source": "searched by the evaluation on the training pieces"}
+
+
 def evaluate_from_config(config, checkpoint: Path, out_dir: Path, split: str = "test",
                          data_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate an amp-emulation checkpoint on one split; write results, table and figures.
@@ -449,6 +480,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         raise ValueError(f"split {split!r} of {ddir} has no pieces; raise data.test_fraction or data.train_minutes")
 
     lstm, lstm_info = _neural_amp(ec, ckpt, ckpt_path, ddir)
+    static = _static_train(config, chain, ckpt, ckpt_path, ddir) if ec.static_train else None
     table = chain.param_table
     defaults = table.defaults_normalized()
     per_track: list[dict[str, Any]] = []
@@ -472,6 +504,10 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
             outputs: dict[str, tuple[np.ndarray, float | None]] = {"unprocessed": (x, None)}
             t0 = time.perf_counter()
             outputs["default"] = (oracle.render_track(x, defaults), time.perf_counter() - t0)
+            if static is not None:
+                t0 = time.perf_counter()
+                outputs["static_train"] = (oracle.render_track(x, np.asarray(static["params"])),
+                                           time.perf_counter() - t0)
             oracles: dict[str, Any] = {}
             if ec.cmaes_renders:
                 t0 = time.perf_counter()
@@ -548,6 +584,8 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         if m.startswith("oracle_"):
             summary[m]["parameters_text"] = f"{len(table)} per piece"
     summary["default"]["parameters_text"] = f"{len(table)} fixed"
+    if static is not None:
+        summary["static_train"]["parameters_text"] = f"{len(table)} fixed"
     paired: dict[str, dict[str, Any]] = {}
     for other in (m for m in methods if m != "model"):
         paired[other] = {}
@@ -573,6 +611,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
         "smoothing_frames": ec.smoothing_frames,
         "train_seconds": (ckpt.get("task") or {}).get("train_seconds"),
         "neural_amp": lstm_info,
+        "static_train": static,
         "evaluate": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
         "methods": methods,
         "oracle": {"popsize": oracle.popsize, "seed": ec.seed + run_seed(ckpt),

@@ -1,6 +1,7 @@
 """Amp emulation on the automation task (:mod:`deepafx.automation.task`): its data, chain, loss and clock.
 
-Stage ``pretrain`` pulls the encoder toward the chain's default parameters;
+Stage ``pretrain`` pulls the encoder toward the chain's default parameters (or, with
+``train.start: static``, toward one static preset CMA-ES finds on the training pieces);
 stage ``spsa`` trains end to end through the black-box chain with SPSA
 gradients (DeepAFx, Ramírez et al., ICASSP 2021) on DI → tube-amp pairs
 (:mod:`deepafx.recipes.amp_emulation.data`).
@@ -15,7 +16,7 @@ no latency, and a lag the chain cannot make would only hide an error the
 evaluation's ESR sees).
 
 The task keeps a training clock: the wall time from the end of its set-up to
-the latest checkpoint, summed over resumed sessions, saved in every checkpoint
+the latest checkpoint, plus the static start's search, summed over resumed sessions, saved in every checkpoint
 (``checkpoint["task"]["train_seconds"]``). The evaluation gives the neural amp
 baseline exactly that budget.
 """
@@ -84,6 +85,7 @@ class AmpEmulationTask(AutomationTask):
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
+        self._seconds_before = self.start_seconds  # the static start's search counts as training time
         self._clock_start = time.perf_counter()
 
     def load_tracks(self) -> tuple[list, list]:
