@@ -90,3 +90,34 @@ def test_a_run_starts_from_the_static_preset_and_reuses_it_on_resume(tmp_path):
     train(resumed, run_dir, cfg, resume=True)
     assert resumed.start_seconds == 0.0 and (run_dir / STATIC_START_FILE).stat().st_mtime_ns == stamp
     assert torch.equal(resumed.defaults, task.defaults)
+
+
+def test_the_static_start_benchmark_reads_training_pieces_only(tmp_path):
+    """benchmarks/static_start.py: one line per search, seeded, on the training split of a tiny dataset."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from deepafx.recipes.amp_emulation.data import AmpDataConfig
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "static_start.py"
+    spec = importlib.util.spec_from_file_location("static_start", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_search("0.25,600,2") == (0.25, 600, 2)
+    for bad in ("0.25,600", "a,1,0", "0,10,0", "0.1,0,0"):
+        with pytest.raises(SystemExit):
+            mod.parse_search(bad)
+    if not Path(AmpDataConfig().soundfont).is_file():
+        pytest.skip("FluidR3_GM SoundFont not installed (Debian: fluid-soundfont-gm)")
+    sets = ["data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_piece_seconds=3", "render.num_workers=1"]
+    args = [sys.executable, str(script), "--config", "amp_emulation/quick", "--data-dir", str(tmp_path / "data"),
+            "--seconds", "2", "--search", "0.25,8,0", "--search", "0.25,8,0"]
+    out = subprocess.run(args + [x for s in sets for x in ("--set", s)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    a, b, summary = lines[-3:]
+    assert summary["benchmark"] == "static_start" and summary["searches"] == [a, b]
+    assert a["objective"] == b["objective"] <= a["default_objective"]  # the same seed finds the same preset
+    assert summary["training_pieces"] >= 1
