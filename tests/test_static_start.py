@@ -121,3 +121,18 @@ def test_the_static_start_benchmark_reads_training_pieces_only(tmp_path):
     assert summary["benchmark"] == "static_start" and summary["searches"] == [a, b]
     assert a["objective"] == b["objective"] <= a["default_objective"]  # the same seed finds the same preset
     assert summary["training_pieces"] >= 1
+
+
+def test_the_evaluation_reads_the_runs_own_static_start(tmp_path):
+    """A run trained from a static start is scored against that very preset (no search at evaluation)."""
+    from deepafx.recipes.amp_emulation.evaluate import _static_train
+
+    run = tmp_path / "seed-0"
+    (run / "checkpoints").mkdir(parents=True)
+    doc = {"settings": {"renders": 5}, "params": [0.25, 0.75], "values": {"a": 1.0, "b": 2.0}, "objective": 0.5,
+           "default_objective": 0.9, "renders": 5, "search_seconds": 1.0}
+    (run / STATIC_START_FILE).write_text(json.dumps(doc))
+    # config and chain are not touched when the file is there
+    got = _static_train(None, None, {}, run / "checkpoints" / "best.pt", tmp_path / "data")
+    assert got["params"] == [0.25, 0.75] and got["source"] == str(run / STATIC_START_FILE)
+    assert "settings" not in got
