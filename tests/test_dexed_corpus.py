@@ -225,6 +225,9 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
         assert 0 <= i["pitch_correct"] <= 1 and i["ndb_k"] == 2 and 0 <= i["ndb"] <= 2
     # the corpus holds the training voices, so corpus retrieval is at least as close as factory retrieval in its metric
     assert res["paired"] and {p["b"] for p in res["paired"]} >= {"retrieval", "retrieval_corpus"}
+    # each stage trained through the synth is paired with the network it starts from, in both domains
+    stages = {(p["a"], p["b"], p["domain"]) for p in res["paired"]}
+    assert {("synth", "ploss", "in_domain"), ("real", "synth", "out_of_domain")} <= stages
     table = results_table(res)
     assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
 

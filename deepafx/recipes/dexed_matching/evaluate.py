@@ -462,15 +462,23 @@ def best_network(details: Mapping[str, Any], suffix: str = "") -> str | None:
     return min(cands, key=lambda m: np.mean([r["lsd"] for r in details[m]["in_domain"]]))
 
 
+#: Each stage trained through the synth against the network it starts from (the Synth stage continues the
+#: P-loss network through the cross-fade; the Real stage continues the Synth stage's).
+STAGE_PAIRS = (("synth", "ploss"), ("real", "synth"))
+
+
 def _paired_comparisons(details: Mapping[str, Any], seed: int = 0, by_novelty: bool = False) -> list[dict[str, Any]]:
-    """Per-sound paired LSD differences (network − retrieval) with 95 % bootstrap intervals; with ``by_novelty``,
-    one set per novelty tercile (each entry gets ``"novelty": bin``)."""
+    """Per-sound paired LSD differences with 95 % bootstrap intervals: the best network − retrieval (over the
+    training voices and over the corpus, alone and refined), and each end-to-end stage − the network it starts
+    from (:data:`STAGE_PAIRS`); with ``by_novelty``, one set per novelty tercile (each entry gets
+    ``"novelty": bin``)."""
     pairs = []
     for suffix in ("", "+refine"):
         net = best_network(details, suffix)
         for base in ("retrieval", "retrieval_corpus"):
             if net is not None and base + suffix in details:
                 pairs.append((net, base + suffix))
+    pairs += [(a, b) for a, b in STAGE_PAIRS if a in details and b in details]
     if not by_novelty:
         return paired_lsd_differences(details, pairs, seed)
     out = []
