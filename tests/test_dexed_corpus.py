@@ -230,6 +230,31 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     assert {("synth", "ploss", "in_domain"), ("real", "synth", "out_of_domain")} <= stages
     table = results_table(res)
     assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
+    _check_param_drift(tmp_path / "run", tiny)
+
+
+def _check_param_drift(run: Path, data_dir: Path) -> None:
+    """benchmarks/dexed_param_drift.py on a trained run: every (domain, stage) row, changes on [0, 1],
+    the test split refused."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("dexed_param_drift", REPO / "benchmarks" / "dexed_param_drift.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert mod.main([str(run), "--data-dir", str(data_dir), "--top", "3"]) == 0
+    out = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert {(r["domain"], r["stage"]) for r in out["rows"]} == {
+        (d, s) for d in ("in_domain", "out_of_domain") for s in ("synth", "real")}
+    for r in out["rows"]:
+        assert 0 <= r["mean_abs_change"] <= 1 and len(r["largest"]) == 3 and r["n"] >= 1
+    with pytest.raises(SystemExit, match="validation"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--split", "test"])
+    with pytest.raises(SystemExit, match="checkpoints"):
+        mod.main([str(run.parent), "--data-dir", str(data_dir)])
 
 
 def test_all_categorical_heads_decode_modes_on_the_dx7_grid():
