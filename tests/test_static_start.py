@@ -136,3 +136,6 @@ def test_the_evaluation_reads_the_runs_own_static_start(tmp_path):
     got = _static_train(None, None, {}, run / "checkpoints" / "best.pt", tmp_path / "data")
     assert got["params"] == [0.25, 0.75] and got["source"] == str(run / STATIC_START_FILE)
     assert "settings" not in got
+    (run / STATIC_START_FILE).write_text("{truncated")
+    with pytest.raises(ValueError, match="static_start.json"):
+        _static_train(None, None, {}, run / "checkpoints" / "best.pt", tmp_path / "data")

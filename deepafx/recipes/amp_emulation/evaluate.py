@@ -401,7 +401,11 @@ def _static_train(config, chain, ckpt: Mapping[str, Any], ckpt_path: Path, ddir:
     """The ``static_train`` preset: the run's own static start (``static_start.json`` beside its
     ``checkpoints/``) when it trained from one, else searched on the training pieces with the config's
     ``train.start_*`` settings and the run's seed. Returns :func:`search_static_start`'s record plus
-    ``"source"``."""
+    ``"source"``.
+
+    Raises:
+        ValueError: the run's ``static_start.json`` is unreadable (the message names it).
+    """
     from dataclasses import replace
 
     from deepafx.automation.task import STATIC_START_FILE, search_static_start
@@ -409,7 +413,11 @@ def _static_train(config, chain, ckpt: Mapping[str, Any], ckpt_path: Path, ddir:
 
     saved = Path(ckpt_path).parent.parent / STATIC_START_FILE
     if saved.is_file():
-        doc = json.loads(saved.read_text())
+        try:
+            doc = json.loads(saved.read_text())
+            doc["params"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{saved}: not a readable static start ({exc}); delete it to search again") from None
         doc.pop("settings", None)
         return {**doc, "source": str(saved)}
     settings = replace(config.train, seed=run_seed(ckpt))
