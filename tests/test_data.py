@@ -117,6 +117,21 @@ def test_different_seed_changes_audio():
     assert 20 * np.log10(np.max(np.abs(a.audio))) <= cfg0.input_peak_dbfs + 1e-3
 
 
+def test_loading_fluidsynth_keeps_stdout_clean():
+    """pyfluidsynth prints where it found the library when $CI is set; stdout must stay JSON-only."""
+    import os
+    import subprocess
+    import sys
+
+    _require_soundfont()
+    code = ("from deepafx.data.soundfont import load_synth; from deepafx.recipes.mastering import music; "
+            "s, _ = load_synth(music.DEFAULT_SOUNDFONT, 16000.0); s.delete()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CI": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == ""
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match=r"\[data\] unknown key\(s\) \['train_minute'\]"):
         music.MusicDataConfig.from_dict({"train_minute": 3})

@@ -17,6 +17,7 @@ FluidR3_GM, MIT licence).
 from __future__ import annotations
 
 import contextlib
+import sys
 import ctypes
 import os
 from pathlib import Path
@@ -73,7 +74,10 @@ def load_synth(soundfont: str | Path, sample_rate: float, gain: float = 0.2, rev
             "(apt-get install fluid-soundfont-gm) or set data.soundfont to another General MIDI .sf2"
         )
     try:
-        import fluidsynth
+        # pyfluidsynth prints where it found libfluidsynth on stdout when $CI is set; stdout carries
+        # the JSON lines of the benchmarks and commands, so the import speaks to stderr instead.
+        with contextlib.redirect_stdout(sys.stderr):
+            import fluidsynth
     except (ImportError, OSError) as exc:
         raise RuntimeError(f"pyfluidsynth/libfluidsynth unavailable ({exc}); "
                            "`apt-get install fluidsynth` and `pip install pyfluidsynth`") from exc
