@@ -407,6 +407,45 @@ def test_esr_oracle_records_its_budget_curve_on_whole_tracks():
         CmaesOracle(spec, objective="mse")
 
 
+def test_esr_oracle_from_a_start_is_never_worse_than_it_or_the_defaults():
+    from conftest import music_like
+
+    from deepafx.automation.oracle import CmaesOracle
+    from deepafx.chain import chain
+    from deepafx.recipes.amp_emulation.evaluate import EvaluateConfig
+
+    spec = chain({"backend": "testing.waveshaper", "name": "ws"}, sample_rate=44100, name="ws")
+    x = music_like(np.random.default_rng(5), samples=22050)
+    truth = spec.param_table.normalize([3.0, 0.1, 0.8, 7.0])
+    near = np.clip(truth + 0.05, 0, 1)  # a start close to the answer, far from the defaults
+    with CmaesOracle(spec, renders=18, popsize=8, excerpt_seconds=None, num_workers=1, seed=3,
+                     objective="esr_pre") as oracle:
+        target = oracle.render_track(x, truth)
+        res = oracle.fit(x, target, checkpoints=(1, 2, 18), start=near)
+        with pytest.raises(ValueError, match="start"):
+            oracle.fit(x, target, start=np.full(4, 1.5))
+        with pytest.raises(ValueError, match="start"):
+            oracle.fit(x, target, start=np.zeros(3))
+    from deepafx.automation.oracle import EsrObjective
+
+    at_near = float(EsrObjective(target, 0, 0.95)([oracle_render(spec, x, near)])[0])
+    assert res.checkpoints[1]["objective"] == res.default_objective  # the defaults first
+    assert res.checkpoints[2]["objective"] == pytest.approx(min(res.default_objective, at_near), rel=1e-6)
+    assert res.objective <= min(res.default_objective, at_near)
+    assert EvaluateConfig(esr_oracle_start="static").esr_oracle_start == "static"
+    with pytest.raises(ValueError, match="static_train"):
+        EvaluateConfig(esr_oracle_start="static", static_train=False)
+    with pytest.raises(ValueError, match="esr_oracle_start"):
+        EvaluateConfig(esr_oracle_start="best")
+
+
+def oracle_render(spec, x, params):
+    from deepafx.automation.oracle import CmaesOracle
+
+    with CmaesOracle(spec, renders=1, num_workers=1) as o:
+        return o.render_track(x, params)
+
+
 def test_esr_oracle_honours_a_real_plugins_latency():
     """guitarix's amp reports 128 samples of latency (fixed runs): at the settings that made the target,
     the ESR objective is 0 only once the output is shifted by it."""

@@ -173,3 +173,89 @@ def test_match_rejects_silence_noise_and_short_input(bank_dir, tmp_path):
     with pytest.raises(MatchInputError, match="6 notes as channels"):
         sf.write(tmp_path / "mono.wav", tone[0], 16000)
         prepare_input(tmp_path / "mono.wav", 16000, 6, 4.0, -8.5, say=lambda *a: None)
+
+
+def test_frozen_params_mask_and_errors():
+    from deepafx.hosts.dexed_host import dexed_param_table
+    from deepafx.recipes.dexed_matching.search import discrete_mask
+    from deepafx.recipes.dexed_matching.train import TrainConfig, frozen_mask
+
+    names = dexed_param_table().names
+    m = frozen_mask(["pitch_env_level*", "op?_frequency_fine"])
+    assert sorted(n for n, f in zip(names, m) if f) == sorted(
+        [f"pitch_env_level{i}" for i in range(1, 5)] + [f"op{i}_frequency_fine" for i in range(1, 7)])
+    d = frozen_mask([":discrete"])
+    assert d.sum() == discrete_mask().sum() - 1 and not d[names.index("transpose_semitones")]  # the note sets it
+    assert not frozen_mask([]).any()
+    for bad, msg in (([":numeric"], "matches no"), (["pich_env_*"], "matches no"), (["transpose_semitones"], "transpose"),
+                     ("pitch_env_*", "list")):
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig.from_dict({"frozen_params": bad})
+
+
+def test_lsd_loss_is_the_metric():
+    import torch
+
+    from deepafx.losses import build_loss
+    from deepafx.metrics import lsd_db
+
+    rng = np.random.default_rng(0)
+    a = (0.1 * rng.standard_normal((3, 2, 8000))).astype(np.float32)
+    b = (0.5 * a + 0.05 * rng.standard_normal(a.shape)).astype(np.float32)
+    got = build_loss("lsd", sample_rate=16000.0)(torch.from_numpy(a), torch.from_numpy(b))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got.numpy(), [lsd_db(a[i], b[i]) for i in range(3)], rtol=1e-5)
+    with pytest.raises(ValueError, match="equal shape"):
+        build_loss("lsd", sample_rate=16000.0)(torch.from_numpy(a), torch.from_numpy(b[:, :1]))
+
+
+def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
+    """train.frozen_params: the renders hold them at the P-loss network's estimate, the hold is logged, and a run
+    resumed inside a spectral stage keeps that start (not the resumed network) and repeats the uninterrupted run."""
+    import torch
+    import yaml
+
+    from deepafx.config import apply_overrides
+    from deepafx.recipes.dexed_matching import train as dtrain
+
+    frozen_names = [":discrete", "pitch_env_*"]
+    sets = TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", f"train.frozen_params={frozen_names}",
+                                     "train.spectral_loss=lsd", "train.synth_steps=3"]
+    cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), sets)
+    data_dir = tmp_path / "data"
+    seen = []
+    orig = dtrain.spsa_loss_gradient
+
+    def spy(fx, theta, target, *a, **k):
+        seen.append((theta.detach().clone(), target.detach().clone()))
+        return orig(fx, theta, target, *a, **k)
+
+    dtrain.spsa_loss_gradient = spy
+    try:
+        full = dtrain.train_from_config(cfg, tmp_path / "run", data_dir)
+    finally:
+        dtrain.spsa_loss_gradient = orig
+    spectral = [r for r in full["history"] if r["stage"] != "ploss"]
+    assert spectral and all(np.isfinite(r["frozen_l1"]) and r["frozen_l1"] >= 0 for r in spectral)
+    assert all(np.isfinite(r["spectral"]) and r["spectral"] > 0 for r in spectral)  # LSD, dB
+    # every spectral step rendered the frozen parameters at the P-loss checkpoint's estimate of its batch
+    start, _ = dtrain.load_estimator(tmp_path / "run" / "checkpoints" / "ploss.pt")
+    frozen = torch.from_numpy(dtrain.frozen_mask(frozen_names))
+    assert len(seen) == 2 + 3 + 2
+    moved = 0.0
+    for theta, target in seen:
+        with torch.no_grad():
+            x0 = start.to_normalized(start(target, heads="params"), torch.full((len(target),), 60.0))
+        torch.testing.assert_close(theta[:, frozen], x0[:, frozen].to(theta.dtype), atol=1e-5, rtol=0)
+        moved = max(moved, float((theta[:, ~frozen] - x0[:, ~frozen].to(theta.dtype)).abs().max()))
+    assert moved > 0  # the other parameters are trained
+    # stopped inside the synth stage and resumed: the same run
+    run2 = tmp_path / "run2"
+    stop = 3 + 2 + 1
+    dtrain.train_from_config(apply_overrides(cfg, [f"train.max_steps={stop}"]), run2, data_dir)
+    resumed = dtrain.train_from_config(cfg, run2, data_dir, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])
+    a = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(run2 / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -423,7 +423,7 @@ class CmaesOracle:
 
     # -- search -----------------------------------------------------------------
     def fit(self, audio: np.ndarray, target: np.ndarray, checkpoints: Sequence[int] = (),
-            segments: Sequence[int] | None = None) -> OracleResult:
+            segments: Sequence[int] | None = None, start: np.ndarray | None = None) -> OracleResult:
         """Search static parameters that make the chain's output match ``target``.
 
         Args:
@@ -434,16 +434,26 @@ class CmaesOracle:
                 candidate so far (:attr:`OracleResult.checkpoints`; the module docstring).
             segments: Starts of excerpts laid end to end in ``audio`` (ESR objectives, whole-track
                 mode only): the score is the mean of their ESRs (:class:`EsrObjective`).
+            start: Normalized parameters ``(num_params,)`` on [0, 1] where the search's mean starts
+                (e.g. a static preset found on training pieces); ``None``: the chain's defaults. Both the
+                defaults and ``start`` are rendered first, so the result is never worse than either on
+                the objective (``default_objective`` stays the defaults' score).
 
         Returns:
             :class:`OracleResult` (``params`` are the best found on the excerpt).
 
         Raises:
             ValueError: mismatched channel counts, a track shorter than 0.5 s, a checkpoint
-                outside ``[1, renders]``, (ESR objectives) a silent target, or ``segments`` with
-                an MR-STFT objective or an excerpt.
+                outside ``[1, renders]``, (ESR objectives) a silent target, ``segments`` with
+                an MR-STFT objective or an excerpt, or a ``start`` of the wrong length or off [0, 1].
         """
         import cma
+
+        if start is not None:
+            start = np.asarray(start, dtype=np.float64)
+            if start.shape != self.defaults.shape or not np.all(np.isfinite(start)) or start.min() < 0 or start.max() > 1:
+                raise ValueError(f"start must be {self.defaults.shape[0]} normalized values on [0, 1], got shape "
+                                 f"{start.shape}")
 
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         target = np.ascontiguousarray(target, dtype=np.float32)
@@ -496,11 +506,17 @@ class CmaesOracle:
         best_x = self.defaults.copy()
         best_f = float(evaluate(best_x[None])[0])
         default_f = best_f
+        mean0 = self.defaults
+        if start is not None:
+            mean0 = start
+            f0 = float(evaluate(start[None])[0])
+            if f0 < best_f:
+                best_f, best_x = f0, start.copy()
         history = [best_f]
         saved_rng = np.random.get_state()  # cma seeds numpy's global generator; restore it afterwards
         try:
             es = cma.CMAEvolutionStrategy(
-                self.defaults.tolist(), self.sigma0,
+                mean0.tolist(), self.sigma0,
                 {"bounds": [0.0, 1.0], "popsize": self.popsize, "seed": self.seed + 1, "verbose": -9,
                  "maxfevals": float("inf"), "tolfun": 0.0, "tolx": 0.0, "tolfunhist": 0.0, "tolstagnation": 10**9},
             )

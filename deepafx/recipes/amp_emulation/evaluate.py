@@ -12,7 +12,10 @@ Methods, each applied to every piece of the split (whole pieces):
   ``esr_oracle_renders``; the row for each smaller budget ``N`` is the best of
   that search's first ``N`` renders, so the rows show whether more renders still
   help. It needs the target, so it bounds what the *static* chain can reach on
-  ESR with that budget; the model's per-frame automation can go beyond it.
+  ESR with that budget; the model's per-frame automation can go beyond it. The
+  search starts from the chain's defaults, or (``esr_oracle_start: static``)
+  from the ``static_train`` preset with the defaults rendered too, so that the
+  rows are never worse than either on ``esr_pre``.
 * ``oracle_spectral`` — the earlier oracle, kept as its own row: CMA-ES on
   MR-STFT + loudness error over a middle excerpt (``cmaes_renders``; 0 drops
   the row). It bounds nothing on ESR (a spectral match can be far off sample by
@@ -103,6 +106,9 @@ class EvaluateConfig:
             of the largest (empty: no fair oracle).
         esr_oracle_excerpt_seconds: The fair oracle's scored excerpt, seconds (``None``: the whole
             piece, what the table scores).
+        esr_oracle_start: Where the fair oracle's search starts: ``"defaults"`` (the chain's
+            defaults) or ``"static"`` (the ``static_train`` preset, which needs ``static_train``;
+            the defaults are rendered too, so its rows are never worse than either row on ``esr_pre``).
         cmaes_sigma: Initial CMA-ES step size on normalized parameters.
         cmaes_popsize: CMA-ES population (``None``: ``4 + floor(3 ln P)``).
         excerpt_seconds: Oracle's scored excerpt from the middle of each piece, seconds.
@@ -138,6 +144,7 @@ class EvaluateConfig:
     cmaes_renders: int = 100
     esr_oracle_renders: tuple[int, ...] = (100, 300, 1000)
     esr_oracle_excerpt_seconds: float | None = None
+    esr_oracle_start: str = "defaults"
     cmaes_sigma: float = 0.1
     cmaes_popsize: int | None = None
     excerpt_seconds: float = 6.0
@@ -170,6 +177,11 @@ class EvaluateConfig:
             raise ValueError(f"cmaes_renders must be an integer >= 0 (0: no spectral oracle), got {self.cmaes_renders}")
         if self.esr_oracle_excerpt_seconds is not None and self.esr_oracle_excerpt_seconds < 0.5:
             raise ValueError(f"esr_oracle_excerpt_seconds must be >= 0.5 s or null, got {self.esr_oracle_excerpt_seconds}")
+        if self.esr_oracle_start not in ("defaults", "static"):
+            raise ValueError(f"evaluate.esr_oracle_start must be 'defaults' or 'static', got {self.esr_oracle_start!r}")
+        if self.esr_oracle_start == "static" and not self.static_train:
+            raise ValueError("evaluate.esr_oracle_start: static starts from the static_train preset; "
+                             "set evaluate.static_train: true")
         if self.align not in ("latency", "xcorr"):
             raise ValueError(f"evaluate.align must be 'latency' or 'xcorr', got {self.align!r}")
 
@@ -181,10 +193,10 @@ class EvaluateConfig:
 
 
 def _fit(oracle, x: np.ndarray, y: np.ndarray, objective: str, renders: int, excerpt: float | None,
-         checkpoints: tuple[int, ...] = ()):
+         checkpoints: tuple[int, ...] = (), start: np.ndarray | None = None):
     """One oracle search on the shared pool with these settings (:meth:`CmaesOracle.fit` reads them)."""
     oracle.objective, oracle.renders, oracle.excerpt_seconds = objective, int(renders), excerpt
-    return oracle.fit(x, y, checkpoints)
+    return oracle.fit(x, y, checkpoints, start=start)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -299,8 +311,11 @@ def _oracle_lines(o: Mapping[str, Any]) -> list[str]:
     if fair and fair.get("renders"):
         where = "the whole piece" if fair["excerpt_seconds"] is None else f"a {fair['excerpt_seconds']:g} s excerpt"
         lines.append(f"Fair oracle (`oracle_esr_<N>`): CMA-ES on pre-emphasised ESR (the model's training objective) "
-                     f"over {where}, one search of {max(fair['renders'])} renders per piece, the best of its first N "
-                     f"renders for each row; it bounds what static settings of this chain reach on ESR with N renders.")
+                     f"over {where}, one search of {max(fair['renders'])} renders per piece"
+                     + (" started from the static_train preset (the defaults rendered too)"
+                        if fair.get("start") == "static" else " started from the chain's defaults")
+                     + ", the best of its first N renders for each row; it bounds what static settings of this chain "
+                     "reach on ESR with N renders.")
     spectral = o.get("spectral")
     if spectral and spectral.get("renders"):
         lines.append(f"Spectral oracle (`oracle_spectral`): CMA-ES, {spectral['renders']} renders per piece on a "
@@ -524,7 +539,8 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                 oracles["oracle_spectral"] = {**res.to_dict(), "values": {
                     p.name: float(v) for p, v in zip(table, table.denormalize(res.params))}}
             if budgets:
-                res = _fit(oracle, x, y, "esr_pre", budgets[-1], ec.esr_oracle_excerpt_seconds, budgets)
+                start = np.asarray(static["params"]) if ec.esr_oracle_start == "static" else None
+                res = _fit(oracle, x, y, "esr_pre", budgets[-1], ec.esr_oracle_excerpt_seconds, budgets, start)
                 info = res.to_dict()
                 for b in budgets:
                     params = np.asarray(res.checkpoints[b]["params"])
@@ -626,6 +642,7 @@ def _evaluate(config, checkpoint: Path, out_dir: Path, split: str, data_dir: str
                    "spectral": {"renders": ec.cmaes_renders, "excerpt_seconds": ec.excerpt_seconds,
                                 "loudness_weight": ec.loudness_weight, "objective": "MR-STFT + loudness error"},
                    "esr": {"renders": list(budgets), "excerpt_seconds": ec.esr_oracle_excerpt_seconds,
+                           "start": ec.esr_oracle_start,
                            "objective": "ESR after pre-emphasis 1 - 0.95 z^-1, output shifted by the chain's latency",
                            "rows_are": "the best of the first N renders of one search of the largest budget",
                            "seconds_are": "the search's time up to its N-th render plus the row's render"}},

@@ -192,16 +192,13 @@ def lsd_power_db(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: NaN/Inf in ``audio`` or fewer than 2 samples.
     """
+    from deepafx.losses import log_power_db
     from deepafx.metrics import LSD_EPS, LSD_HOP, LSD_N_FFT
 
     a = torch.as_tensor(np.ascontiguousarray(audio) if isinstance(audio, np.ndarray) else audio).double()
     if a.shape[-1] < 2 or not bool(torch.isfinite(a).all()):
         raise ValueError(f"audio must hold at least 2 finite samples per channel, got shape {tuple(a.shape)}")
-    lead = a.shape[:-1]
-    s = torch.stft(a.reshape(-1, a.shape[-1]), LSD_N_FFT, LSD_HOP, window=torch.hann_window(LSD_N_FFT, dtype=torch.float64),
-                   center=True, pad_mode="constant", return_complex=True)
-    p = s.real.square() + s.imag.square()
-    return (10.0 * torch.log10(p + LSD_EPS)).reshape(*lead, *p.shape[-2:])
+    return log_power_db(a, LSD_N_FFT, LSD_HOP, LSD_EPS)
 
 
 class LSDTarget:
