@@ -24,7 +24,7 @@ log-mel distance to each voice (``recipes/dexed_matching/README.md``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -163,6 +163,38 @@ class SpectrogramCNN(nn.Module):
 MODEL_DEFAULTS: dict[str, Any] = asdict(ModelConfig())
 
 
+def held_mask(patterns: Sequence[str]) -> np.ndarray:
+    """``(145,)`` bool: the Dexed parameters named by ``patterns``.
+
+    Args:
+        patterns: ``fnmatch`` patterns of parameter names (``"pitch_env_*"``, ``"op?_frequency_fine"``), or
+            ``":discrete"`` for every discrete parameter (the transpose aside).
+
+    Raises:
+        ValueError: a pattern that matches no parameter (named), one that names the transpose (it follows the
+            note's pitch), or a string instead of a list.
+    """
+    import fnmatch
+
+    table = dexed_param_table()
+    names = table.names
+    if isinstance(patterns, str):
+        raise ValueError(f"expected a list of parameter patterns, got the string {patterns!r}")
+    transpose = names.index("transpose_semitones")
+    every_discrete = np.array([p.values is not None for p in table])
+    every_discrete[transpose] = False
+    mask = np.zeros(len(names), dtype=bool)
+    for pat in patterns:
+        hit = every_discrete if pat == ":discrete" else np.array([fnmatch.fnmatchcase(n, str(pat)) for n in names])
+        if not hit.any():
+            raise ValueError(f"parameter pattern {pat!r} matches no Dexed parameter (names like 'pitch_env_level1', "
+                             "'op1_frequency_fine'; ':discrete' for all discrete ones)")
+        mask |= hit
+    if mask[transpose]:
+        raise ValueError("the transpose follows the note's pitch and cannot be held")
+    return mask
+
+
 class DexedEstimator(nn.Module):
     """Audio ``(batch, notes, samples)`` → Dexed preset heads.
 
@@ -171,6 +203,12 @@ class DexedEstimator(nn.Module):
         sample_rate: Audio rate in Hz.
         num_voices: Classes of the voice classifier (``voice_classifier: true``: the
             training voices, at least 2; otherwise 0).
+        held: Patterns (:func:`held_mask`) of parameters *held* at another network's estimate: the
+            estimator carries a frozen twin (``held``, no gradients, always in eval mode) and, once
+            :meth:`activate_held` has copied its own weights into it, returns the twin's heads for those
+            parameters and its own for the rest. The spectral stages of training use it to fine-tune
+            some parameters from the P-loss network's estimate with the others fixed there, at training
+            and at inference alike (``train.frozen_params``).
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
@@ -178,7 +216,8 @@ class DexedEstimator(nn.Module):
         ValueError: unknown model setting; ``voice_classifier`` without ``cnn2d`` or with fewer than 2 voices.
     """
 
-    def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0, **model: Any) -> None:
+    def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0,
+                 held: Sequence[str] = (), **model: Any) -> None:
         super().__init__()
         unknown = set(model) - set(MODEL_DEFAULTS)
         if unknown:
@@ -233,6 +272,41 @@ class DexedEstimator(nn.Module):
         front = IFMel if s["features"] == "ifmel" else LogMel
         self.front = front(self.sample_rate, n_fft=int(s["n_fft"]), hop_length=int(s["hop_length"]),
                            n_mels=int(s["n_mels"]), floor_db=-120.0, normalize="range")
+        self.held_patterns = [str(p) for p in held]
+        self.held: DexedEstimator | None = None
+        if self.held_patterns:
+            mask = held_mask(self.held_patterns)
+            self.register_buffer("held_numeric", torch.from_numpy(mask[numeric]), persistent=False)
+            self.held_discrete = [k for k, i in enumerate(self.layout.discrete_indices) if mask[i]]
+            self.register_buffer("held_active", torch.zeros((), dtype=torch.bool))
+            self.held = DexedEstimator(in_channels, sample_rate, num_voices, **model)
+            for p in self.held.parameters():
+                p.requires_grad_(False)
+            self.held.eval()
+
+    def activate_held(self) -> None:
+        """Copy this estimator's weights into its held twin and return the twin's heads for the held
+        parameters from now on (saved with the weights, so a checkpoint keeps it).
+
+        Raises:
+            ValueError: the estimator holds no parameters.
+        """
+        if self.held is None:
+            raise ValueError("this estimator holds no parameters (held=())")
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("held")}
+        self.held.load_state_dict(own)
+        self.held_active.fill_(True)
+
+    @property
+    def holding(self) -> bool:
+        """Whether the held twin's heads replace this estimator's for the held parameters."""
+        return self.held is not None and bool(self.held_active)
+
+    def train(self, mode: bool = True) -> "DexedEstimator":
+        super().train(mode)
+        if self.held is not None:
+            self.held.eval()  # the held twin is a fixed function: no dropout, frozen BatchNorm statistics
+        return self
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         """Input features of every note, ``(batch, notes * k, n_mels, frames)`` (``k`` = 1 for log-mel, 2 for
@@ -274,8 +348,18 @@ class DexedEstimator(nn.Module):
         if heads == "voice" and not self.num_voices:
             raise ValueError("this estimator has no voice classifier (model.voice_classifier: false)")
         if isinstance(self.net, SpectrogramCNN):
-            return self.net.forward_features(self.select(feats), heads)
-        return self.net.forward_features(self.select(feats))
+            out = self.net.forward_features(self.select(feats), heads)
+        else:
+            out = self.net.forward_features(self.select(feats))
+        if heads == "voice" or not self.holding:
+            return out
+        with torch.no_grad():
+            fixed = self.held.forward_features(feats, "params")
+        logits = list(out.discrete_logits)
+        for k in self.held_discrete:
+            logits[k] = fixed.discrete_logits[k]
+        return EstimatorOutput(torch.where(self.held_numeric, fixed.numeric, out.numeric), logits,
+                               frame_numeric=out.frame_numeric, class_logits=out.class_logits)
 
     def to_normalized(self, out: EstimatorOutput, pitch: torch.Tensor) -> torch.Tensor:
         """Normalized presets ``(batch, 145)``: numeric heads (differentiable), argmax of the
@@ -329,12 +413,12 @@ class DexedEstimator(nn.Module):
     def describe(self) -> dict[str, Any]:
         """Settings needed to rebuild this estimator (stored in checkpoints)."""
         return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, "num_voices": self.num_voices,
-                **self.settings}
+                **({"held": list(self.held_patterns)} if self.held_patterns else {}), **self.settings}
 
     @classmethod
     def from_description(cls, d: Mapping[str, Any]) -> "DexedEstimator":
         d = dict(d)
-        return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), **d)
+        return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), d.pop("held", ()), **d)
 
 
 @torch.no_grad()

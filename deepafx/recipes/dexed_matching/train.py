@@ -64,8 +64,8 @@ from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
-from deepafx.recipes.dexed_matching.model import DexedEstimator, map_batches
-from deepafx.recipes.dexed_matching.search import discrete_mask, numeric_free_mask
+from deepafx.recipes.dexed_matching.model import DexedEstimator, held_mask, map_batches
+from deepafx.recipes.dexed_matching.search import numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_mss
 from deepafx.trainer import Stage, TrainSettings, train
 from deepafx.registry import Registry
@@ -91,14 +91,13 @@ class TrainConfig(TrainSettings):
         fft_sizes: FFT sizes of the multi-scale spectral loss.
         max_delay_ms: Largest lag of the delay-invariant loss, ms.
         spectral_weight: ``w``: scale of the spectral loss against the P-loss.
-        anchor_weight: Weight of the discrete cross-entropy anchor in spectral stages, and of the L1
-            hold on ``frozen_params``.
+        anchor_weight: Weight of the discrete cross-entropy anchor in spectral stages.
         frozen_params: Parameters held at the estimate of the network the spectral stages start from
             (the P-loss model): ``fnmatch`` patterns of Dexed parameter names (``"pitch_env_*"``,
-            ``"op?_frequency_*"``) or ``":discrete"`` for every discrete parameter. The renders take
-            these values from a frozen copy of that network, SPSA does not perturb them, and an L1
-            hold (``anchor_weight``) on the numeric ones keeps the trained network's own outputs near
-            them. Default none: every numeric parameter is trained (the transpose always follows the note).
+            ``"op?_frequency_*"``) or ``":discrete"`` for every discrete parameter. The estimator
+            carries a frozen twin of that network (``DexedEstimator(held=...)``) whose heads give
+            these parameters in training renders and at inference; SPSA does not perturb them.
+            Default none: every numeric parameter is trained (the transpose always follows the note).
         epsilon: SPSA perturbation ε on normalized values (≤ 0.0104 so that
             discrete values at grid points are never moved, see module docstring).
         num_perturbations: SPSA draws K averaged per step (2 renders each).
@@ -253,30 +252,16 @@ def _grouped_loss(loss_fn: nn.Module):
 
 
 def frozen_mask(patterns: Sequence[str]) -> np.ndarray:
-    """``(145,)`` bool: the parameters ``train.frozen_params`` holds (see :class:`TrainConfig`).
+    """``(145,)`` bool: the parameters ``train.frozen_params`` holds (:func:`~deepafx.recipes.dexed_matching.model.held_mask`).
 
     Raises:
-        ValueError: a pattern that matches no parameter (named), or one naming the transpose.
+        ValueError: a pattern that matches no parameter (named), or one naming the transpose (prefixed
+            ``train.frozen_params``).
     """
-    import fnmatch
-
-    from deepafx.recipes.dexed_matching.search import discrete_mask, transpose_index
-
-    names = dexed_param_table().names
-    mask = np.zeros(len(names), dtype=bool)
-    if isinstance(patterns, str):
-        raise ValueError(f"train.frozen_params must be a list of patterns, got the string {patterns!r}")
-    every_discrete = discrete_mask()
-    every_discrete[transpose_index()] = False  # set from the note's pitch, never estimated
-    for pat in patterns:
-        hit = every_discrete if pat == ":discrete" else np.array([fnmatch.fnmatchcase(n, str(pat)) for n in names])
-        if not hit.any():
-            raise ValueError(f"train.frozen_params: {pat!r} matches no Dexed parameter (names like 'pitch_env_level1', "
-                             "'op1_frequency_fine'; ':discrete' for all discrete ones)")
-        mask |= hit
-    if mask[transpose_index()]:
-        raise ValueError("train.frozen_params: the transpose follows the note and cannot be frozen")
-    return mask
+    try:
+        return held_mask(patterns)
+    except ValueError as exc:
+        raise ValueError(f"train.frozen_params: {exc}") from None
 
 
 class DexedTask:
@@ -297,7 +282,6 @@ class DexedTask:
         self.pseudo_classes: np.ndarray | None = None
         self.voice_rows: np.ndarray | None = None
         self.voice_labels: np.ndarray | None = None
-        self.start_model: DexedEstimator | None = None  # frozen copy of the spectral stages' start (frozen_params)
 
     def setup(self, ctx) -> None:
         import torch.distributed as dist
@@ -335,7 +319,6 @@ class DexedTask:
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
                                   fft_sizes=tc.fft_sizes, reduction="none")
         self.frozen = torch.from_numpy(frozen_mask(tc.frozen_params))
-        self._discrete = discrete_mask()
         self.free = torch.from_numpy(numeric_free_mask()) & ~self.frozen
         lengths = [tc.voice_steps if self.voice_rows is not None else 0, tc.ploss_steps, tc.crossfade_steps,
                    tc.synth_steps]
@@ -344,7 +327,7 @@ class DexedTask:
     def build_model(self) -> DexedEstimator:
         self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
                                     len(self.voice_rows) if self.voice_rows is not None else 0,
-                                    **dataclasses.asdict(self.config.model))
+                                    held=list(self.settings.frozen_params), **dataclasses.asdict(self.config.model))
         return self.model
 
     def stages(self) -> list[Stage]:
@@ -385,20 +368,10 @@ class DexedTask:
             self.fx = FxLayer(spec, slots, estimator="spsa", epsilon=tc.epsilon,
                               num_perturbations=tc.num_perturbations if tc.spsa_mode == "vjp" else 1,
                               seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=self.ctx.dist.world_size)
-        if bool(self.frozen.any()) and self.start_model is None:  # the network the spectral stages start from
-            self.start_model = self._frozen_copy(self.model.state_dict())
+        if self.model.held is not None and not self.model.holding:  # frozen_params: fixed at the P-loss estimate
+            self.model.activate_held()
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
-
-    def _frozen_copy(self, state: Mapping[str, Any]) -> DexedEstimator:
-        import copy
-
-        m = copy.deepcopy(self.model)
-        m.load_state_dict(state)
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-        return m
 
     def _step_seed(self, step: int) -> list[int]:
         return [self.settings.seed, self.ctx.dist.rank, step]
@@ -454,15 +427,7 @@ class DexedTask:
             loss = loss + (1.0 - alpha) * pl
             info.update(pinfo)
         if alpha > 0:
-            xn = own = model.to_normalized(heads, pitch)
-            hold = None
-            if self.start_model is not None:  # frozen_params: rendered at the start network's estimate
-                with torch.no_grad():
-                    x0 = self.start_model.to_normalized(self.start_model(audio_in, heads="params"), pitch).to(xn.dtype)
-                xn = torch.where(self.frozen, x0, xn)
-                held = self.frozen & ~torch.from_numpy(self._discrete)
-                if bool(held.any()):
-                    hold = (own[:, held] - x0[:, held]).abs().mean()
+            xn = model.to_normalized(heads, pitch)  # with frozen_params, those come from the held twin
             if tc.spsa_mode == "loss":
                 gen = torch.Generator().manual_seed(int(np.random.SeedSequence(self._step_seed(gstep)).generate_state(1)[0]))
                 per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.epsilon,
@@ -487,9 +452,6 @@ class DexedTask:
                 _, tgt_classes = model.layout.split_targets(x_true)
                 classes = torch.stack(tgt_classes, 1)
             anchor = model.discrete_ce(heads, classes)
-            if hold is not None:
-                anchor = anchor + hold
-                info["frozen_l1"] = float(hold.detach())
             loss = loss + alpha * (tc.spectral_weight * spec_term + tc.anchor_weight * anchor)
             report = report + alpha * (tc.spectral_weight * spec.detach() + tc.anchor_weight * anchor.detach())
             info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach()),
@@ -503,13 +465,10 @@ class DexedTask:
         raise NotImplementedError("the Dexed schedule does not validate (its stages are step-based)")
 
     def state_dict(self) -> dict[str, Any]:
-        start = self.start_model.state_dict() if self.start_model is not None else None
-        return {"pseudo_classes": self.pseudo_classes, "start_model": start}
+        return {"pseudo_classes": self.pseudo_classes}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.pseudo_classes = state.get("pseudo_classes")
-        if state.get("start_model") is not None:  # resumed inside a spectral stage: the same start, not the resumed net
-            self.start_model = self._frozen_copy(state["start_model"])
 
     def checkpoint_meta(self) -> dict[str, Any]:
         d = self.data
