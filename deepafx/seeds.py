@@ -179,20 +179,40 @@ def markdown(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None, t
             if k in cells:
                 lines.append(f"| {labels.get(m, m)} | {names[k]} | "
                              + " | ".join(_fmt(cells[k]["per_seed"][str(s)]) for s in seeds) + " |")
-    if agg["paired"]:
-        ref = agg["reference"]
-        lines += ["", f"Paired differences {ref} − method over (seed, item) pairs: mean [{pct} % interval, items "
-                      f"resampled]; pairs where {ref} is lower; per-seed means.", ""]
-        lines.append("| method | metric | mean difference | lower | per seed |")
-        lines.append("|---|---|---|---|---|")
-        for m, cells in agg["paired"].items():
-            for k in keys:
-                if k in cells:
-                    c = cells[k]
-                    lines.append(f"| {labels.get(m, m)} | {names[k]} | {_fmt(c['mean'], sign=True)} [{_fmt(c['ci'][0], sign=True)}, "
-                                 f"{_fmt(c['ci'][1], sign=True)}] | {c['reference_lower']}/{c['pairs']} | "
-                                 + ", ".join(_fmt(c["per_seed"][str(s)], sign=True) for s in seeds) + " |")
+    lines += paired_lines(agg, names, labels)
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(agg: Mapping[str, Any], metrics: Mapping[str, str] | None = None,
+                 labels: Mapping[str, str] | None = None) -> list[str]:
+    """Markdown lines of :func:`aggregate`'s paired differences ``reference − method`` (none when there are none).
+
+    Args:
+        agg: :func:`aggregate`'s result.
+        metrics: Metric key → display name (and order); default every metric found.
+        labels: Method key → the label shown (default the key).
+    """
+    if not agg["paired"]:
+        return []
+    labels = dict(labels or {})
+    names = dict(metrics) if metrics else {}
+    for cells in agg["paired"].values():
+        for k in cells:
+            names.setdefault(k, k)
+    seeds, ref = agg["seeds"], agg["reference"]
+    pct = int(round(100 * agg["bootstrap"]["level"]))
+    lines = ["", f"Paired differences {labels.get(ref, ref)} − method over (seed, item) pairs: mean [{pct} % interval, "
+                 f"items resampled]; pairs where {labels.get(ref, ref)} is lower; per-seed means.", ""]
+    lines.append("| method | metric | mean difference | lower | per seed |")
+    lines.append("|---|---|---|---|---|")
+    for m, cells in agg["paired"].items():
+        for k in names:
+            if k in cells:
+                c = cells[k]
+                lines.append(f"| {labels.get(m, m)} | {names[k]} | {_fmt(c['mean'], sign=True)} [{_fmt(c['ci'][0], sign=True)}, "
+                             f"{_fmt(c['ci'][1], sign=True)}] | {c['reference_lower']}/{c['pairs']} | "
+                             + ", ".join(_fmt(c["per_seed"][str(s)], sign=True) for s in seeds) + " |")
+    return lines
 
 
 def _seed_std(seed_means: np.ndarray) -> float:

@@ -117,3 +117,38 @@ def test_train_over_seeds_resumes_and_evaluate_pools(tmp_path, capsys):
     assert _cli("evaluate", "--config", QUICK, "--checkpoint", run, "--data-dir", data, *sets) == 0
     assert capsys.readouterr().out.count("results kept from") == 3
     assert json.loads((run / "eval" / "results.json").read_text()) == pooled
+
+
+def test_pooled_pairs_of_a_recipe_are_pooled_over_seeds(tmp_path, capsys):
+    """Dexed's pooled_pairs (a stage against its start): a − b over (seed, sound), from each seed's details.json."""
+    from deepafx.commands.evaluate import evaluate_seeds
+
+    recipe = get_recipe("dexed_matching")
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    diffs = []
+    for s in range(3):
+        ck = run / f"seed-{s}" / "checkpoints"
+        ck.mkdir(parents=True)
+        (ck / "last.pt").write_bytes(b"")
+        details = {}
+        ploss = rng.uniform(15, 25, 5)
+        synth = ploss - rng.uniform(-1, 3, 5)
+        diffs.append(synth - ploss)
+        for m, v in (("ploss", ploss), ("synth", synth), ("real", synth + 1), ("retrieval", ploss + 0.5)):
+            details[m] = {"in_domain": [{"lsd": float(x), "mss": 1.0, "mfcc_l1": 1.0, "novelty_bin": "low"} for x in v],
+                          "out_of_domain": [{"lsd": float(x), "mss": 1.0, "mfcc_l1": 1.0} for x in v]}
+        ev = run / f"seed-{s}" / "eval_valid"
+        ev.mkdir()
+        (ev / "details.json").write_text(json.dumps(details))
+        (ev / "results.json").write_text("{}")
+    assert evaluate_seeds(recipe, None, run, run / "eval_valid", "valid", tmp_path / "data") == 0
+    pooled = json.loads((run / "eval_valid" / "results.json").read_text())
+    cell = pooled["pairs"]["synth - ploss"]["lsd_in_domain"]
+    assert cell["mean"] == pytest.approx(np.mean(diffs)) and cell["pairs"] == 15
+    assert cell["reference_lower"] == int((np.array(diffs) < 0).sum())
+    assert cell["per_seed"] == {str(s): pytest.approx(float(np.mean(d))) for s, d in enumerate(diffs)}
+    assert "lsd_in_domain_novelty_low" in pooled["pairs"]["synth - ploss"]  # per novelty tercile too
+    assert pooled["pairs"]["real - synth"]["lsd_out_of_domain"]["mean"] == pytest.approx(1.0)
+    assert "voice - retrieval" not in pooled["pairs"]  # no seed scored a voice row
+    assert "Paired differences synth − method" in (run / "eval_valid" / "results.md").read_text()

@@ -58,7 +58,8 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
     redoes it), so a stopped evaluation continues where it stopped. The pooled results
     (:func:`deepafx.seeds.aggregate`) give, per method and metric, the mean over seeds, the
     seed-to-seed standard deviation, the per-seed means, a bootstrap interval over items, and
-    paired differences against the model over (seed, item) pairs.
+    paired differences against the model over (seed, item) pairs (and ``pooled["pairs"]["a - b"]``
+    for the recipe's :attr:`~deepafx.recipes.Recipe.pooled_pairs`).
 
     Raises:
         ValueError: the recipe's results cannot be pooled (no ``item_scores``).
@@ -66,7 +67,7 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
     import json
 
     from deepafx.runs import atomic_write_text
-    from deepafx.seeds import aggregate, markdown
+    from deepafx.seeds import aggregate, markdown, paired_lines
 
     if recipe.item_scores is None:
         raise ValueError(f"the {recipe.name!r} recipe's results cannot be pooled over seeds; evaluate each "
@@ -91,6 +92,11 @@ def evaluate_seeds(recipe, cfg, run_dir: Path, out_dir: Path, split: str, data_d
     pooled.update(split=split, recipe=recipe.name, run=str(run_dir), per_seed_results=files)
     text = markdown(pooled, recipe.metric_names, title=f"{recipe.name}: split `{split}`, {len(per_seed)} seeds",
                     labels=recipe.method_labels)
+    for a, b in recipe.pooled_pairs:  # a − b over (seed, item) pairs: aggregate with a as the reference
+        if all(a in scores and b in scores for scores in per_seed.values()):
+            pair = aggregate({s: {a: scores[a], b: scores[b]} for s, scores in per_seed.items()}, reference=a)
+            pooled.setdefault("pairs", {})[f"{a} - {b}"] = pair["paired"].get(b, {})
+            text += "\n".join(paired_lines(pair, recipe.metric_names, recipe.method_labels)) + "\n"
     if recipe.item_groups is not None:
         groups = recipe.item_groups(Path(files[str(seed_runs(run_dir)[0][0])]).parent, split)
         pooled["groups"] = {}

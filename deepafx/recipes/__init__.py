@@ -60,6 +60,9 @@ class Recipe:
         metric_names: Metric key → display name for the pooled table (its order is the columns').
         method_labels: Method key → label in the pooled table (e.g. which rows are given the loudness).
         reference_method: The method the pooled paired differences are taken against (the trained model).
+        pooled_pairs: Further ``(a, b)`` method pairs whose paired differences ``a − b`` are pooled over
+            seeds too (e.g. a training stage against the stage it starts from); pairs with a method
+            a seed did not score are left out.
     """
 
     name: str
@@ -77,6 +80,7 @@ class Recipe:
     metric_names: Mapping[str, str] | None = None
     method_labels: Mapping[str, str] | None = None
     reference_method: str = "model"
+    pooled_pairs: tuple[tuple[str, str], ...] = ()
 
     def tiny(self, config: Mapping[str, Any]) -> list[str]:
         """The :attr:`tiny_overrides` for the raw config ``config`` (a ``recipe`` key plus sections)."""
