@@ -191,6 +191,9 @@ def test_frozen_params_mask_and_errors():
                      ("pitch_env_*", "list")):
         with pytest.raises(ValueError, match=msg):
             TrainConfig.from_dict({"frozen_params": bad})
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="real_in_domain_fraction"):
+            TrainConfig.from_dict({"real_in_domain_fraction": bad})
 
 
 def test_lsd_loss_is_the_metric():
@@ -220,7 +223,7 @@ def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
 
     frozen_names = [":discrete", "pitch_env_*"]
     sets = TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", f"train.frozen_params={frozen_names}",
-                                     "train.spectral_loss=lsd", "train.synth_steps=3"]
+                                     "train.spectral_loss=lsd", "train.synth_steps=3", "train.real_in_domain_fraction=0.5"]
     cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), sets)
     data_dir = tmp_path / "data"
     seen = []
@@ -248,6 +251,11 @@ def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
         torch.testing.assert_close(theta[:, frozen], x0[:, frozen].to(theta.dtype), atol=1e-5, rtol=0)
         moved = max(moved, float((theta[:, ~frozen] - x0[:, ~frozen].to(theta.dtype)).abs().max()))
     assert moved > 0  # the other parameters are trained
+    # real_in_domain_fraction 0.5: each real-stage batch of 2 is one rendered training preset, then one OOD note
+    ood = load_dataset(data_dir).ood_audio["train"]
+    for _, target in seen[-2:]:
+        assert not any(np.array_equal(target[0].numpy(), o) for o in ood)
+        assert any(np.array_equal(target[1].numpy(), o) for o in ood)
     # the trained network gives the held parameters exactly as the P-loss network did, the others its own
     trained, ckpt = dtrain.load_estimator(tmp_path / "run" / "checkpoints" / "real.pt")
     assert ckpt["model_description"]["held"] == frozen_names and trained.holding and not start.holding

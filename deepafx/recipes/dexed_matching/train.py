@@ -98,6 +98,9 @@ class TrainConfig(TrainSettings):
             carries a frozen twin of that network (``DexedEstimator(held=...)``) whose heads give
             these parameters in training renders and at inference; SPSA does not perturb them.
             Default none: every numeric parameter is trained (the transpose always follows the note).
+        real_in_domain_fraction: Share of each ``real``-stage batch drawn from the in-domain training
+            presets (rendered, their true discrete classes as the anchor) beside the out-of-domain
+            notes, on [0, 1); 0 (default): out-of-domain notes only, as the DiffSynth schedule has it.
         epsilon: SPSA perturbation ε on normalized values (≤ 0.0104 so that
             discrete values at grid points are never moved, see module docstring).
         num_perturbations: SPSA draws K averaged per step (2 renders each).
@@ -131,6 +134,7 @@ class TrainConfig(TrainSettings):
     spsa_mode: str = "loss"
     spectral_batch_size: int | None = None
     frozen_params: Sequence[str] = ()
+    real_in_domain_fraction: float = 0.0
     voice_steps: int = 1500
     voice_labels: str = "logmel"
     log_every: int = 20
@@ -162,6 +166,8 @@ class TrainConfig(TrainSettings):
         if cfg.num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {cfg.num_perturbations}")
         frozen_mask(cfg.frozen_params)  # patterns that match nothing fail here
+        if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
+            raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         if cfg.voice_steps < 0:
             raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
         from deepafx.recipes.dexed_matching.corpus import VOICE_METRICS
@@ -373,6 +379,24 @@ class DexedTask:
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
 
+    def _in_domain_items(self, rng: np.random.Generator, n: int, alpha: float):
+        """``n`` in-domain training items: ``(audio_in, target, x_true, pitch, idx)``; with a corpus and
+        ``alpha == 0`` (P-loss only) ``audio_in`` is the cached features and ``target`` is ``None``."""
+        data = self.data
+        if self.corpus is not None:  # presets of the cached corpus (transpose 0, the fixed notes)
+            idx = rng.choice(self.corpus.valid_index, n)
+            x_np = self.corpus.params[idx].astype(np.float64)
+            pitch = torch.full((len(idx),), 60.0)
+            if alpha == 0.0:  # P-loss only: the cached features, nothing rendered
+                audio_in = torch.from_numpy(self.corpus.batch(idx, self.feature_kinds).astype(np.float32))
+                return audio_in, None, torch.from_numpy(x_np).float(), pitch, idx
+            audio = torch.from_numpy(self.renderer.render_batch(x_np))
+            return audio, audio, torch.from_numpy(x_np).float(), pitch, idx
+        idx = rng.integers(0, len(data.x["train"]), n)
+        audio = torch.from_numpy(self.renderer.render_batch(data.x["train"][idx]))
+        return audio, audio, torch.from_numpy(data.x["train"][idx]).float(), \
+            torch.from_numpy(data.pitch["train"][idx]).float(), idx
+
     def _step_seed(self, step: int) -> list[int]:
         return [self.settings.seed, self.ctx.dist.rank, step]
 
@@ -394,28 +418,22 @@ class DexedTask:
         alpha = {"ploss": 0.0, "crossfade": (i + 1) / max(tc.crossfade_steps, 1)}.get(stage.name, 1.0)
         batch_size = tc.batch_size if stage.name == "ploss" else tc.spectral_batch
         data = self.data
-        if stage.name == "real":
-            idx = rng.integers(0, len(data.ood_audio["train"]), batch_size)
+        n_id = int(round(tc.real_in_domain_fraction * batch_size)) if stage.name == "real" else batch_size
+        if n_id < batch_size:  # out-of-domain notes (the real stage): no true parameters
+            idx = rng.integers(0, len(data.ood_audio["train"]), batch_size - n_id)
             target = torch.from_numpy(data.ood_audio["train"][idx])
             pitch = torch.from_numpy(data.ood_pitch["train"][idx]).float()
             audio_in, x_true = target, None
             classes = torch.from_numpy(self.pseudo_classes[idx]).long()
-        elif self.corpus is not None:  # presets of the cached corpus (transpose 0, the fixed notes)
-            idx = rng.choice(self.corpus.valid_index, batch_size)
-            x_np = self.corpus.params[idx].astype(np.float64)
-            x_true = torch.from_numpy(x_np).float()
-            pitch = torch.full((len(idx),), 60.0)
-            classes = None
-            if alpha == 0.0:  # P-loss only: the cached features, nothing rendered
-                audio_in = torch.from_numpy(self.corpus.batch(idx, self.feature_kinds).astype(np.float32))
-                target = None
-            else:
-                audio_in = target = torch.from_numpy(self.renderer.render_batch(x_np))
+            if n_id:  # real_in_domain_fraction: in-domain presets beside them, anchored to their true classes
+                a_id, _, x_id, p_id, _ = self._in_domain_items(rng, n_id, alpha)
+                _, c_id = self.model.layout.split_targets(x_id)
+                audio_in = target = torch.cat([a_id, target])
+                pitch = torch.cat([p_id, pitch])
+                classes = torch.cat([torch.stack(c_id, 1).long(), classes])
+                idx = np.arange(batch_size)
         else:
-            idx = rng.integers(0, len(data.x["train"]), batch_size)
-            x_true = torch.from_numpy(data.x["train"][idx]).float()
-            audio_in = target = torch.from_numpy(self.renderer.render_batch(data.x["train"][idx]))
-            pitch = torch.from_numpy(data.pitch["train"][idx]).float()
+            audio_in, target, x_true, pitch, idx = self._in_domain_items(rng, batch_size, alpha)
             classes = None
         model = self.model
         heads = self.ctx.net(audio_in, heads="params")
