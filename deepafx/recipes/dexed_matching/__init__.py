@@ -108,7 +108,8 @@ RECIPE = Recipe(
     item_scores=_item_scores,
     metric_names=POOLED_METRICS,
     reference_method="real",
-    # each stage trained through Dexed against the network it starts from; the networks against retrieval
-    pooled_pairs=(("synth", "ploss"), ("real", "synth"), ("voice", "retrieval"), ("synth", "retrieval"),
+    # each stage trained through Dexed against the network it starts from, the final network against the P-loss
+    # network the spectral stages start from; the networks against retrieval
+    pooled_pairs=(("synth", "ploss"), ("real", "synth"), ("real", "ploss"), ("voice", "retrieval"), ("synth", "retrieval"),
                   ("voice+refine", "retrieval+refine")),
 )
