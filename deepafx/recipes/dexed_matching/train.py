@@ -15,7 +15,15 @@ Dexed engine instead of a differentiable synth):
    through :class:`deepafx.fx.FxLayer` (SPSA gradients, render workers).
 3. ``synth`` — spectral loss only on in-domain sounds. Checkpoint ``synth.pt``.
 4. ``real`` — spectral loss only on out-of-domain notes (sampled instruments,
-   no true parameters). Checkpoint ``real.pt``.
+   no true parameters), with ``train.real_in_domain_fraction`` of each batch drawn
+   from the in-domain presets instead. Checkpoint ``real.pt``.
+
+The spectral loss is a :data:`deepafx.losses.LOSSES` name: the multi-scale spectral
+loss (``mss``), the delay-invariant loss, or the log-spectral distortion the
+evaluation reports (``lsd``; SPSA on the loss needs only its values).
+``train.frozen_params`` keeps chosen parameters at the P-loss network's estimate
+through the spectral stages and at inference (a frozen twin inside the estimator,
+:class:`~deepafx.recipes.dexed_matching.model.DexedEstimator`).
 
 Discrete parameters during the spectral stages: the spectral loss trains the
 numerical head only; the discrete values Dexed renders are the argmax of the
