@@ -17,9 +17,9 @@ FluidR3_GM, MIT licence).
 from __future__ import annotations
 
 import contextlib
-import sys
 import ctypes
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 

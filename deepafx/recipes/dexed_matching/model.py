@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from deepafx.features import IFMel, LogMel
 from deepafx.encoders import DiffSynthEstimator, EstimatorOutput, ParamLayout, outputs_to_normalized
-from deepafx.hosts.dexed_host import dexed_param_table
+from deepafx.hosts.dexed_host import dexed_param_table, discrete_mask
 
 #: Discrete parameters with at most this many values are categorical (NumCat++).
 MAX_CATEGORIES = 32
@@ -176,12 +176,11 @@ def held_mask(patterns: Sequence[str]) -> np.ndarray:
     """
     import fnmatch
 
-    table = dexed_param_table()
-    names = table.names
+    names = dexed_param_table().names
     if isinstance(patterns, str):
         raise ValueError(f"expected a list of parameter patterns, got the string {patterns!r}")
     transpose = names.index("transpose_semitones")
-    every_discrete = np.array([p.values is not None for p in table])
+    every_discrete = discrete_mask()
     every_discrete[transpose] = False
     mask = np.zeros(len(names), dtype=bool)
     for pat in patterns:
