@@ -163,6 +163,11 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+#: Config sections a branched run (``branch_from``) may not change: the data and the model's shape are those
+#: of the checkpoint it starts from.
+BRANCH_KEEPS: tuple[str, ...] = ("recipe", "data", "model")
+
+
 def resume_may_change(key: str) -> bool:
     """Whether ``section.key`` is one of :data:`RESUME_MAY_CHANGE`."""
     return any(key == p or (p.endswith(".*") and (key == p[:-2] or key.startswith(p[:-1]))) for p in RESUME_MAY_CHANGE)
@@ -386,15 +391,26 @@ class Trainer:
         run_dir: Run folder.
         config: The bound config (written to ``config.yaml`` and every checkpoint).
         resume: Continue from ``checkpoints/last.pt``.
+        branch_from: Start this new run from another run's checkpoint (typically ``checkpoints/<stage>.pt``
+            saved at the end of a stage): its model, optimizer, RNG states, task state and history, then the
+            remaining stages under ``config``, which may differ from the checkpoint's in anything but the
+            :data:`BRANCH_KEEPS` sections (an ablation of the later stages from one shared start). The
+            differences and the source go to ``branch.json`` in the run folder. With an unchanged config the
+            branch repeats the source run's remaining stages exactly.
 
     Raises:
-        FileNotFoundError: ``resume`` without a checkpoint.
+        FileNotFoundError: ``resume`` or ``branch_from`` without a checkpoint.
         ValueError: a checkpoint of another recipe or model size; ``resume`` with a config that
             differs from the run's in keys outside :data:`RESUME_MAY_CHANGE` (each named, old → new);
+            ``branch_from`` with a config that changes a :data:`BRANCH_KEEPS` section; both given;
             an unreadable checkpoint (:class:`deepafx.runs.CheckpointError`, one line naming it).
     """
 
-    def __init__(self, task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False):
+    def __init__(self, task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False,
+                 branch_from: str | Path | None = None):
+        if resume and branch_from is not None:
+            raise ValueError("resume continues this run's own last.pt; branch_from starts a new run from another "
+                             "checkpoint: pass one of them")
         self.task = task
         self.config = config
         self.run = RunLayout(Path(run_dir))
@@ -423,12 +439,15 @@ class Trainer:
         self._active_stage = -1  # index of the stage whose optimizer is set up
         self.state: dict[str, Any] = {"stage": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0,
                                       "best_valid": math.inf, "bad_epochs": 0, "history": []}
-        if resume:
-            self._resume()
+        self.branch: dict[str, Any] | None = None
+        if resume or branch_from is not None:
+            self._resume(branch_from)
         if self.dist.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-            if resume:  # drop records written after the checkpoint
+            if self.branch is not None:
+                atomic_write_text(self.run.root / "branch.json", json.dumps(self.branch, indent=1, default=str) + "\n")
+            if resume or self.branch is not None:  # drop records written after the checkpoint
                 atomic_write_text(self.run.history, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
             elif self.run.history.exists():
                 self.run.history.unlink()
@@ -478,16 +497,28 @@ class Trainer:
             if stage_name:
                 atomic_save(ckpt, self.run.stage(stage_name))
 
-    def _resume(self) -> None:
-        ckpt = load_checkpoint(self.run.last)
+    def _resume(self, branch_from: str | Path | None = None) -> None:
+        source = Path(branch_from) if branch_from is not None else self.run.last
+        ckpt = load_checkpoint(source)
         if ckpt.get("recipe") != self.task.recipe:
-            raise ValueError(f"{self.run.last} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {self.task.recipe!r}")
+            raise ValueError(f"{source} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {self.task.recipe!r}")
         if isinstance(ckpt.get("config"), Mapping) and hasattr(self.config, "to_dict"):
             from deepafx.config import upgrade_config
 
             now = self.config.to_dict()
             changed = config_changes(upgrade_config(ckpt["config"], like=now), now)  # a run from before a key rename
-            refused = [k for k in changed if not resume_may_change(k)]
+            if branch_from is not None:
+                refused = [k for k in changed if k.split(".")[0] in BRANCH_KEEPS]
+                if refused:
+                    shown = ", ".join(f"{k} ({_short(changed[k][0])} → {_short(changed[k][1])})" for k in refused)
+                    raise ValueError(f"a branch from {source} must keep its {', '.join(BRANCH_KEEPS)} sections; "
+                                     f"this config changes {shown}")
+                self.branch = {"from": str(source), "stage": ckpt.get("stage"),
+                               "global_step": ckpt.get("state", {}).get("global_step"),
+                               "changed": {k: list(v) for k, v in changed.items()}}
+                refused = []
+            else:
+                refused = [k for k in changed if not resume_may_change(k)]
             if refused:
                 shown = ", ".join(f"{k} ({_short(changed[k][0])} → {_short(changed[k][1])})" for k in refused)
                 raise ValueError(f"--resume with a config that differs from the run's in {shown}; train with the "
@@ -496,13 +527,15 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise ValueError(f"{self.run.last} does not fit the configured model: {exc}") from exc
+            raise ValueError(f"{source} does not fit the configured model: {exc}") from exc
         self.task.load_state_dict(ckpt["task"])
         self.state = ckpt["state"]
         if self.state["stage"] < len(self.stages) and ckpt.get("optimizer") is not None:
             self._start_stage(self.state["stage"], ckpt)
         set_rng_state(ckpt["rng"])
-        log.info("resumed from %s at stage %d, epoch %d, step %d", self.run.last, self.state["stage"],
+        if self.branch is not None:
+            self.state.pop("finished", None)
+        log.info("%s from %s at stage %d, epoch %d, step %d", "branched" if self.branch else "resumed", source, self.state["stage"],
                  self.state["epoch"], self.state["global_step"])
 
     # -- helpers ------------------------------------------------------------------------------
@@ -676,8 +709,13 @@ class Trainer:
         self.tb.close()
 
 
-def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False) -> dict[str, Any]:
+def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = False,
+          branch_from: str | Path | None = None) -> dict[str, Any]:
     """Train ``task`` to the end of its schedule in ``run_dir`` (see :class:`Trainer`); closes everything.
+
+    ``branch_from``: start this new run from another run's checkpoint (``checkpoints/<stage>.pt``): the
+    model, optimizer, RNG and history as they were there, then the rest of the schedule under ``config``
+    (see :class:`Trainer`).
 
     Raises:
         Interrupted: SIGTERM or SIGINT arrived (a ``KeyboardInterrupt``; its one-line message names
@@ -688,7 +726,7 @@ def train(task: TrainingTask, run_dir: str | Path, config: Any, resume: bool = F
     try:
         with stop_on_signals():
             try:
-                trainer = Trainer(task, run_dir, config, resume=resume)
+                trainer = Trainer(task, run_dir, config, resume=resume, branch_from=branch_from)
                 return trainer.fit()
             finally:
                 if trainer is not None:

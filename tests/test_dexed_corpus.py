@@ -442,3 +442,104 @@ def test_ddp_voice_stage_with_lsd_labels(bank_dir, tiny, tmp_path):
     assert [h["stage"] for h in lines][:3] == ["voice", "voice", "ploss"]
     for line in lines:
         assert len(line["param_checksums"]) == 2 and line["param_checksums"][0] == line["param_checksums"][1]
+
+
+def test_proxy_learns_dexed_features_and_its_loss():
+    """mel_lsd is the per-frame RMS over mel bands of the dB difference; the proxy's shapes and errors."""
+    from deepafx.recipes.dexed_matching.proxy import FEATURE_DB, DexedProxy, mel_lsd
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 6, 64, 10, generator=g), torch.rand(2, 6, 64, 10, generator=g)
+    d = ((a - b) * FEATURE_DB).double()
+    want = d.square().mean(2).sqrt().mean((1, 2))
+    torch.testing.assert_close(mel_lsd(a, b).double(), want, rtol=1e-5, atol=1e-4)
+    assert float(mel_lsd(a, a).max()) < 1e-3
+    with pytest.raises(ValueError, match="one shape"):
+        mel_lsd(a, b[:, :3])
+    p = DexedProxy(145, 6, 64, 126, hidden=16, layers=1, proxy_frames=8)
+    assert p(torch.rand(3, 145)).shape == (3, 6, 64, 126)
+    with pytest.raises(ValueError, match="expected presets"):
+        p(torch.rand(3, 144))
+    with pytest.raises(ValueError, match=">= 1"):
+        DexedProxy(145, 6, 64, 126, hidden=0)
+
+
+def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch):
+    """train.spectral_gradient=proxy: the proxy is trained on the corpus (its held-out error beside that of
+    the mean features), its gradient reaches only the free parameters, the reported loss is real Dexed's,
+    and a run resumed inside a spectral stage repeats the uninterrupted one. --branch-from: a branch of that
+    run at its P-loss checkpoint with the same config repeats it; one that changes the gradient estimator
+    keeps the shared start and records the change; one that changes the data is refused."""
+    from deepafx.config import apply_overrides
+    from deepafx.recipes.dexed_matching import train as dtrain
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+    from deepafx.recipes.dexed_matching.proxy import DexedProxy, mel_lsd, train_proxy
+    from deepafx.trainer import train
+
+    corpus = Corpus(tiny / "corpus")
+    proxy, info = train_proxy(corpus, steps=40, batch_size=8, learning_rate=3e-3, seed=0, holdout=4, hidden=32,
+                              layers=1, proxy_frames=8)
+    assert not any(q.requires_grad for q in proxy.parameters()) and not proxy.training
+    assert 0 < info["holdout_mel_lsd_db"] and 0 < info["holdout_mean_mel_lsd_db"]
+    torch.manual_seed(0)  # the untrained proxy of the same seed scores worse on the training items
+    fresh = DexedProxy(145, *corpus.features("logmel").shape[1:], hidden=32, layers=1, proxy_frames=8)
+    rows = corpus.valid_index
+    x = torch.from_numpy(corpus.params[rows].astype(np.float32))
+    y = torch.from_numpy(np.asarray(corpus.features("logmel")[rows], dtype=np.float32))
+    with torch.no_grad():
+        assert float(mel_lsd(proxy(x), y).mean()) < float(mel_lsd(fresh(x), y).mean())
+    with pytest.raises(ValueError, match="holdout"):
+        train_proxy(corpus, steps=1, holdout=len(rows))
+
+    grads = []
+    orig = dtrain.GRADIENTS.get("proxy")
+
+    def spy(task, xn, target, gstep):
+        spec, surrogate, dropped = orig(task, xn, target, gstep)
+        (g,) = torch.autograd.grad(surrogate, xn, retain_graph=True)
+        grads.append((g, task.free.clone(), float(spec)))
+        return spec, surrogate, dropped
+
+    monkeypatch.setitem(dtrain.GRADIENTS._items, "proxy", spy)
+    sets = ["train.spectral_gradient=proxy", "train.proxy_steps=6", "train.proxy_batch_size=4", "train.synth_steps=2"]
+    cfg = _cfg(bank_dir, *sets)
+    full = dtrain.train_from_config(cfg, tmp_path / "run", tiny)
+    assert [h["stage"] for h in full["history"]][-4:] == ["crossfade", "synth", "synth", "real"]
+    assert len(grads) == 4
+    for g, free, spec in grads:
+        assert bool((g[:, ~free] == 0).all()) and float(g[:, free].abs().sum()) > 0
+        assert np.isfinite(spec) and spec > 0  # LSD of real renders, dB
+    meta = json.loads((tmp_path / "run" / "proxy.json").read_text())
+    assert meta["steps"] == 6 and meta["holdout_mel_lsd_db"] > 0
+    strip = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
+    # stopped inside the synth stage and resumed: the same run (the proxy travels in the checkpoint)
+    run2 = tmp_path / "run2"
+    dtrain.train_from_config(_cfg(bank_dir, *sets, "train.max_steps=7"), run2, tiny)
+    resumed = dtrain.train_from_config(cfg, run2, tiny, resume=True)
+    assert strip(resumed["history"]) == strip(full["history"])
+    last = lambda run: torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]  # noqa: E731
+    a = last(tmp_path / "run")
+    assert all(torch.equal(a[k], v) for k, v in last(run2).items())
+    # branches from the P-loss checkpoint
+    ploss = tmp_path / "run" / "checkpoints" / "ploss.pt"
+    same = train(dtrain.DexedTask(cfg, tiny), tmp_path / "same", cfg, branch_from=ploss)
+    assert strip(same["history"]) == strip(full["history"])
+    assert all(torch.equal(a[k], v) for k, v in last(tmp_path / "same").items())
+    assert json.loads((tmp_path / "same" / "branch.json").read_text())["changed"] == {}
+    spsa = _cfg(bank_dir, *sets[1:], "train.spectral_gradient=spsa")
+    other = train(dtrain.DexedTask(spsa, tiny), tmp_path / "spsa", spsa, branch_from=ploss)
+    n = len([h for h in full["history"] if h["stage"] in ("voice", "ploss")])
+    assert strip(other["history"])[:n] == strip(full["history"])[:n]
+    assert strip(other["history"])[n:] != strip(full["history"])[n:]
+    branch = json.loads((tmp_path / "spsa" / "branch.json").read_text())
+    assert branch["stage"] == "ploss" and branch["changed"] == {"train.spectral_gradient": ["proxy", "spsa"]}
+    with pytest.raises(ValueError, match="model.dropout"):
+        bad = _cfg(bank_dir, *sets, "model.dropout=0.2")
+        train(dtrain.DexedTask(bad, tiny), tmp_path / "bad", bad, branch_from=ploss)
+    with pytest.raises(ValueError, match="pass one of them"):
+        train(dtrain.DexedTask(cfg, tiny), tmp_path / "both", cfg, resume=True, branch_from=ploss)
+    from deepafx.commands.train import branch_source
+
+    with pytest.raises(FileNotFoundError, match="holds .*ploss"):
+        branch_source(str(tmp_path / "run"), "synthh")
+    assert branch_source(str(tmp_path / "run"), "ploss") == ploss

@@ -79,11 +79,21 @@ def test_train_over_seeds_resumes_and_evaluate_pools(tmp_path, capsys):
                 "--seeds", "2") == 0
     assert [torch.load(run / f"seed-{s}" / "checkpoints" / "last.pt", weights_only=False)["state"]["global_step"]
             for s in (0, 1)] == [5, 5]
+    # a branch of each stopped seed (--branch-from, its last.pt) with the same config finishes as the uninterrupted run
+    br = tmp_path / "branch"
+    assert _cli("train", "--config", QUICK, "--run-dir", br, "--data-dir", data, *sets, "--seeds", "2",
+                "--branch-from", run, "--branch-stage", "last") == 0
+    for s in (0, 1):
+        info = json.loads((br / f"seed-{s}" / "branch.json").read_text())
+        assert info["from"] == str(run / f"seed-{s}" / "checkpoints" / "last.pt") and info["global_step"] == 5
+        assert info["changed"] == {"train.max_steps": [5, 0]}
+    branched = torch.load(br / "seed-1" / "checkpoints" / "last.pt", weights_only=False)
     assert _cli("train", "--config", QUICK, "--run-dir", run, "--data-dir", data, *sets, "--seeds", "3", "--resume") == 0
     ref = torch.load(tmp_path / "ref" / "seed-1" / "checkpoints" / "last.pt", weights_only=False)
     got = torch.load(run / "seed-1" / "checkpoints" / "last.pt", weights_only=False)
     assert got["state"]["finished"] and all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"])
     assert got["config"]["train"]["seed"] == 1
+    assert all(torch.equal(ref["model"][k], branched["model"][k]) for k in ref["model"])
     seed0 = torch.load(run / "seed-0" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert not all(torch.equal(seed0[k], got["model"][k]) for k in seed0)  # another seed, another model
     before = (run / "seed-2" / "checkpoints" / "last.pt").read_bytes()

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(cfg)
     if args.seeds is not None:
         return train_seeds(recipe, args, run_dir, data_dir, options)
-    result = train(recipe.task(cfg, data_dir, **options), run_dir, cfg, resume=args.resume)
+    result = train(recipe.task(cfg, data_dir, **options), run_dir, cfg, resume=args.resume,
+                   branch_from=None if args.resume else branch_source(args.branch_from, args.branch_stage))
     best = result["best_valid"]
     print(f"training finished in {result['seconds']:.0f} s"
           + (f"; best validation loss {best:.4f}" if best != float("inf") else "") + f"; run folder {run_dir}")
@@ -59,6 +60,26 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds needs at least one seed, all distinct and ≥ 0, got {text!r}")
     return seeds
+
+
+def branch_source(run: str | None, stage: str, seed: int | None = None) -> Path | None:
+    """The checkpoint ``--branch-from RUN --branch-stage STAGE`` names: ``RUN/checkpoints/STAGE.pt``, or with
+    ``seed`` that of ``RUN/seed-<seed>/``; ``None`` without ``run``.
+
+    Raises:
+        FileNotFoundError: no such checkpoint (names the stages the run saved).
+    """
+    from deepafx.runs import RunLayout
+
+    if run is None:
+        return None
+    layout = RunLayout(Path(run)) if seed is None else RunLayout(Path(run)).seed(seed)
+    path = layout.stage(stage)
+    if not path.is_file():
+        saved = sorted(p.stem for p in layout.checkpoints.glob("*.pt")) if layout.checkpoints.is_dir() else []
+        raise FileNotFoundError(f"--branch-from: no checkpoint {path} (stage {stage!r}); that run folder holds "
+                                f"{', '.join(saved) or 'no checkpoints'}")
+    return path
 
 
 def train_seeds(recipe, args: argparse.Namespace, run_dir: Path, data_dir: Path, options: dict) -> int:
@@ -87,7 +108,8 @@ def train_seeds(recipe, args: argparse.Namespace, run_dir: Path, data_dir: Path,
             print(f"seed {seed}: finished earlier, kept ({one.root})")
             continue
         print(f"seed {seed}: {'resuming' if resume else 'training'} in {one.root}", flush=True)
-        result = train(recipe.task(cfg, data_dir, **options), one.root, cfg, resume=resume)
+        source = None if resume else branch_source(args.branch_from, args.branch_stage, seed)
+        result = train(recipe.task(cfg, data_dir, **options), one.root, cfg, resume=resume, branch_from=source)
         total += result["seconds"]
     print(f"training of seeds {', '.join(map(str, seeds))} finished in {total:.0f} s; run folder {run_dir} "
           f"(evaluate all seeds with `deepafx evaluate --checkpoint {run_dir}`)")
@@ -114,6 +136,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train once per seed, one after another, into RUN_DIR/seed-<k>/: a count (3: seeds 0, 1, 2) "
                         "or a list (0,5,9); overrides train.seed. `deepafx evaluate --checkpoint RUN_DIR` then "
                         "evaluates every seed and pools them (mean, seed std, per seed, paired differences)")
+    p.add_argument("--branch-from", default=None, metavar="RUN",
+                   help="start a new run from another run's stage checkpoint RUN/checkpoints/<--branch-stage>.pt "
+                        "(with --seeds: RUN/seed-<k>/...): its model, optimizer, RNG and history, then the remaining "
+                        "stages under this config, which may change anything but data and model (an ablation of "
+                        "the later stages from a shared start; the changes go to RUN_DIR/branch.json). "
+                        "With --resume a branched run continues from its own last.pt")
+    p.add_argument("--branch-stage", default="ploss", metavar="STAGE",
+                   help="the stage checkpoint --branch-from starts at (default ploss)")
     p.add_argument("--pairs", nargs=2, metavar=("UNMASTERED_DIR", "MASTERED_DIR"),
                    help="mastering: train on your own pairs matched by file name (aligned by cross-correlation, resampled as needed)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

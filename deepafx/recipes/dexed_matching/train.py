@@ -49,6 +49,11 @@ lowered it 13.96 → 11.88. The loss-level estimator renders the main and the
 2K perturbed presets of every item through the Fx layer's workers
 (:func:`deepafx.fx.spsa_loss_gradient`) and perturbs only the numerical parameters.
 
+Learned proxy (``train.spectral_gradient: proxy``): instead of SPSA, the gradient comes from
+back-propagation through a network trained on the cached corpus to predict Dexed's log-mel features
+from the preset (:mod:`~deepafx.recipes.dexed_matching.proxy`, after synth-proxy, Combes et al., JAES
+2025); one render per item still gives the reported loss. :data:`GRADIENTS` holds both estimators.
+
 The stages run on the shared engine (:class:`deepafx.trainer.Trainer`):
 ``checkpoints/{last,ploss,synth,real}.pt``, ``history.jsonl``, TensorBoard,
 exact ``--resume`` from any checkpoint, plain or under ``torchrun`` (each rank
@@ -117,6 +122,11 @@ class TrainConfig(TrainSettings):
             audio-linearized estimator. See the module docstring.
         spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
             steps on cached features afford far larger batches than steps that render every item.
+        spectral_gradient: How the spectral stages get the gradient of the spectral loss, a :data:`GRADIENTS`
+            name: ``"spsa"`` (default; renders through Dexed, ``spsa_mode``) or ``"proxy"`` (back-propagation
+            through a learned proxy of Dexed trained on the corpus before the first spectral stage,
+            :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``).
+        proxy_steps, proxy_batch_size, proxy_learning_rate: Training of the proxy (Adam, cosine-decayed rate).
         voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
             ``batch_size`` corpus items at ``learning_rate``.
         voice_labels: What the voice classifier's labels are nearest by
@@ -141,6 +151,10 @@ class TrainConfig(TrainSettings):
     num_perturbations: int = 2
     spsa_mode: str = "loss"
     spectral_batch_size: int | None = None
+    spectral_gradient: str = "spsa"
+    proxy_steps: int = 3000
+    proxy_batch_size: int = 64
+    proxy_learning_rate: float = 1e-3
     frozen_params: Sequence[str] = ()
     real_in_domain_fraction: float = 0.0
     voice_steps: int = 1500
@@ -174,6 +188,10 @@ class TrainConfig(TrainSettings):
         if cfg.num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {cfg.num_perturbations}")
         frozen_mask(cfg.frozen_params)  # patterns that match nothing fail here
+        GRADIENTS.get(cfg.spectral_gradient)  # unknown names fail here, listing the known ones
+        if min(cfg.proxy_steps, cfg.proxy_batch_size) < 1 or not cfg.proxy_learning_rate > 0:
+            raise ValueError(f"proxy_steps and proxy_batch_size must be >= 1 and proxy_learning_rate > 0, got "
+                             f"{cfg.proxy_steps}, {cfg.proxy_batch_size}, {cfg.proxy_learning_rate}")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         if cfg.voice_steps < 0:
@@ -265,6 +283,57 @@ def _grouped_loss(loss_fn: nn.Module):
     return lambda y, target: grouped_mss(y, target, loss_fn.fft_sizes, overlap, loss_fn.log_weight, loss_fn.eps)
 
 
+#: Gradient estimators of the spectral stages by name (``train.spectral_gradient``): ``fn(task, xn (B, 145),
+#: target (B, notes, samples), global_step) → (reported loss (), surrogate (), dropped items)``; the surrogate's
+#: gradient with respect to ``xn`` is the estimate, the reported loss is always that of real Dexed renders.
+GRADIENTS: Registry = Registry("spectral gradient estimator")
+
+
+@GRADIENTS.register("spsa")
+def _spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int):
+    """SPSA through Dexed renders: on the loss itself (``spsa_mode: loss``, ``1 + 2K`` renders per item) or the
+    Fx layer's audio-linearized estimator (``spsa_mode: vjp``); see the module docstring."""
+    tc = task.settings
+    if tc.spsa_mode == "loss":
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(task._step_seed(gstep)).generate_state(1)[0]))
+        per_item, grad = spsa_loss_gradient(task.fx, xn, target, task.loss_fn, tc.epsilon, tc.num_perturbations,
+                                            task.free, gen, grouped_loss=_grouped_loss(task.loss_fn))
+        kept = torch.isfinite(per_item)  # items with NaN/Inf renders are dropped (loss NaN, gradient 0)
+        dropped = len(xn) - int(kept.sum())
+        if dropped:
+            per_item = per_item[kept]
+        spec = per_item.mean().to(xn.dtype)
+        # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the kept items)
+        return spec, (xn * grad.to(xn.dtype)).sum() / len(per_item), dropped
+    y = task.fx(torch.zeros(len(xn), 1, task.dcfg.num_samples), xn)
+    kept = task.fx.last_finite.nonzero().flatten()  # the Fx layer raises if it dropped every item
+    dropped = len(xn) - len(kept)
+    if dropped:
+        y, target = y[kept], target[kept]
+    spec = task.loss_fn(y, target).mean()
+    return spec, spec, dropped
+
+
+@GRADIENTS.register("proxy")
+def _proxy_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int):
+    """Back-propagation through the learned proxy (:mod:`~deepafx.recipes.dexed_matching.proxy`): the gradient of
+    its log-mel LSD to the target's features on the free parameters; one Dexed render per item gives the
+    reported loss (items whose render is not finite are dropped from both)."""
+    from deepafx.fx import nonfinite_step_error
+    from deepafx.recipes.dexed_matching.proxy import mel_lsd
+
+    y = task.fx.render(torch.zeros(len(xn), 1, target.shape[-1]), xn.detach().float())
+    kept = task.fx.last_finite.clone()
+    if not bool(kept.any()):
+        raise nonfinite_step_error(task.fx.spec, len(xn))
+    with torch.no_grad():
+        per_item = task.loss_fn(y[kept], target[kept])
+        feats = task.model.features(target[kept])[:, : task.model.in_channels]
+    x_in = torch.where(task.free, xn, xn.detach())[kept]  # gradients reach the free parameters only
+    surrogate = mel_lsd(task.proxy(x_in), feats).mean()
+    return per_item.mean().to(xn.dtype), surrogate, len(xn) - int(kept.sum())
+
+
 def frozen_mask(patterns: Sequence[str]) -> np.ndarray:
     """``(145,)`` bool: the parameters ``train.frozen_params`` holds (:func:`~deepafx.recipes.dexed_matching.model.held_mask`).
 
@@ -296,6 +365,8 @@ class DexedTask:
         self.pseudo_classes: np.ndarray | None = None
         self.voice_rows: np.ndarray | None = None
         self.voice_labels: np.ndarray | None = None
+        self.proxy = None
+        self.proxy_info: dict[str, Any] | None = None
 
     def setup(self, ctx) -> None:
         import torch.distributed as dist
@@ -330,6 +401,8 @@ class DexedTask:
                                                                             progress=ctx.dist.is_main)
         self.renderer = self.dcfg.renderer()
         tc = self.settings
+        if tc.spectral_gradient == "proxy" and self.corpus is None and tc.crossfade_steps + tc.synth_steps + tc.real_steps:
+            raise ValueError("train.spectral_gradient: proxy learns Dexed from the cached corpus: set data.corpus_size > 0")
         self.loss_fn = build_loss(tc.spectral_loss, sample_rate=self.dcfg.sample_rate, max_delay_ms=tc.max_delay_ms,
                                   fft_sizes=tc.fft_sizes, reduction="none")
         self.frozen = torch.from_numpy(frozen_mask(tc.frozen_params))
@@ -373,7 +446,8 @@ class DexedTask:
             from deepafx.chain import chain as make_chain
 
             b = tc.spectral_batch
-            slots = b * (1 + 2 * tc.num_perturbations) if tc.spsa_mode == "loss" else b
+            spsa_loss = tc.spectral_gradient == "spsa" and tc.spsa_mode == "loss"
+            slots = b * (1 + 2 * tc.num_perturbations) if spsa_loss else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
             from deepafx.workers import RenderConfig
@@ -382,10 +456,26 @@ class DexedTask:
             self.fx = FxLayer(spec, slots, estimator="spsa", epsilon=tc.epsilon,
                               num_perturbations=tc.num_perturbations if tc.spsa_mode == "vjp" else 1,
                               seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=self.ctx.dist.world_size)
+        if tc.spectral_gradient == "proxy" and self.proxy is None:  # trained once, saved with the task's state
+            self._train_proxy()
         if self.model.held is not None and not self.model.holding:  # frozen_params: fixed at the P-loss estimate
             self.model.activate_held()
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
+
+    def _train_proxy(self) -> None:
+        """Train the Dexed proxy on the corpus (seed ``train.seed``); its hold-out error goes to ``proxy.json``."""
+        import json
+
+        from deepafx.recipes.dexed_matching.proxy import train_proxy
+        from deepafx.runs import atomic_write_text
+
+        tc = self.settings
+        self.proxy, self.proxy_info = train_proxy(self.corpus, steps=tc.proxy_steps, batch_size=tc.proxy_batch_size,
+                                                  learning_rate=tc.proxy_learning_rate, seed=tc.seed,
+                                                  progress=self.ctx.dist.is_main)
+        if self.ctx.dist.is_main:
+            atomic_write_text(self.ctx.run.root / "proxy.json", json.dumps(self.proxy_info, indent=1) + "\n")
 
     def _in_domain_items(self, rng: np.random.Generator, n: int, alpha: float):
         """``n`` in-domain training items: ``(audio_in, target, x_true, pitch, idx)``; with a corpus and
@@ -454,26 +544,7 @@ class DexedTask:
             info.update(pinfo)
         if alpha > 0:
             xn = model.to_normalized(heads, pitch)  # with frozen_params, those come from the held twin
-            if tc.spsa_mode == "loss":
-                gen = torch.Generator().manual_seed(int(np.random.SeedSequence(self._step_seed(gstep)).generate_state(1)[0]))
-                per_item, grad = spsa_loss_gradient(self.fx, xn, target.float(), self.loss_fn, tc.epsilon,
-                                                    tc.num_perturbations, self.free, gen,
-                                                    grouped_loss=_grouped_loss(self.loss_fn))
-                kept = torch.isfinite(per_item)  # items with NaN/Inf renders are dropped (loss NaN, gradient 0)
-                dropped = len(idx) - int(kept.sum())
-                if dropped:
-                    per_item = per_item[kept]
-                spec = per_item.mean().to(xn.dtype)
-                # surrogate whose gradient w.r.t. xn is the SPSA estimate (mean over the kept items)
-                spec_term = (xn * grad.to(xn.dtype)).sum() / len(per_item)
-            else:
-                n = self.dcfg.num_samples
-                y = self.fx(torch.zeros(len(idx), 1, n), xn)
-                kept = self.fx.last_finite.nonzero().flatten()  # the Fx layer raises if it dropped every item
-                dropped = len(idx) - len(kept)
-                if dropped:
-                    y, target = y[kept], target[kept]
-                spec = spec_term = self.loss_fn(y, target.float()).mean()
+            spec, spec_term, dropped = GRADIENTS.get(tc.spectral_gradient)(self, xn, target.float(), gstep)
             if classes is None:
                 _, tgt_classes = model.layout.split_targets(x_true)
                 classes = torch.stack(tgt_classes, 1)
@@ -491,10 +562,17 @@ class DexedTask:
         raise NotImplementedError("the Dexed schedule does not validate (its stages are step-based)")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pseudo_classes": self.pseudo_classes}
+        from deepafx.recipes.dexed_matching.proxy import proxy_state
+
+        return {"pseudo_classes": self.pseudo_classes,
+                "proxy": proxy_state(self.proxy) if self.proxy is not None else None, "proxy_info": self.proxy_info}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from deepafx.recipes.dexed_matching.proxy import proxy_from_state
+
         self.pseudo_classes = state.get("pseudo_classes")
+        self.proxy = proxy_from_state(state["proxy"]) if state.get("proxy") is not None else None
+        self.proxy_info = state.get("proxy_info")
 
     def checkpoint_meta(self) -> dict[str, Any]:
         d = self.data
@@ -544,5 +622,5 @@ def _discrete_predictions(model: DexedEstimator, audio: np.ndarray, pitch: np.nd
     return np.concatenate(out) if out else np.zeros((0, model.layout.num_discrete), dtype=np.int64)
 
 
-__all__ = ["STAGES", "SAVED_STAGES", "SYNTHS", "DexedTask", "SynthConfig", "TrainConfig", "ensure_dataset",
+__all__ = ["GRADIENTS", "STAGES", "SAVED_STAGES", "SYNTHS", "DexedTask", "SynthConfig", "TrainConfig", "ensure_dataset",
            "frozen_mask", "load_estimator", "train_from_config"]
