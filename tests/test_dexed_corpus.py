@@ -462,6 +462,12 @@ def test_proxy_learns_dexed_features_and_its_loss():
         p(torch.rand(3, 144))
     with pytest.raises(ValueError, match=">= 1"):
         DexedProxy(145, 6, 64, 126, hidden=0)
+    from deepafx.recipes.dexed_matching.train import TrainConfig
+
+    with pytest.raises(ValueError, match="known: spsa, proxy"):
+        TrainConfig.from_dict({"spectral_gradient": "reinforce"})
+    with pytest.raises(ValueError, match="proxy_hidden must be >= 1"):
+        TrainConfig.from_dict({"proxy_hidden": 0})
 
 
 def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch):

@@ -127,6 +127,7 @@ class TrainConfig(TrainSettings):
             through a learned proxy of Dexed trained on the corpus before the first spectral stage,
             :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``).
         proxy_steps, proxy_batch_size, proxy_learning_rate: Training of the proxy (Adam, cosine-decayed rate).
+        proxy_hidden: Width of the proxy's hidden layers.
         voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
             ``batch_size`` corpus items at ``learning_rate``.
         voice_labels: What the voice classifier's labels are nearest by
@@ -155,6 +156,7 @@ class TrainConfig(TrainSettings):
     proxy_steps: int = 3000
     proxy_batch_size: int = 64
     proxy_learning_rate: float = 1e-3
+    proxy_hidden: int = 512
     frozen_params: Sequence[str] = ()
     real_in_domain_fraction: float = 0.0
     voice_steps: int = 1500
@@ -189,9 +191,10 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"num_perturbations must be >= 1, got {cfg.num_perturbations}")
         frozen_mask(cfg.frozen_params)  # patterns that match nothing fail here
         GRADIENTS.get(cfg.spectral_gradient)  # unknown names fail here, listing the known ones
-        if min(cfg.proxy_steps, cfg.proxy_batch_size) < 1 or not cfg.proxy_learning_rate > 0:
-            raise ValueError(f"proxy_steps and proxy_batch_size must be >= 1 and proxy_learning_rate > 0, got "
-                             f"{cfg.proxy_steps}, {cfg.proxy_batch_size}, {cfg.proxy_learning_rate}")
+        if min(cfg.proxy_steps, cfg.proxy_batch_size, cfg.proxy_hidden) < 1 or not cfg.proxy_learning_rate > 0:
+            raise ValueError(f"proxy_steps, proxy_batch_size and proxy_hidden must be >= 1 and proxy_learning_rate "
+                             f"> 0, got {cfg.proxy_steps}, {cfg.proxy_batch_size}, {cfg.proxy_hidden}, "
+                             f"{cfg.proxy_learning_rate}")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         if cfg.voice_steps < 0:
@@ -473,6 +476,7 @@ class DexedTask:
         tc = self.settings
         self.proxy, self.proxy_info = train_proxy(self.corpus, steps=tc.proxy_steps, batch_size=tc.proxy_batch_size,
                                                   learning_rate=tc.proxy_learning_rate, seed=tc.seed,
+                                                  hidden=tc.proxy_hidden,
                                                   progress=self.ctx.dist.is_main)
         if self.ctx.dist.is_main:
             atomic_write_text(self.ctx.run.root / "proxy.json", json.dumps(self.proxy_info, indent=1) + "\n")
