@@ -168,6 +168,17 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
 BRANCH_KEEPS: tuple[str, ...] = ("recipe", "data", "model")
 
 
+def _with_defaults(old: Mapping[str, Any], config: Any) -> Mapping[str, Any]:
+    """A stored config bound like today's (``config``'s recipe), so that keys added to the code since it was
+    written count at their defaults; as stored when it no longer binds (a removed key)."""
+    from deepafx.recipes import get_recipe
+
+    try:
+        return get_recipe(config.recipe).bind(old).to_dict()
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return old
+
+
 def resume_may_change(key: str) -> bool:
     """Whether ``section.key`` is one of :data:`RESUME_MAY_CHANGE`."""
     return any(key == p or (p.endswith(".*") and (key == p[:-2] or key.startswith(p[:-1]))) for p in RESUME_MAY_CHANGE)
@@ -506,7 +517,8 @@ class Trainer:
             from deepafx.config import upgrade_config
 
             now = self.config.to_dict()
-            changed = config_changes(upgrade_config(ckpt["config"], like=now), now)  # a run from before a key rename
+            old = _with_defaults(upgrade_config(ckpt["config"], like=now), self.config)  # renamed or added keys
+            changed = config_changes(old, now)
             if branch_from is not None:
                 refused = [k for k in changed if k.split(".")[0] in BRANCH_KEEPS]
                 if refused:

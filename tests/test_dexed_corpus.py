@@ -532,6 +532,12 @@ def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch)
     assert strip(same["history"]) == strip(full["history"])
     assert all(torch.equal(a[k], v) for k, v in last(tmp_path / "same").items())
     assert json.loads((tmp_path / "same" / "branch.json").read_text())["changed"] == {}
+    # a checkpoint written before a key existed: the key counts at its default, not as a change
+    old = torch.load(ploss, weights_only=False)
+    del old["config"]["train"]["proxy_hidden"]
+    torch.save(old, tmp_path / "old.pt")
+    train(dtrain.DexedTask(cfg, tiny), tmp_path / "old", cfg, branch_from=tmp_path / "old.pt")
+    assert json.loads((tmp_path / "old" / "branch.json").read_text())["changed"] == {}
     spsa = _cfg(bank_dir, *sets[1:], "train.spectral_gradient=spsa")
     other = train(dtrain.DexedTask(spsa, tiny), tmp_path / "spsa", spsa, branch_from=ploss)
     n = len([h for h in full["history"] if h["stage"] in ("voice", "ploss")])
