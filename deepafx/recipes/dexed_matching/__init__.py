@@ -109,7 +109,8 @@ RECIPE = Recipe(
     metric_names=POOLED_METRICS,
     reference_method="real",
     # each stage trained through Dexed against the network it starts from, the final network against the P-loss
-    # network the spectral stages start from; the networks against retrieval
+    # network the spectral stages start from; the networks against retrieval (over the training voices, and over
+    # the corpus), refined and not
     pooled_pairs=(("synth", "ploss"), ("real", "synth"), ("real", "ploss"), ("voice", "retrieval"), ("synth", "retrieval"),
-                  ("voice+refine", "retrieval+refine")),
+                  ("voice", "retrieval_corpus"), ("voice+refine", "retrieval"), ("voice+refine", "retrieval+refine")),
 )
