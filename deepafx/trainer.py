@@ -456,8 +456,8 @@ class Trainer:
         if self.dist.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-            if self.branch is not None:
-                atomic_write_text(self.run.root / "branch.json", json.dumps(self.branch, indent=1, default=str) + "\n")
+            if self.branch is not None:  # branch.json, and the shared stages' checkpoints
+                self._carry_stage_checkpoints(Path(branch_from))
             if resume or self.branch is not None:  # drop records written after the checkpoint
                 atomic_write_text(self.run.history, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
             elif self.run.history.exists():
@@ -507,6 +507,25 @@ class Trainer:
                 atomic_save(ckpt, self.run.best)
             if stage_name:
                 atomic_save(ckpt, self.run.stage(stage_name))
+
+    def _carry_stage_checkpoints(self, source: Path) -> None:
+        """A branch keeps the source run's ``<stage>.pt`` of the stages it shares: those finished at the branch
+        point (an evaluation of the branch then has its earlier rows too). One saved after the branch point
+        (its step beyond the branch's) is not the shared stage and is left out. Writes ``branch.json``."""
+        index, step = self.state["stage"], self.state["global_step"]
+        shared = self.stages[:index] + ([self.stages[index]] if index < len(self.stages)
+                                        and self.state["epoch"] >= self.stages[index].epochs else [])
+        carried = []
+        for stage in shared:
+            src = source.parent / f"{stage.save_as}.pt"
+            if not stage.save_as or not src.is_file():
+                continue
+            ckpt = load_checkpoint(src)
+            if ckpt.get("state", {}).get("global_step", step + 1) <= step:
+                atomic_save(ckpt, self.run.stage(stage.save_as))
+                carried.append(stage.save_as)
+        self.branch["carried"] = carried
+        atomic_write_text(self.run.root / "branch.json", json.dumps(self.branch, indent=1, default=str) + "\n")
 
     def _resume(self, branch_from: str | Path | None = None) -> None:
         source = Path(branch_from) if branch_from is not None else self.run.last

@@ -545,6 +545,13 @@ def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch)
     assert strip(other["history"])[n:] != strip(full["history"])[n:]
     branch = json.loads((tmp_path / "spsa" / "branch.json").read_text())
     assert branch["stage"] == "ploss" and branch["changed"] == {"train.spectral_gradient": ["proxy", "spsa"]}
+    # the shared stages' checkpoints come along (an evaluation of the branch has their rows); its own follow
+    assert branch["carried"] == ["voice", "ploss"]
+    for name in ("voice", "ploss"):
+        a_, b_ = (torch.load(r / "checkpoints" / f"{name}.pt", weights_only=False) for r in (tmp_path / "run", tmp_path / "spsa"))
+        assert a_["state"]["global_step"] == b_["state"]["global_step"]
+        assert all(torch.equal(a_["model"][k], v) for k, v in b_["model"].items())
+    assert not all(torch.equal(v, last(tmp_path / "spsa")[k]) for k, v in a.items())
     with pytest.raises(ValueError, match="model.dropout"):
         bad = _cfg(bank_dir, *sets, "model.dropout=0.2")
         train(dtrain.DexedTask(bad, tiny), tmp_path / "bad", bad, branch_from=ploss)
