@@ -168,15 +168,33 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
 BRANCH_KEEPS: tuple[str, ...] = ("recipe", "data", "model")
 
 
-def _with_defaults(old: Mapping[str, Any], config: Any) -> Mapping[str, Any]:
-    """A stored config bound like today's (``config``'s recipe), so that keys added to the code since it was
-    written count at their defaults; as stored when it no longer binds (a removed key)."""
-    from deepafx.recipes import get_recipe
+def _with_defaults(old: Mapping[str, Any], config: Any, now: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored config in which a key it lacks (added to the code since it was written) takes today's value
+    ``now`` when that is the key's default (``config``'s section dataclasses), so that a resume or branch does
+    not count it as a change; a key set away from its default still counts."""
+    import dataclasses
 
-    try:
-        return get_recipe(config.recipe).bind(old).to_dict()
-    except (AttributeError, KeyError, TypeError, ValueError):
+    sections = getattr(config, "sections", None)
+    if not isinstance(sections, Mapping):
         return old
+    out = dict(old)
+    for name, obj in sections.items():
+        if not dataclasses.is_dataclass(obj) or not isinstance(old.get(name), Mapping):
+            continue
+        sec, today = dict(old[name]), now.get(name) or {}
+        for f in dataclasses.fields(obj):
+            if f.name in sec or f.name not in today:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            if json.loads(json.dumps(default, default=str)) == today[f.name]:  # at its default today: no change
+                sec[f.name] = today[f.name]
+        out[name] = sec
+    return out
 
 
 def resume_may_change(key: str) -> bool:
@@ -536,7 +554,7 @@ class Trainer:
             from deepafx.config import upgrade_config
 
             now = self.config.to_dict()
-            old = _with_defaults(upgrade_config(ckpt["config"], like=now), self.config)  # renamed or added keys
+            old = _with_defaults(upgrade_config(ckpt["config"], like=now), self.config, now)  # renamed, added keys
             changed = config_changes(old, now)
             if branch_from is not None:
                 refused = [k for k in changed if k.split(".")[0] in BRANCH_KEEPS]
