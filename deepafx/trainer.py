@@ -168,6 +168,32 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
 BRANCH_KEEPS: tuple[str, ...] = ("recipe", "data", "model")
 
 
+def _fit_optimizer_state(opt: torch.optim.Optimizer, saved: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """A branch's model may have parameters its source lacked, registered after the source's (e.g. a new head):
+    ``saved`` (an optimizer ``state_dict`` of the source) extended so that those come after the source's with no
+    state (a fresh start for them, e.g. Adam's moments at zero). Returns ``(state, number of parameters added)``;
+    ``saved`` unchanged when it fits already or cannot be matched that way (``load_state_dict`` then says why).
+    """
+    groups, mine = saved.get("param_groups", []), opt.param_groups
+    if len(groups) != len(mine) or all(len(g["params"]) == len(m["params"]) for g, m in zip(groups, mine)):
+        return dict(saved), 0
+    if any(len(g["params"]) > len(m["params"]) for g, m in zip(groups, mine)):
+        return dict(saved), 0
+    state = saved.get("state", {})
+    for g, m in zip(groups, mine):  # the source's parameters must be the first ones, shape for shape
+        for pid, p in zip(g["params"], m["params"]):
+            if any(isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape for v in state.get(pid, {}).values()):
+                return dict(saved), 0
+    next_id = 1 + max([pid for g in groups for pid in g["params"]], default=-1)
+    out_groups, added = [], 0
+    for g, m in zip(groups, mine):
+        extra = len(m["params"]) - len(g["params"])
+        out_groups.append({**g, "params": list(g["params"]) + list(range(next_id, next_id + extra))})
+        next_id += extra
+        added += extra
+    return {**saved, "param_groups": out_groups}, added
+
+
 def _with_defaults(old: Mapping[str, Any], config: Any, now: Mapping[str, Any]) -> Mapping[str, Any]:
     """A stored config in which a key it lacks (added to the code since it was written) takes today's value
     ``now`` when that is the key's default (``config``'s section dataclasses), so that a resume or branch does
@@ -496,7 +522,12 @@ class Trainer:
             if stage.validate else None)
         self._active_stage = index
         if restored is not None:
-            self.opt.load_state_dict(restored["optimizer"])
+            saved = restored["optimizer"]
+            if self.branch is not None:  # the branch's model may add parameters after the source's
+                saved, added = _fit_optimizer_state(self.opt, saved)
+                if added:
+                    self.branch["new_parameters"] = added
+            self.opt.load_state_dict(saved)
             if self.sched is not None and restored.get("scheduler") is not None:
                 self.sched.load_state_dict(restored["scheduler"])
         self.task.begin_stage(stage)

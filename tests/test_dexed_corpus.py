@@ -562,3 +562,57 @@ def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError, match="holds .*ploss"):
         branch_source(str(tmp_path / "run"), "synthh")
     assert branch_source(str(tmp_path / "run"), "ploss") == ploss
+
+
+def test_voice_start_fine_tunes_a_residual_from_the_classifiers_choice(bank_dir, tiny, tmp_path):
+    """train.spectral_start=voice: a branch of a run at its P-loss checkpoint (saved without the residual head)
+    starts its spectral stages exactly at the voice classifier's choice (the ``voice`` row); SPSA trains only
+    the residual, so the discrete and held parameters stay the chosen voice's; the evaluation pairs the Synth
+    stage with the ``voice`` row; settings that cannot work are refused."""
+    from deepafx.recipes.dexed_matching import train as dtrain
+    from deepafx.recipes.dexed_matching.evaluate import evaluate_from_config
+    from deepafx.recipes.dexed_matching.model import DexedEstimator, predict, predict_voice
+    from deepafx.runs import load_checkpoint
+    from deepafx.trainer import train
+
+    cfg = _cfg(bank_dir)
+    dtrain.train_from_config(cfg, tmp_path / "run", tiny)
+    ckpts = tmp_path / "run" / "checkpoints"
+    sets = ["train.spectral_start=voice", "train.crossfade_steps=0", "train.synth_steps=2",
+            "train.spectral_learning_rate=0.01", "evaluate.refine_renders=0"]
+    vcfg = _cfg(bank_dir, *sets)
+    train(dtrain.DexedTask(vcfg, tiny), tmp_path / "v", vcfg, branch_from=ckpts / "ploss.pt")
+    branch = json.loads((tmp_path / "v" / "branch.json").read_text())
+    assert branch["new_parameters"] == 2 and branch["carried"] == ["voice", "ploss"]  # the residual head's
+    # at activation the estimate is the classifier's voice, intact
+    voice_est, vck = dtrain.load_estimator(ckpts / "voice.pt")
+    voices = np.asarray(vck["voice_x"])
+    ploss = load_checkpoint(ckpts / "ploss.pt")
+    start = DexedEstimator.from_description({**ploss["model_description"], "start": "voice"})
+    start.load_state_dict(ploss["model"])  # a checkpoint from before the voice start loads (residual at zero)
+    assert not start.holding
+    start.activate_voice_start(vck["model"], voices)
+    start.eval()
+    audio = np.random.default_rng(1).standard_normal((3, 6, 64000)).astype(np.float32) * 0.1
+    pitch = np.array([60, 62, 55])
+    # (float32 network output against the float64 transpose of predict_voice: equal to well within a DX7 step)
+    np.testing.assert_allclose(predict(start, audio, pitch), predict_voice(voice_est, voices, audio, pitch), atol=1e-6)
+    # after the spectral stages only the residual's parameters differ from the voice
+    tuned, _ = dtrain.load_estimator(tmp_path / "v" / "checkpoints" / "synth.pt")
+    assert tuned.start == "voice" and tuned.holding and float(tuned.residual_head.weight.detach().abs().sum()) > 0
+    x, xv = predict(tuned, audio, pitch), predict_voice(voice_est, voices, audio, pitch)
+    fixed = ~np.isin(np.arange(x.shape[1]), np.asarray(tuned.layout.numeric_indices)[tuned.residual_mask.numpy()])
+    np.testing.assert_allclose(x[:, fixed], xv[:, fixed], atol=1e-6)
+    assert np.abs(x - xv).max() > 1e-3
+    res = json.loads(evaluate_from_config(vcfg, tmp_path / "v", tmp_path / "eval", data_dir=tiny, progress=False)
+                     .read_text())
+    assert ("synth", "voice") in {(p["a"], p["b"]) for p in res["paired"]}
+    assert ("synth", "ploss") not in {(p["a"], p["b"]) for p in res["paired"]}
+    with pytest.raises(ValueError, match="crossfade_steps: 0"):
+        _cfg(bank_dir, "train.spectral_start=voice")
+    with pytest.raises(ValueError, match="spectral_start must be one of"):
+        _cfg(bank_dir, "train.spectral_start=retrieval")
+    with pytest.raises(ValueError, match="voice_classifier"):
+        dtrain.train_from_config(_cfg(bank_dir, *sets, "model.voice_classifier=false"), tmp_path / "bad", tiny)
+    with pytest.raises(ValueError, match="activate_voice_start needs"):
+        voice_est.activate_voice_start(vck["model"], voices)

@@ -108,9 +108,10 @@ RECIPE = Recipe(
     item_scores=_item_scores,
     metric_names=POOLED_METRICS,
     reference_method="real",
-    # each stage trained through Dexed against the network it starts from, the final network against the P-loss
-    # network the spectral stages start from; the networks against retrieval (over the training voices, and over
-    # the corpus), refined and not
-    pooled_pairs=(("synth", "ploss"), ("real", "synth"), ("real", "ploss"), ("voice", "retrieval"), ("synth", "retrieval"),
-                  ("voice", "retrieval_corpus"), ("voice+refine", "retrieval"), ("voice+refine", "retrieval+refine")),
+    # each stage trained through Dexed against the network it starts from, the final network against the
+    # network the spectral stages start from (P-loss, or the voice classifier with train.spectral_start: voice);
+    # the networks against retrieval (over the training voices, and over the corpus), refined and not
+    pooled_pairs=(("synth", "ploss"), ("synth", "voice"), ("real", "synth"), ("real", "ploss"), ("real", "voice"),
+                  ("voice", "retrieval"), ("synth", "retrieval"), ("voice", "retrieval_corpus"),
+                  ("voice+refine", "retrieval"), ("voice+refine", "retrieval+refine")),
 )

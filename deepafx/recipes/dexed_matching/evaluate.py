@@ -262,6 +262,7 @@ def evaluate_from_config(
         say(f"corpus retrieval over {len(cindex.corpus.valid_index)} presets: {per:.2f} s per sound")
     layout = None
     notes: list[str] = []
+    stage_pairs = STAGE_PAIRS
     for stage in ("voice", *MODEL_STAGES):
         path = ckpt_dir / f"{stage}.pt"
         if not path.exists():
@@ -270,6 +271,8 @@ def evaluate_from_config(
             continue
         model, ckpt = load_estimator(path)
         layout = model.layout
+        if stage == "synth":  # the network the spectral stages start from (train.spectral_start)
+            stage_pairs = (("synth", model.start), ("real", "synth"))
         if stage == "voice":  # the classifier's choice; this checkpoint's parameter heads are untrained
             estimators = {stage: lambda a, p, model=model, v=ckpt["voice_x"]: predict_voice(model, v, a, p)}
         else:
@@ -372,12 +375,13 @@ def evaluate_from_config(
             if dom in renders[method]:
                 r = ndb(tf, _ndb_features(renders[method][dom], dcfg.sample_rate), k, seed=ecfg.seed)
                 results_json["models"][method][dom].update({"ndb": r["ndb"], "ndb_k": r["k"]})
-    results_json["paired"] = _paired_comparisons(details, seed=ecfg.seed)
+    results_json["paired"] = _paired_comparisons(details, seed=ecfg.seed, stage_pairs=stage_pairs)
     if novelty_bins:
         results_json["novelty"] = {dom: {"edges_db": b["edges_db"], "counts": {k: b["bins"].count(k) for k in NOVELTY_BINS},
                                          "median_db": float(np.median(targets[dom]["novelty"]))}
                                    for dom, b in novelty_bins.items()}
-        results_json["paired_by_novelty"] = _paired_comparisons(details, seed=ecfg.seed, by_novelty=True)
+        results_json["paired_by_novelty"] = _paired_comparisons(details, seed=ecfg.seed, by_novelty=True,
+                                                                stage_pairs=stage_pairs)
     else:
         notes.append("no novelty in this dataset (built before DATASET_VERSION 2): no novelty bins")
     results_json["settings"] = {
@@ -463,14 +467,16 @@ def best_network(details: Mapping[str, Any], suffix: str = "") -> str | None:
 
 
 #: Each stage trained through the synth against the network it starts from (the Synth stage continues the
-#: P-loss network through the cross-fade; the Real stage continues the Synth stage's).
+#: P-loss network through the cross-fade, or with ``train.spectral_start: voice`` the ``voice`` row; the Real
+#: stage continues the Synth stage's).
 STAGE_PAIRS = (("synth", "ploss"), ("real", "synth"))
 
 
-def _paired_comparisons(details: Mapping[str, Any], seed: int = 0, by_novelty: bool = False) -> list[dict[str, Any]]:
+def _paired_comparisons(details: Mapping[str, Any], seed: int = 0, by_novelty: bool = False,
+                        stage_pairs: Sequence[tuple[str, str]] = STAGE_PAIRS) -> list[dict[str, Any]]:
     """Per-sound paired LSD differences with 95 % bootstrap intervals: the best network − retrieval (over the
     training voices and over the corpus, alone and refined), and each end-to-end stage − the network it starts
-    from (:data:`STAGE_PAIRS`); with ``by_novelty``, one set per novelty tercile (each entry gets
+    from (``stage_pairs``, default :data:`STAGE_PAIRS`); with ``by_novelty``, one set per novelty tercile (each entry gets
     ``"novelty": bin``)."""
     pairs = []
     for suffix in ("", "+refine"):
@@ -478,7 +484,7 @@ def _paired_comparisons(details: Mapping[str, Any], seed: int = 0, by_novelty: b
         for base in ("retrieval", "retrieval_corpus"):
             if net is not None and base + suffix in details:
                 pairs.append((net, base + suffix))
-    pairs += [(a, b) for a, b in STAGE_PAIRS if a in details and b in details]
+    pairs += [(a, b) for a, b in stage_pairs if a in details and b in details]
     if not by_novelty:
         return paired_lsd_differences(details, pairs, seed)
     out = []

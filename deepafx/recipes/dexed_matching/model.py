@@ -150,7 +150,15 @@ class SpectrogramCNN(nn.Module):
             raise ValueError(f"SpectrogramCNN expects (batch, {self.in_channels}, n_mels, frames), got {tuple(x.shape)}")
         if heads not in HEADS:
             raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
-        h = self.fc(self.body(x))
+        return self.heads(self.hidden(x), heads)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The fully connected layer's output ``(batch, hidden)`` for features ``(batch, in_channels, n_mels,
+        frames)`` (what every head reads)."""
+        return self.fc(self.body(x))
+
+    def heads(self, h: torch.Tensor, heads: str = "all") -> EstimatorOutput:
+        """The heads (``heads`` as in :meth:`forward_features`) of hidden features ``h`` ``(batch, hidden)``."""
         classes = self.class_head(h) if self.class_head is not None and heads != "params" else None
         if heads == "voice":
             return EstimatorOutput(numeric=h.new_zeros(h.shape[0], 0), discrete_logits=[], class_logits=classes)
@@ -158,6 +166,11 @@ class SpectrogramCNN(nn.Module):
         return EstimatorOutput(numeric=numeric, discrete_logits=[head(h) for head in self.discrete_heads],
                                class_logits=classes)
 
+
+#: Where the spectral stages start (:class:`DexedEstimator` ``start``, ``train.spectral_start``).
+STARTS = ("ploss", "voice")
+#: State keys of the voice start (the twin, the voice bank, the residual head).
+_START_KEYS = ("held", "voice_bank", "residual_head")
 
 #: Estimator settings a config may set (``model:`` section), with defaults.
 MODEL_DEFAULTS: dict[str, Any] = asdict(ModelConfig())
@@ -208,16 +221,29 @@ class DexedEstimator(nn.Module):
             parameters and its own for the rest. The spectral stages of training use it to fine-tune
             some parameters from the P-loss network's estimate with the others fixed there, at training
             and at inference alike (``train.frozen_params``).
+        start: Where the spectral stages start (``train.spectral_start``): ``"ploss"`` (default), this
+            network's own heads; ``"voice"``, the voice classifier's choice plus a residual. With
+            ``"voice"`` the estimator carries the twin (the voice classifier of the ``voice`` stage, loaded by
+            :meth:`activate_voice_start`), the training voices ``voice_bank`` ``(num_voices, 145)`` and a
+            residual head initialised at zero; once active its estimate is the chosen voice, intact in its
+            discrete and held parameters, plus the residual on the other numeric ones (clipped to [0, 1]),
+            so the spectral stages start exactly at the ``voice`` row and fine-tune the continuous
+            parameters from there (issue route: "fine-tune only the continuous parameters from the best
+            network's estimate, the discrete ones fixed").
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
     Raises:
-        ValueError: unknown model setting; ``voice_classifier`` without ``cnn2d`` or with fewer than 2 voices.
+        ValueError: unknown model setting; ``voice_classifier`` without ``cnn2d`` or with fewer than 2 voices;
+            an unknown ``start``, or ``"voice"`` without a voice classifier.
     """
 
     def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0,
-                 held: Sequence[str] = (), **model: Any) -> None:
+                 held: Sequence[str] = (), start: str = "ploss", **model: Any) -> None:
         super().__init__()
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+        self.start = str(start)
         unknown = set(model) - set(MODEL_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(MODEL_DEFAULTS)}")
@@ -273,8 +299,10 @@ class DexedEstimator(nn.Module):
                            n_mels=int(s["n_mels"]), floor_db=-120.0, normalize="range")
         self.held_patterns = [str(p) for p in held]
         self.held: DexedEstimator | None = None
-        if self.held_patterns:
-            mask = held_mask(self.held_patterns)
+        if self.start == "voice" and not self.num_voices:
+            raise ValueError("start='voice' fine-tunes from the voice classifier's choice: set model.voice_classifier: true")
+        if self.held_patterns or self.start == "voice":
+            mask = held_mask(self.held_patterns) if self.held_patterns else np.zeros(len(table), dtype=bool)
             self.register_buffer("held_numeric", torch.from_numpy(mask[numeric]), persistent=False)
             self.held_discrete = [k for k, i in enumerate(self.layout.discrete_indices) if mask[i]]
             self.register_buffer("held_active", torch.zeros((), dtype=torch.bool))
@@ -282,6 +310,13 @@ class DexedEstimator(nn.Module):
             for p in self.held.parameters():
                 p.requires_grad_(False)
             self.held.eval()
+        if self.start == "voice":  # registered last: the parameters of a P-loss checkpoint keep their order
+            self.register_buffer("voice_bank", torch.zeros(self.num_voices, len(table)))
+            free = torch.tensor([i != self.transpose_index for i in numeric], dtype=torch.bool) & ~self.held_numeric
+            self.register_buffer("residual_mask", free, persistent=False)
+            self.residual_head = nn.Linear(int(s["hidden"]), self.layout.num_numeric)
+            nn.init.zeros_(self.residual_head.weight)
+            nn.init.zeros_(self.residual_head.bias)
 
     def activate_held(self) -> None:
         """Copy this estimator's weights into its held twin and return the twin's heads for the held
@@ -290,11 +325,39 @@ class DexedEstimator(nn.Module):
         Raises:
             ValueError: the estimator holds no parameters.
         """
-        if self.held is None:
-            raise ValueError("this estimator holds no parameters (held=())")
+        if self.held is None or self.start == "voice":
+            raise ValueError("this estimator holds no parameters (held=())" if self.held is None else
+                             "start='voice': the twin is the voice classifier (activate_voice_start)")
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("held")}
         self.held.load_state_dict(own)
         self.held_active.fill_(True)
+
+    def activate_voice_start(self, voice_model: Mapping[str, torch.Tensor], voices: np.ndarray) -> None:
+        """``start='voice'``: load the voice classifier (the ``model`` state of the ``voice`` stage's
+        checkpoint) into the twin and the training voices ``voices`` ``(num_voices, 145)`` (normalized) into
+        ``voice_bank``; from now on the estimate is the chosen voice plus the residual (saved with the weights).
+
+        Raises:
+            ValueError: ``start`` is not ``"voice"``, or ``voices`` does not match the classes.
+        """
+        if self.start != "voice":
+            raise ValueError(f"activate_voice_start needs start='voice' (this estimator starts at {self.start!r})")
+        voices = np.asarray(voices, dtype=np.float32)
+        if voices.shape != tuple(self.voice_bank.shape):
+            raise ValueError(f"voices must be {tuple(self.voice_bank.shape)}, got {voices.shape}")
+        own = {k: v for k, v in voice_model.items() if not k.startswith(_START_KEYS)}
+        self.held.load_state_dict(own)
+        self.voice_bank.copy_(torch.from_numpy(voices))
+        self.held_active.fill_(True)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`; with ``start='voice'``, a state without the voice start
+        (a checkpoint of the stages before it, to branch from) loads with the twin, voice bank and residual as
+        they are here (the residual at zero, the voice start inactive)."""
+        if self.start == "voice":
+            own = self.state_dict()
+            state_dict = {**{k: v for k, v in own.items() if k.startswith(_START_KEYS)}, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def holding(self) -> bool:
@@ -346,6 +409,8 @@ class DexedEstimator(nn.Module):
             raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
         if heads == "voice" and not self.num_voices:
             raise ValueError("this estimator has no voice classifier (model.voice_classifier: false)")
+        if self.start == "voice" and self.holding and heads != "voice":
+            return self._voice_start(feats)
         if isinstance(self.net, SpectrogramCNN):
             out = self.net.forward_features(self.select(feats), heads)
         else:
@@ -359,6 +424,19 @@ class DexedEstimator(nn.Module):
             logits[k] = fixed.discrete_logits[k]
         return EstimatorOutput(torch.where(self.held_numeric, fixed.numeric, out.numeric), logits,
                                frame_numeric=out.frame_numeric, class_logits=out.class_logits)
+
+    def _voice_start(self, feats: torch.Tensor) -> EstimatorOutput:
+        """The active voice start: the twin's chosen voice, its numeric parameters plus the residual head's
+        output where ``residual_mask`` allows (clipped to [0, 1]), its discrete classes as one-hot logits."""
+        h = self.net.hidden(self.select(feats))
+        with torch.no_grad():
+            pick = self.held.forward_features(feats, "voice").class_logits
+            voice = self.voice_bank[pick.argmax(1)]
+        lay = self.layout
+        numeric = (voice[:, list(lay.numeric_indices)] + self.residual_head(h) * self.residual_mask).clamp(0.0, 1.0)
+        logits = [F.one_hot(torch.round(voice[:, i] * (n - 1)).long().clamp(0, n - 1), n).to(h.dtype)
+                  for i, n in zip(lay.discrete_indices, lay.discrete_counts)]
+        return EstimatorOutput(numeric, logits, class_logits=pick)
 
     def to_normalized(self, out: EstimatorOutput, pitch: torch.Tensor) -> torch.Tensor:
         """Normalized presets ``(batch, 145)``: numeric heads (differentiable), argmax of the
@@ -412,12 +490,14 @@ class DexedEstimator(nn.Module):
     def describe(self) -> dict[str, Any]:
         """Settings needed to rebuild this estimator (stored in checkpoints)."""
         return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, "num_voices": self.num_voices,
-                **({"held": list(self.held_patterns)} if self.held_patterns else {}), **self.settings}
+                **({"held": list(self.held_patterns)} if self.held_patterns else {}),
+                **({"start": self.start} if self.start != "ploss" else {}), **self.settings}
 
     @classmethod
     def from_description(cls, d: Mapping[str, Any]) -> "DexedEstimator":
         d = dict(d)
-        return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), d.pop("held", ()), **d)
+        return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), d.pop("held", ()),
+                   d.pop("start", "ploss"), **d)
 
 
 @torch.no_grad()

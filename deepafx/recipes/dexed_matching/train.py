@@ -77,7 +77,7 @@ from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
-from deepafx.recipes.dexed_matching.model import DexedEstimator, held_mask, map_batches
+from deepafx.recipes.dexed_matching.model import STARTS, DexedEstimator, held_mask, map_batches
 from deepafx.recipes.dexed_matching.search import numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_mss
 from deepafx.trainer import Stage, TrainSettings, train
@@ -128,6 +128,12 @@ class TrainConfig(TrainSettings):
             :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``).
         proxy_steps, proxy_batch_size, proxy_learning_rate: Training of the proxy (Adam, cosine-decayed rate).
         proxy_hidden: Width of the proxy's hidden layers.
+        spectral_start: Where the spectral stages start (:data:`~deepafx.recipes.dexed_matching.model.STARTS`):
+            ``"ploss"`` (default), the P-loss network's heads (the DiffSynth schedule); ``"voice"``, the voice
+            classifier's choice (the ``voice`` stage's checkpoint) plus a residual on the continuous parameters
+            that the spectral stages train, the discrete and ``frozen_params`` ones kept at the voice's values
+            (:class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` ``start``). Needs
+            ``model.voice_classifier`` and ``crossfade_steps: 0`` (there are no P-loss heads to fade from).
         voice_steps: Steps of the ``voice`` stage (``model.voice_classifier``: at least 1), batches of
             ``batch_size`` corpus items at ``learning_rate``.
         voice_labels: What the voice classifier's labels are nearest by
@@ -158,6 +164,7 @@ class TrainConfig(TrainSettings):
     proxy_learning_rate: float = 1e-3
     proxy_hidden: int = 512
     frozen_params: Sequence[str] = ()
+    spectral_start: str = "ploss"
     real_in_domain_fraction: float = 0.0
     voice_steps: int = 1500
     voice_labels: str = "logmel"
@@ -195,6 +202,11 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"proxy_steps, proxy_batch_size and proxy_hidden must be >= 1 and proxy_learning_rate "
                              f"> 0, got {cfg.proxy_steps}, {cfg.proxy_batch_size}, {cfg.proxy_hidden}, "
                              f"{cfg.proxy_learning_rate}")
+        if cfg.spectral_start not in STARTS:
+            raise ValueError(f"spectral_start must be one of {STARTS}, got {cfg.spectral_start!r}")
+        if cfg.spectral_start == "voice" and cfg.crossfade_steps:
+            raise ValueError("spectral_start: voice starts the spectral stages at the voice classifier's choice, "
+                             f"with no P-loss heads to cross-fade from: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         if cfg.voice_steps < 0:
@@ -389,6 +401,9 @@ class DexedTask:
             m = self.config.model
             self.corpus.check_feature(FeatureSettings(int(m.n_fft), int(m.hop_length), int(m.n_mels)))
             self.feature_kinds = ["logmel", "ifmel"] if m.features == "ifmel" else ["logmel"]
+        if self.settings.spectral_start == "voice" and not self.config.model.voice_classifier:
+            raise ValueError("train.spectral_start: voice fine-tunes from the voice classifier's choice: set "
+                             "model.voice_classifier: true")
         if self.config.model.voice_classifier:
             if self.corpus is None:
                 raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
@@ -417,7 +432,8 @@ class DexedTask:
     def build_model(self) -> DexedEstimator:
         self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
                                     len(self.voice_rows) if self.voice_rows is not None else 0,
-                                    held=list(self.settings.frozen_params), **dataclasses.asdict(self.config.model))
+                                    held=list(self.settings.frozen_params), start=self.settings.spectral_start,
+                                    **dataclasses.asdict(self.config.model))
         return self.model
 
     def stages(self) -> list[Stage]:
@@ -461,10 +477,25 @@ class DexedTask:
                               seed=tc.seed + self.ctx.dist.rank, render=render, worker_share=self.ctx.dist.world_size)
         if tc.spectral_gradient == "proxy" and self.proxy is None:  # trained once, saved with the task's state
             self._train_proxy()
-        if self.model.held is not None and not self.model.holding:  # frozen_params: fixed at the P-loss estimate
+        if self.model.start == "voice" and not self.model.holding:  # the voice classifier's choice + a residual
+            self._activate_voice_start()
+        elif self.model.held is not None and not self.model.holding:  # frozen_params: fixed at the P-loss estimate
             self.model.activate_held()
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
+
+    def _activate_voice_start(self) -> None:
+        """``spectral_start: voice``: the twin gets the ``voice`` stage's classifier (this run's ``voice.pt``,
+        which a branch carries from its source) and the training voices.
+
+        Raises:
+            FileNotFoundError: the run has no ``voice.pt``."""
+        from deepafx.runs import load_checkpoint
+
+        path = self.ctx.run.stage(STAGES[0])
+        if not path.exists():
+            raise FileNotFoundError(f"train.spectral_start: voice needs the voice stage's checkpoint {path}")
+        self.model.activate_voice_start(load_checkpoint(path)["model"], self.corpus.params[self.voice_rows])
 
     def _train_proxy(self) -> None:
         """Train the Dexed proxy on the corpus (seed ``train.seed``); its hold-out error goes to ``proxy.json``."""
@@ -552,7 +583,8 @@ class DexedTask:
             if classes is None:
                 _, tgt_classes = model.layout.split_targets(x_true)
                 classes = torch.stack(tgt_classes, 1)
-            anchor = model.discrete_ce(heads, classes)
+            # the voice start's discrete values are the voice's, no head to anchor
+            anchor = model.discrete_ce(heads, classes) if model.start != "voice" else loss.new_zeros(())
             loss = loss + alpha * (tc.spectral_weight * spec_term + tc.anchor_weight * anchor)
             report = report + alpha * (tc.spectral_weight * spec.detach() + tc.anchor_weight * anchor.detach())
             info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach()),
