@@ -195,9 +195,10 @@ def _fit_optimizer_state(opt: torch.optim.Optimizer, saved: Mapping[str, Any]) -
 
 
 def _with_defaults(old: Mapping[str, Any], config: Any, now: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A stored config in which a key it lacks (added to the code since it was written) takes today's value
-    ``now`` when that is the key's default (``config``'s section dataclasses), so that a resume or branch does
-    not count it as a change; a key set away from its default still counts."""
+    """A stored config in which a key it lacks (added to the code since it was written) takes its default
+    (``config``'s section dataclasses; a new key's default keeps what the code did before it), so that a resume
+    or branch counts it as a change only when ``now`` sets it away from that default, and shows it as
+    ``default → value``."""
     import dataclasses
 
     sections = getattr(config, "sections", None)
@@ -217,8 +218,7 @@ def _with_defaults(old: Mapping[str, Any], config: Any, now: Mapping[str, Any]) 
                 default = f.default_factory()
             else:
                 continue
-            if json.loads(json.dumps(default, default=str)) == today[f.name]:  # at its default today: no change
-                sec[f.name] = today[f.name]
+            sec[f.name] = json.loads(json.dumps(default, default=str))  # what the code did before the key
         out[name] = sec
     return out
 

@@ -581,9 +581,14 @@ def test_voice_start_fine_tunes_a_residual_from_the_classifiers_choice(bank_dir,
     sets = ["train.spectral_start=voice", "train.crossfade_steps=0", "train.synth_steps=2",
             "train.spectral_learning_rate=0.01", "evaluate.refine_renders=0"]
     vcfg = _cfg(bank_dir, *sets)
-    train(dtrain.DexedTask(vcfg, tiny), tmp_path / "v", vcfg, branch_from=ckpts / "ploss.pt")
+    # from a checkpoint written before the key existed: it counts at its default, shown as default → value
+    old = torch.load(ckpts / "ploss.pt", weights_only=False)
+    del old["config"]["train"]["spectral_start"]
+    torch.save(old, ckpts / "ploss_old.pt")
+    train(dtrain.DexedTask(vcfg, tiny), tmp_path / "v", vcfg, branch_from=ckpts / "ploss_old.pt")
     branch = json.loads((tmp_path / "v" / "branch.json").read_text())
-    assert branch["new_parameters"] == 2 and branch["carried"] == ["voice", "ploss"]  # the residual head's
+    assert branch["changed"]["train.spectral_start"] == ["ploss", "voice"]
+    assert branch["new_parameters"] == 2  # the residual head's
     # at activation the estimate is the classifier's voice, intact
     voice_est, vck = dtrain.load_estimator(ckpts / "voice.pt")
     voices = np.asarray(vck["voice_x"])
