@@ -228,8 +228,7 @@ class DexedEstimator(nn.Module):
             residual head initialised at zero; once active its estimate is the chosen voice, intact in its
             discrete and held parameters, plus the residual on the other numeric ones (clipped to [0, 1]),
             so the spectral stages start exactly at the ``voice`` row and fine-tune the continuous
-            parameters from there (issue route: "fine-tune only the continuous parameters from the best
-            network's estimate, the discrete ones fixed").
+            parameters from there, the discrete ones fixed.
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
