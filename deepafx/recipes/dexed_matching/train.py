@@ -401,9 +401,6 @@ class DexedTask:
             m = self.config.model
             self.corpus.check_feature(FeatureSettings(int(m.n_fft), int(m.hop_length), int(m.n_mels)))
             self.feature_kinds = ["logmel", "ifmel"] if m.features == "ifmel" else ["logmel"]
-        if self.settings.spectral_start == "voice" and not self.config.model.voice_classifier:
-            raise ValueError("train.spectral_start: voice fine-tunes from the voice classifier's choice: set "
-                             "model.voice_classifier: true")
         if self.config.model.voice_classifier:
             if self.corpus is None:
                 raise ValueError("model.voice_classifier learns from the corpus: set data.corpus_size > 0")
