@@ -25,8 +25,9 @@ LSP_COMP = "http://lsp-plug.in/plugins/lv2/compressor_stereo"
 LSP_LIMITER = "http://lsp-plug.in/plugins/lv2/limiter_stereo"
 X42_EQ = "http://gareus.org/oss/lv2/fil4#stereo"
 GX_AMP = "http://guitarix.sourceforge.net/plugins/gx_amp#GUITARIX"
+GX_JCM800 = "http://guitarix.sourceforge.net/plugins/gx_jcm800pre_#_jcm800pre_"
 PACKAGES = {LSP_COMP: "lsp-plugins-lv2", LSP_LIMITER: "lsp-plugins-lv2", X42_EQ: "x42-plugins",
-            GX_AMP: "guitarix-lv2"}
+            GX_AMP: "guitarix-lv2", GX_JCM800: "guitarix-lv2"}
 UNEVEN_BLOCKS = (100, 1000, 3000, 1024, 5000, 7, 4096, 4097)
 
 
@@ -188,6 +189,26 @@ def test_latency_is_reported_and_aligns_the_output(fixed):
     y = blocks(proc, x, (50, 1000))
     assert int(np.argmax(np.abs(y[0]))) == 100 + expected
     assert y[0, 100 + expected] == pytest.approx(0.25, rel=1e-4)
+
+
+def test_unreported_latency_is_added_where_a_plugin_hides_its_delay():
+    """guitarix's JCM-800 model resamples internally: its output lags the input by about 38 samples more
+    than it reports. The option declares it, and the cross-correlation peak then lands on the latency."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((1, 16384), np.float32)
+    x[0, 1000:9000] = 0.003 * rng.standard_normal(8000)  # quiet noise: the amp stays nearly linear
+    lags = {}
+    for extra in (0, 38):
+        proc = build(GX_JCM800, channels=1, fixed_block=True, block_size=128, unreported_latency=extra)
+        assert proc.latency_samples == 128 + extra
+        y = proc.process(x, proc.param_table.defaults())[0].astype(np.float64)
+        c = np.correlate(y, x[0].astype(np.float64), "full")
+        lags[extra] = int(np.argmax(np.abs(c))) - (x.shape[1] - 1) - proc.latency_samples
+    assert abs(lags[0]) > 30  # what the plugin reports is 38 samples short
+    assert abs(lags[38]) <= 1  # within a sample once declared
+    for bad in (-1, 2.5, "ten", True):
+        with pytest.raises(PluginError, match="unreported_latency"):
+            build(GX_JCM800, channels=1, unreported_latency=bad)
 
 
 def test_latency_follows_the_lookahead_parameter():

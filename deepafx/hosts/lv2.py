@@ -22,6 +22,12 @@ Options (``ProcessorSpec.options``):
 * ``fixed_block`` (default false): run every ``run()`` with exactly
   ``block_size`` samples through a host FIFO (see **State**; adds ``block_size``
   samples of latency; a block with another channel count restarts the FIFO).
+* ``unreported_latency`` (default 0): samples of delay the plugin has but does
+  not report on a latency port (measured by the user, e.g. by cross-correlating
+  a click's output with its input); added to :attr:`LV2Processor.latency_samples`
+  so that alignment (training losses, oracles, evaluation) accounts for it.
+  guitarix's circuit-model amps (``gx_jcm800pre``) resample internally and
+  delay their output by 38 samples at 44.1 kHz without reporting it.
 * ``param_map``: a parameter-map YAML file, or the same content inline as a
   mapping (:class:`~deepafx.hosts.plugin_params.ParamMap`: ``only_listed``,
   ``exclude``, ``params`` with ``name``/``min``/``max``/``default``/``scale``/
@@ -154,7 +160,7 @@ GAIN_FLOOR_DB = -120.0
 #: for -24 dB: the table says -24, the port gets the clipped gain).
 DB_DECIMALS = 2
 
-OPTIONS = frozenset({"uri", "channels", "block_size", "fixed_block", "param_map", "exclude"})
+OPTIONS = frozenset({"uri", "channels", "block_size", "fixed_block", "unreported_latency", "param_map", "exclude"})
 
 # -- parameters ---------------------------------------------------------------------------
 
@@ -320,6 +326,8 @@ class LV2Processor(Processor):
             host FIFO, which delays the output by ``block_size`` samples (added to
             :attr:`latency_samples`); for plugins whose output depends on where
             ``run()`` calls begin (module docstring).
+        unreported_latency: Samples of delay the plugin does not report (>= 0),
+            added to :attr:`latency_samples` (module docstring).
         param_map: Parameter-map file or inline mapping.
         exclude: Port symbols or table names to leave out.
 
@@ -345,6 +353,7 @@ class LV2Processor(Processor):
         channels: int = 2,
         block_size: int = DEFAULT_BLOCK_SIZE,
         fixed_block: bool = False,
+        unreported_latency: int = 0,
         param_map: str | Path | Mapping[str, Any] | None = None,
         exclude: Sequence[str] = (),
     ) -> None:
@@ -358,6 +367,13 @@ class LV2Processor(Processor):
         self.block_size = int(block_size)
         self.channels = int(channels)
         self.fixed_block = bool(fixed_block)
+        try:
+            ok = not isinstance(unreported_latency, bool) and int(unreported_latency) == float(unreported_latency) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PluginError(f"option unreported_latency must be a whole number of samples >= 0, got {unreported_latency!r}")
+        self.unreported_latency = int(unreported_latency)
         self.plugin_latency_samples = 0
         self._instances: list[_Instance] = []
         self._fifo_in: np.ndarray | None = None
@@ -460,7 +476,8 @@ class LV2Processor(Processor):
         if self._latency_port is not None and self._instances:
             v = float(self._instances[0].controls[self._latency_port])
             self.plugin_latency_samples = int(round(v)) if math.isfinite(v) and v >= 0 else 0
-        self.latency_samples = self.plugin_latency_samples + (self.block_size if self.fixed_block else 0)
+        self.latency_samples = (self.plugin_latency_samples + (self.block_size if self.fixed_block else 0)
+                                + self.unreported_latency)
 
     def _write_controls(self, values: np.ndarray) -> None:
         for k, (pp, vmap) in enumerate(zip(self._port_params, self._maps)):
