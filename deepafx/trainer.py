@@ -175,10 +175,9 @@ def _fit_optimizer_state(opt: torch.optim.Optimizer, saved: Mapping[str, Any]) -
     ``saved`` unchanged when it fits already or cannot be matched that way (``load_state_dict`` then says why).
     """
     groups, mine = saved.get("param_groups", []), opt.param_groups
-    if len(groups) != len(mine) or all(len(g["params"]) == len(m["params"]) for g, m in zip(groups, mine)):
-        return dict(saved), 0
-    if any(len(g["params"]) > len(m["params"]) for g, m in zip(groups, mine)):
-        return dict(saved), 0
+    sizes = [(len(g["params"]), len(m["params"])) for g, m in zip(groups, mine)]
+    if len(groups) != len(mine) or all(a == b for a, b in sizes) or any(a > b for a, b in sizes):
+        return dict(saved), 0  # fits already, or not a source whose parameters come first
     state = saved.get("state", {})
     for g, m in zip(groups, mine):  # the source's parameters must be the first ones, shape for shape
         for pid, p in zip(g["params"], m["params"]):

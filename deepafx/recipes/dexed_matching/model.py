@@ -266,6 +266,8 @@ class DexedEstimator(nn.Module):
         self.layout = ParamLayout.from_counts([n if n <= mc else None for n in counts])
         self.transpose_index = table.index("transpose_semitones")
         numeric = list(self.layout.numeric_indices)
+        #: The numeric parameters' columns of a full normalized preset (the voice bank's rows).
+        self.register_buffer("numeric_columns", torch.tensor(numeric, dtype=torch.long), persistent=False)
         #: Columns of the numeric head trained by the P-loss (all but the transpose).
         self.register_buffer(
             "numeric_loss_mask", torch.tensor([i != self.transpose_index for i in numeric], dtype=torch.bool), persistent=False
@@ -432,7 +434,7 @@ class DexedEstimator(nn.Module):
             pick = self.held.forward_features(feats, "voice").class_logits
             voice = self.voice_bank[pick.argmax(1)]
         lay = self.layout
-        numeric = (voice[:, list(lay.numeric_indices)] + self.residual_head(h) * self.residual_mask).clamp(0.0, 1.0)
+        numeric = (voice[:, self.numeric_columns] + self.residual_head(h) * self.residual_mask).clamp(0.0, 1.0)
         logits = [F.one_hot(torch.round(voice[:, i] * (n - 1)).long().clamp(0, n - 1), n).to(h.dtype)
                   for i, n in zip(lay.discrete_indices, lay.discrete_counts)]
         return EstimatorOutput(numeric, logits, class_logits=pick)
