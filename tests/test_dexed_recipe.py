@@ -194,6 +194,13 @@ def test_frozen_params_mask_and_errors():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="real_in_domain_fraction"):
             TrainConfig.from_dict({"real_in_domain_fraction": bad})
+    # SPSA on the loss perturbs only the 0-99 parameters: ε may exceed one DX7 step there, not with the Fx layer's
+    assert TrainConfig.from_dict({"epsilon": 0.05}).epsilon == 0.05
+    for bad in (0.0, 0.6):
+        with pytest.raises(ValueError, match="epsilon must be in"):
+            TrainConfig.from_dict({"epsilon": bad})
+    with pytest.raises(ValueError, match="spsa_mode 'vjp'"):
+        TrainConfig.from_dict({"epsilon": 0.02, "spsa_mode": "vjp"})
 
 
 def test_lsd_loss_is_the_metric():

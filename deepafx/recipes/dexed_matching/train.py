@@ -114,8 +114,10 @@ class TrainConfig(TrainSettings):
         real_in_domain_fraction: Share of each ``real``-stage batch drawn from the in-domain training
             presets (rendered, their true discrete classes as the anchor) beside the out-of-domain
             notes, on [0, 1); 0 (default): out-of-domain notes only, as the DiffSynth schedule has it.
-        epsilon: SPSA perturbation ε on normalized values (≤ 0.0104 so that
-            discrete values at grid points are never moved, see module docstring).
+        epsilon: SPSA perturbation ε on normalized values, in (0, 0.5]; 0.01 is one step of a 0–99
+            DX7 parameter. SPSA on the loss (``spsa_mode: loss``) perturbs only the free 0–99 parameters;
+            with ``spsa_mode: vjp`` the Fx layer perturbs every parameter, so ε ≤ 0.0104 there, which
+            never moves a discrete value sitting on its grid point (module docstring).
         num_perturbations: SPSA draws K averaged per step (2 renders each).
         spsa_mode: ``"loss"`` (default): SPSA on the per-item spectral loss
             (:func:`deepafx.fx.spsa_loss_gradient`); ``"vjp"``: the Fx layer's
@@ -185,13 +187,17 @@ class TrainConfig(TrainSettings):
             raise ValueError("batch_size must be >= 1 and stage lengths >= 0 steps")
         if cfg.ploss_steps < 1:
             raise ValueError("ploss_steps must be >= 1: the spectral stages start from the P-loss model")
-        if not 0 < cfg.epsilon <= 0.0104:
-            raise ValueError(
-                f"epsilon must be in (0, 0.0104], got {cfg.epsilon}: larger perturbations move discrete "
-                "DX7 values (e.g. the 49 transposes, whose grid step is 1/48) and break the frozen-discrete scheme"
-            )
         if cfg.spsa_mode not in ("loss", "vjp"):
             raise ValueError(f"spsa_mode must be 'loss' or 'vjp', got {cfg.spsa_mode!r}")
+        if cfg.spsa_mode == "vjp" and not 0 < cfg.epsilon <= 0.0104:
+            raise ValueError(
+                f"epsilon must be in (0, 0.0104] with spsa_mode 'vjp', got {cfg.epsilon}: the Fx layer perturbs every "
+                "parameter, and larger perturbations move discrete DX7 values (e.g. the 49 transposes, whose grid step "
+                "is 1/48) and break the frozen-discrete scheme"
+            )
+        if not 0 < cfg.epsilon <= 0.5:
+            raise ValueError(f"epsilon must be in (0, 0.5] (normalized units; SPSA on the loss perturbs only the "
+                             f"0-99 parameters, 0.01 is one DX7 step), got {cfg.epsilon}")
         if cfg.spectral_batch_size is not None and cfg.spectral_batch_size < 1:
             raise ValueError(f"spectral_batch_size must be >= 1, got {cfg.spectral_batch_size}")
         if cfg.num_perturbations < 1:
