@@ -1,5 +1,6 @@
 """Hybrid chains: DDSP stages exact by autograd, black boxes by SPSA, one declaration and one parameter vector."""
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -206,6 +207,7 @@ TINY_AMP = [
     "model.encoder_kwargs={width_mult: 0.25}",
     "train.batch_size=2", "render.num_workers=1", "train.epochs=2", "train.steps_per_epoch=3",
     "train.valid_steps=2", "train.pretrain_steps=2", "train.num_threads=1", "train.seed=3",
+    "train.start_renders=8", "train.start_seconds=2",  # the config's static start, searched briefly
 ]
 
 
@@ -235,6 +237,9 @@ def test_amp_quick_hybrid_trains_through_a_hybrid_chain_and_resumes_exactly(tmp_
         "builtin.multiband_compressor", "pedalboard.Distortion", "ddsp.peq", "ddsp.gain"]
     assert last["param_names"][-16:] == [f"eq.{n}" for n in ddsp.ParametricEQ().param_table.names] + ["gain.gain_db"]
     assert any(k.startswith("stages.0.") for k in last["task"]["fx"])  # the black-box stage's SPSA generator
+    # the static start searched the hybrid chain rendered in workers (ddsp. stages included), never worse than its defaults
+    start = json.loads((tmp_path / "a" / "static_start.json").read_text())
+    assert len(start["params"]) == len(last["param_names"]) and start["objective"] <= start["default_objective"]
     # `deepafx process` renders the hybrid checkpoint's automation through render workers (DDSP stages included)
     from deepafx.cli import main
     import soundfile as sf
@@ -244,6 +249,4 @@ def test_amp_quick_hybrid_trains_through_a_hybrid_chain_and_resumes_exactly(tmp_
     assert main(["process", "--checkpoint", str(tmp_path / "a"), str(di), str(out), "--automation", str(auto)]) == 0
     y = sf.read(str(out), dtype="float32", always_2d=True)[0]
     assert y.shape[0] == sf.info(str(di)).frames and np.all(np.isfinite(y)) and np.max(np.abs(y)) > 1e-3
-    import json
-
     assert list(json.loads(auto.read_text())["parameters"]) == last["param_names"]

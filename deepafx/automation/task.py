@@ -246,9 +246,6 @@ class AutomationTask:
         from deepafx.runs import atomic_write_text
 
         tc = self.settings
-        if is_hybrid(self.chain):
-            raise ValueError("train.start: static searches rendered chains only; this chain has ddsp. stages "
-                             "(use train.start: defaults)")
         path = self.ctx.run.root / STATIC_START_FILE
         settings = {"chain": self.chain.to_dict(), "renders": int(tc.start_renders), "seconds": float(tc.start_seconds),
                     "sigma": float(tc.start_sigma), "seed": int(tc.seed), "loss": tc.loss, "data": self.data_dir.name,
