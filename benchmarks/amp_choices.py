@@ -21,6 +21,8 @@ Usage:
 
 Without ``--choice`` the chain is scored as configured, the same way (a per-piece static
 bound on validation, to compare chains, e.g. ``--config amp_emulation/quick``).
+``--chain FILE`` replaces the config's chain by a chain file (``plugins/chains/*.yaml``, by name or path,
+e.g. ``--chain guitarix_jcm800``), to compare amp plugins on the same data.
 ``--without STAGE`` drops a processor (e.g. ``--without boost``: the amp alone).
 ``--invert`` appends a polarity flip to the chain (amp models with an odd number of inverting
 stages come out inverted, and ESR is polarity-sensitive).
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--renders", type=int, default=81, help="CMA-ES renders per value (default 81)")
     ap.add_argument("--excerpt-seconds", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chain", help="a chain file (plugins/chains/NAME.yaml, by name or path) instead of the config's")
     ap.add_argument("--without", action="append", default=[], metavar="STAGE",
                     help="drop this processor from the chain (e.g. boost: the amp alone); repeatable")
     ap.add_argument("--invert", action="store_true",
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("choices are made on the validation split; the test split is scored once per config")
 
     _, cfg = load_recipe_config(args.config, args.set)
-    base = cfg.sections["chain"].to_dict()
+    base = ChainSpec.from_file(args.chain).to_dict() if args.chain else cfg.sections["chain"].to_dict()
     names_in_chain = [p.get("name") for p in base["processors"]]
     for stage_name in args.without:
         if stage_name not in names_in_chain:
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {v} | {r['objective']:.4f} | {r['default_objective']:.4f} |")
     print(json.dumps({"benchmark": "amp_choices", "config": args.config, "split": args.split,
                       "pieces": pieces, "renders": args.renders,
-                      "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "without": args.without, "stage": stage.get("name"), "best": best,
+                      "excerpt_seconds": args.excerpt_seconds, "invert": args.invert, "without": args.without, "chain": base.get("name"), "stage": stage.get("name"), "best": best,
                       "tried": tried, "seconds": time.perf_counter() - t_all}))
     return 0
 

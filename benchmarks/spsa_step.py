@@ -101,7 +101,7 @@ ZAM = chain({"backend": "vst3", "name": "comp", "options": {"path": "/usr/lib/vs
 CHEAP = ChainSpec.from_file("builtin_channel")
 IDENTITY = chain({"backend": "pedalboard.Gain", "name": "gain", "learn": []}, sample_rate=44100, name="identity")
 CHAINS = {"cheap": CHEAP, "mastering": BUILTIN_MASTERING, "zam": ZAM}
-#: Targets of the issue: step / render-bound ideal at W = 2, and Ray against the multiprocessing pool.
+#: Targets: step / render-bound ideal at W = 2, and Ray against the multiprocessing pool.
 TARGETS = {"cheap": 1.15, "mastering": 1.10, "ray_over_pool": 1.3}
 
 

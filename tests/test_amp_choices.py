@@ -64,3 +64,14 @@ def test_a_choice_is_searched_per_piece_on_validation(tmp_path):
         # each search starts from the knobs' defaults and keeps its best
         assert all(o <= d + 1e-9 for o, d in zip(v["per_piece"], v["default_per_piece"]))
     assert r["best"]["model"] == float(min(tried, key=lambda k: tried[k]["objective"]))
+    # --chain: another amp plugin's chain file on the same data, scored as configured (knobs per piece)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--config", "amp_emulation/quick_gx", "--data-dir",
+                          str(tmp_path / "data"), "--chain", "guitarix_metal_head", "--renders", "5",
+                          "--excerpt-seconds", "1"] + [x for s in sets for x in ("--set", s)],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["chain"] == "guitarix_metal_head"
+    scored = r["tried"]["config"]["as configured"]
+    assert set(scored["knobs"][0]) == {"boost.gain_db", "amp.tone", "amp.drive", "amp.pregain", "amp.gain1", "out.gain_db"}
+    assert all(o <= d + 1e-9 for o, d in zip(scored["per_piece"], scored["default_per_piece"]))
