@@ -531,7 +531,7 @@ def spsa_loss_gradient(
     theta: torch.Tensor,
     target: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    epsilon: float = 0.01,
+    epsilon: float | torch.Tensor = 0.01,
     num_perturbations: int = 1,
     free: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -562,7 +562,8 @@ def spsa_loss_gradient(
         target: Target audio ``(batch, channels, samples)``.
         loss_fn: Per-item loss ``(y (n, channels, samples), target (n, channels,
             samples)) → (n,)`` (``reduction="none"``); not needed with ``grouped_loss``.
-        epsilon: Perturbation ε on normalized values (> 0; default 0.01).
+        epsilon: Perturbation ε on normalized values (> 0; default 0.01), or ``(num_params,)``
+            sizes per parameter (:func:`deepafx.spsa.perturb`).
         num_perturbations: Draws ``K`` (≥ 1; ``2K + 1`` renders per item).
         free: Bool mask ``(num_params,)`` or ``(batch, num_params)`` of perturbed
             entries (default all).

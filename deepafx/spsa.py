@@ -61,7 +61,7 @@ class Perturbation:
 
 def perturb(
     theta: torch.Tensor,
-    epsilon: float,
+    epsilon: float | torch.Tensor,
     method: str = "spsa",
     num_perturbations: int = 1,
     free: torch.Tensor | None = None,
@@ -77,7 +77,13 @@ def perturb(
     Args:
         theta: Normalized parameters ``(batch, num_params)`` on [0, 1]; computed
             in float64 (not differentiated).
-        epsilon: Perturbation size ε on normalized values, > 0.
+        epsilon: Perturbation size ε on normalized values, > 0: one for every
+            parameter, or ``(num_params,)`` sizes per parameter (a parameter group
+            whose effect is small at one size can be perturbed more; the estimate
+            divides each difference by that parameter's own step, so it stays
+            unbiased for a linear loss, but parameter i's estimate carries every
+            other parameter's term scaled by ε_j / ε_i: noise grows where a size
+            is smaller than the others).
         method: ``"spsa"`` (Rademacher, ``R = K``) or ``"fd"`` (unit vectors,
             ``R = num_params``).
         num_perturbations: SPSA draws ``K`` (≥ 1); ignored by ``"fd"``.
@@ -90,14 +96,16 @@ def perturb(
         :class:`Perturbation` with ``plus``, ``minus``, ``step`` ``(batch, R, num_params)``.
 
     Raises:
-        ValueError: ``theta`` not 2-D, ``epsilon`` ≤ 0, unknown ``method``,
+        ValueError: ``theta`` not 2-D, ``epsilon`` ≤ 0 or of the wrong shape, unknown ``method``,
             ``num_perturbations`` < 1, or a ``free`` mask of the wrong shape.
     """
     if theta.dim() != 2:
         raise ValueError(f"theta must be (batch, num_params), got shape {tuple(theta.shape)}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
     b, p = theta.shape
+    eps = torch.as_tensor(epsilon, dtype=torch.float64, device=theta.device)
+    if eps.shape not in ((), (p,)) or not bool((eps > 0).all()):
+        raise ValueError(f"epsilon must be > 0, one size or ({p},) sizes per parameter, got "
+                         f"{epsilon if eps.dim() == 0 else f'shape {tuple(eps.shape)}, minimum {float(eps.min()):g}'}")
     theta = theta.detach().to(torch.float64)
     if method == "spsa":
         k = int(num_perturbations)
@@ -116,8 +124,8 @@ def perturb(
         if mask.shape not in ((p,), (b, p)):
             raise ValueError(f"free must be a bool mask of shape ({p},) or ({b}, {p}), got {tuple(mask.shape)}")
         delta = delta * (mask if mask.dim() == 1 else mask[:, None])
-    plus = (theta[:, None] + epsilon * delta).clamp(0, 1)
-    minus = (theta[:, None] - epsilon * delta).clamp(0, 1)
+    plus = (theta[:, None] + eps * delta).clamp(0, 1)
+    minus = (theta[:, None] - eps * delta).clamp(0, 1)
     return Perturbation(plus, minus, plus - minus, num_draws)
 
 

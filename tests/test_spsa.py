@@ -122,6 +122,28 @@ def test_free_mask_is_respected_and_leaves_the_draws_unchanged():
         perturb(theta, 0.01, "rademacher")
 
 
+def test_per_parameter_sizes_scale_each_step_and_keep_the_estimate_unbiased():
+    """ε per parameter: the same Rademacher signs, each parameter's step its own 2ε, and the mean estimate of a
+    linear loss still its gradient (the difference is divided by each parameter's own step)."""
+    theta = torch.full((1, 4), 0.5, dtype=torch.float64)
+    eps = torch.tensor([0.01, 0.05, 0.01, 0.2], dtype=torch.float64)
+    one = perturb(theta, 0.01, "spsa", 3, generator=torch.Generator().manual_seed(2))
+    per = perturb(theta, eps, "spsa", 3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(per.step, one.step / 0.01 * eps, rtol=1e-12, atol=0)
+    a = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    many = perturb(theta, eps, "spsa", 20000, generator=torch.Generator().manual_seed(0))
+    g = gradient_from_differences(many.step @ a, many.step, many.num_draws)[0]
+    # unbiased, but a parameter's estimate carries the others' terms scaled by ε_j / ε_i: its noise grows
+    # where its own size is the smaller one (standard deviation over N draws: sqrt(Σ_j≠i (a_j ε_j / ε_i)²) / √N)
+    ratio = eps[None, :] / eps[:, None]
+    sd = ((a[None, :] * ratio) ** 2 * (1 - torch.eye(4, dtype=torch.float64))).sum(1).sqrt() / 20000 ** 0.5
+    assert torch.all((g - a).abs() < 4 * sd)
+    assert sd[3] < 0.01 < 0.3 < sd[0]  # the largest size is estimated best, the smallest worst
+    for bad in (torch.tensor([0.01, 0.0, 0.01, 0.01]), torch.full((3,), 0.01), -0.01, 0.0):
+        with pytest.raises(ValueError, match="epsilon"):
+            perturb(theta, bad, "spsa", 2)
+
+
 def test_spsa_average_recovers_a_linear_gradient():
     """Pure arithmetic: E[(a·(θ⁺ − θ⁻)) / (θ⁺_i − θ⁻_i)] = a_i, clipping included."""
     theta = torch.tensor([[0.0, 0.3, 1.0, 0.7]], dtype=torch.float64)
