@@ -286,3 +286,40 @@ def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
     a = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(run2 / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_spectral_eval_mode_keeps_the_normalization_of_the_start(bank_dir, tmp_path):
+    """train.spectral_eval_mode: the spectral stages train the weights with the network in eval mode, so
+    BatchNorm's running statistics stay those of the P-loss checkpoint; in train mode (the default) a
+    forward pass replaces them."""
+    import torch
+    import yaml
+
+    from deepafx.config import apply_overrides
+    from deepafx.recipes.dexed_matching import train as dtrain
+
+    sets = TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", "train.spectral_loss=lsd",
+                                     "train.spectral_eval_mode=true"]
+    cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), sets)
+    dtrain.train_from_config(cfg, tmp_path / "run", tmp_path / "data")
+    ckpts = tmp_path / "run" / "checkpoints"
+    start = torch.load(ckpts / "ploss.pt", weights_only=False)["model"]
+    end = torch.load(ckpts / "real.pt", weights_only=False)["model"]
+    stats = [k for k in start if k.endswith(("running_mean", "running_var")) and not k.startswith("held")]
+    weights = [k for k in start if k.endswith("weight") and start[k].is_floating_point()]
+    assert stats and all(torch.equal(start[k], end[k]) for k in stats)
+    assert any(not torch.equal(start[k], end[k]) for k in weights)  # SPSA trained the weights
+    model, _ = dtrain.load_estimator(ckpts / "real.pt")
+    norms = [m for m in model.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model.fixed_statistics = True
+    model.train()
+    assert norms and not any(m.training for m in norms)
+    model.fixed_statistics = False
+    model.train()
+    assert all(m.training for m in norms)
+    before = [m.running_mean.clone() for m in norms]
+    with torch.no_grad():
+        model(torch.randn(2, model.in_channels, 16000))
+    assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    with pytest.raises(ValueError, match="spectral_eval_mode"):
+        dtrain.TrainConfig.from_dict({"spectral_eval_mode": "yes"})

@@ -298,6 +298,8 @@ class DexedEstimator(nn.Module):
         front = IFMel if s["features"] == "ifmel" else LogMel
         self.front = front(self.sample_rate, n_fft=int(s["n_fft"]), hop_length=int(s["hop_length"]),
                            n_mels=int(s["n_mels"]), floor_db=-120.0, normalize="range")
+        #: Keep the network in eval mode under ``train()`` (``train.spectral_eval_mode``; set per stage by the task).
+        self.fixed_statistics = False
         self.held_patterns = [str(p) for p in held]
         self.held: DexedEstimator | None = None
         if self.start == "voice" and not self.num_voices:
@@ -366,7 +368,10 @@ class DexedEstimator(nn.Module):
         return self.held is not None and bool(self.held_active)
 
     def train(self, mode: bool = True) -> "DexedEstimator":
-        super().train(mode)
+        """As :meth:`torch.nn.Module.train`; with :attr:`fixed_statistics` set, the network stays in eval
+        mode (BatchNorm normalizes by its running statistics and leaves them unchanged, no dropout) while
+        its weights train."""
+        super().train(mode and not self.fixed_statistics)
         if self.held is not None:
             self.held.eval()  # the held twin is a fixed function: no dropout, frozen BatchNorm statistics
         return self

@@ -142,6 +142,12 @@ class TrainConfig(TrainSettings):
             (:meth:`~deepafx.recipes.dexed_matching.corpus.Corpus.nearest_voices`): ``"logmel"``, the
             cached-feature distance nearest-preset retrieval uses, or ``"lsd"``, the evaluation's
             log-spectral distortion (re-rendered once and cached in the corpus folder).
+        spectral_eval_mode: Run the network in eval mode in the spectral stages (cross-fade, synth, real):
+            BatchNorm keeps the running statistics of the stages before (the P-loss stage's 64-item batches of
+            the corpus) and normalizes by them, dropout is off. Default ``False``: train mode, where each
+            step's batch of ``spectral_batch_size`` renders normalizes itself and, at BatchNorm's momentum 0.1,
+            replaces the running statistics within a few dozen steps; eval mode is the usual way to fine-tune
+            with small batches, and SPSA then differences the function the evaluation uses.
     """
 
     batch_size: int = 8
@@ -170,6 +176,7 @@ class TrainConfig(TrainSettings):
     real_in_domain_fraction: float = 0.0
     voice_steps: int = 1500
     voice_labels: str = "logmel"
+    spectral_eval_mode: bool = False
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -215,6 +222,8 @@ class TrainConfig(TrainSettings):
                              f"with no P-loss heads to cross-fade from: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
+        if not isinstance(cfg.spectral_eval_mode, bool):
+            raise ValueError(f"spectral_eval_mode must be true or false, got {cfg.spectral_eval_mode!r}")
         if cfg.voice_steps < 0:
             raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
         from deepafx.recipes.dexed_matching.corpus import VOICE_METRICS
@@ -457,6 +466,7 @@ class DexedTask:
         return self.voice_rows is not None
 
     def begin_stage(self, stage: Stage) -> None:
+        self.model.fixed_statistics = stage.name not in ("voice", "ploss") and self.settings.spectral_eval_mode
         if stage.name in ("voice", "ploss"):
             return
         if self.model.layout.num_numeric == 0 and stage.steps > 0:
