@@ -4,7 +4,10 @@ For a Dexed-matching run folder, the presets that the ``ploss``, ``synth`` and `
 checkpoints estimate for the sounds of ``--split`` (in domain: the held-out factory voices
 rendered at their pitch; out of domain: the held-out instrument notes) are compared
 parameter by parameter: mean |Δ| of the normalized value (0–1 over each parameter's range,
-so 0.01 is one step of a 0–99 DX7 parameter) of ``synth`` and ``real`` against ``ploss``.
+so 0.01 is one step of a 0–99 DX7 parameter) of ``synth`` and ``real`` against ``ploss``,
+and how many of the discrete parameters (algorithm, waveforms, coarse ratios, curves …) take
+another value per sound: SPSA does not perturb them, so a change there comes from the shared
+body under their heads, held only by the cross-entropy anchor (or by ``train.frozen_params``).
 A spectral stage that loses the pitch shows here as a moving pitch-envelope level or
 operator frequency; a discrete parameter that moves shows the anchor not holding.
 
@@ -54,16 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     est = {}
     for stage in STAGES:
         model, _ = load_estimator(args.run / "checkpoints" / f"{stage}.pt")
+        discrete = list(model.layout.discrete_indices)
         for dom, (audio, pitch) in domains.items():
             est[stage, dom] = predict(model, audio, pitch)
     rows = []
     for dom in domains:
         for stage in STAGES[1:]:
-            d = np.abs(est[stage, dom] - est["ploss", dom]).mean(0)
+            delta = np.abs(est[stage, dom] - est["ploss", dom])
+            d = delta.mean(0)
+            changed = (delta[:, discrete] > 1e-6).sum(1)
             top = [(names[i], round(float(d[i]), 4)) for i in np.argsort(-d)[: args.top]]
             row = {"domain": dom, "stage": stage, "against": "ploss", "n": int(len(est[stage, dom])),
-                   "mean_abs_change": round(float(d.mean()), 4), "largest": top}
-            print(f"{dom:13s} {stage} - ploss: mean |change| {row['mean_abs_change']:.4f}; largest "
+                   "mean_abs_change": round(float(d.mean()), 4),
+                   "discrete_changed_per_sound": round(float(changed.mean()), 2), "discrete_params": len(discrete),
+                   "largest": top}
+            print(f"{dom:13s} {stage} - ploss: mean |change| {row['mean_abs_change']:.4f}, discrete values changed "
+                  f"{row['discrete_changed_per_sound']:.1f} of {len(discrete)} a sound; largest "
                   + ", ".join(f"{n} {v:.3f}" for n, v in top), flush=True)
             rows.append(row)
     print(json.dumps({"benchmark": "dexed_param_drift", "run": str(args.run), "split": args.split, "rows": rows}))

@@ -251,6 +251,7 @@ def _check_param_drift(run: Path, data_dir: Path) -> None:
         (d, s) for d in ("in_domain", "out_of_domain") for s in ("synth", "real")}
     for r in out["rows"]:
         assert 0 <= r["mean_abs_change"] <= 1 and len(r["largest"]) == 3 and r["n"] >= 1
+        assert r["discrete_params"] == 54 and 0 <= r["discrete_changed_per_sound"] <= 54
     with pytest.raises(SystemExit, match="validation"):
         mod.main([str(run), "--data-dir", str(data_dir), "--split", "test"])
     with pytest.raises(SystemExit, match="checkpoints"):
