@@ -288,10 +288,12 @@ def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_spectral_eval_mode_keeps_the_normalization_of_the_start(bank_dir, tmp_path):
+def test_spectral_eval_mode_and_fresh_optimizer(bank_dir, tmp_path):
     """train.spectral_eval_mode: the spectral stages train the weights with the network in eval mode, so
     BatchNorm's running statistics stay those of the P-loss checkpoint; in train mode (the default) a
-    forward pass replaces them."""
+    forward pass replaces them. train.spectral_fresh_optimizer: Adam's state restarts at the cross-fade
+    (its step count is the spectral stages' alone), and a run resumed inside a spectral stage repeats the
+    uninterrupted one."""
     import torch
     import yaml
 
@@ -299,10 +301,17 @@ def test_spectral_eval_mode_keeps_the_normalization_of_the_start(bank_dir, tmp_p
     from deepafx.recipes.dexed_matching import train as dtrain
 
     sets = TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", "train.spectral_loss=lsd",
-                                     "train.spectral_eval_mode=true"]
+                                     "train.spectral_eval_mode=true", "train.spectral_fresh_optimizer=true"]
     cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), sets)
-    dtrain.train_from_config(cfg, tmp_path / "run", tmp_path / "data")
+    full = dtrain.train_from_config(cfg, tmp_path / "run", tmp_path / "data")
     ckpts = tmp_path / "run" / "checkpoints"
+    steps = lambda name: {float(v["step"]) for v in torch.load(ckpts / name, weights_only=False)["optimizer"]["state"].values()}  # noqa: E731
+    assert steps("ploss.pt") == {3.0} and steps("real.pt") == {2.0 + 1 + 2}  # not 3 + 5: the P-loss moments dropped
+    run2 = tmp_path / "run2"
+    dtrain.train_from_config(apply_overrides(cfg, ["train.max_steps=6"]), run2, tmp_path / "data")  # inside synth
+    resumed = dtrain.train_from_config(cfg, run2, tmp_path / "data", resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])
     start = torch.load(ckpts / "ploss.pt", weights_only=False)["model"]
     end = torch.load(ckpts / "real.pt", weights_only=False)["model"]
     stats = [k for k in start if k.endswith(("running_mean", "running_var")) and not k.startswith("held")]

@@ -148,6 +148,12 @@ class TrainConfig(TrainSettings):
             step's batch of ``spectral_batch_size`` renders normalizes itself and, at BatchNorm's momentum 0.1,
             replaces the running statistics within a few dozen steps; eval mode is the usual way to fine-tune
             with small batches, and SPSA then differences the function the evaluation uses.
+        spectral_fresh_optimizer: Start the spectral stages with a fresh Adam (first and second moments at
+            zero, at ``spectral_learning_rate``) instead of continuing the P-loss stage's. Adam divides each
+            step by the root of its running mean of squared gradients; carried over, that mean is the P-loss
+            gradients', which on the numeric head are some 50 times smaller than the SPSA gradients of the
+            spectral loss (medium config, README "Adam's state across the switch"), so the first spectral
+            steps there are up to that many times ``spectral_learning_rate``. Default ``False`` (continue).
     """
 
     batch_size: int = 8
@@ -177,6 +183,7 @@ class TrainConfig(TrainSettings):
     voice_steps: int = 1500
     voice_labels: str = "logmel"
     spectral_eval_mode: bool = False
+    spectral_fresh_optimizer: bool = False
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -222,8 +229,9 @@ class TrainConfig(TrainSettings):
                              f"with no P-loss heads to cross-fade from: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
-        if not isinstance(cfg.spectral_eval_mode, bool):
-            raise ValueError(f"spectral_eval_mode must be true or false, got {cfg.spectral_eval_mode!r}")
+        for key in ("spectral_eval_mode", "spectral_fresh_optimizer"):
+            if not isinstance(getattr(cfg, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(cfg, key)!r}")
         if cfg.voice_steps < 0:
             raise ValueError(f"voice_steps must be >= 0, got {cfg.voice_steps}")
         from deepafx.recipes.dexed_matching.corpus import VOICE_METRICS
@@ -455,7 +463,8 @@ class DexedTask:
                        save_as="voice")] if self.voice_rows is not None else []
         return voice + [
             Stage("ploss", steps=tc.ploss_steps, loss="ploss", lr=tc.learning_rate, grad_clip=GRAD_CLIP, save_as="ploss"),
-            Stage("crossfade", steps=tc.crossfade_steps, **spectral),
+            # the first spectral stage (started even at 0 steps): a fresh optimizer with spectral_fresh_optimizer
+            Stage("crossfade", steps=tc.crossfade_steps, **{**spectral, "keep_optimizer": not tc.spectral_fresh_optimizer}),
             Stage("synth", steps=tc.synth_steps, save_as="synth", **spectral),
             Stage("real", steps=tc.real_steps, save_as="real", **spectral),
         ]
