@@ -231,6 +231,7 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     table = results_table(res)
     assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
     _check_param_drift(tmp_path / "run", tiny)
+    _check_stage_gain(tmp_path / "run", tiny)
 
 
 def _check_param_drift(run: Path, data_dir: Path) -> None:
@@ -256,6 +257,34 @@ def _check_param_drift(run: Path, data_dir: Path) -> None:
         mod.main([str(run), "--data-dir", str(data_dir), "--split", "test"])
     with pytest.raises(SystemExit, match="checkpoints"):
         mod.main([str(run.parent), "--data-dir", str(data_dir)])
+
+
+def _check_stage_gain(run: Path, data_dir: Path) -> None:
+    """benchmarks/dexed_stage_gain.py: a stage against itself is 0 on every pair; synth against ploss on training
+    and validation voices, per seed; the test split refused."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("dexed_stage_gain", REPO / "benchmarks" / "dexed_stage_gain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rows(*extra):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert mod.main([str(run), "--data-dir", str(data_dir), "--voices", "2", *extra]) == 0
+        return json.loads(buf.getvalue().strip().splitlines()[-1])["rows"]
+
+    same = rows("--a", "ploss", "--b", "ploss")
+    assert [r["split"] for r in same] == ["train", "valid"] and all(r["mean"] == 0 and r["a_lower"] == 0 for r in same)
+    out = rows()
+    assert out[0]["voices"] == 2 and out[0]["seeds"] == 1 and all(np.isfinite(r["mean"]) for r in out)
+    assert any(r["mean"] != 0 for r in out)  # the spectral stages moved the estimates
+    with pytest.raises(SystemExit, match="validation"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--splits", "test"])
+    with pytest.raises(SystemExit, match="checkpoints"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--a", "nothing"])
 
 
 def test_all_categorical_heads_decode_modes_on_the_dx7_grid():
