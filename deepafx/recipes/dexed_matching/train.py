@@ -147,13 +147,15 @@ class TrainConfig(TrainSettings):
             the corpus) and normalizes by them, dropout is off. Default ``False``: train mode, where each
             step's batch of ``spectral_batch_size`` renders normalizes itself and, at BatchNorm's momentum 0.1,
             replaces the running statistics within a few dozen steps; eval mode is the usual way to fine-tune
-            with small batches, and SPSA then differences the function the evaluation uses.
+            with small batches, and SPSA then differences the function the evaluation uses (measured on the
+            medium config: no better, README "What moves the estimate in the Synth stage").
         spectral_fresh_optimizer: Start the spectral stages with a fresh Adam (first and second moments at
             zero, at ``spectral_learning_rate``) instead of continuing the P-loss stage's. Adam divides each
             step by the root of its running mean of squared gradients; carried over, that mean is the P-loss
             gradients', which on the numeric head are some 50 times smaller than the SPSA gradients of the
             spectral loss (medium config, README "Adam's state across the switch"), so the first spectral
-            steps there are up to that many times ``spectral_learning_rate``. Default ``False`` (continue).
+            steps there are up to that many times ``spectral_learning_rate``. Default ``False`` (continue;
+            a fresh Adam moves the estimates half as much and does not meet the stage's target either).
     """
 
     batch_size: int = 8
