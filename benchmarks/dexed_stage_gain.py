@@ -32,9 +32,10 @@ import numpy as np
 
 
 def seed_folders(run: Path) -> list[Path]:
-    """The run's seed folders (``seed-K``, in order), or the run itself when it has ``checkpoints/``."""
-    seeds = sorted((p for p in run.glob("seed-*") if (p / "checkpoints").is_dir()), key=lambda p: int(p.name[5:]))
-    return seeds or [run]
+    """The run's seed folders (:func:`deepafx.runs.seed_runs`, in seed order), or the run itself."""
+    from deepafx.runs import seed_runs
+
+    return [folder for _, folder in seed_runs(run)] or [run]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepafx.recipes.dexed_matching.data import load_dataset
     from deepafx.recipes.dexed_matching.model import predict
     from deepafx.recipes.dexed_matching.train import load_estimator
+    from deepafx.runs import RunLayout
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path, nargs="+")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                          "split is scored once per config")
     for run in args.runs:
         for folder in seed_folders(run):
-            missing = [s for s in (args.a, args.b) if not (folder / "checkpoints" / f"{s}.pt").is_file()]
+            missing = [s for s in (args.a, args.b) if not RunLayout(folder).stage(s).is_file()]
             if missing:
                 raise SystemExit(f"{folder}: no checkpoints/{{{','.join(missing)}}}.pt")
     data = load_dataset(args.data_dir)
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             for folder in seed_folders(run):
                 lsd = {}
                 for stage in (args.a, args.b):
-                    model, _ = load_estimator(folder / "checkpoints" / f"{stage}.pt")
+                    model, _ = load_estimator(RunLayout(folder).stage(stage))
                     est = renderer.render_batch(predict(model, target, pitch))
                     lsd[stage] = np.array([lsd_db(e, t) for e, t in zip(est, target)])
                 diffs.append(lsd[args.a] - lsd[args.b])

@@ -477,8 +477,9 @@ class DexedTask:
         return self.voice_rows is not None
 
     def begin_stage(self, stage: Stage) -> None:
-        self.model.fixed_statistics = stage.name not in ("voice", "ploss") and self.settings.spectral_eval_mode
-        if stage.name in ("voice", "ploss"):
+        spectral = stage.name not in ("voice", "ploss")
+        self.model.fixed_statistics = spectral and self.settings.spectral_eval_mode
+        if not spectral:
             return
         if self.model.layout.num_numeric == 0 and stage.steps > 0:
             raise ValueError(f"stage {stage.name!r}: the spectral stages train the numeric heads through SPSA, and "
