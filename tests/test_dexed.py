@@ -268,3 +268,23 @@ def test_grouped_mss_equals_torch_loss_per_candidate():
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="candidates"):
         grouped_mss(y[0], t)
+
+
+def test_grouped_lsd_equals_torch_loss_per_candidate():
+    """The LSD of R candidates against a target computed once equals the loss on each pair, and the Dexed
+    task hands it to SPSA for the lsd loss (the mss loss keeps grouped_mss)."""
+    from deepafx.losses import build_loss
+    from deepafx.recipes.dexed_matching.spectral import grouped_lsd
+    from deepafx.recipes.dexed_matching.train import _grouped_loss
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 5, 2, 6000, generator=g) * torch.logspace(-4, 0, 5)[None, :, None, None]
+    t = torch.randn(3, 2, 6000, generator=g)
+    loss = build_loss("lsd", sample_rate=16000.0, reduction="none")
+    ref = loss(y.reshape(15, 2, 6000), t.repeat_interleave(5, 0)).reshape(3, 5)
+    ours = _grouped_loss(loss)(y, t)
+    assert ours.dtype == torch.float32 and ours.shape == (3, 5)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grouped_lsd(y, t), ref, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="candidates"):
+        grouped_lsd(y[0], t)

@@ -288,6 +288,60 @@ def test_frozen_params_render_the_start_estimate_and_resume(bank_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_spectral_calibration_trains_only_the_calibration(bank_dir, tmp_path):
+    """train.spectral_train: calibration: the spectral stages train the per-parameter log-scale and shift of
+    the numeric estimates alone. Branched from the P-loss checkpoint of a run without it (its weights come
+    after the checkpoint's, Adam's state extended), every weight and BatchNorm statistic of the network stays
+    that checkpoint's, the calibration moves and is saved (centred on the training voices' mean), the
+    estimate differs from the P-loss network's only on the free numeric parameters, and bad settings are
+    refused."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from deepafx.config import apply_overrides
+    from deepafx.recipes.dexed_matching import train as dtrain
+    from deepafx.recipes.dexed_matching.data import load_dataset
+    from deepafx.recipes.dexed_matching.model import predict
+
+    from deepafx.recipes import get_recipe
+    from deepafx.trainer import train
+
+    base = TINY_DATA + TINY_TRAIN + [f"data.hexter_dir={bank_dir}", "train.spectral_loss=lsd", "train.crossfade_steps=0"]
+    cfg = apply_overrides(yaml.safe_load(QUICK.read_text()), base)
+    dtrain.train_from_config(cfg, tmp_path / "run", tmp_path / "data")  # a run without the calibration
+    source = tmp_path / "run" / "checkpoints" / "ploss.pt"
+    start = torch.load(source, weights_only=False)["model"]
+    assert not any(k.startswith("calibration.") for k in start)
+    cal = get_recipe("dexed_matching").bind(apply_overrides(cfg, ["train.spectral_train=calibration",
+                                                                  "train.spectral_learning_rate=0.01"]))
+    train(dtrain.DexedTask(cal, tmp_path / "data"), tmp_path / "cal", cal, branch_from=source)  # its P-loss network
+    ckpts = tmp_path / "cal" / "checkpoints"
+    end = torch.load(ckpts / "real.pt", weights_only=False)["model"]
+    net = [k for k in start if not k.startswith("held")]
+    assert net and all(torch.equal(start[k], end[k]) for k in net)  # weights and BatchNorm statistics
+    assert bool(end["calibration.active"])
+    assert end["calibration.log_scale"].abs().max() > 0 and end["calibration.shift"].abs().max() > 0
+    data = load_dataset(tmp_path / "data")
+    model, _ = dtrain.load_estimator(ckpts / "real.pt")
+    assert model.calibrate
+    centre = data.x["train"].mean(0)[model.numeric_columns.numpy()]
+    np.testing.assert_allclose(model.calibration.center.numpy(), centre, rtol=1e-6)
+    ploss, _ = dtrain.load_estimator(source)  # the same network without the calibration
+    audio = data.config.renderer().render_batch(data.x["valid"][:2])
+    pitch = data.pitch["valid"][:2]
+    a, b = predict(model, audio, pitch), predict(ploss, audio, pitch)
+    changed = np.any(a != b, axis=0)
+    assert changed.any() and not changed[model.transpose_index]
+    assert not (changed & ~np.isin(np.arange(a.shape[1]), model.numeric_columns.numpy())).any()  # discrete kept
+    with pytest.raises(ValueError, match="crossfade_steps"):
+        dtrain.TrainConfig.from_dict({"spectral_train": "calibration", "crossfade_steps": 2})
+    with pytest.raises(ValueError, match="spectral_train"):
+        dtrain.TrainConfig.from_dict({"spectral_train": "heads"})
+    with pytest.raises(ValueError, match="no output calibration"):
+        ploss.activate_calibration(data.x["train"].mean(0))
+
+
 def test_spectral_eval_mode_and_fresh_optimizer(bank_dir, tmp_path):
     """train.spectral_eval_mode: the spectral stages train the weights with the network in eval mode, so
     BatchNorm's running statistics stay those of the P-loss checkpoint; in train mode (the default) a

@@ -23,7 +23,7 @@ log-mel distance to each voice (``recipes/dexed_matching/README.md``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -171,6 +171,8 @@ class SpectrogramCNN(nn.Module):
 STARTS = ("ploss", "voice")
 #: State keys of the voice start (the twin, the voice bank, the residual head).
 _START_KEYS = ("held", "voice_bank", "residual_head")
+#: State of the output calibration (``calibrate=True``), absent from checkpoints of the stages before it.
+_CALIBRATION_KEYS = ("calibration.",)
 
 #: Estimator settings a config may set (``model:`` section), with defaults.
 MODEL_DEFAULTS: dict[str, Any] = asdict(ModelConfig())
@@ -207,6 +209,34 @@ def held_mask(patterns: Sequence[str]) -> np.ndarray:
     return mask
 
 
+class OutputCalibration(nn.Module):
+    """Per-parameter affine calibration of numeric estimates on [0, 1]:
+    ``clip(c_j + exp(s_j) (x_j − c_j) + b_j, 0, 1)`` where ``mask`` is set, ``x_j`` elsewhere.
+
+    ``s`` (log-scale) and ``b`` (shift) start at 0, the identity; the centre ``c`` (a buffer, default 0.5)
+    is set by :meth:`DexedEstimator.activate_calibration`, which also sets ``active``.
+
+    Args:
+        mask: ``(num_numeric,)`` bool, the entries calibrated.
+
+    Shapes:
+        ``(batch, num_numeric)`` → ``(batch, num_numeric)``.
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        n = int(mask.numel())
+        self.register_buffer("mask", mask.clone().bool(), persistent=False)
+        self.register_buffer("center", torch.full((n,), 0.5))
+        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        self.log_scale = nn.Parameter(torch.zeros(n))
+        self.shift = nn.Parameter(torch.zeros(n))
+
+    def forward(self, numeric: torch.Tensor) -> torch.Tensor:
+        mapped = (self.center + torch.exp(self.log_scale) * (numeric - self.center) + self.shift).clamp(0.0, 1.0)
+        return torch.where(self.mask, mapped, numeric)
+
+
 class DexedEstimator(nn.Module):
     """Audio ``(batch, notes, samples)`` → Dexed preset heads.
 
@@ -229,6 +259,13 @@ class DexedEstimator(nn.Module):
             discrete and held parameters, plus the residual on the other numeric ones (clipped to [0, 1]),
             so the spectral stages start exactly at the ``voice`` row and fine-tune the continuous
             parameters from there, the discrete ones fixed.
+        calibrate: Carry an output calibration (``train.spectral_train: calibration``): once
+            :meth:`activate_calibration` has set its centre ``c`` (the training voices' mean), every numeric
+            estimate ``x_j`` but the transpose and the held ones becomes
+            ``clip(c_j + exp(s_j) (x_j − c_j) + b_j, 0, 1)``, with a log-scale ``s`` and a shift ``b`` per
+            parameter (``2 × 76`` weights, at 0: the identity). The spectral stages then train only these
+            through Dexed, the network fixed: a few shared weights, which SPSA's noisy per-sound estimates can
+            move consistently where the whole network's cannot.
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
@@ -238,7 +275,7 @@ class DexedEstimator(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0,
-                 held: Sequence[str] = (), start: str = "ploss", **model: Any) -> None:
+                 held: Sequence[str] = (), start: str = "ploss", calibrate: bool = False, **model: Any) -> None:
         super().__init__()
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
@@ -320,6 +357,11 @@ class DexedEstimator(nn.Module):
             self.residual_head = nn.Linear(int(s["hidden"]), self.layout.num_numeric)
             nn.init.zeros_(self.residual_head.weight)
             nn.init.zeros_(self.residual_head.bias)
+        self.calibrate = bool(calibrate)
+        if self.calibrate:  # a submodule registered last: its weights come after a P-loss checkpoint's
+            n = self.layout.num_numeric
+            held_numeric = self.held_numeric if self.held is not None else torch.zeros(n, dtype=torch.bool)
+            self.calibration = OutputCalibration(self.numeric_loss_mask & ~held_numeric)
 
     def activate_held(self) -> None:
         """Copy this estimator's weights into its held twin and return the twin's heads for the held
@@ -331,9 +373,34 @@ class DexedEstimator(nn.Module):
         if self.held is None or self.start == "voice":
             raise ValueError("this estimator holds no parameters (held=())" if self.held is None else
                              "start='voice': the twin is the voice classifier (activate_voice_start)")
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith("held")}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith(("held", *_CALIBRATION_KEYS))}
         self.held.load_state_dict(own)
         self.held_active.fill_(True)
+
+    def activate_calibration(self, center: np.ndarray) -> None:
+        """``calibrate=True``: set the calibration's centre from ``center`` ``(145,)`` (a normalized preset, the
+        training voices' mean) and apply the calibration from now on (at the identity until its weights train;
+        saved with the weights).
+
+        Raises:
+            ValueError: the estimator has no calibration, or ``center`` is not ``(145,)`` on [0, 1].
+        """
+        if not self.calibrate:
+            raise ValueError("this estimator has no output calibration (calibrate=False)")
+        c = np.asarray(center, dtype=np.float32)
+        if c.shape != (len(dexed_param_table()),) or not np.all((c >= 0) & (c <= 1)):
+            raise ValueError(f"center must be a normalized preset ({len(dexed_param_table())},) on [0, 1], got shape {c.shape}")
+        self.calibration.center.copy_(torch.from_numpy(c)[self.numeric_columns.cpu()])
+        self.calibration.active.fill_(True)
+
+    def calibration_parameters(self) -> list[nn.Parameter]:
+        """The calibration's weights (log-scale, shift), empty without one."""
+        return list(self.calibration.parameters()) if self.calibrate else []
+
+    def _calibrated(self, out: EstimatorOutput) -> EstimatorOutput:
+        if not self.calibrate or not bool(self.calibration.active):
+            return out
+        return replace(out, numeric=self.calibration(out.numeric))
 
     def activate_voice_start(self, voice_model: Mapping[str, torch.Tensor], voices: np.ndarray) -> None:
         """``start='voice'``: load the voice classifier (the ``model`` state of the ``voice`` stage's
@@ -356,10 +423,12 @@ class DexedEstimator(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`; with ``start='voice'``, a state without the voice start
         (a checkpoint of the stages before it, to branch from) loads with the twin, voice bank and residual as
-        they are here (the residual at zero, the voice start inactive)."""
-        if self.start == "voice":
-            own = self.state_dict()
-            state_dict = {**{k: v for k, v in own.items() if k.startswith(_START_KEYS)}, **state_dict}
+        they are here (the residual at zero, the voice start inactive); with ``calibrate``, likewise the
+        calibration (identity, inactive)."""
+        own = self.state_dict()
+        keys = (_START_KEYS if self.start == "voice" else ()) + (_CALIBRATION_KEYS if self.calibrate else ())
+        if keys:  # a checkpoint of the stages before the voice start or the calibration: those as they are here
+            state_dict = {**{k: v for k, v in own.items() if k.startswith(keys)}, **state_dict}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
@@ -416,20 +485,22 @@ class DexedEstimator(nn.Module):
         if heads == "voice" and not self.num_voices:
             raise ValueError("this estimator has no voice classifier (model.voice_classifier: false)")
         if self.start == "voice" and self.holding and heads != "voice":
-            return self._voice_start(feats)
+            return self._calibrated(self._voice_start(feats))
         if isinstance(self.net, SpectrogramCNN):
             out = self.net.forward_features(self.select(feats), heads)
         else:
             out = self.net.forward_features(self.select(feats))
-        if heads == "voice" or not self.holding:
+        if heads == "voice":
             return out
+        if not self.holding:
+            return self._calibrated(out)
         with torch.no_grad():
             fixed = self.held.forward_features(feats, "params")
         logits = list(out.discrete_logits)
         for k in self.held_discrete:
             logits[k] = fixed.discrete_logits[k]
-        return EstimatorOutput(torch.where(self.held_numeric, fixed.numeric, out.numeric), logits,
-                               frame_numeric=out.frame_numeric, class_logits=out.class_logits)
+        return self._calibrated(EstimatorOutput(torch.where(self.held_numeric, fixed.numeric, out.numeric), logits,
+                                                frame_numeric=out.frame_numeric, class_logits=out.class_logits))
 
     def _voice_start(self, feats: torch.Tensor) -> EstimatorOutput:
         """The active voice start: the twin's chosen voice, its numeric parameters plus the residual head's
@@ -497,13 +568,14 @@ class DexedEstimator(nn.Module):
         """Settings needed to rebuild this estimator (stored in checkpoints)."""
         return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, "num_voices": self.num_voices,
                 **({"held": list(self.held_patterns)} if self.held_patterns else {}),
-                **({"start": self.start} if self.start != "ploss" else {}), **self.settings}
+                **({"start": self.start} if self.start != "ploss" else {}),
+                **({"calibrate": True} if self.calibrate else {}), **self.settings}
 
     @classmethod
     def from_description(cls, d: Mapping[str, Any]) -> "DexedEstimator":
         d = dict(d)
         return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), d.pop("held", ()),
-                   d.pop("start", "ploss"), **d)
+                   d.pop("start", "ploss"), d.pop("calibrate", False), **d)
 
 
 @torch.no_grad()

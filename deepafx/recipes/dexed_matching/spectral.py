@@ -147,6 +147,38 @@ def grouped_mss(
     return total
 
 
+def grouped_lsd(candidates: torch.Tensor, targets: torch.Tensor, n_fft: int = 2048, hop_length: int = 512,
+                eps: float = 1e-10) -> torch.Tensor:
+    """Log-spectral distortion (dB) of ``R`` candidates per target, each target's spectra computed once.
+
+    The value of :class:`deepafx.losses.LogSpectralDistortionLoss` (``reduction="none"``) applied to every
+    candidate and its target (float64 power spectra of :func:`deepafx.losses.log_power_db`), with the
+    target's STFT taken once instead of ``R`` times: SPSA on the loss renders the preset and its ``2K``
+    perturbations against one target, so this computes ``1 + 2K`` spectra per item instead of ``2 (1 + 2K)``.
+
+    Args:
+        candidates: ``(batch, R, channels, samples)``.
+        targets: ``(batch, channels, samples)``.
+        n_fft, hop_length, eps: As in the loss (default 2048 / 512 / 1e-10, the metric's).
+
+    Returns:
+        ``(batch, R)`` float32 LSD values, dB (no gradient).
+
+    Raises:
+        ValueError: shape mismatch.
+    """
+    from deepafx.losses import log_power_db
+
+    if candidates.dim() != 4 or targets.dim() != 3 or candidates.shape[0] != targets.shape[0] or candidates.shape[2:] != targets.shape[1:]:
+        raise ValueError(
+            f"need candidates (batch, R, channels, samples) and targets (batch, channels, samples), "
+            f"got {tuple(candidates.shape)} and {tuple(targets.shape)}"
+        )
+    with torch.no_grad():
+        d = log_power_db(candidates, n_fft, hop_length, eps) - log_power_db(targets, n_fft, hop_length, eps)[:, None]
+        return torch.sqrt(d.square().mean(-2) + 1e-12).mean(-1).mean(-1).to(torch.float32)
+
+
 class LogMelFeatures:
     """Log-mel spectra in dB (float32) for nearest-preset retrieval.
 
@@ -279,5 +311,5 @@ def lsd_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (out / a.shape[1]).numpy()
 
 
-__all__ = ["DDSP_FFT_SIZES", "LSDTarget", "LogMelFeatures", "SpectralTarget", "grouped_mss", "log_mel_distance", "lsd_matrix",
+__all__ = ["DDSP_FFT_SIZES", "LSDTarget", "LogMelFeatures", "SpectralTarget", "grouped_lsd", "grouped_mss", "log_mel_distance", "lsd_matrix",
            "lsd_power_db"]

@@ -75,15 +75,18 @@ from torch import nn
 
 from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
-from deepafx.losses import MultiResolutionSTFTLoss, build_loss
+from deepafx.losses import LogSpectralDistortionLoss, MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
 from deepafx.recipes.dexed_matching.model import STARTS, DexedEstimator, held_mask, map_batches
 from deepafx.recipes.dexed_matching.search import numeric_free_mask
-from deepafx.recipes.dexed_matching.spectral import grouped_mss
+from deepafx.recipes.dexed_matching.spectral import grouped_lsd, grouped_mss
 from deepafx.trainer import Stage, TrainSettings, train
 from deepafx.registry import Registry
 
 STAGES = ("voice", "ploss", "crossfade", "synth", "real")
+#: What the spectral stages may train (``train.spectral_train``).
+SPECTRAL_TRAIN = ("network", "calibration")
+
 #: Stages whose model is saved as ``checkpoints/<stage>.pt`` (evaluated as table rows).
 SAVED_STAGES = ("voice", "ploss", "synth", "real")
 #: Gradient-norm clip of every stage.
@@ -156,6 +159,14 @@ class TrainConfig(TrainSettings):
             spectral loss (medium config, README "Adam's state across the switch"), so the first spectral
             steps there are up to that many times ``spectral_learning_rate``. Default ``False`` (continue;
             a fresh Adam moves the estimates half as much and does not meet the stage's target either).
+        spectral_train: What the spectral stages train (:data:`SPECTRAL_TRAIN`): ``"network"`` (default), every
+            weight of the estimator; ``"calibration"``, only a per-parameter affine calibration of its numeric
+            estimates (a log-scale and a shift for each, about the training voices' mean:
+            :class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` ``calibrate``), the network fixed and
+            in eval mode. Each SPSA draw of every sound then informs the same 2 × 76 weights, where through the
+            whole network it informs a direction of its own sound. Needs ``crossfade_steps: 0`` (the cross-fade's
+            P-loss term would only pull the calibration back to the identity) and a ``spectral_learning_rate``
+            for weights of order 0.1 (e.g. 3e-3).
     """
 
     batch_size: int = 8
@@ -186,6 +197,7 @@ class TrainConfig(TrainSettings):
     voice_labels: str = "logmel"
     spectral_eval_mode: bool = False
     spectral_fresh_optimizer: bool = False
+    spectral_train: str = "network"
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -229,6 +241,11 @@ class TrainConfig(TrainSettings):
         if cfg.spectral_start == "voice" and cfg.crossfade_steps:
             raise ValueError("spectral_start: voice starts the spectral stages at the voice classifier's choice, "
                              f"with no P-loss heads to cross-fade from: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
+        if cfg.spectral_train not in SPECTRAL_TRAIN:
+            raise ValueError(f"spectral_train must be one of {SPECTRAL_TRAIN}, got {cfg.spectral_train!r}")
+        if cfg.spectral_train == "calibration" and cfg.crossfade_steps:
+            raise ValueError("spectral_train: calibration trains only the output calibration, which the cross-fade's "
+                             f"P-loss term would pull back to the identity: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         for key in ("spectral_eval_mode", "spectral_fresh_optimizer"):
@@ -315,8 +332,10 @@ def load_estimator(path: str | Path) -> tuple[DexedEstimator, dict]:
 
 
 def _grouped_loss(loss_fn: nn.Module):
-    """``grouped_loss`` for :func:`deepafx.fx.spsa_loss_gradient`: the multi-scale spectral
-    loss with each target's spectra computed once (same value); ``None`` for other losses."""
+    """``grouped_loss`` for :func:`deepafx.fx.spsa_loss_gradient`: the multi-scale spectral loss or the LSD
+    with each target's spectra computed once (same value); ``None`` for other losses."""
+    if isinstance(loss_fn, LogSpectralDistortionLoss):
+        return lambda y, target: grouped_lsd(y, target, loss_fn.n_fft, loss_fn.hop_length, loss_fn.eps)
     if not isinstance(loss_fn, MultiResolutionSTFTLoss):
         return None
     overlap = 1.0 - loss_fn.hops[0] / loss_fn.fft_sizes[0]
@@ -455,6 +474,7 @@ class DexedTask:
         self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
                                     len(self.voice_rows) if self.voice_rows is not None else 0,
                                     held=list(self.settings.frozen_params), start=self.settings.spectral_start,
+                                    calibrate=self.settings.spectral_train == "calibration",
                                     **dataclasses.asdict(self.config.model))
         return self.model
 
@@ -478,7 +498,8 @@ class DexedTask:
 
     def begin_stage(self, stage: Stage) -> None:
         spectral = stage.name not in ("voice", "ploss")
-        self.model.fixed_statistics = spectral and self.settings.spectral_eval_mode
+        calibration = spectral and self.model.calibrate
+        self.model.fixed_statistics = spectral and (self.settings.spectral_eval_mode or calibration)
         if not spectral:
             return
         if self.model.layout.num_numeric == 0 and stage.steps > 0:
@@ -508,6 +529,12 @@ class DexedTask:
             self.model.activate_held()
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
+        if calibration:  # the calibration alone trains, about the training voices' mean; the network is fixed
+            if not bool(self.model.calibration.active):
+                self.model.activate_calibration(self.data.x["train"].mean(0))
+            trained = {id(p) for p in self.model.calibration_parameters()}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in trained)
 
     def _activate_voice_start(self) -> None:
         """``spectral_start: voice``: the twin gets the ``voice`` stage's classifier (this run's ``voice.pt``,
