@@ -324,7 +324,7 @@ def test_spectral_calibration_trains_only_the_calibration(bank_dir, tmp_path):
     assert end["calibration.log_scale"].abs().max() > 0 and end["calibration.shift"].abs().max() > 0
     data = load_dataset(tmp_path / "data")
     model, _ = dtrain.load_estimator(ckpts / "real.pt")
-    assert model.calibrate
+    assert model.calibrate == "parameter" and model.calibration.log_scale.shape == (model.layout.num_numeric,)
     centre = data.x["train"].mean(0)[model.numeric_columns.numpy()]
     np.testing.assert_allclose(model.calibration.center.numpy(), centre, rtol=1e-6)
     ploss, _ = dtrain.load_estimator(source)  # the same network without the calibration
@@ -340,6 +340,19 @@ def test_spectral_calibration_trains_only_the_calibration(bank_dir, tmp_path):
         dtrain.TrainConfig.from_dict({"spectral_train": "heads"})
     with pytest.raises(ValueError, match="no output calibration"):
         ploss.activate_calibration(data.x["train"].mean(0))
+    # global_calibration: one log-scale and one shift for every calibrated parameter
+    shared = dtrain.DexedEstimator.from_description({**ploss.describe(), "calibrate": "global"})
+    shared.load_state_dict(start)
+    assert [tuple(p.shape) for p in shared.calibration_parameters()] == [(1,), (1,)]
+    shared.activate_calibration(data.x["train"].mean(0))
+    with torch.no_grad():
+        shared.calibration.log_scale.fill_(float(np.log(0.5)))
+    shrunk = predict(shared, audio, pitch)
+    cols = shared.numeric_columns.numpy()[shared.calibration.mask.numpy()]
+    centre = data.x["train"].mean(0)[cols]
+    assert np.abs(shrunk[:, cols] - centre).mean() < 0.75 * np.abs(b[:, cols] - centre).mean()
+    with pytest.raises(ValueError, match="calibrate"):
+        dtrain.DexedEstimator.from_description({**ploss.describe(), "calibrate": "layer"})
 
 
 def test_spectral_eval_mode_and_fresh_optimizer(bank_dir, tmp_path):

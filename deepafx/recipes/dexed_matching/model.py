@@ -209,31 +209,49 @@ def held_mask(patterns: Sequence[str]) -> np.ndarray:
     return mask
 
 
+#: Granularity of :class:`OutputCalibration`: a log-scale and a shift per numeric parameter, or one of each
+#: shared by all of them.
+CALIBRATIONS = ("parameter", "global")
+
+
 class OutputCalibration(nn.Module):
-    """Per-parameter affine calibration of numeric estimates on [0, 1]:
-    ``clip(c_j + exp(s_j) (x_j − c_j) + b_j, 0, 1)`` where ``mask`` is set, ``x_j`` elsewhere.
+    """Affine calibration of numeric estimates on [0, 1] about a centre:
+    ``clip(c_j + exp(s_g(j)) (x_j − c_j) + b_g(j), 0, 1)`` where ``mask`` is set, ``x_j`` elsewhere; ``g(j)`` is
+    ``j`` itself (``"parameter"``: a log-scale and a shift per parameter) or 0 (``"global"``: one of each,
+    ``exp(s) < 1`` shrinking every estimate toward the centre, as temperature scaling calibrates a classifier
+    with one scalar).
 
     ``s`` (log-scale) and ``b`` (shift) start at 0, the identity; the centre ``c`` (a buffer, default 0.5)
     is set by :meth:`DexedEstimator.activate_calibration`, which also sets ``active``.
 
     Args:
         mask: ``(num_numeric,)`` bool, the entries calibrated.
+        groups: ``"parameter"`` or ``"global"`` (:data:`CALIBRATIONS`).
 
     Shapes:
         ``(batch, num_numeric)`` → ``(batch, num_numeric)``.
+
+    Raises:
+        ValueError: unknown ``groups``.
     """
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, groups: str = "parameter") -> None:
         super().__init__()
+        if groups not in CALIBRATIONS:
+            raise ValueError(f"calibration groups must be one of {CALIBRATIONS}, got {groups!r}")
         n = int(mask.numel())
+        k = n if groups == "parameter" else 1
         self.register_buffer("mask", mask.clone().bool(), persistent=False)
+        self.register_buffer("group", torch.arange(n) if groups == "parameter" else torch.zeros(n, dtype=torch.long),
+                             persistent=False)
         self.register_buffer("center", torch.full((n,), 0.5))
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
-        self.log_scale = nn.Parameter(torch.zeros(n))
-        self.shift = nn.Parameter(torch.zeros(n))
+        self.log_scale = nn.Parameter(torch.zeros(k))
+        self.shift = nn.Parameter(torch.zeros(k))
 
     def forward(self, numeric: torch.Tensor) -> torch.Tensor:
-        mapped = (self.center + torch.exp(self.log_scale) * (numeric - self.center) + self.shift).clamp(0.0, 1.0)
+        scale, shift = torch.exp(self.log_scale)[self.group], self.shift[self.group]
+        mapped = (self.center + scale * (numeric - self.center) + shift).clamp(0.0, 1.0)
         return torch.where(self.mask, mapped, numeric)
 
 
@@ -259,13 +277,14 @@ class DexedEstimator(nn.Module):
             discrete and held parameters, plus the residual on the other numeric ones (clipped to [0, 1]),
             so the spectral stages start exactly at the ``voice`` row and fine-tune the continuous
             parameters from there, the discrete ones fixed.
-        calibrate: Carry an output calibration (``train.spectral_train: calibration``): once
+        calibrate: ``None`` (default) or an output calibration's granularity, ``"parameter"`` or ``"global"``
+            (:class:`OutputCalibration`; ``train.spectral_train: calibration`` or ``global_calibration``): once
             :meth:`activate_calibration` has set its centre ``c`` (the training voices' mean), every numeric
             estimate ``x_j`` but the transpose and the held ones becomes
-            ``clip(c_j + exp(s_j) (x_j − c_j) + b_j, 0, 1)``, with a log-scale ``s`` and a shift ``b`` per
-            parameter (``2 × 76`` weights, at 0: the identity). The spectral stages then train only these
-            through Dexed, the network fixed: a few shared weights, which SPSA's noisy per-sound estimates can
-            move consistently where the whole network's cannot.
+            ``clip(c_j + exp(s) (x_j − c_j) + b, 0, 1)``, with a log-scale ``s`` and a shift ``b`` per parameter
+            (``2 × 76`` weights) or shared (2 weights), at 0: the identity. The spectral stages then train only
+            these through Dexed, the network fixed: a few shared weights, which every sound's SPSA draws inform
+            alike.
         **model: Settings of :class:`~deepafx.encoders.DiffSynthEstimator`
             (see :data:`MODEL_DEFAULTS`).
 
@@ -275,7 +294,7 @@ class DexedEstimator(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, sample_rate: float = 16000.0, num_voices: int = 0,
-                 held: Sequence[str] = (), start: str = "ploss", calibrate: bool = False, **model: Any) -> None:
+                 held: Sequence[str] = (), start: str = "ploss", calibrate: str | None = None, **model: Any) -> None:
         super().__init__()
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
@@ -357,11 +376,15 @@ class DexedEstimator(nn.Module):
             self.residual_head = nn.Linear(int(s["hidden"]), self.layout.num_numeric)
             nn.init.zeros_(self.residual_head.weight)
             nn.init.zeros_(self.residual_head.bias)
-        self.calibrate = bool(calibrate)
+        if calibrate is True:  # checkpoints that stored a flag: the per-parameter calibration
+            calibrate = "parameter"
+        if calibrate not in (None, False, *CALIBRATIONS):
+            raise ValueError(f"calibrate must be None or one of {CALIBRATIONS}, got {calibrate!r}")
+        self.calibrate = str(calibrate) if calibrate else None
         if self.calibrate:  # a submodule registered last: its weights come after a P-loss checkpoint's
             n = self.layout.num_numeric
             held_numeric = self.held_numeric if self.held is not None else torch.zeros(n, dtype=torch.bool)
-            self.calibration = OutputCalibration(self.numeric_loss_mask & ~held_numeric)
+            self.calibration = OutputCalibration(self.numeric_loss_mask & ~held_numeric, self.calibrate)
 
     def activate_held(self) -> None:
         """Copy this estimator's weights into its held twin and return the twin's heads for the held
@@ -386,7 +409,7 @@ class DexedEstimator(nn.Module):
             ValueError: the estimator has no calibration, or ``center`` is not ``(145,)`` on [0, 1].
         """
         if not self.calibrate:
-            raise ValueError("this estimator has no output calibration (calibrate=False)")
+            raise ValueError("this estimator has no output calibration (calibrate=None)")
         c = np.asarray(center, dtype=np.float32)
         if c.shape != (len(dexed_param_table()),) or not np.all((c >= 0) & (c <= 1)):
             raise ValueError(f"center must be a normalized preset ({len(dexed_param_table())},) on [0, 1], got shape {c.shape}")
@@ -569,13 +592,13 @@ class DexedEstimator(nn.Module):
         return {"in_channels": self.in_channels, "sample_rate": self.sample_rate, "num_voices": self.num_voices,
                 **({"held": list(self.held_patterns)} if self.held_patterns else {}),
                 **({"start": self.start} if self.start != "ploss" else {}),
-                **({"calibrate": True} if self.calibrate else {}), **self.settings}
+                **({"calibrate": self.calibrate} if self.calibrate else {}), **self.settings}
 
     @classmethod
     def from_description(cls, d: Mapping[str, Any]) -> "DexedEstimator":
         d = dict(d)
         return cls(d.pop("in_channels"), d.pop("sample_rate"), d.pop("num_voices", 0), d.pop("held", ()),
-                   d.pop("start", "ploss"), d.pop("calibrate", False), **d)
+                   d.pop("start", "ploss"), d.pop("calibrate", None), **d)
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ from deepafx.registry import Registry
 
 STAGES = ("voice", "ploss", "crossfade", "synth", "real")
 #: What the spectral stages may train (``train.spectral_train``).
-SPECTRAL_TRAIN = ("network", "calibration")
+SPECTRAL_TRAIN = ("network", "calibration", "global_calibration")
 
 #: Stages whose model is saved as ``checkpoints/<stage>.pt`` (evaluated as table rows).
 SAVED_STAGES = ("voice", "ploss", "synth", "real")
@@ -164,7 +164,8 @@ class TrainConfig(TrainSettings):
             estimates (a log-scale and a shift for each, about the training voices' mean:
             :class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` ``calibrate``), the network fixed and
             in eval mode. Each SPSA draw of every sound then informs the same 2 × 76 weights, where through the
-            whole network it informs a direction of its own sound. Needs ``crossfade_steps: 0`` (the cross-fade's
+            whole network it informs a direction of its own sound; ``"global_calibration"``, one log-scale and
+            one shift shared by all the numeric parameters (2 weights). Needs ``crossfade_steps: 0`` (the cross-fade's
             P-loss term would only pull the calibration back to the identity) and a ``spectral_learning_rate``
             for weights of order 0.1 (e.g. 3e-3).
     """
@@ -243,8 +244,8 @@ class TrainConfig(TrainSettings):
                              f"with no P-loss heads to cross-fade from: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if cfg.spectral_train not in SPECTRAL_TRAIN:
             raise ValueError(f"spectral_train must be one of {SPECTRAL_TRAIN}, got {cfg.spectral_train!r}")
-        if cfg.spectral_train == "calibration" and cfg.crossfade_steps:
-            raise ValueError("spectral_train: calibration trains only the output calibration, which the cross-fade's "
+        if cfg.spectral_train != "network" and cfg.crossfade_steps:
+            raise ValueError(f"spectral_train: {cfg.spectral_train} trains only the output calibration, which the cross-fade's "
                              f"P-loss term would pull back to the identity: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
@@ -474,7 +475,8 @@ class DexedTask:
         self.model = DexedEstimator(len(self.dcfg.notes), self.dcfg.sample_rate,
                                     len(self.voice_rows) if self.voice_rows is not None else 0,
                                     held=list(self.settings.frozen_params), start=self.settings.spectral_start,
-                                    calibrate=self.settings.spectral_train == "calibration",
+                                    calibrate={"calibration": "parameter", "global_calibration": "global"}.get(
+                                        self.settings.spectral_train),
                                     **dataclasses.asdict(self.config.model))
         return self.model
 
@@ -498,7 +500,7 @@ class DexedTask:
 
     def begin_stage(self, stage: Stage) -> None:
         spectral = stage.name not in ("voice", "ploss")
-        calibration = spectral and self.model.calibrate
+        calibration = spectral and self.model.calibrate is not None
         self.model.fixed_statistics = spectral and (self.settings.spectral_eval_mode or calibration)
         if not spectral:
             return
