@@ -533,12 +533,15 @@ class EstimatorOutput:
             outputs on [0, 1] (time-varying parameters), or ``None``.
         class_logits: ``(batch, num_classes)`` logits of a classifier over whole
             presets (a fixed set of voices), or ``None``.
+        raw_numeric: ``(batch, num_numeric)`` numeric outputs before an output calibration
+            (a model that calibrates ``numeric``), or ``None``.
     """
 
     numeric: torch.Tensor
     discrete_logits: list[torch.Tensor]
     frame_numeric: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
+    raw_numeric: torch.Tensor | None = None
 
     def concat_logits(self) -> tuple[torch.Tensor, list[int]]:
         """All discrete logits in one ``(batch, sum n_k)`` tensor and the start offset of each."""

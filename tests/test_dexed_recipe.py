@@ -353,6 +353,18 @@ def test_spectral_calibration_trains_only_the_calibration(bank_dir, tmp_path):
     assert np.abs(shrunk[:, cols] - centre).mean() < 0.75 * np.abs(b[:, cols] - centre).mean()
     with pytest.raises(ValueError, match="calibrate"):
         dtrain.DexedEstimator.from_description({**ploss.describe(), "calibrate": "layer"})
+    # SPSA on the calibration's own weights: the global log-scale and shift move, the network does not
+    glob = get_recipe("dexed_matching").bind(apply_overrides(cfg, [
+        "train.spectral_train=global_calibration", "train.spectral_gradient=calibration_spsa",
+        "train.spectral_learning_rate=0.01", "train.calibration_epsilon=0.2"]))
+    train(dtrain.DexedTask(glob, tmp_path / "data"), tmp_path / "glob", glob, branch_from=source)
+    end = torch.load(tmp_path / "glob" / "checkpoints" / "real.pt", weights_only=False)["model"]
+    assert all(torch.equal(start[k], end[k]) for k in net)
+    assert end["calibration.log_scale"].shape == (1,) and end["calibration.log_scale"].abs().item() > 0
+    with pytest.raises(ValueError, match="calibration_spsa"):
+        dtrain.TrainConfig.from_dict({"spectral_gradient": "calibration_spsa", "crossfade_steps": 0})
+    with pytest.raises(ValueError, match="calibration_epsilon"):
+        dtrain.TrainConfig.from_dict({"calibration_epsilon": 0})
 
 
 def test_spectral_eval_mode_and_fresh_optimizer(bank_dir, tmp_path):

@@ -249,8 +249,13 @@ class OutputCalibration(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(k))
         self.shift = nn.Parameter(torch.zeros(k))
 
-    def forward(self, numeric: torch.Tensor) -> torch.Tensor:
-        scale, shift = torch.exp(self.log_scale)[self.group], self.shift[self.group]
+    def forward(self, numeric: torch.Tensor, log_scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated ``numeric``, by this module's weights or by ``log_scale`` and ``shift`` given in their
+        place (same shapes: SPSA on the weights renders perturbed copies)."""
+        log_scale = self.log_scale if log_scale is None else log_scale
+        shift = self.shift if shift is None else shift
+        scale, shift = torch.exp(log_scale)[self.group], shift[self.group]
         mapped = (self.center + scale * (numeric - self.center) + shift).clamp(0.0, 1.0)
         return torch.where(self.mask, mapped, numeric)
 
@@ -423,7 +428,7 @@ class DexedEstimator(nn.Module):
     def _calibrated(self, out: EstimatorOutput) -> EstimatorOutput:
         if not self.calibrate or not bool(self.calibration.active):
             return out
-        return replace(out, numeric=self.calibration(out.numeric))
+        return replace(out, numeric=self.calibration(out.numeric), raw_numeric=out.numeric)
 
     def activate_voice_start(self, voice_model: Mapping[str, torch.Tensor], voices: np.ndarray) -> None:
         """``start='voice'``: load the voice classifier (the ``model`` state of the ``voice`` stage's

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepafx.encoders import EstimatorOutput
 from deepafx.fx import FxLayer, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import LogSpectralDistortionLoss, MultiResolutionSTFTLoss, build_loss
@@ -128,9 +129,10 @@ class TrainConfig(TrainSettings):
         spectral_batch_size: Items per step in the spectral stages (``None``: ``batch_size``); P-loss
             steps on cached features afford far larger batches than steps that render every item.
         spectral_gradient: How the spectral stages get the gradient of the spectral loss, a :data:`GRADIENTS`
-            name: ``"spsa"`` (default; renders through Dexed, ``spsa_mode``) or ``"proxy"`` (back-propagation
+            name: ``"spsa"`` (default; renders through Dexed, ``spsa_mode``), ``"proxy"`` (back-propagation
             through a learned proxy of Dexed trained on the corpus before the first spectral stage,
-            :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``).
+            :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``) or
+            ``"calibration_spsa"`` (SPSA on the output calibration's weights, ``spectral_train``).
         proxy_steps, proxy_batch_size, proxy_learning_rate: Training of the proxy (Adam, cosine-decayed rate).
         proxy_hidden: Width of the proxy's hidden layers.
         spectral_start: Where the spectral stages start (:data:`~deepafx.recipes.dexed_matching.model.STARTS`):
@@ -165,7 +167,9 @@ class TrainConfig(TrainSettings):
             :class:`~deepafx.recipes.dexed_matching.model.DexedEstimator` ``calibrate``), the network fixed and
             in eval mode. Each SPSA draw of every sound then informs the same 2 × 76 weights, where through the
             whole network it informs a direction of its own sound; ``"global_calibration"``, one log-scale and
-            one shift shared by all the numeric parameters (2 weights). Needs ``crossfade_steps: 0`` (the cross-fade's
+            one shift shared by all the numeric parameters (2 weights). With ``spectral_gradient:
+            calibration_spsa`` SPSA perturbs these weights themselves by ``calibration_epsilon`` (default 0.1,
+            in log-scale and shift units) instead of each preset. Needs ``crossfade_steps: 0`` (the cross-fade's
             P-loss term would only pull the calibration back to the identity) and a ``spectral_learning_rate``
             for weights of order 0.1 (e.g. 3e-3).
     """
@@ -199,6 +203,7 @@ class TrainConfig(TrainSettings):
     spectral_eval_mode: bool = False
     spectral_fresh_optimizer: bool = False
     spectral_train: str = "network"
+    calibration_epsilon: float = 0.1
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -247,6 +252,11 @@ class TrainConfig(TrainSettings):
         if cfg.spectral_train != "network" and cfg.crossfade_steps:
             raise ValueError(f"spectral_train: {cfg.spectral_train} trains only the output calibration, which the cross-fade's "
                              f"P-loss term would pull back to the identity: set crossfade_steps: 0 (got {cfg.crossfade_steps})")
+        if cfg.spectral_gradient == "calibration_spsa" and cfg.spectral_train == "network":
+            raise ValueError("spectral_gradient: calibration_spsa perturbs the output calibration's weights: set "
+                             "spectral_train: calibration or global_calibration")
+        if not 0 < cfg.calibration_epsilon <= 1:
+            raise ValueError(f"calibration_epsilon must be in (0, 1] (log-scale and shift units), got {cfg.calibration_epsilon}")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         for key in ("spectral_eval_mode", "spectral_fresh_optimizer"):
@@ -350,7 +360,7 @@ GRADIENTS: Registry = Registry("spectral gradient estimator")
 
 
 @GRADIENTS.register("spsa")
-def _spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int):
+def _spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int, **_: Any):
     """SPSA through Dexed renders: on the loss itself (``spsa_mode: loss``, ``1 + 2K`` renders per item) or the
     Fx layer's audio-linearized estimator (``spsa_mode: vjp``); see the module docstring."""
     tc = task.settings
@@ -374,8 +384,65 @@ def _spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gs
     return spec, spec, dropped
 
 
+@GRADIENTS.register("calibration_spsa")
+def _calibration_spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int, *, heads, pitch,
+                               **_: Any):
+    """SPSA on the output calibration's own weights ``θ`` (``train.spectral_train``: ``calibration`` or
+    ``global_calibration``), not on each preset: ``K`` Rademacher draws ``Δ_k`` over ``θ`` (2 or 152 weights),
+    each shared by the whole batch; every item is rendered at ``θ``, ``θ + ε_c Δ_k`` and ``θ − ε_c Δ_k``
+    (``1 + 2K`` renders an item, as SPSA on the presets) and
+    ``ĝ = (1/K) Σ_k (L̄(θ + ε_c Δ_k) − L̄(θ − ε_c Δ_k)) / (2 ε_c) · Δ_k`` with ``L̄`` the batch's mean loss
+    (Spall, 1992), ``ε_c`` = ``train.calibration_epsilon``. A weight moves every estimate at once, so the
+    difference measures the loss's slope along that move over the batch, at a scale (a few DX7 steps) where
+    the loss varies smoothly, where SPSA on a preset differences one DX7 step of one sound. Items with a
+    non-finite render are dropped."""
+    from deepafx.fx import nonfinite_step_error
+
+    tc = task.settings
+    cal = task.model.calibration
+    if heads.raw_numeric is None:
+        raise ValueError("calibration_spsa needs the calibration active (train.spectral_train: calibration or "
+                         "global_calibration)")
+    weights = [p.detach() for p in cal.parameters()]  # log_scale, shift
+    sizes = [w.numel() for w in weights]
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(task._step_seed(gstep)).generate_state(1)[0]))
+    k, eps = tc.num_perturbations, tc.calibration_epsilon
+    delta = torch.randint(0, 2, (k, sum(sizes)), generator=gen).float() * 2.0 - 1.0
+    theta = torch.cat([w.flatten() for w in weights])
+    rows = [xn.detach()]
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            for d in delta:
+                log_scale, shift = (theta + sign * eps * d).split(sizes)
+                numeric = cal(heads.raw_numeric.detach(), log_scale, shift)
+                out = EstimatorOutput(numeric, [lg.detach() for lg in heads.discrete_logits])
+                rows.append(task.model.to_normalized(out, pitch))
+    b, r = len(xn), 1 + 2 * k
+    presets = torch.stack(rows, 1).reshape(b * r, -1).float()
+    silence = torch.zeros(b * r, 1, target.shape[-1])
+    outs, finite = [], []
+    for i in range(0, b * r, task.fx.batch_size):
+        outs.append(task.fx.render(silence[i : i + task.fx.batch_size], presets[i : i + task.fx.batch_size]))
+        finite.append(task.fx.last_finite)
+    y = torch.cat(outs).reshape(b, r, *target.shape[1:])
+    kept = torch.cat(finite).reshape(b, r).all(1)
+    if not bool(kept.any()):
+        raise nonfinite_step_error(task.fx.spec, b)
+    grouped = _grouped_loss(task.loss_fn)
+    if grouped is not None:
+        losses = grouped(y[kept], target[kept])
+    else:
+        n = int(kept.sum())
+        losses = task.loss_fn(y[kept].reshape(n * r, *target.shape[1:]), target[kept].repeat_interleave(r, 0)).reshape(n, r)
+    losses = losses.double()
+    diff = losses[:, 1 : 1 + k].mean(0) - losses[:, 1 + k :].mean(0)  # (K,): L̄⁺_k − L̄⁻_k
+    grad = (diff[:, None] * delta.double()).mean(0) / (2.0 * eps)
+    surrogate = sum((p * g.to(p.dtype).reshape(p.shape)).sum() for p, g in zip(cal.parameters(), grad.split(sizes)))
+    return losses[:, 0].mean().to(xn.dtype), surrogate, b - int(kept.sum())
+
+
 @GRADIENTS.register("proxy")
-def _proxy_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int):
+def _proxy_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int, **_: Any):
     """Back-propagation through the learned proxy (:mod:`~deepafx.recipes.dexed_matching.proxy`): the gradient of
     its log-mel LSD to the target's features on the free parameters; one Dexed render per item gives the
     reported loss (items whose render is not finite are dropped from both)."""
@@ -513,7 +580,7 @@ class DexedTask:
             from deepafx.chain import chain as make_chain
 
             b = tc.spectral_batch
-            spsa_loss = tc.spectral_gradient == "spsa" and tc.spsa_mode == "loss"
+            spsa_loss = (tc.spectral_gradient == "spsa" and tc.spsa_mode == "loss") or tc.spectral_gradient == "calibration_spsa"
             slots = b * (1 + 2 * tc.num_perturbations) if spsa_loss else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
@@ -633,7 +700,8 @@ class DexedTask:
             info.update(pinfo)
         if alpha > 0:
             xn = model.to_normalized(heads, pitch)  # with frozen_params, those come from the held twin
-            spec, spec_term, dropped = GRADIENTS.get(tc.spectral_gradient)(self, xn, target.float(), gstep)
+            spec, spec_term, dropped = GRADIENTS.get(tc.spectral_gradient)(self, xn, target.float(), gstep, heads=heads,
+                                                                           pitch=pitch)
             if classes is None:
                 _, tgt_classes = model.layout.split_targets(x_true)
                 classes = torch.stack(tgt_classes, 1)
