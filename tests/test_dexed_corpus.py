@@ -530,8 +530,8 @@ def test_proxy_gradient_branch_and_resume(bank_dir, tiny, tmp_path, monkeypatch)
     grads = []
     orig = dtrain.GRADIENTS.get("proxy")
 
-    def spy(task, xn, target, gstep):
-        spec, surrogate, dropped = orig(task, xn, target, gstep)
+    def spy(task, xn, target, gstep, **kw):
+        spec, surrogate, dropped = orig(task, xn, target, gstep, **kw)
         (g,) = torch.autograd.grad(surrogate, xn, retain_graph=True)
         grads.append((g, task.free.clone(), float(spec)))
         return spec, surrogate, dropped
