@@ -202,6 +202,12 @@ def log_power_db(audio: torch.Tensor, n_fft: int = 2048, hop_length: int = 512, 
     return (10.0 * torch.log10(p + eps)).reshape(*lead, *p.shape[-2:])
 
 
+def lsd_from_db_difference(d: torch.Tensor) -> torch.Tensor:
+    """LSD (dB) from a difference of dB spectra ``d`` ``(..., channels, bins, frames)`` → ``(...)``: the RMS over
+    bins, mean over frames and channels; ``1e-12`` dB² inside the root keeps the autograd gradient finite at 0."""
+    return torch.sqrt(d.square().mean(-2) + 1e-12).mean(-1).mean(-1)
+
+
 class LogSpectralDistortionLoss(nn.Module):
     """Log-spectral distortion (dB) as a loss: the value of :func:`deepafx.metrics.lsd_db`.
 
@@ -235,8 +241,7 @@ class LogSpectralDistortionLoss(nn.Module):
         _check_pair(est, ref)
         d = log_power_db(est, self.n_fft, self.hop_length, self.eps) - log_power_db(ref, self.n_fft, self.hop_length,
                                                                                    self.eps)
-        per = torch.sqrt(d.square().mean(-2) + 1e-12).mean(-1).mean(-1)  # (batch,): bins, frames, channels
-        per = per.to(torch.float32)
+        per = lsd_from_db_difference(d).to(torch.float32)  # (batch,): bins, frames, channels
         return per.mean() if self.reduction == "mean" else per
 
 

@@ -167,7 +167,7 @@ def grouped_lsd(candidates: torch.Tensor, targets: torch.Tensor, n_fft: int = 20
     Raises:
         ValueError: shape mismatch.
     """
-    from deepafx.losses import log_power_db
+    from deepafx.losses import log_power_db, lsd_from_db_difference
 
     if candidates.dim() != 4 or targets.dim() != 3 or candidates.shape[0] != targets.shape[0] or candidates.shape[2:] != targets.shape[1:]:
         raise ValueError(
@@ -176,7 +176,7 @@ def grouped_lsd(candidates: torch.Tensor, targets: torch.Tensor, n_fft: int = 20
         )
     with torch.no_grad():
         d = log_power_db(candidates, n_fft, hop_length, eps) - log_power_db(targets, n_fft, hop_length, eps)[:, None]
-        return torch.sqrt(d.square().mean(-2) + 1e-12).mean(-1).mean(-1).to(torch.float32)
+        return lsd_from_db_difference(d).to(torch.float32)
 
 
 class LogMelFeatures:
