@@ -10,6 +10,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
 
+def load_script(name: str):
+    """The module of ``benchmarks/<name>.py`` (a script, not a package: loaded from its file)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,10 +14,9 @@ SCRIPT = REPO / "benchmarks" / "amp_choices.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("amp_choices", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_script
+
+    return load_script("amp_choices")
 
 
 def test_values_parse_ranges_and_numbers():

@@ -238,12 +238,11 @@ def _check_param_drift(run: Path, data_dir: Path) -> None:
     """benchmarks/dexed_param_drift.py on a trained run: every (domain, stage) row, changes on [0, 1],
     the test split refused."""
     import contextlib
-    import importlib.util
     import io
 
-    spec = importlib.util.spec_from_file_location("dexed_param_drift", REPO / "benchmarks" / "dexed_param_drift.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_script
+
+    mod = load_script("dexed_param_drift")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert mod.main([str(run), "--data-dir", str(data_dir), "--top", "3"]) == 0
@@ -263,12 +262,11 @@ def _check_stage_gain(run: Path, data_dir: Path) -> None:
     """benchmarks/dexed_stage_gain.py: a stage against itself is 0 on every pair; synth against ploss on training
     and validation voices, per seed; the test split refused."""
     import contextlib
-    import importlib.util
     import io
 
-    spec = importlib.util.spec_from_file_location("dexed_stage_gain", REPO / "benchmarks" / "dexed_stage_gain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_script
+
+    mod = load_script("dexed_stage_gain")
 
     def rows(*extra):
         buf = io.StringIO()

@@ -94,17 +94,15 @@ def test_a_run_starts_from_the_static_preset_and_reuses_it_on_resume(tmp_path):
 
 def test_the_static_start_benchmark_reads_training_pieces_only(tmp_path):
     """benchmarks/static_start.py: one line per search, seeded, on the training split of a tiny dataset."""
-    import importlib.util
     import subprocess
     import sys
     from pathlib import Path
 
     from deepafx.recipes.amp_emulation.data import AmpDataConfig
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "static_start.py"
-    spec = importlib.util.spec_from_file_location("static_start", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_script
+
+    mod = load_script("static_start")
     assert mod.parse_search("0.25,600,2") == (0.25, 600, 2)
     for bad in ("0.25,600", "a,1,0", "0,10,0", "0.1,0,0"):
         with pytest.raises(SystemExit):
@@ -112,7 +110,7 @@ def test_the_static_start_benchmark_reads_training_pieces_only(tmp_path):
     if not Path(AmpDataConfig().soundfont).is_file():
         pytest.skip("FluidR3_GM SoundFont not installed (Debian: fluid-soundfont-gm)")
     sets = ["data.train_minutes=0.3", "data.max_piece_seconds=6", "data.min_piece_seconds=3", "render.num_workers=1"]
-    args = [sys.executable, str(script), "--config", "amp_emulation/quick", "--data-dir", str(tmp_path / "data"),
+    args = [sys.executable, mod.__file__, "--config", "amp_emulation/quick", "--data-dir", str(tmp_path / "data"),
             "--seconds", "2", "--search", "0.25,8,0", "--search", "0.25,8,0"]
     out = subprocess.run(args + [x for s in sets for x in ("--set", s)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
