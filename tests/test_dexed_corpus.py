@@ -649,3 +649,37 @@ def test_voice_start_fine_tunes_a_residual_from_the_classifiers_choice(bank_dir,
         dtrain.train_from_config(_cfg(bank_dir, *sets, "model.voice_classifier=false"), tmp_path / "bad", tiny)
     with pytest.raises(ValueError, match="activate_voice_start needs"):
         voice_est.activate_voice_start(vck["model"], voices)
+
+
+def test_spectral_items_from_the_marginal_draws(bank_dir, tiny, tmp_path, monkeypatch):
+    """train.spectral_items: marginal: every in-domain item of the spectral stages is one of the corpus's
+    marginal draws (kind 2), while the P-loss stage still draws from the whole corpus; a corpus without
+    marginal draws is refused with a clear error."""
+    from deepafx.recipes.dexed_matching import train as dtrain
+    from deepafx.recipes.dexed_matching.corpus import Corpus
+
+    kind = Corpus(tiny / "corpus").kind
+    drawn = {"ploss": [], "spectral": []}
+    orig = dtrain.DexedTask._in_domain_items
+
+    def spy(self, rng, n, alpha):
+        out = orig(self, rng, n, alpha)
+        drawn["spectral" if alpha > 0 else "ploss"].extend(int(i) for i in out[-1])
+        return out
+
+    monkeypatch.setattr(dtrain.DexedTask, "_in_domain_items", spy)
+    cfg = _cfg(bank_dir, "train.spectral_items=marginal", "train.crossfade_steps=0", "train.synth_steps=2")
+    dtrain.train_from_config(cfg, tmp_path / "run", tiny)
+    assert drawn["spectral"] and set(kind[drawn["spectral"]]) == {2}
+    assert len(set(kind[drawn["ploss"]])) > 1
+    with pytest.raises(ValueError, match="spectral_items"):
+        dtrain.TrainConfig.from_dict({"spectral_items": "far"})
+    init = Corpus.__init__
+
+    def without_marginal_draws(self, *a, **k):
+        init(self, *a, **k)
+        self.kind = np.where(self.kind == 2, 1, self.kind).astype(np.int8)
+
+    monkeypatch.setattr(Corpus, "__init__", without_marginal_draws)
+    with pytest.raises(ValueError, match="marginal draws"):
+        dtrain.train_from_config(cfg, tmp_path / "none", tiny)
