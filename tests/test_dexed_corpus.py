@@ -232,6 +232,7 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     assert "| retrieval_corpus |" in table and "95 % CI" in table and "paired LSD difference" in table
     _check_param_drift(tmp_path / "run", tiny)
     _check_stage_gain(tmp_path / "run", tiny)
+    _check_calibration_sweep(tmp_path / "run", tiny)
 
 
 def _check_param_drift(run: Path, data_dir: Path) -> None:
@@ -283,6 +284,29 @@ def _check_stage_gain(run: Path, data_dir: Path) -> None:
         mod.main([str(run), "--data-dir", str(data_dir), "--splits", "test"])
     with pytest.raises(SystemExit, match="checkpoints"):
         mod.main([str(run), "--data-dir", str(data_dir), "--a", "nothing"])
+
+
+def _check_calibration_sweep(run: Path, data_dir: Path) -> None:
+    """benchmarks/dexed_calibration_sweep.py: scale 1 is the estimate itself (0 on every pair); a shrink to half
+    changes it; in-domain training rows and in- and out-of-domain validation rows; the test split refused."""
+    import contextlib
+    import io
+
+    from conftest import load_script
+
+    mod = load_script("dexed_calibration_sweep")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert mod.main([str(run), "--data-dir", str(data_dir), "--voices", "2", "--scales", "1", "0.5"]) == 0
+    rows = json.loads(buf.getvalue().strip().splitlines()[-1])["rows"]
+    assert [(r["split"], r["domain"]) for r in rows[::2]] == [("train", "in_domain"), ("valid", "in_domain"),
+                                                             ("valid", "out_of_domain")]
+    assert all(r["mean"] == 0 and r["lower"] == 0 for r in rows if r["scale"] == 1)
+    assert any(r["mean"] != 0 for r in rows if r["scale"] == 0.5)
+    with pytest.raises(SystemExit, match="validation"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--splits", "test"])
+    with pytest.raises(SystemExit, match="positive"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--scales", "0"])
 
 
 def test_all_categorical_heads_decode_modes_on_the_dx7_grid():
