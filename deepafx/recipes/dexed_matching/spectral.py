@@ -99,6 +99,15 @@ class SpectralTarget:
         return total.numpy()
 
 
+def _check_grouped(candidates: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless candidates are ``(batch, R, channels, samples)`` for targets ``(batch, channels, samples)``."""
+    if candidates.dim() != 4 or targets.dim() != 3 or candidates.shape[0] != targets.shape[0] or candidates.shape[2:] != targets.shape[1:]:
+        raise ValueError(
+            f"need candidates (batch, R, channels, samples) and targets (batch, channels, samples), "
+            f"got {tuple(candidates.shape)} and {tuple(targets.shape)}"
+        )
+
+
 def grouped_mss(
     candidates: torch.Tensor,
     targets: torch.Tensor,
@@ -124,11 +133,7 @@ def grouped_mss(
     Raises:
         ValueError: shape mismatch.
     """
-    if candidates.dim() != 4 or targets.dim() != 3 or candidates.shape[0] != targets.shape[0] or candidates.shape[2:] != targets.shape[1:]:
-        raise ValueError(
-            f"need candidates (batch, R, channels, samples) and targets (batch, channels, samples), "
-            f"got {tuple(candidates.shape)} and {tuple(targets.shape)}"
-        )
+    _check_grouped(candidates, targets)
     b, r, c, n = candidates.shape
     with torch.no_grad():
         y = candidates.float().reshape(b * r * c, n)
@@ -169,11 +174,7 @@ def grouped_lsd(candidates: torch.Tensor, targets: torch.Tensor, n_fft: int = 20
     """
     from deepafx.losses import log_power_db, lsd_from_db_difference
 
-    if candidates.dim() != 4 or targets.dim() != 3 or candidates.shape[0] != targets.shape[0] or candidates.shape[2:] != targets.shape[1:]:
-        raise ValueError(
-            f"need candidates (batch, R, channels, samples) and targets (batch, channels, samples), "
-            f"got {tuple(candidates.shape)} and {tuple(targets.shape)}"
-        )
+    _check_grouped(candidates, targets)
     with torch.no_grad():
         d = log_power_db(candidates, n_fft, hop_length, eps) - log_power_db(targets, n_fft, hop_length, eps)[:, None]
         return lsd_from_db_difference(d).to(torch.float32)
