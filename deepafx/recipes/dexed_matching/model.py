@@ -171,7 +171,7 @@ class SpectrogramCNN(nn.Module):
 STARTS = ("ploss", "voice")
 #: State keys of the voice start (the twin, the voice bank, the residual head).
 _START_KEYS = ("held", "voice_bank", "residual_head")
-#: State of the output calibration (``calibrate=True``), absent from checkpoints of the stages before it.
+#: State of the output calibration (``calibrate`` set), absent from checkpoints of the stages before it.
 _CALIBRATION_KEYS = ("calibration.",)
 
 #: Estimator settings a config may set (``model:`` section), with defaults.
@@ -406,7 +406,7 @@ class DexedEstimator(nn.Module):
         self.held_active.fill_(True)
 
     def activate_calibration(self, center: np.ndarray) -> None:
-        """``calibrate=True``: set the calibration's centre from ``center`` ``(145,)`` (a normalized preset, the
+        """With ``calibrate`` set: set the calibration's centre from ``center`` ``(145,)`` (a normalized preset, the
         training voices' mean) and apply the calibration from now on (at the identity until its weights train;
         saved with the weights).
 
@@ -453,10 +453,9 @@ class DexedEstimator(nn.Module):
         (a checkpoint of the stages before it, to branch from) loads with the twin, voice bank and residual as
         they are here (the residual at zero, the voice start inactive); with ``calibrate``, likewise the
         calibration (identity, inactive)."""
-        own = self.state_dict()
         keys = (_START_KEYS if self.start == "voice" else ()) + (_CALIBRATION_KEYS if self.calibrate else ())
         if keys:  # a checkpoint of the stages before the voice start or the calibration: those as they are here
-            state_dict = {**{k: v for k, v in own.items() if k.startswith(keys)}, **state_dict}
+            state_dict = {**{k: v for k, v in self.state_dict().items() if k.startswith(keys)}, **state_dict}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
