@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 import logging
@@ -129,8 +130,9 @@ class CheckpointError(RuntimeError, ValueError):
     """
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` (a file or a run folder: its ``last.pt``).
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`atomic_save` (a file or a run folder: its ``last.pt``); with ``mmap``,
+    its tensors are memory-mapped, not read, until used (cheap when only the metadata is wanted).
 
     Raises:
         FileNotFoundError: no such file (says how checkpoints are named).
@@ -143,7 +145,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (a run folder holds checkpoints/last.pt and best.pt)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:  # pickle/zip/EOF errors, often several lines long
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise CheckpointError(f"could not read checkpoint {path} ({type(exc).__name__}: {first}); it is truncated "
@@ -164,12 +166,30 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     """
     import torch
 
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    """Copy the file ``source`` to ``path`` atomically, byte for byte (as :func:`atomic_save`: a temporary file in
+    ``path``'s folder, fsync, rename), e.g. a checkpoint carried into another run without re-serializing it.
+
+    Raises:
+        FileNotFoundError: no ``source``.
+        OSError: the write failed; the previous file at ``path`` is intact.
+    """
+    with open(source, "rb") as src:
+        return _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
+def _atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``; on any error
+    remove it and raise (an ``OSError`` with its errno where one caused the failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -245,5 +265,5 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["SEED_PREFIX", "CheckpointError", "RunLayout", "atomic_save", "atomic_write_text", "keep_earlier_run",
+__all__ = ["SEED_PREFIX", "CheckpointError", "RunLayout", "atomic_copy", "atomic_save", "atomic_write_text", "keep_earlier_run",
            "load_checkpoint", "resolve_checkpoint", "seed_runs"]

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepafx.registry import Registry
-from deepafx.runs import RunLayout, atomic_save, atomic_write_text, keep_earlier_run, load_checkpoint
+from deepafx.runs import RunLayout, atomic_copy, atomic_save, atomic_write_text, keep_earlier_run, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -568,9 +568,9 @@ class Trainer:
             src = source.parent / f"{stage.save_as}.pt"
             if not stage.save_as or not src.is_file():
                 continue
-            ckpt = load_checkpoint(src)
-            if ckpt.get("state", {}).get("global_step", step + 1) <= step:
-                atomic_save(ckpt, self.run.stage(stage.save_as))
+            saved_at = load_checkpoint(src, mmap=True).get("state", {}).get("global_step", step + 1)
+            if saved_at <= step:
+                atomic_copy(src, self.run.stage(stage.save_as))  # the file as it is: nothing re-serialized
                 carried.append(stage.save_as)
         self.branch["carried"] = carried
         atomic_write_text(self.run.root / "branch.json", json.dumps(self.branch, indent=1, default=str) + "\n")

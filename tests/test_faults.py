@@ -192,10 +192,12 @@ def test_config_changes_and_what_may_change():
 _FULL_DISK = r"""
 import os, resource, signal, sys
 import torch
-from deepafx.runs import atomic_save, load_checkpoint
+from deepafx.runs import atomic_copy, atomic_save, load_checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then fails the write with EFBIG
 path = sys.argv[1]
 atomic_save({"step": 1, "w": torch.arange(10.0)}, path)
+big = path + ".big"
+atomic_save({"step": 3, "w": torch.zeros(1_000_000)}, big)
 resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
 try:
     atomic_save({"step": 2, "w": torch.zeros(1_000_000)}, path)
@@ -203,19 +205,26 @@ try:
 except OSError as exc:
     print("errno", exc.errno)
     assert exc.filename == path and "the file there is unchanged" in exc.strerror, exc
+try:
+    atomic_copy(big, path)
+    print("copied")
+except OSError as exc:
+    print("copy_errno", exc.errno)
+os.unlink(big)
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 print("step", load_checkpoint(path)["step"])
 """
 
 
 def test_full_disk_during_checkpoint_write_keeps_the_previous_one(tmp_path):
-    """A write that the kernel stops part way (file-size limit: the write fails mid-file as on a full disk)."""
+    """A write that the kernel stops part way (file-size limit: the write fails mid-file as on a full disk), by
+    atomic_save and by atomic_copy (a checkpoint carried into a branch)."""
     path = tmp_path / "checkpoints" / "last.pt"
     out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.split()
     import errno
 
-    assert lines[:2] == ["errno", str(errno.EFBIG)], out.stdout
-    assert lines[2:] == ["step", "1"]  # the previous checkpoint, intact and readable
+    assert lines[:4] == ["errno", str(errno.EFBIG), "copy_errno", str(errno.EFBIG)], out.stdout
+    assert lines[4:] == ["step", "1"]  # the previous checkpoint, intact and readable (after a save and a copy)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
