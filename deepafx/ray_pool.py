@@ -117,8 +117,9 @@ def _clock_id() -> str:
 #: starting: Ray's client proxier forks it from a multithreaded gRPC process, which intermittently
 #: kills the child (ray-project/ray#63202, a few % of connections); a new attempt gets a new process.
 CLIENT_START_ATTEMPTS = 3
-#: The message of that failure, as the proxier reports it to the client.
-_CLIENT_START_FAILED = "Starting Ray client server failed"
+#: The messages of that failure, as the proxier reports it to the client: the session process gone, or caught
+#: as a zombie while the proxier reads its command line (psutil's ``ZombieProcess``).
+_CLIENT_START_FAILED = ("Starting Ray client server failed", "ZombieProcess")
 _CONN_LOCK = threading.Lock()
 _CONN = {"users": 0, "owned": False, "private": False}
 
@@ -167,7 +168,7 @@ def _init_retrying_client_start(address: str, kwargs: dict[str, Any]) -> None:
             ray.init(address=address, **kwargs)
             return
         except ConnectionError as exc:
-            if _CLIENT_START_FAILED not in str(exc) or attempt == CLIENT_START_ATTEMPTS:
+            if not any(m in str(exc) for m in _CLIENT_START_FAILED) or attempt == CLIENT_START_ATTEMPTS:
                 raise
             log.warning("Ray Client session process at %s died while starting (attempt %d of %d); retrying",
                         address, attempt, CLIENT_START_ATTEMPTS)

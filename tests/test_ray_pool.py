@@ -292,7 +292,8 @@ def test_no_ray_process_left_over(tmp_path):
 
 def test_ray_client_session_start_failures_are_retried_and_other_errors_are_not(monkeypatch):
     """Ray's client proxier intermittently loses the session process it forks (ray-project/ray#63202,
-    seen in this suite); the connection is retried for that failure only, CLIENT_START_ATTEMPTS times.
+    seen in this suite, also as a zombie the proxier trips on); the connection is retried for that failure
+    only, CLIENT_START_ATTEMPTS times.
     The failure cannot be caused on demand, so ray.init is replaced here by one that raises it."""
     from deepafx import ray_pool
 
@@ -315,6 +316,12 @@ def test_ray_client_session_start_failures_are_retried_and_other_errors_are_not(
     with pytest.raises(ConnectionAbortedError, match="Starting Ray client server failed"):
         ray_pool._init_retrying_client_start("ray://127.0.0.1:10001", {})
     assert len(calls) == ray_pool.CLIENT_START_ATTEMPTS
+    calls.clear()
+    zombie = ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n  ...\n"
+                                    "psutil.ZombieProcess: PID still exists but it's a zombie (pid=4860)\n")
+    monkeypatch.setattr(ray_pool.ray, "init", flaky(1, zombie))  # the same failure, caught as a zombie
+    ray_pool._init_retrying_client_start("ray://127.0.0.1:10001", {})
+    assert calls == ["ray://127.0.0.1:10001"] * 2
     calls.clear()
     monkeypatch.setattr(ray_pool.ray, "init", flaky(1, ConnectionError("no cluster")))
     with pytest.raises(ConnectionError, match="no cluster"):
