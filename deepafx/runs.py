@@ -20,6 +20,7 @@ results pooled over seeds (:func:`seed_runs` lists them).
 
 from __future__ import annotations
 
+import locale
 import os
 import re
 import shutil
@@ -181,9 +182,10 @@ def atomic_copy(source: str | Path, path: str | Path) -> Path:
         return _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
-def _atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``; on any error
-    remove it and raise (an ``OSError`` with its errno where one caused the failure)."""
+def _atomic_write(path: str | Path, write, mode: int | None = None) -> Path:
+    """Call ``write(file)`` on a temporary binary file beside ``path``, fsync it, give it permissions ``mode``
+    (default: ``mkstemp``'s, owner only) and rename it over ``path``; on any error remove it and raise (an
+    ``OSError`` with its errno where one caused the failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -192,6 +194,8 @@ def _atomic_write(path: str | Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -216,22 +220,10 @@ def _os_error(exc: BaseException | None) -> OSError | None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename; permissions as by ``open``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename; encoding and permissions as by
+    ``open``)."""
+    data = text.encode(locale.getpreferredencoding(False))  # open()'s default text encoding
+    return _atomic_write(path, lambda f: f.write(data), mode=0o666 & ~_umask())
 
 
 def keep_earlier_run(root: Path) -> Path | None:
