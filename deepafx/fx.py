@@ -601,6 +601,48 @@ def spsa_loss_gradient(
     pert = perturb(theta, epsilon, "spsa", k, free, fx.generator if generator is None else generator)
     theta64 = theta.detach().to(torch.float64)
     rows = torch.cat([theta64[:, None], pert.plus, pert.minus], dim=1).reshape(b * r, p)
+    losses, kept = render_losses(fx, rows, target, loss_fn, grouped_loss=grouped_loss, audio=audio)
+    loss, differences = losses[:, 0], losses[:, 1 : 1 + k] - losses[:, 1 + k :]
+    if not bool(kept.all()):
+        differences = torch.where(kept[:, None], differences, torch.zeros_like(differences))
+        loss = torch.where(kept, loss, torch.full_like(loss, float("nan")))
+    return loss, gradient_from_differences(differences, pert.step, pert.num_draws)
+
+
+def render_losses(
+    fx: "FxLayer",
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    grouped_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    audio: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``R`` parameter rows per item through ``fx`` (main instances, in chunks of ``fx.batch_size``) and
+    score each render against its item's target: the rendering and scoring of :func:`spsa_loss_gradient`, for
+    any rows (perturbed presets, or presets from perturbed model weights).
+
+    Args:
+        fx: The :class:`FxLayer` whose workers render.
+        rows: ``(batch · R, num_params)`` normalized parameters, item-major (the ``R`` rows of item 0 first).
+        target: ``(batch, channels, samples)``.
+        loss_fn, grouped_loss: As in :func:`spsa_loss_gradient` (one of them).
+        audio: Input audio ``(batch, channels_in, samples)``, the same for all renders of an item (default one
+            silent channel of ``target``'s length).
+
+    Returns:
+        ``(losses (batch, R) float64, kept (batch,) bool)``: ``kept`` is False for an item with a NaN/Inf render
+        or loss value.
+
+    Raises:
+        ValueError: rows not a multiple of the batch, bad ``audio``, or a loss that does not return one value
+            per render.
+        NonFiniteRenderError: every item dropped (names the chain).
+    """
+    b = target.shape[0]
+    if rows.dim() != 2 or b == 0 or rows.shape[0] % b:
+        raise ValueError(f"rows must be (batch * R, num_params) for a batch of {b}, got {tuple(rows.shape)}")
+    r = rows.shape[0] // b
     if audio is None:
         x = torch.zeros(b * r, 1, target.shape[-1])
     else:
@@ -626,14 +668,10 @@ def spsa_loss_gradient(
             "build loss_fn with reduction='none'"
         )
     losses = losses.to(torch.float64)
-    loss, differences = losses[:, 0], losses[:, 1 : 1 + k] - losses[:, 1 + k :]
     kept = torch.cat(finite).reshape(b, r).all(1) & torch.isfinite(losses).all(1)
-    if not bool(kept.all()):
-        if not bool(kept.any()):
-            raise nonfinite_step_error(fx.spec, b)
-        differences = torch.where(kept[:, None], differences, torch.zeros_like(differences))
-        loss = torch.where(kept, loss, torch.full_like(loss, float("nan")))
-    return loss, gradient_from_differences(differences, pert.step, pert.num_draws)
+    if not bool(kept.any()):
+        raise nonfinite_step_error(fx.spec, b)
+    return losses, kept
 
 
 def _num_params(spec: ChainSpec) -> int:

@@ -74,13 +74,14 @@ import torch
 from torch import nn
 
 from deepafx.encoders import EstimatorOutput
-from deepafx.fx import FxLayer, spsa_loss_gradient
+from deepafx.fx import FxLayer, render_losses, spsa_loss_gradient
 from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import LogSpectralDistortionLoss, MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
 from deepafx.recipes.dexed_matching.model import STARTS, DexedEstimator, held_mask, map_batches
 from deepafx.recipes.dexed_matching.search import numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_lsd, grouped_mss
+from deepafx.spsa import gradient_from_differences
 from deepafx.trainer import Stage, TrainSettings, train
 from deepafx.registry import Registry
 
@@ -377,7 +378,7 @@ def _spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gs
     Fx layer's audio-linearized estimator (``spsa_mode: vjp``); see the module docstring."""
     tc = task.settings
     if tc.spsa_mode == "loss":
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(task._step_seed(gstep)).generate_state(1)[0]))
+        gen = task._step_generator(gstep)
         per_item, grad = spsa_loss_gradient(task.fx, xn, target, task.loss_fn, tc.epsilon, tc.num_perturbations,
                                             task.free, gen, grouped_loss=_grouped_loss(task.loss_fn))
         kept = torch.isfinite(per_item)  # items with NaN/Inf renders are dropped (loss NaN, gradient 0)
@@ -408,8 +409,6 @@ def _calibration_spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torc
     difference measures the loss's slope along that move over the batch, at a scale (a few DX7 steps) where
     the loss varies smoothly, where SPSA on a preset differences one DX7 step of one sound. Items with a
     non-finite render are dropped."""
-    from deepafx.fx import nonfinite_step_error
-
     tc = task.settings
     cal = task.model.calibration
     if heads.raw_numeric is None:
@@ -417,9 +416,8 @@ def _calibration_spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torc
                          "global_calibration)")
     weights = [p.detach() for p in cal.parameters()]  # log_scale, shift
     sizes = [w.numel() for w in weights]
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(task._step_seed(gstep)).generate_state(1)[0]))
     k, eps = tc.num_perturbations, tc.calibration_epsilon
-    delta = torch.randint(0, 2, (k, sum(sizes)), generator=gen).float() * 2.0 - 1.0
+    delta = torch.randint(0, 2, (k, sum(sizes)), generator=task._step_generator(gstep)).float() * 2.0 - 1.0
     theta = torch.cat([w.flatten() for w in weights])
     rows = [xn.detach()]
     with torch.no_grad():
@@ -429,26 +427,13 @@ def _calibration_spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torc
                 numeric = cal(heads.raw_numeric.detach(), log_scale, shift)
                 out = EstimatorOutput(numeric, [lg.detach() for lg in heads.discrete_logits])
                 rows.append(task.model.to_normalized(out, pitch))
-    b, r = len(xn), 1 + 2 * k
-    presets = torch.stack(rows, 1).reshape(b * r, -1).float()
-    silence = torch.zeros(b * r, 1, target.shape[-1])
-    outs, finite = [], []
-    for i in range(0, b * r, task.fx.batch_size):
-        outs.append(task.fx.render(silence[i : i + task.fx.batch_size], presets[i : i + task.fx.batch_size]))
-        finite.append(task.fx.last_finite)
-    y = torch.cat(outs).reshape(b, r, *target.shape[1:])
-    kept = torch.cat(finite).reshape(b, r).all(1)
-    if not bool(kept.any()):
-        raise nonfinite_step_error(task.fx.spec, b)
-    grouped = _grouped_loss(task.loss_fn)
-    if grouped is not None:
-        losses = grouped(y[kept], target[kept])
-    else:
-        n = int(kept.sum())
-        losses = task.loss_fn(y[kept].reshape(n * r, *target.shape[1:]), target[kept].repeat_interleave(r, 0)).reshape(n, r)
-    losses = losses.double()
+    b = len(xn)
+    presets = torch.stack(rows, 1).reshape(b * (1 + 2 * k), -1).double()
+    losses, kept = render_losses(task.fx, presets, target, task.loss_fn, grouped_loss=_grouped_loss(task.loss_fn))
+    losses = losses[kept]
     diff = losses[:, 1 : 1 + k].mean(0) - losses[:, 1 + k :].mean(0)  # (K,): L̄⁺_k − L̄⁻_k
-    grad = (diff[:, None] * delta.double()).mean(0) / (2.0 * eps)
+    step = (2.0 * eps * delta.double())[None]  # θ⁺ − θ⁻ of each draw, (1, K, weights)
+    grad = gradient_from_differences(diff[None], step, k)[0]
     surrogate = sum((p * g.to(p.dtype).reshape(p.shape)).sum() for p, g in zip(cal.parameters(), grad.split(sizes)))
     return losses[:, 0].mean().to(xn.dtype), surrogate, b - int(kept.sum())
 
@@ -505,6 +490,7 @@ class DexedTask:
         self.voice_rows: np.ndarray | None = None
         self.voice_labels: np.ndarray | None = None
         self.proxy = None
+        self.spectral_pool: np.ndarray | None = None  # corpus rows of the spectral items (train.spectral_items)
         self.proxy_info: dict[str, Any] | None = None
 
     def setup(self, ctx) -> None:
@@ -610,7 +596,10 @@ class DexedTask:
             self.model.activate_held()
         if self.pseudo_classes is None:  # the P-loss model's discrete choices for out-of-domain notes
             self.pseudo_classes = _discrete_predictions(self.model, self.data.ood_audio["train"], self.data.ood_pitch["train"])
-        if tc.spectral_items == "marginal" and (self.corpus is None or not (self.corpus.kind[self.corpus.valid_index] == 2).any()):
+        if self.spectral_pool is None and self.corpus is not None:  # the corpus presets the spectral items come from
+            pool = self.corpus.valid_index
+            self.spectral_pool = pool[self.corpus.kind[pool] == 2] if tc.spectral_items == "marginal" else pool
+        if tc.spectral_items == "marginal" and (self.spectral_pool is None or not len(self.spectral_pool)):
             raise ValueError("train.spectral_items: marginal draws the spectral stages' items from the corpus's marginal "
                              "draws, and there are none: set data.corpus_size > 0 and data.corpus_random_fraction > 0")
         if calibration:  # the calibration alone trains, about the training voices' mean; the network is fixed
@@ -653,10 +642,7 @@ class DexedTask:
         ``alpha == 0`` (P-loss only) ``audio_in`` is the cached features and ``target`` is ``None``."""
         data = self.data
         if self.corpus is not None:  # presets of the cached corpus (transpose 0, the fixed notes)
-            pool = self.corpus.valid_index
-            if alpha > 0.0 and self.settings.spectral_items == "marginal":  # the corpus's marginal draws only
-                pool = pool[self.corpus.kind[pool] == 2]
-            idx = rng.choice(pool, n)
+            idx = rng.choice(self.spectral_pool if alpha > 0.0 else self.corpus.valid_index, n)
             x_np = self.corpus.params[idx].astype(np.float64)
             pitch = torch.full((len(idx),), 60.0)
             if alpha == 0.0:  # P-loss only: the cached features, nothing rendered
@@ -671,6 +657,10 @@ class DexedTask:
 
     def _step_seed(self, step: int) -> list[int]:
         return [self.settings.seed, self.ctx.dist.rank, step]
+
+    def _step_generator(self, step: int) -> torch.Generator:
+        """The torch generator of a spectral step's SPSA draws (seeded from :meth:`_step_seed`)."""
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(self._step_seed(step)).generate_state(1)[0]))
 
     def batches(self, stage: Stage, epoch: int, start: int):
         def gen():
