@@ -255,6 +255,39 @@ def test_spsa_through_fx_layer_lowers_spectral_loss(factory):
     assert final < 0.95 * losses[0], (losses, final)  # measured 15.14 -> 14.12 (seeded, deterministic)
 
 
+def test_batched_search_keeps_a_rendered_point_no_worse_than_the_start(factory):
+    """batched_search (the spectral stages' ``search`` estimator): per item, the returned preset is one it
+    rendered, its loss is that render's (re-rendered: equal), never above the start's, lower for a start
+    perturbed away from its target; entries outside ``free`` keep the start; a seeded generator repeats
+    the search exactly; bad settings are refused."""
+    from deepafx.fx import FxLayer
+    from deepafx.losses import LogSpectralDistortionLoss
+    from deepafx.recipes.dexed_matching.search import batched_search
+
+    rng = np.random.default_rng(7)
+    n, k = SR // 2, 1
+    r = DexedRenderer(SR, [(60, 100)], 0.25, 0.5)
+    ids = (10, 30, 50)
+    target = torch.from_numpy(np.stack([r.render(factory[i].x) for i in ids]))
+    start = torch.from_numpy(np.stack([sample_around(factory[i].x, rng, 0.08, 0.0, 0.0) for i in ids]))
+    free = torch.from_numpy(numeric_free_mask())
+    spec = chain({"backend": "dexed", "name": "dexed", "options": {"note_duration_seconds": 0.25}}, sample_rate=SR)
+    loss_fn = LogSpectralDistortionLoss(reduction="none")
+    with FxLayer(spec, batch_size=len(ids) * (1 + 2 * k), num_workers=1, seed=0) as fx:
+        runs = [batched_search(fx, start, target, loss_fn, iterations=4, epsilon=0.02, num_perturbations=k,
+                               learning_rate=3e-3, free=free, generator=torch.Generator().manual_seed(3))
+                for _ in range(2)]
+        res = runs[0]
+        again = loss_fn(fx.render(torch.zeros(len(ids), 1, n), res.best_x.float()), target).double()
+        with pytest.raises(ValueError, match="iterations"):
+            batched_search(fx, start, target, loss_fn, iterations=0)
+    assert res.renders == 1 + 2 * k * 4 and bool(res.kept.all())
+    assert torch.all(res.best_loss <= res.start_loss) and bool((res.best_loss < res.start_loss).any())
+    np.testing.assert_allclose(again.numpy(), res.best_loss.numpy(), rtol=1e-5)
+    assert torch.equal(res.best_x[:, ~free], start[:, ~free])
+    assert torch.equal(runs[1].best_x, res.best_x) and torch.equal(runs[1].best_loss, res.best_loss)
+
+
 def test_grouped_mss_equals_torch_loss_per_candidate():
     from deepafx.recipes.dexed_matching.spectral import grouped_mss
     from deepafx.losses import MultiResolutionSTFTLoss

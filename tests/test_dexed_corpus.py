@@ -233,6 +233,7 @@ def test_training_from_the_corpus_and_evaluation_rows(bank_dir, tiny, tmp_path):
     _check_param_drift(tmp_path / "run", tiny)
     _check_stage_gain(tmp_path / "run", tiny)
     _check_calibration_sweep(tmp_path / "run", tiny)
+    _check_neighbour_spread(tmp_path / "run", tiny)
 
 
 def _check_param_drift(run: Path, data_dir: Path) -> None:
@@ -307,6 +308,36 @@ def _check_calibration_sweep(run: Path, data_dir: Path) -> None:
         mod.main([str(run), "--data-dir", str(data_dir), "--splits", "test"])
     with pytest.raises(SystemExit, match="positive"):
         mod.main([str(run), "--data-dir", str(data_dir), "--scales", "0"])
+
+
+def _check_neighbour_spread(run: Path, data_dir: Path) -> None:
+    """benchmarks/dexed_neighbour_spread.py: training and validation rows; keeping the best of more neighbours
+    never gains less (the start kept), and never raises the LSD; its summary on made-up values is exact; bad
+    arguments and the test split refused."""
+    import contextlib
+    import io
+
+    from conftest import load_script
+
+    mod = load_script("dexed_neighbour_spread")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert mod.main([str(run), "--data-dir", str(data_dir), "--voices", "2", "--draws", "4"]) == 0
+    rows = json.loads(buf.getvalue().strip().splitlines()[-1])["rows"]
+    assert [r["split"] for r in rows] == ["train", "valid"]
+    for r in rows:
+        best = [r["best_of_n"][n]["mean"] for n in ("1", "4")]
+        assert best[1] <= best[0] <= 0 and r["spread"] >= 0 and r["odd_rms"] >= 0
+    # one seed, one voice at 10 dB; neighbours +Δ1, +Δ2 at 9 and 12 dB, −Δ1, −Δ2 at 11 and 12 dB
+    out = mod.summarize(np.array([[10.0]]), np.array([[[9.0, 12.0, 11.0, 12.0]]]), (1, 2, 4))
+    assert out["odd_rms"] == pytest.approx(np.sqrt((1.0 + 0.0) / 2), abs=1e-3) and out["even"] == pytest.approx(1.0)
+    assert [out["best_of_n"][n]["mean"] for n in ("1", "2", "4")] == [-1.0, -1.0, -1.0]
+    worse = mod.summarize(np.array([[8.0]]), np.array([[[9.0, 12.0, 11.0, 12.0]]]), (4,))
+    assert worse["best_of_n"]["4"]["mean"] == 0.0  # nothing lower than the start: it is kept
+    with pytest.raises(SystemExit, match="validation"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--splits", "test"])
+    with pytest.raises(SystemExit, match="even"):
+        mod.main([str(run), "--data-dir", str(data_dir), "--draws", "3"])
 
 
 def test_all_categorical_heads_decode_modes_on_the_dx7_grid():

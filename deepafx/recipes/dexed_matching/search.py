@@ -8,6 +8,8 @@
   loss, rendering Dexed in-process, keeping the best point seen by the metric
   the evaluation reports (``keep="lsd"``, the default) or by the loss descended
   (``keep="mss"``).
+* :func:`batched_search` — the same SPSA search for a batch of presets at once, rendered through an
+  :class:`~deepafx.fx.FxLayer`'s workers (the spectral stages' ``search`` estimator).
 * :func:`cmaes_search` — the gradient-free reference: CMA-ES (Hansen &
   Ostermeier, 2001, via the ``cma`` package) over the preset with the same
   render budget.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from deepafx.fx import render_losses
 from deepafx.spsa import gradient_from_differences, perturb
 from deepafx.recipes.dexed_matching.presets import set_transpose
 from deepafx.recipes.dexed_matching.spectral import LogMelFeatures, LSDTarget, SpectralTarget, log_mel_distance
@@ -279,6 +282,92 @@ def spsa_refine(
         theta = np.clip(theta - learning_rate * mh / (np.sqrt(vh) + tiny), 0.0, 1.0)
         x[free] = theta
     return SearchResult(best_x, best, start_loss, renders, time.perf_counter() - t0, np.asarray(curve), keep)
+
+
+@dataclass
+class BatchedSearch:
+    """Outcome of :func:`batched_search` for a batch of ``B`` presets (float64 tensors).
+
+    Attributes:
+        start: The starting presets ``(B, P)`` normalized.
+        start_loss: Their loss ``(B,)`` (NaN where not finite).
+        best_x: The rendered preset with the lowest loss per item ``(B, P)`` (the start where none was lower).
+        best_loss: Its loss ``(B,)``.
+        kept: ``(B,)`` bool: False for an item with a non-finite render in the first iteration.
+        renders: Renders an item, ``1 + 2KT``.
+    """
+
+    start: torch.Tensor
+    start_loss: torch.Tensor
+    best_x: torch.Tensor
+    best_loss: torch.Tensor
+    kept: torch.Tensor
+    renders: int
+
+
+def batched_search(fx, theta: torch.Tensor, target: torch.Tensor, loss_fn=None, *, iterations: int,
+                   epsilon: float = 0.01, num_perturbations: int = 1, learning_rate: float = 1e-3,
+                   free: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   grouped_loss=None) -> BatchedSearch:
+    """SPSA search of :func:`spsa_refine` for a batch of presets at once, rendered by an Fx layer's workers.
+
+    Each item's start ``θ`` is rendered once; each of ``iterations`` iterations ``T`` draws ``K`` Rademacher
+    vectors on the ``free`` entries (:func:`deepafx.spsa.perturb`, clipped to [0, 1]), renders ``θ ± εΔ_k``
+    (:func:`deepafx.fx.render_losses`), estimates ``g = mean_k (L⁺_k − L⁻_k) / (θ⁺_k − θ⁻_k)`` and takes an Adam
+    step (Kingma & Ba, 2015) of ``learning_rate`` on the free entries. Every rendered point is a real preset;
+    the one with the lowest loss (the start included) is returned per item. A perturbed render that is not
+    finite is never kept (its pair's difference counts 0). See `Spall, 1992
+    <https://doi.org/10.1109/9.119632>`_.
+
+    Args:
+        fx: The :class:`~deepafx.fx.FxLayer` whose workers render.
+        theta: Start presets ``(B, P)`` normalized on [0, 1] (detached).
+        target: ``(B, channels, samples)``.
+        loss_fn, grouped_loss: Per-render loss, as :func:`deepafx.fx.spsa_loss_gradient` takes them.
+        iterations: ``T`` ≥ 1.
+        epsilon: Perturbation ε on normalized values (0.01 ≈ one DX7 step).
+        num_perturbations: ``K`` ≥ 1 draws an iteration.
+        learning_rate: Adam step on normalized values, > 0.
+        free: Bool mask ``(P,)`` of the entries moved (default all).
+        generator: Torch generator of the draws.
+
+    Returns:
+        :class:`BatchedSearch`.
+
+    Raises:
+        ValueError: ``iterations`` or ``num_perturbations`` < 1, or ``learning_rate`` ≤ 0.
+        NonFiniteRenderError: every item's renders not finite in one iteration.
+    """
+    if iterations < 1 or num_perturbations < 1 or not learning_rate > 0:
+        raise ValueError(f"need iterations >= 1, num_perturbations >= 1 and learning_rate > 0, got {iterations}, "
+                         f"{num_perturbations}, {learning_rate}")
+    b, p = theta.shape
+    k = int(num_perturbations)
+    free = torch.ones(p, dtype=torch.bool) if free is None else torch.as_tensor(free, dtype=torch.bool)
+    start = theta.detach().double()
+    x, best_x = start.clone(), start.clone()
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    b1, b2 = 0.9, 0.999
+    for t in range(iterations):
+        pert = perturb(x, epsilon, "spsa", k, free, generator)
+        rows = torch.cat(([start[:, None]] if t == 0 else []) + [pert.plus, pert.minus], dim=1)
+        losses, finite = render_losses(fx, rows.reshape(-1, p), target, loss_fn, grouped_loss=grouped_loss)
+        if t == 0:
+            kept, start_loss = finite, torch.where(finite, losses[:, 0], torch.full_like(losses[:, 0], float("nan")))
+            best = start_loss.clone()
+            losses, rows = losses[:, 1:], rows[:, 1:]
+        cand = torch.where(finite[:, None], losses, torch.full_like(losses, float("inf")))
+        low, j = cand.min(1)
+        better = low < best
+        best = torch.where(better, low, best)
+        best_x = torch.where(better[:, None], rows[torch.arange(b), j], best_x)
+        diff = torch.where(finite[:, None], losses[:, :k] - losses[:, k:], torch.zeros_like(losses[:, :k]))
+        g = gradient_from_differences(diff, pert.step, pert.num_draws)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = learning_rate * (m / (1 - b1 ** (t + 1))) / ((v / (1 - b2 ** (t + 1))).sqrt() + 1e-8)
+        x = torch.where(free, (x - step).clamp(0.0, 1.0), x)
+    return BatchedSearch(start, start_loss, best_x, best, kept, 1 + 2 * k * iterations)
 
 
 def cmaes_search(

@@ -52,7 +52,13 @@ lowered it 13.96 → 11.88. The loss-level estimator renders the main and the
 Learned proxy (``train.spectral_gradient: proxy``): instead of SPSA, the gradient comes from
 back-propagation through a network trained on the cached corpus to predict Dexed's log-mel features
 from the preset (:mod:`~deepafx.recipes.dexed_matching.proxy`, after synth-proxy, Combes et al., JAES
-2025); one render per item still gives the reported loss. :data:`GRADIENTS` holds both estimators.
+2025); one render per item still gives the reported loss.
+
+Expert iteration (``train.spectral_gradient: search``, after Anthony, Tian and Barber, NeurIPS 2017): each
+item's estimate is improved by a short SPSA search through Dexed that keeps the best rendered point
+(test-time refinement batched over the items, :func:`~deepafx.recipes.dexed_matching.search.batched_search`),
+and the network is moved toward that point along the secant slope (:func:`_search_gradient`).
+:data:`GRADIENTS` holds every estimator.
 
 The stages run on the shared engine (:class:`deepafx.trainer.Trainer`):
 ``checkpoints/{last,ploss,synth,real}.pt``, ``history.jsonl``, TensorBoard,
@@ -79,7 +85,7 @@ from deepafx.hosts.dexed_host import dexed_param_table
 from deepafx.losses import LogSpectralDistortionLoss, MultiResolutionSTFTLoss, build_loss
 from deepafx.recipes.dexed_matching.data import RecipeData, build_dataset, load_dataset
 from deepafx.recipes.dexed_matching.model import STARTS, DexedEstimator, held_mask, map_batches
-from deepafx.recipes.dexed_matching.search import numeric_free_mask
+from deepafx.recipes.dexed_matching.search import batched_search, numeric_free_mask
 from deepafx.recipes.dexed_matching.spectral import grouped_lsd, grouped_mss
 from deepafx.spsa import gradient_from_differences
 from deepafx.trainer import Stage, TrainSettings, train
@@ -135,7 +141,13 @@ class TrainConfig(TrainSettings):
             name: ``"spsa"`` (default; renders through Dexed, ``spsa_mode``), ``"proxy"`` (back-propagation
             through a learned proxy of Dexed trained on the corpus before the first spectral stage,
             :mod:`~deepafx.recipes.dexed_matching.proxy`; needs ``data.corpus_size > 0``) or
-            ``"calibration_spsa"`` (SPSA on the output calibration's weights, ``spectral_train``).
+            ``"calibration_spsa"`` (SPSA on the output calibration's weights, ``spectral_train``) or ``"search"``
+            (expert iteration: a short SPSA search per item through Dexed, keeping the best point by the loss, and the
+            network moved toward it; :func:`_search_gradient`).
+        search_iterations: ``"search"``: SPSA iterations ``T`` of each item's search (≥ 1; ``1 + 2KT`` renders an
+            item, ``K`` = ``num_perturbations``).
+        search_learning_rate: ``"search"``: Adam step of the search on normalized values (> 0; test-time
+            refinement's default, 1e-3).
         proxy_steps, proxy_batch_size, proxy_learning_rate: Training of the proxy (Adam, cosine-decayed rate).
         proxy_hidden: Width of the proxy's hidden layers.
         spectral_start: Where the spectral stages start (:data:`~deepafx.recipes.dexed_matching.model.STARTS`):
@@ -215,6 +227,8 @@ class TrainConfig(TrainSettings):
     spectral_train: str = "network"
     calibration_epsilon: float = 0.1
     spectral_items: str = "corpus"
+    search_iterations: int = 8
+    search_learning_rate: float = 1e-3
     log_every: int = 20
     checkpoint_every: int = 200
 
@@ -270,6 +284,9 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"spectral_items must be one of {SPECTRAL_ITEMS}, got {cfg.spectral_items!r}")
         if not 0 < cfg.calibration_epsilon <= 1:
             raise ValueError(f"calibration_epsilon must be in (0, 1] (log-scale and shift units), got {cfg.calibration_epsilon}")
+        if cfg.search_iterations < 1 or not cfg.search_learning_rate > 0:
+            raise ValueError(f"search_iterations must be >= 1 and search_learning_rate > 0, got {cfg.search_iterations} "
+                             f"and {cfg.search_learning_rate}")
         if not 0.0 <= cfg.real_in_domain_fraction < 1.0:
             raise ValueError(f"real_in_domain_fraction must be on [0, 1), got {cfg.real_in_domain_fraction}")
         for key in ("spectral_eval_mode", "spectral_fresh_optimizer"):
@@ -438,6 +455,38 @@ def _calibration_spsa_gradient(task: "DexedTask", xn: torch.Tensor, target: torc
     return losses[:, 0].mean().to(xn.dtype), surrogate, b - int(kept.sum())
 
 
+@GRADIENTS.register("search")
+def _search_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int, **_: Any):
+    """Expert iteration through Dexed (after Anthony, Tian and Barber, NeurIPS 2017): a short search improves each
+    item's estimate and the network is moved toward what it found.
+
+    The search is test-time refinement (:func:`~deepafx.recipes.dexed_matching.search.spsa_refine`) batched over
+    the items through the Fx layer's workers: ``T`` = ``train.search_iterations`` iterations of ``K`` SPSA draws
+    (Rademacher, ε = ``train.epsilon``, on the free numeric parameters) and an Adam step of
+    ``train.search_learning_rate``; the estimate ``θ_i`` is rendered once, then ``2K`` perturbed presets an
+    iteration (``1 + 2KT`` renders an item), and the rendered point ``θ*_i`` with the lowest loss is kept (the
+    estimate itself included). The gradient estimate is the secant slope toward it,
+    ``ĝ_i = (L(θ_i) − L(θ*_i)) · d_i / ‖d_i‖²`` with ``d_i = θ_i − θ*_i`` on the free entries: the loss's
+    slope along the move the search found, 0 for an item whose search found nothing lower. Unlike one SPSA
+    draw it points at a preset rendered and scored lower. Items with a non-finite render in the search's first
+    iteration are dropped (:func:`~deepafx.recipes.dexed_matching.search.batched_search`)."""
+    tc = task.settings
+    res = batched_search(task.fx, xn, target, task.loss_fn, iterations=tc.search_iterations, epsilon=tc.epsilon,
+                         num_perturbations=tc.num_perturbations, learning_rate=tc.search_learning_rate,
+                         free=task.free, generator=task._step_generator(gstep),
+                         grouped_loss=_grouped_loss(task.loss_fn))
+    kept = res.kept
+    d = torch.where(task.free, res.start - res.best_x, torch.zeros_like(res.start))[kept]
+    gain = (res.start_loss - res.best_loss)[kept]
+    norm2 = (d * d).sum(1)
+    slope = torch.where(norm2 > 0, gain / norm2.clamp_min(1e-30), torch.zeros_like(norm2))
+    grad = torch.zeros_like(res.start)
+    grad[kept] = slope[:, None] * d
+    task.last_search_gain = float(gain.mean())
+    n = int(kept.sum())
+    return res.start_loss[kept].mean().to(xn.dtype), (xn * grad.to(xn.dtype)).sum() / n, len(xn) - n
+
+
 @GRADIENTS.register("proxy")
 def _proxy_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, gstep: int, **_: Any):
     """Back-propagation through the learned proxy (:mod:`~deepafx.recipes.dexed_matching.proxy`): the gradient of
@@ -578,7 +627,8 @@ class DexedTask:
             from deepafx.chain import chain as make_chain
 
             b = tc.spectral_batch
-            spsa_loss = (tc.spectral_gradient == "spsa" and tc.spsa_mode == "loss") or tc.spectral_gradient == "calibration_spsa"
+            spsa_loss = (tc.spectral_gradient == "spsa" and tc.spsa_mode == "loss") or tc.spectral_gradient in (
+                "calibration_spsa", "search")
             slots = b * (1 + 2 * tc.num_perturbations) if spsa_loss else b
             spec = make_chain(SYNTHS.get(self.config.synth.backend)(self.dcfg), sample_rate=self.dcfg.sample_rate,
                               name=self.config.synth.backend)
@@ -719,6 +769,8 @@ class DexedTask:
             report = report + alpha * (tc.spectral_weight * spec.detach() + tc.anchor_weight * anchor.detach())
             info.update({"spectral": float(spec.detach()), "anchor_ce": float(anchor.detach()),
                          "dropped_items": dropped})
+            if tc.spectral_gradient == "search":  # mean loss the items' searches gained (the move trained toward)
+                info["search_gain"] = self.last_search_gain
         if alpha < 1.0:
             report = report + (1.0 - alpha) * pl.detach()
         info.update({"loss": float(report), "alpha": alpha})
