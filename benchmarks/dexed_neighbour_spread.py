@@ -17,6 +17,9 @@ Reported per split, over (seed, voice) pairs:
 * ``even``: mean of ``(L(θ + εΔ) + L(θ − εΔ)) / 2 − L(θ)``, dB: the part that is the same on both sides
   (curvature and roughness of the quantized loss), which no gradient step can use;
 * ``spread``: the neighbours' standard deviation about their mean, dB;
+* ``odd_share``: per (seed, voice), ``mean(o²) / (mean(o²) + var(e))`` with ``o``, ``e`` each pair's odd and even
+  part, averaged: the share of the neighbours' variation that changes sign with ``Δ``. A loss linear at this
+  scale gives 1, a loss whose neighbours are independent draws about a level gives 0.5, curvature alone 0;
 * ``best_of_n``: best of the first ``n`` neighbours − start (the start kept when lower, as refinement
   keeps it), mean and 95 % bootstrap interval over voices (each voice's mean over seeds), for
   ``n`` = 1, 4, 16 and ``--draws``: what keeping the best of ``n`` random presets gains with no gradient.
@@ -55,9 +58,12 @@ def summarize(start: np.ndarray, lsd: np.ndarray, ns: tuple[int, ...]) -> dict:
     half = lsd.shape[-1] // 2
     plus, minus = lsd[..., :half], lsd[..., half:]
     order = np.stack([plus, minus], -1).reshape(lsd.shape)  # pairs adjacent: +Δ1, −Δ1, +Δ2 …
+    odd, even = (plus - minus) / 2, (plus + minus) / 2 - start[..., None]
+    o2 = (odd**2).mean(-1)
+    share = o2 / np.maximum(o2 + (even.var(-1, ddof=1) if half > 1 else 0.0), 1e-12)
     out = {"pairs": int(start.size), "start": round(float(start.mean()), 3),
-           "odd_rms": round(float(np.sqrt((((plus - minus) / 2) ** 2).mean())), 3),
-           "even": round(float(((plus + minus) / 2 - start[..., None]).mean()), 3),
+           "odd_rms": round(float(np.sqrt((odd**2).mean())), 3), "even": round(float(even.mean()), 3),
+           "odd_share": round(float(share.mean()), 3),
            "spread": round(float(lsd.std(-1, ddof=1).mean()), 3), "best_of_n": {}}
     for n in ns:
         gain = np.minimum(order[..., :n].min(-1), start) - start  # (seeds, voices), ≤ 0
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         best = ", ".join(f"{n}: {v['mean']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]" for n, v in row["best_of_n"].items())
         print(f"{split} ({len(idx)} voices x {len(folders)} seeds, {args.stage}, start {row['start']:.2f} dB): "
-              f"odd rms {row['odd_rms']:.2f}, even {row['even']:+.2f}, spread {row['spread']:.2f} dB; "
+              f"odd rms {row['odd_rms']:.2f}, even {row['even']:+.2f}, spread {row['spread']:.2f} dB, odd share "
+              f"{row['odd_share']:.2f}; "
               f"best of n − start: {best}", flush=True)
     print(json.dumps({"benchmark": "dexed_neighbour_spread", "run": str(args.run), "rows": rows}))
     return 0

@@ -327,10 +327,11 @@ def _check_neighbour_spread(run: Path, data_dir: Path) -> None:
     assert [r["split"] for r in rows] == ["train", "valid"]
     for r in rows:
         best = [r["best_of_n"][n]["mean"] for n in ("1", "4")]
-        assert best[1] <= best[0] <= 0 and r["spread"] >= 0 and r["odd_rms"] >= 0
+        assert best[1] <= best[0] <= 0 and r["spread"] >= 0 and r["odd_rms"] >= 0 and 0 <= r["odd_share"] <= 1
     # one seed, one voice at 10 dB; neighbours +Δ1, +Δ2 at 9 and 12 dB, −Δ1, −Δ2 at 11 and 12 dB
     out = mod.summarize(np.array([[10.0]]), np.array([[[9.0, 12.0, 11.0, 12.0]]]), (1, 2, 4))
     assert out["odd_rms"] == pytest.approx(np.sqrt((1.0 + 0.0) / 2), abs=1e-3) and out["even"] == pytest.approx(1.0)
+    assert out["odd_share"] == pytest.approx(0.5 / (0.5 + 2.0), abs=1e-3)  # o = −1, 0; e = 0, 2 (variance 2)
     assert [out["best_of_n"][n]["mean"] for n in ("1", "2", "4")] == [-1.0, -1.0, -1.0]
     worse = mod.summarize(np.array([[8.0]]), np.array([[[9.0, 12.0, 11.0, 12.0]]]), (4,))
     assert worse["best_of_n"]["4"]["mean"] == 0.0  # nothing lower than the start: it is kept

@@ -136,7 +136,7 @@ def test_pooled_pairs_of_a_recipe_are_pooled_over_seeds(tmp_path, capsys):
     recipe = get_recipe("dexed_matching")
     rng = np.random.default_rng(0)
     run = tmp_path / "run"
-    diffs = []
+    diffs, gains = [], []
     for s in range(3):
         ck = run / f"seed-{s}" / "checkpoints"
         ck.mkdir(parents=True)
@@ -145,7 +145,10 @@ def test_pooled_pairs_of_a_recipe_are_pooled_over_seeds(tmp_path, capsys):
         ploss = rng.uniform(15, 25, 5)
         synth = ploss - rng.uniform(-1, 3, 5)
         diffs.append(synth - ploss)
-        for m, v in (("ploss", ploss), ("synth", synth), ("real", synth + 1), ("retrieval", ploss + 0.5)):
+        refined = ploss - rng.uniform(0, 2, 5)  # refinement keeps its start when nothing is lower
+        gains.append(refined - ploss)
+        for m, v in (("ploss", ploss), ("synth", synth), ("real", synth + 1), ("retrieval", ploss + 0.5),
+                     ("ploss+refine", refined)):
             details[m] = {"in_domain": [{"lsd": float(x), "mss": 1.0, "mfcc_l1": 1.0, "novelty_bin": "low"} for x in v],
                           "out_of_domain": [{"lsd": float(x), "mss": 1.0, "mfcc_l1": 1.0} for x in v]}
         ev = run / f"seed-{s}" / "eval_valid"
@@ -161,4 +164,7 @@ def test_pooled_pairs_of_a_recipe_are_pooled_over_seeds(tmp_path, capsys):
     assert "lsd_in_domain_novelty_low" in pooled["pairs"]["synth - ploss"]  # per novelty tercile too
     assert pooled["pairs"]["real - synth"]["lsd_out_of_domain"]["mean"] == pytest.approx(1.0)
     assert "voice - retrieval" not in pooled["pairs"]  # no seed scored a voice row
+    # a refined network against its start
+    assert pooled["pairs"]["ploss+refine - ploss"]["lsd_in_domain"]["mean"] == pytest.approx(np.mean(gains))
+    assert "synth+refine - synth" not in pooled["pairs"]
     assert "Paired differences synth − method" in (run / "eval_valid" / "results.md").read_text()

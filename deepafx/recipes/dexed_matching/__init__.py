@@ -110,8 +110,10 @@ RECIPE = Recipe(
     reference_method="real",
     # each stage trained through Dexed against the network it starts from, the final network against the
     # network the spectral stages start from (P-loss, or the voice classifier with train.spectral_start: voice);
-    # the networks against retrieval (over the training voices, and over the corpus), refined and not
+    # the networks against retrieval (over the training voices, and over the corpus), refined and not; and
+    # each refined network against its start (what the per-sound SPSA search through Dexed gains)
     pooled_pairs=(("synth", "ploss"), ("synth", "voice"), ("real", "synth"), ("real", "ploss"), ("real", "voice"),
                   ("voice", "retrieval"), ("synth", "retrieval"), ("voice", "retrieval_corpus"),
-                  ("voice+refine", "retrieval"), ("voice+refine", "retrieval+refine")),
+                  ("voice+refine", "retrieval"), ("voice+refine", "retrieval+refine"),
+                  ("voice+refine", "voice"), ("ploss+refine", "ploss"), ("synth+refine", "synth")),
 )
