@@ -300,7 +300,9 @@ class TrainSettings:
         num_threads: torch intra-op threads of the training process (0: torch's
             default). Render workers share the cores: with 2 threads on a busy
             2-core machine an encoder step was measured 7–40× slower than with 1.
-        log_every: Steps between history/TensorBoard records of the training loss.
+        log_every: Steps between history/TensorBoard records of the training loss. A record holds the
+            mean of each numeric value the steps report over the steps since the previous record
+            (``dropped_items``: their sum), and ``logged_steps``, how many that was.
         checkpoint_every: Steps between ``last.pt`` writes inside step-based stages
             (0: only at stage and epoch ends).
         early_stop_patience: Epochs without a better validation loss before a
@@ -656,6 +658,24 @@ class Trainer:
             with open(self.run.history, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    def _accumulate_log(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Add one step's numeric ``info`` to the sums since the last record (kept in the resumable state) and
+        return what a record now holds: each value's mean over those steps (``dropped_items``: the sum), the
+        non-numeric values of this step, and ``logged_steps``."""
+        sums = self.state.setdefault("log_sums", {})  # key: [sum, steps that reported it]
+        count = int(self.state.get("log_count", 0)) + 1
+        self.state["log_count"] = count
+        out: dict[str, Any] = {}
+        for k, v in info.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                total, steps = sums.get(k, (0.0, 0))
+                sums[k] = [total + float(v), steps + 1]
+                out[k] = sums[k][0] if k == "dropped_items" else sums[k][0] / sums[k][1]
+            else:
+                out[k] = v
+        out["logged_steps"] = count
+        return out
+
     # -- the loop --------------------------------------------------------------------------------
     def _train_epoch(self, stage: Stage, epoch: int) -> float:
         st = self.task.settings
@@ -688,12 +708,14 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
                 gs = self.state["global_step"]
+                interval = self._accumulate_log(info)
                 if st.log_every and (gs % st.log_every == 0 or i + 1 == n):
                     lr = self.opt.param_groups[0]["lr"]
-                    self.tb.scalars(gs, **{f"train/{k}": v for k, v in info.items()}, **{"train/lr": lr})
+                    self.tb.scalars(gs, **{f"train/{k}": v for k, v in interval.items()}, **{"train/lr": lr})
                     if not stage.by_epoch:
-                        self._record({"stage": stage.name, "step": gs, "lr": lr, **info,
+                        self._record({"stage": stage.name, "step": gs, "lr": lr, **interval,
                                       "param_checksums": self._param_checksums()})
+                    self.state["log_sums"], self.state["log_count"] = {}, 0
                 if st.max_steps and gs >= st.max_steps and i + 1 < n:
                     self.save()
                     return None

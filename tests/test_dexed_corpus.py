@@ -548,7 +548,7 @@ def test_proxy_learns_dexed_features_and_its_loss():
         DexedProxy(145, 6, 64, 126, hidden=0)
     from deepafx.recipes.dexed_matching.train import TrainConfig
 
-    with pytest.raises(ValueError, match="known: spsa, calibration_spsa, proxy"):
+    with pytest.raises(ValueError, match="known: spsa, calibration_spsa, search, proxy"):
         TrainConfig.from_dict({"spectral_gradient": "reinforce"})
     with pytest.raises(ValueError, match="proxy_hidden must be >= 1"):
         TrainConfig.from_dict({"proxy_hidden": 0})

@@ -181,7 +181,7 @@ def test_training_through_a_nan_region_keeps_the_weights_finite(tmp_path):
         "model": {"context_seconds": 0.5, "frame_seconds": 0.25, "n_fft": 256, "hop_length": 128, "n_mels": 16,
                   "channels": 1, "encoder_kwargs": {"width_mult": 0.25}},
         "train": {"batch_size": 4, "epochs": 1, "steps_per_epoch": 3, "valid_steps": 1, "pretrain_steps": 0,
-                  "num_threads": 1, "seed": 3, "log_every": 1, "validate_first": False},
+                  "num_threads": 1, "seed": 3, "log_every": 2, "validate_first": False},
         "render": {"num_workers": 1},
     })
     task = Task(config, tmp_path / "data")
@@ -193,13 +193,17 @@ def test_training_through_a_nan_region_keeps_the_weights_finite(tmp_path):
     assert all(math.isfinite(h["valid_loss"]) for h in result["history"] if "valid_loss" in h)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
-    # the count reaches TensorBoard with the step's other values
+    # the count reaches TensorBoard with the steps' other values: every log_every = 2 steps (and at the epoch's
+    # end) the sum of the counts and the mean of the other values since the previous record
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     logged = [e.value for e in events.Scalars("train/dropped_items")]
-    assert logged == [float(s["dropped_items"]) for s in steps]
+    assert logged == [float(steps[0]["dropped_items"] + steps[1]["dropped_items"]), float(steps[2]["dropped_items"])]
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses == pytest.approx([(steps[0]["loss"] + steps[1]["loss"]) / 2, steps[2]["loss"]], rel=1e-6)
+    assert [e.value for e in events.Scalars("train/logged_steps")] == [2.0, 1.0]
     # and history.jsonl: the epoch's record holds the epoch's count
     epochs = [h for h in result["history"] if h.get("stage") == "spsa" and h.get("epoch", -1) >= 0]
     assert [h["dropped_items"] for h in epochs] == [sum(s["dropped_items"] for s in steps)]
