@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepafx.recipes.dexed_matching.data import load_dataset
     from deepafx.recipes.dexed_matching.model import predict
     from deepafx.recipes.dexed_matching.train import load_estimator
-    from deepafx.runs import RunLayout, seed_runs
+    from deepafx.runs import RunLayout, stage_folders
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
@@ -60,15 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default="ploss")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.8, 0.9, 1.1, 1.2])
     args = ap.parse_args(argv)
-    if "test" in args.splits:
-        raise SystemExit("a diagnostic used to choose a method reads the training and validation splits; the test "
-                         "split is scored once per config")
     if any(not s > 0 for s in args.scales):
         raise SystemExit(f"scales must be positive, got {args.scales}")
-    folders = [folder for _, folder in seed_runs(args.run)] or [args.run]
-    for folder in folders:
-        if not RunLayout(folder).stage(args.stage).is_file():
-            raise SystemExit(f"{folder}: no checkpoints/{args.stage}.pt")
+    try:
+        folders = stage_folders(args.run, [args.stage], args.splits)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(str(exc)) from None
     data = load_dataset(args.data_dir)
     renderer = data.config.renderer()
     center = data.x["train"].mean(0)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepafx.recipes.dexed_matching.model import predict
     from deepafx.recipes.dexed_matching.search import numeric_free_mask
     from deepafx.recipes.dexed_matching.train import load_estimator
-    from deepafx.runs import RunLayout, seed_runs
+    from deepafx.runs import RunLayout, stage_folders
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
@@ -89,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=38, help="neighbours per estimate (an even number)")
     ap.add_argument("--epsilon", type=float, default=0.01)
     args = ap.parse_args(argv)
-    if "test" in args.splits:
-        raise SystemExit("a diagnostic that informs choices reads the training and validation splits; the test split "
-                         "is scored once per config")
     if args.draws < 2 or args.draws % 2 or not 0 < args.epsilon < 0.5:
         raise SystemExit(f"--draws must be an even number >= 2 and 0 < --epsilon < 0.5, got {args.draws}, {args.epsilon}")
-    folders = [folder for _, folder in seed_runs(args.run)] or [args.run]
-    for folder in folders:
-        if not RunLayout(folder).stage(args.stage).is_file():
-            raise SystemExit(f"{folder}: no checkpoints/{args.stage}.pt")
+    try:
+        folders = stage_folders(args.run, [args.stage], args.splits)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(str(exc)) from None
     data = load_dataset(args.data_dir)
     renderer = data.config.renderer()
     free = numeric_free_mask()

@@ -31,19 +31,12 @@ from pathlib import Path
 import numpy as np
 
 
-def seed_folders(run: Path) -> list[Path]:
-    """The run's seed folders (:func:`deepafx.runs.seed_runs`, in seed order), or the run itself."""
-    from deepafx.runs import seed_runs
-
-    return [folder for _, folder in seed_runs(run)] or [run]
-
-
 def main(argv: list[str] | None = None) -> int:
     from deepafx.metrics import bootstrap_ci, lsd_db
     from deepafx.recipes.dexed_matching.data import load_dataset
     from deepafx.recipes.dexed_matching.model import predict
     from deepafx.recipes.dexed_matching.train import load_estimator
-    from deepafx.runs import RunLayout
+    from deepafx.runs import RunLayout, stage_folders
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path, nargs="+")
@@ -53,14 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a", default="synth")
     ap.add_argument("--b", default="ploss")
     args = ap.parse_args(argv)
-    if "test" in args.splits:
-        raise SystemExit("a diagnostic used to choose a method reads the training and validation splits; the test "
-                         "split is scored once per config")
-    for run in args.runs:
-        for folder in seed_folders(run):
-            missing = [s for s in (args.a, args.b) if not RunLayout(folder).stage(s).is_file()]
-            if missing:
-                raise SystemExit(f"{folder}: no checkpoints/{{{','.join(missing)}}}.pt")
+    try:
+        folders = {run: stage_folders(run, (args.a, args.b), args.splits) for run in args.runs}
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(str(exc)) from None
     data = load_dataset(args.data_dir)
     renderer = data.config.renderer()
     picks = {"train": np.sort(np.random.default_rng(0).choice(len(data.x["train"]),
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         pitch = data.pitch[split][idx]
         for run in args.runs:
             diffs = []
-            for folder in seed_folders(run):
+            for folder in folders[run]:
                 lsd = {}
                 for stage in (args.a, args.b):
                     model, _ = load_estimator(RunLayout(folder).stage(stage))

@@ -95,6 +95,31 @@ def seed_runs(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def stage_folders(run: str | Path, stages: Sequence[str], splits: Sequence[str] = ()) -> list[Path]:
+    """The folders of a run whose stage checkpoints a diagnostic reads: its seed folders in seed order
+    (:func:`seed_runs`), or the run itself when it has none.
+
+    Args:
+        run: A multi-seed run folder (``seed-<k>/`` inside) or a single run folder.
+        stages: Stage names each folder must hold as ``checkpoints/<stage>.pt``.
+        splits: The data splits the diagnostic will read; ``"test"`` is refused (a diagnostic informs choices,
+            which read the training and validation splits; the test split is scored once per config).
+
+    Raises:
+        ValueError: ``"test"`` among ``splits``.
+        FileNotFoundError: a folder without one of the checkpoints (the folder and the missing ones named).
+    """
+    if "test" in splits:
+        raise ValueError("a diagnostic that informs choices reads the training and validation splits; the test split "
+                         "is scored once per config")
+    folders = [folder for _, folder in seed_runs(run)] or [Path(run)]
+    for folder in folders:
+        missing = [s for s in dict.fromkeys(stages) if not RunLayout(folder).stage(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: no checkpoints/{{{','.join(missing)}}}.pt")
+    return folders
+
+
 def resolve_checkpoint(path: str | Path, prefer: str | Sequence[str] = "best") -> Path:
     """The checkpoint file meant by ``path``: the one resolver every command uses.
 
