@@ -708,7 +708,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
                 gs = self.state["global_step"]
-                interval = self._accumulate_log(info)
+                interval = self._accumulate_log(info) if st.log_every else info
                 if st.log_every and (gs % st.log_every == 0 or i + 1 == n):
                     lr = self.opt.param_groups[0]["lr"]
                     self.tb.scalars(gs, **{f"train/{k}": v for k, v in interval.items()}, **{"train/lr": lr})

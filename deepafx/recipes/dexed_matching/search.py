@@ -315,8 +315,8 @@ def batched_search(fx, theta: torch.Tensor, target: torch.Tensor, loss_fn=None, 
     vectors on the ``free`` entries (:func:`deepafx.spsa.perturb`, clipped to [0, 1]), renders ``θ ± εΔ_k``
     (:func:`deepafx.fx.render_losses`), estimates ``g = mean_k (L⁺_k − L⁻_k) / (θ⁺_k − θ⁻_k)`` and takes an Adam
     step (Kingma & Ba, 2015) of ``learning_rate`` on the free entries. Every rendered point is a real preset;
-    the one with the lowest loss (the start included) is returned per item. A perturbed render that is not
-    finite is never kept (its pair's difference counts 0). See `Spall, 1992
+    the one with the lowest loss (the start included) is returned per item. An item with a render that is not
+    finite in an iteration keeps none of that iteration's renders and takes no step from them. See `Spall, 1992
     <https://doi.org/10.1109/9.119632>`_.
 
     Args:
