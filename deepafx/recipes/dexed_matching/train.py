@@ -476,7 +476,7 @@ def _search_gradient(task: "DexedTask", xn: torch.Tensor, target: torch.Tensor, 
                          free=task.free, generator=task._step_generator(gstep),
                          grouped_loss=_grouped_loss(task.loss_fn))
     kept = res.kept
-    d = torch.where(task.free, res.start - res.best_x, torch.zeros_like(res.start))[kept]
+    d = (res.start - res.best_x)[kept]  # 0 off the free entries: batched_search moves only those
     gain = (res.start_loss - res.best_loss)[kept]
     norm2 = (d * d).sum(1)
     slope = torch.where(norm2 > 0, gain / norm2.clamp_min(1e-30), torch.zeros_like(norm2))
@@ -540,6 +540,7 @@ class DexedTask:
         self.voice_labels: np.ndarray | None = None
         self.proxy = None
         self.spectral_pool: np.ndarray | None = None  # corpus rows of the spectral items (train.spectral_items)
+        self.last_search_gain = float("nan")  # the last step's mean search gain (spectral_gradient: search), dB
         self.proxy_info: dict[str, Any] | None = None
 
     def setup(self, ctx) -> None:
