@@ -22,7 +22,8 @@ Reported per split, over (seed, voice) pairs:
   scale gives 1, a loss whose neighbours are independent draws about a level gives 0.5, curvature alone 0;
 * ``best_of_n``: best of the first ``n`` neighbours − start (the start kept when lower, as refinement
   keeps it), mean and 95 % bootstrap interval over voices (each voice's mean over seeds), for
-  ``n`` = 1, 4, 16 and ``--draws``: what keeping the best of ``n`` random presets gains with no gradient.
+  ``n`` = 1, 4, 16 and ``--draws``: what keeping the best of ``n`` random presets gains with no gradient;
+  each seed's mean (``per_seed``) for it and for the odd share.
 
 The test split is refused (a diagnostic that informs choices reads training and validation voices only).
 
@@ -63,12 +64,13 @@ def summarize(start: np.ndarray, lsd: np.ndarray, ns: tuple[int, ...]) -> dict:
     share = o2 / np.maximum(o2 + (even.var(-1, ddof=1) if half > 1 else 0.0), 1e-12)
     out = {"pairs": int(start.size), "start": round(float(start.mean()), 3),
            "odd_rms": round(float(np.sqrt((odd**2).mean())), 3), "even": round(float(even.mean()), 3),
-           "odd_share": round(float(share.mean()), 3),
+           "odd_share": round(float(share.mean()), 3), "odd_share_per_seed": [round(float(v), 3) for v in share.mean(1)],
            "spread": round(float(lsd.std(-1, ddof=1).mean()), 3), "best_of_n": {}}
     for n in ns:
         gain = np.minimum(order[..., :n].min(-1), start) - start  # (seeds, voices), ≤ 0
         lo, hi = bootstrap_ci(gain.mean(0))
-        out["best_of_n"][str(n)] = {"mean": round(float(gain.mean()), 3), "ci": [round(float(lo), 3), round(float(hi), 3)]}
+        out["best_of_n"][str(n)] = {"mean": round(float(gain.mean()), 3), "ci": [round(float(lo), 3), round(float(hi), 3)],
+                                    "per_seed": [round(float(v), 3) for v in gain.mean(1)]}
     return out
 
 

@@ -333,6 +333,7 @@ def _check_neighbour_spread(run: Path, data_dir: Path) -> None:
     assert out["odd_rms"] == pytest.approx(np.sqrt((1.0 + 0.0) / 2), abs=1e-3) and out["even"] == pytest.approx(1.0)
     assert out["odd_share"] == pytest.approx(0.5 / (0.5 + 2.0), abs=1e-3)  # o = −1, 0; e = 0, 2 (variance 2)
     assert [out["best_of_n"][n]["mean"] for n in ("1", "2", "4")] == [-1.0, -1.0, -1.0]
+    assert out["best_of_n"]["4"]["per_seed"] == [-1.0] and out["odd_share_per_seed"] == [pytest.approx(0.2, abs=1e-3)]
     worse = mod.summarize(np.array([[8.0]]), np.array([[[9.0, 12.0, 11.0, 12.0]]]), (4,))
     assert worse["best_of_n"]["4"]["mean"] == 0.0  # nothing lower than the start: it is kept
     with pytest.raises(SystemExit, match="validation"):
